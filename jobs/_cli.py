@@ -1,0 +1,175 @@
+"""What every stage shares at the edge: arguments, configuration, session, stage_runs, errors.
+
+A stage module defines ``add_arguments(parser)``, optionally ``check(args, config)`` (fast
+validation before Spark starts) and ``run(ctx) -> StageResult``; its ``main()`` calls
+``run_stage``. Errors end the process with one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pyspark.sql import Row, SparkSession
+
+from skillrank.config import Config, ConfigError, load_config
+from skillrank.session import build_spark
+from skillrank.tables import SPECS, conform, declare_tables, table_name
+
+
+class StageError(RuntimeError):
+    """An expected failure (bad input, nothing to do that should have been there)."""
+
+
+@dataclass
+class StageContext:
+    spark: SparkSession
+    config: Config
+    workdir: Path
+    run_id: str
+    args: argparse.Namespace
+
+    def table(self, key: str) -> str:
+        return table_name(self.config, key)
+
+
+@dataclass
+class StageResult:
+    rows_in: int
+    rows_out: int
+    rows_dropped: dict[str, int] = field(default_factory=dict)
+    input_versions: dict[str, int] = field(default_factory=dict)
+    output_versions: dict[str, int] = field(default_factory=dict)
+    summary: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[StageContext], StageResult]
+    check: Callable[[argparse.Namespace, Config], None] = lambda args, config: None
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (no usage dump) and exits 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def common_parser(prog: str) -> argparse.ArgumentParser:
+    """The options every stage takes (see README: spark-submit.sh)."""
+    parser = _OneLineParser(prog=prog)
+    parser.add_argument("--workdir", default="var", help="everything the run writes (default ./var)")
+    parser.add_argument("--env", default="local", help="configuration overlay conf/env/<env>.yml")
+    parser.add_argument(
+        "--conf", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
+    parser.add_argument("--master", help="Spark master URL (default: spark.master of the config)")
+    return parser
+
+
+def parse_stage_args(
+    stages: list[Stage], argv: list[str] | None
+) -> tuple[argparse.Namespace, Config]:
+    """Parse the command line of one or more stages and load the configuration."""
+    parser = common_parser(f"spark-submit.sh {stages[-1].name}")
+    for stage in stages:
+        stage.add_arguments(parser)
+    args = parser.parse_args(argv)
+    config = load_config(args.env, args.conf)
+    for stage in stages:
+        stage.check(args, config)
+    return args, config
+
+
+def run_stages(
+    stages: list[Stage],
+    argv: list[str] | None = None,
+    epilogue: Callable[[StageContext], list[str]] | None = None,
+) -> int:
+    """Run stages in order in one SparkSession, recording each in stage_runs.
+
+    `epilogue`, when given, prints a closing summary after the last stage. Returns the exit code.
+    """
+    prog = f"skillrank {stages[-1].name}"
+    try:
+        args, config = parse_stage_args(stages, argv)
+    except (ConfigError, StageError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    workdir = Path(args.workdir).resolve()
+    master = args.master or config.spark.master
+    spark = build_spark(config, workdir, master, app_name=f"skillrank-{stages[-1].name}")
+    declare_tables(spark, config, ["stage_runs"])
+    for stage in stages:
+        ctx = StageContext(spark, config, workdir, _new_run_id(stage.name), args)
+        started = datetime.now(timezone.utc)
+        clock = time.monotonic()
+        print(f"[{stage.name}] run {ctx.run_id} (workdir {workdir}, master {master})", flush=True)
+        try:
+            result = stage.run(ctx)
+        except Exception as exc:  # one line for the user, the trace for the log
+            message = _one_line(exc)
+            log = workdir / "logs" / f"{ctx.run_id}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(traceback.format_exc())
+            _record(ctx, stage.name, started, clock, None, message)
+            print(f"{prog}: error: {stage.name} failed: {message} (trace: {log})", file=sys.stderr)
+            return 1
+        _record(ctx, stage.name, started, clock, result, None)
+        for line in result.summary:
+            print(f"[{stage.name}] {line}", flush=True)
+        print(f"[{stage.name}] done in {time.monotonic() - clock:.1f}s", flush=True)
+    if epilogue is not None:
+        print("\n".join(epilogue(ctx)), flush=True)
+    return 0
+
+
+def _new_run_id(stage: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stage}-{stamp}-{uuid.uuid4().hex[:8]}"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    return first if isinstance(exc, StageError) else f"{type(exc).__name__}: {first}"
+
+
+def _record(
+    ctx: StageContext,
+    stage: str,
+    started: datetime,
+    clock: float,
+    result: StageResult | None,
+    error: str | None,
+) -> None:
+    row = Row(
+        run_id=ctx.run_id,
+        stage=stage,
+        status="failed" if error else "succeeded",
+        started_at=started,
+        ended_at=datetime.now(timezone.utc),
+        duration_seconds=time.monotonic() - clock,
+        rows_in=result.rows_in if result else None,
+        rows_out=result.rows_out if result else None,
+        rows_dropped=result.rows_dropped if result else None,
+        input_versions=result.input_versions if result else None,
+        output_versions=result.output_versions if result else None,
+        config_fingerprint=ctx.config.fingerprint(),
+        config_json=json.dumps(ctx.config.to_dict(), sort_keys=True),
+        error=error,
+    )
+    df = ctx.spark.createDataFrame([row], SPECS["stage_runs"].schema)
+    conform(df, "stage_runs").write.insertInto(ctx.table("stage_runs"))

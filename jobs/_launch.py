@@ -1,0 +1,94 @@
+"""The launcher behind ./spark-submit.sh: validate, then hand over to spark-submit or spark-sql.
+
+    ./spark-submit.sh <stage> [--workdir DIR] [--env NAME] [--conf key=value ...] [--master URL]
+
+Arguments and configuration are checked here first, so a bad key, a missing input or a
+wrong option fails in a second with one line, before a JVM starts or a table is touched.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+
+from jobs._cli import StageError, common_parser, parse_stage_args
+from skillrank.config import PROJECT_ROOT, ConfigError, load_config
+from skillrank.session import build_spark, delta_jars, spark_settings
+
+STAGES = ("generate", "ingest", "prepare", "all")
+TOOLS = ("setup", "sql")
+USAGE = (
+    "usage: spark-submit.sh <stage> [--workdir DIR] [--env NAME] [--conf KEY=VALUE]..."
+    " [--master URL] [stage options]\n"
+    f"  stages: {', '.join(STAGES)}\n"
+    "  setup: create the environment and resolve the Delta JARs\n"
+    '  sql [-e "SELECT ..."] [-f FILE]: spark-sql on the same metastore'
+)
+
+
+def _spark_bin(name: str) -> str:
+    import pyspark
+
+    return str(Path(pyspark.__file__).parent / "bin" / name)
+
+
+def _spark_args(settings: dict[str, str], master: str) -> list[str]:
+    args = ["--master", master]
+    for key, value in settings.items():
+        args += ["--conf", f"{key}={value}"]
+    return args
+
+
+def _environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYSPARK_PYTHON"] = sys.executable
+    env["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    prog = f"spark-submit.sh {command}"
+    if command not in STAGES + TOOLS:
+        known = ", ".join(STAGES + TOOLS)
+        print(f"{prog}: error: unknown stage {command!r} (known: {known})", file=sys.stderr)
+        return 2
+    try:
+        if command in STAGES:
+            module = importlib.import_module(f"jobs.{command}")
+            args, config = parse_stage_args(module.STAGES, rest)
+            passthrough = rest
+        else:
+            args, passthrough = common_parser(prog).parse_known_args(rest)
+            config = load_config(args.env, args.conf)
+    except (ConfigError, StageError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    workdir = Path(args.workdir).resolve()
+    master = args.master or config.spark.master
+
+    if command == "setup":
+        spark = build_spark(config, workdir, master, "skillrank-setup")
+        spark.range(1).count()
+        spark.stop()
+        print(f"setup: Delta JARs cached: {', '.join(Path(j).name for j in delta_jars(config))}")
+        return 0
+    settings = spark_settings(config, workdir)
+    if command == "sql":
+        workdir.mkdir(parents=True, exist_ok=True)
+        cmd = [_spark_bin("spark-sql"), *_spark_args(settings, master), *passthrough]
+    else:
+        script = str(PROJECT_ROOT / "jobs" / f"{command}.py")
+        cmd = [_spark_bin("spark-submit"), *_spark_args(settings, master), script, *passthrough]
+    os.execve(cmd[0], cmd, _environment())
+    return 0  # not reached: execve replaces the process
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,360 @@
+"""Stage `generate`: write a synthetic crawl with its planted truth (docs/generator.md).
+
+Writes ``DIR/crawl-NNNNN.jsonl.gz`` (gzip JSON Lines), ``DIR/truth/*.parquet`` and
+``DIR/stats.json``; DIR defaults to ``<workdir>/<catalog.crawl_dir>``. Shards are generated
+in parallel worker processes, each from its own seed stream, into a temporary directory that
+replaces DIR at the end. A rerun whose parameters match ``DIR/stats.json`` does nothing.
+Generation runs on the driver machine (one process per core of the Spark master's default
+parallelism); DIR is a local directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import shutil
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs._cli import Stage, StageContext, StageError, StageResult, run_stages
+from skillrank.config import Config, ConfigError, load_aliases
+from skillrank.generate import (
+    TAXONOMY_DIR,
+    CrawlParams,
+    ShardStats,
+    Truth,
+    generate_shard,
+    gzip_lines,
+    load_taxonomy,
+    normalize_label,
+    plan_truth,
+    shard_ranges,
+    truth_tables,
+    vocabulary_estimate,
+)
+
+GENERATOR = "skillrank.generate"
+STATS_FILE = "stats.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--output",
+        metavar="DIR",
+        help="where the crawl goes (default: <workdir>/<catalog.crawl_dir>)",
+    )
+
+
+def check(args: argparse.Namespace, config: Config) -> None:
+    """Reject generate settings that cannot produce a sensible crawl, naming the key."""
+    g = config.generate
+    rates = {
+        name: getattr(g, name)
+        for name in (
+            "recrawl_rate", "third_snapshot_rate", "recrawl_new_job_rate",
+            "recrawl_skill_drop_rate", "duplicate_rate", "malformed_rate",
+            "same_occupation_rate", "switch_rate", "current_job_rate", "essential_rate",
+            "optional_rate", "hot_technology_rate", "technology_rate", "rate_jitter",
+            "generic_rate", "city_rate", "industry_rate", "missing_location_rate",
+            "missing_industry_rate", "case_variant_rate", "spacing_variant_rate",
+            "alias_variant_rate",
+        )
+    }  # fmt: skip
+    for name, value in rates.items():
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"config key 'generate.{name}' must be in [0, 1], got {value}")
+    sums = {
+        "generate.same_occupation_rate + generate.switch_rate": g.same_occupation_rate
+        + g.switch_rate,
+        "generate.city_rate + generate.missing_location_rate": g.city_rate
+        + g.missing_location_rate,
+        "generate.industry_rate + generate.missing_industry_rate": g.industry_rate
+        + g.missing_industry_rate,
+    }
+    for name, value in sums.items():
+        if value > 1.0:
+            raise ConfigError(f"{name} must be <= 1, got {value}")
+    at_least_one = {
+        "profiles": g.profiles,
+        "shards": g.shards,
+        "crawl_window_days": g.crawl_window_days,
+        "max_positions": g.max_positions,
+        "companies": g.companies,
+    }
+    for name, value in at_least_one.items():
+        if value < 1:
+            raise ConfigError(f"config key 'generate.{name}' must be >= 1, got {value}")
+    if g.shards > g.profiles:
+        raise ConfigError(f"generate.shards ({g.shards}) must not exceed generate.profiles")
+    if not 1 <= g.compress_level <= 9:
+        raise ConfigError(
+            f"config key 'generate.compress_level' must be 1..9, got {g.compress_level}"
+        )
+    if g.max_positions > config.ingest.max_positions:
+        raise ConfigError("generate.max_positions must not exceed ingest.max_positions")
+    gap = g.recrawl_gap_days
+    if len(gap) != 2 or not 1 <= gap[0] <= gap[1]:
+        raise ConfigError(
+            f"generate.recrawl_gap_days must be [min, max] with 1 <= min <= max, got {gap}"
+        )
+    try:
+        date.fromisoformat(g.crawl_start)
+    except ValueError as exc:
+        raise ConfigError(
+            f"generate.crawl_start must be YYYY-MM-DD, got {g.crawl_start!r}"
+        ) from exc
+    for name in ("occupation_zipf", "title_zipf", "generic_zipf", "company_zipf", "focus_boost",
+                 "extra_positions_mean", "generic_skills"):  # fmt: skip
+        if getattr(g, name) < 0:
+            raise ConfigError(f"config key 'generate.{name}' must be >= 0")
+    if g.tenure_months_mean <= 0:
+        raise ConfigError("config key 'generate.tenure_months_mean' must be > 0")
+    if g.city_rate + g.missing_location_rate < 1 and not g.other_locations:
+        raise ConfigError("generate.other_locations must not be empty when city_rate + missing < 1")
+    if g.industry_rate + g.missing_industry_rate < 1 and not g.other_industries:
+        raise ConfigError(
+            "generate.other_industries must not be empty when industry_rate + missing < 1"
+        )
+    if args.output and "://" in args.output and not args.output.startswith("file://"):
+        raise ConfigError(f"--output must be a local directory, got {args.output}")
+
+
+def crawl_params(config: Config) -> CrawlParams:
+    """The generator's crawl settings: generate knobs, alias spellings and ingest limits."""
+    g = config.generate
+    aliases = load_aliases(config)
+
+    def keyed(section: str) -> dict[str, list[str]]:
+        return {normalize_label(k): list(v) for k, v in aliases[section].items()}
+
+    return CrawlParams(
+        crawl_start=g.crawl_start,
+        crawl_window_days=g.crawl_window_days,
+        recrawl_rate=g.recrawl_rate,
+        third_snapshot_rate=g.third_snapshot_rate,
+        recrawl_gap_days=(g.recrawl_gap_days[0], g.recrawl_gap_days[1]),
+        recrawl_new_job_rate=g.recrawl_new_job_rate,
+        recrawl_skill_drop_rate=g.recrawl_skill_drop_rate,
+        duplicate_rate=g.duplicate_rate,
+        malformed_rate=g.malformed_rate,
+        extra_positions_mean=g.extra_positions_mean,
+        max_positions=g.max_positions,
+        same_occupation_rate=g.same_occupation_rate,
+        switch_rate=g.switch_rate,
+        tenure_months_mean=g.tenure_months_mean,
+        current_job_rate=g.current_job_rate,
+        city_rate=g.city_rate,
+        industry_rate=g.industry_rate,
+        missing_location_rate=g.missing_location_rate,
+        missing_industry_rate=g.missing_industry_rate,
+        cities={c: list(aliases["cities"][c]) for c in config.prepare.cities},
+        industries={i: list(aliases["industries"][i]) for i in config.prepare.industries},
+        other_locations=list(g.other_locations),
+        other_industries=list(g.other_industries),
+        title_aliases=keyed("titles"),
+        skill_aliases=keyed("skills"),
+        case_variant_rate=g.case_variant_rate,
+        spacing_variant_rate=g.spacing_variant_rate,
+        alias_variant_rate=g.alias_variant_rate,
+        max_line_bytes=config.ingest.max_line_bytes,
+        max_field_chars=config.ingest.max_field_chars,
+        max_positions_ingest=config.ingest.max_positions,
+        max_skills_ingest=config.ingest.max_skills,
+    )
+
+
+def _parameters(config: Config, params: CrawlParams) -> dict[str, Any]:
+    """Everything the crawl's bytes depend on, as recorded in stats.json."""
+    digest = hashlib.sha256()
+    for path in sorted(TAXONOMY_DIR.glob("*.csv.gz")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return {
+        "generate": dataclasses.asdict(config.generate),
+        "crawl": json.loads(json.dumps(dataclasses.asdict(params))),
+        "taxonomy_sha256": digest.hexdigest(),
+    }
+
+
+def _output_dir(ctx: StageContext) -> Path:
+    chosen = ctx.args.output or str(ctx.workdir / ctx.config.catalog.crawl_dir)
+    if "://" in chosen:
+        if not chosen.startswith("file://"):
+            raise StageError(f"generate writes local files only, got {chosen}")
+        chosen = chosen.removeprefix("file://")
+    return Path(chosen).resolve()
+
+
+def _previous_stats(output: Path) -> dict[str, Any] | None:
+    """stats.json of an earlier generator run in `output`; StageError if DIR is something else."""
+    stats = output / STATS_FILE
+    if stats.is_file():
+        recorded = json.loads(stats.read_text(encoding="utf-8"))
+        if recorded.get("generator") == GENERATOR:
+            return recorded
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise StageError(f"{output} exists and is not a generated crawl: refusing to replace it")
+    return None
+
+
+def run(ctx: StageContext) -> StageResult:
+    clock = time.monotonic()
+    g = ctx.config.generate
+    output = _output_dir(ctx)
+    params = crawl_params(ctx.config)
+    parameters = _parameters(ctx.config, params)
+    previous = _previous_stats(output)
+    if previous is not None and previous["parameters"] == parameters:
+        return StageResult(
+            rows_in=0,
+            rows_out=0,
+            summary=[
+                f"{output} already holds this crawl (same parameters and seed): nothing to do"
+            ],
+        )
+
+    truth = plan_truth(
+        load_taxonomy(),
+        seed=g.seed,
+        occupation_zipf=g.occupation_zipf,
+        focus_isco_groups=list(g.focus_isco_groups),
+        focus_boost=g.focus_boost,
+        title_zipf=g.title_zipf,
+        essential_rate=g.essential_rate,
+        optional_rate=g.optional_rate,
+        hot_technology_rate=g.hot_technology_rate,
+        technology_rate=g.technology_rate,
+        rate_jitter=g.rate_jitter,
+        generic_skills=g.generic_skills,
+        generic_rate=g.generic_rate,
+        generic_zipf=g.generic_zipf,
+        companies=g.companies,
+        company_zipf=g.company_zipf,
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.{ctx.run_id}.tmp"
+    staging.mkdir()
+    try:
+        stats, files = _write_shards(ctx, truth, params, staging)
+        tables = truth_tables(truth)
+        (staging / "truth").mkdir()
+        for name, columns in tables.items():
+            pq.write_table(pa.table(columns), staging / "truth" / f"{name}.parquet")
+        vocabulary = vocabulary_estimate(
+            stats, ctx.config.prepare.min_job_profiles, ctx.config.prepare.min_skill_profiles
+        )
+        document = {
+            "generator": GENERATOR,
+            "seed": g.seed,
+            "parameters": parameters,
+            "profiles": stats.profiles,
+            "profiles_in_scope": stats.profiles_in_scope,
+            "snapshots": stats.snapshots,
+            "lines": stats.lines,
+            "duplicate_lines": stats.duplicate_lines,
+            "malformed_lines": sum(stats.malformed.values()),
+            "malformed": stats.malformed,
+            "positions_per_profile": round(stats.positions / stats.profiles, 4),
+            "skills_per_profile": round(stats.skills / stats.profiles, 4),
+            "vocabulary_estimate": vocabulary,
+            "truth": {name: len(next(iter(cols.values()))) for name, cols in tables.items()},
+            "files": files,
+        }
+        text = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        (staging / STATS_FILE).write_text(text, encoding="utf-8")
+        _replace(output, staging, ctx.run_id)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+    size = sum(f["bytes"] for f in files)
+    seconds = time.monotonic() - clock
+    return StageResult(
+        rows_in=0,
+        rows_out=stats.lines,
+        summary=[
+            f"wrote {stats.profiles} profiles as {stats.lines} lines in {len(files)} files "
+            f"({size / 1e6:.1f} MB) to {output}",
+            f"{stats.snapshots} snapshots, {stats.duplicate_lines} duplicate lines, "
+            f"{sum(stats.malformed.values())} malformed lines "
+            f"({', '.join(f'{k} {v}' for k, v in stats.malformed.items())})",
+            f"{stats.profiles_in_scope} profiles in the prepare filter's cities and industries; "
+            f"vocabulary estimate {vocabulary['titles']} titles, {vocabulary['skills']} skills",
+            f"generated in {seconds:.1f}s",
+        ],
+    )
+
+
+def _write_shards(
+    ctx: StageContext, truth: Truth, params: CrawlParams, staging: Path
+) -> tuple[ShardStats, list[dict[str, Any]]]:
+    """Generate and write every shard in worker processes; return merged counts and files.
+
+    One process per core Spark may use (its default parallelism): the shards are pure
+    Python and go to local files, so worker processes need no Spark Python workers.
+    """
+    g = ctx.config.generate
+    processes = max(1, min(g.shards, ctx.spark.sparkContext.defaultParallelism))
+    tasks = [
+        (index, first, count, g.seed, g.compress_level, str(staging))
+        for index, (first, count) in enumerate(shard_ranges(g.profiles, g.shards))
+    ]
+    # spawn, not fork: the driver process runs JVM-gateway threads.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(processes, initializer=_init_worker, initargs=(truth, params)) as pool:
+        results = sorted(pool.imap_unordered(_write_shard, tasks))
+    total = ShardStats()
+    files = []
+    for index, stats, size in results:
+        total.merge(stats)
+        files.append({"name": _shard_name(index), "lines": stats.lines, "bytes": size})
+    return total, files
+
+
+# Set once per worker process by _init_worker, so the truth is sent once, not per shard.
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(truth: Truth, params: CrawlParams) -> None:
+    _WORKER["truth"], _WORKER["params"] = truth, params
+
+
+def _write_shard(task: tuple[int, int, int, int, int, str]) -> tuple[int, ShardStats, int]:
+    index, first, count, seed, level, directory = task
+    shard = generate_shard(_WORKER["truth"], _WORKER["params"], index, first, count, seed)
+    path = Path(directory) / _shard_name(index)
+    path.write_bytes(gzip_lines(shard.lines, level))
+    return index, shard.stats, path.stat().st_size
+
+
+def _shard_name(index: int) -> str:
+    return f"crawl-{index:05d}.jsonl.gz"
+
+
+def _replace(output: Path, staging: Path, run_id: str) -> None:
+    """Move the finished crawl into place; an earlier generated crawl there is removed."""
+    if not output.exists():
+        staging.rename(output)
+        return
+    retired = output.parent / f".{output.name}.{run_id}.old"
+    output.rename(retired)
+    staging.rename(output)
+    shutil.rmtree(retired)
+
+
+STAGE = Stage(name="generate", add_arguments=add_arguments, run=run, check=check)
+
+
+def main() -> None:
+    raise SystemExit(run_stages([STAGE]))
+
+
+if __name__ == "__main__":
+    main()

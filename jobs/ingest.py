@@ -1,0 +1,180 @@
+"""ingest: raw crawl files -> profiles_raw (valid lines) + quarantine (rejected lines).
+
+    ./spark-submit.sh ingest --input PATH [--workdir DIR] [--conf key=value ...]
+
+PATH is a file, a directory (every *.jsonl / *.jsonl.gz below it) or a glob. A file already
+ingested (same path, size and modification time) is skipped, so a rerun is a no-op. Rows
+left behind by an interrupted run of the same files are removed before they are re-read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from delta.tables import DeltaTable
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs._cli import Stage, StageContext, StageError, StageResult, run_stages
+from skillrank.config import Config
+from skillrank.ingest import REASONS, accepted_profiles, number_lines, parse_lines, quarantined_lines
+from skillrank.session import resolve_path
+from skillrank.tables import SPECS, conform, declare_tables, table_version
+
+CRAWL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
+TABLES = ["ingested_files", "profiles_raw", "quarantine"]
+
+
+@dataclass(frozen=True)
+class CrawlFile:
+    path: str
+    size: int
+    modified_at: datetime
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--input",
+        help="crawl file, directory or glob (.jsonl / .jsonl.gz); default: the generated crawl"
+        " in <workdir>/<catalog.crawl_dir>",
+    )
+
+
+def check(args: argparse.Namespace, config: Config) -> None:
+    """Fail fast on a missing local input, before Spark starts."""
+    if args.input is None:
+        return
+    if "://" not in args.input and not glob.glob(args.input, recursive=True):
+        raise StageError(f"input {args.input!r} does not exist")
+
+
+def list_crawl_files(spark: SparkSession, pattern: str) -> list[CrawlFile]:
+    """Expand a file, directory or glob (any Hadoop URI) into crawl files, sorted by path."""
+    jvm = spark.sparkContext._jvm
+    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+    path = jvm.org.apache.hadoop.fs.Path(pattern)  # type: ignore[union-attr]
+    fs = path.getFileSystem(hadoop_conf)
+    found: list[CrawlFile] = []
+    for status in fs.globStatus(path) or []:
+        if status.isDirectory():
+            listing = fs.listFiles(status.getPath(), True)
+            while listing.hasNext():
+                child = listing.next()
+                if child.getPath().getName().endswith(CRAWL_SUFFIXES):
+                    found.append(_crawl_file(child))
+        else:
+            found.append(_crawl_file(status))
+    return sorted(found, key=lambda f: f.path)
+
+
+def _crawl_file(status: object) -> CrawlFile:
+    return CrawlFile(
+        path=status.getPath().toString(),  # type: ignore[attr-defined]
+        size=int(status.getLen()),  # type: ignore[attr-defined]
+        modified_at=datetime.fromtimestamp(
+            status.getModificationTime() / 1000, tz=timezone.utc  # type: ignore[attr-defined]
+        ),
+    )
+
+
+def read_lines(spark: SparkSession, paths: list[str]) -> DataFrame:
+    """Raw lines with source_file, block_start and a row id taken right at the scan."""
+    return spark.read.text(paths).select(
+        "value",
+        F.col("_metadata.file_path").alias("source_file"),
+        F.col("_metadata.file_block_start").alias("block_start"),
+        F.monotonically_increasing_id().alias("row_id"),
+    )
+
+
+def run(ctx: StageContext) -> StageResult:
+    spark, config = ctx.spark, ctx.config
+    source = ctx.args.input or resolve_path(ctx.workdir, config.catalog.crawl_dir)
+    files = list_crawl_files(spark, source)
+    if not files:
+        raise StageError(f"no crawl files (*.jsonl, *.jsonl.gz) found at {source!r}")
+    declare_tables(spark, config, TABLES)
+    listed = spark.createDataFrame(
+        [(f.path, f.size, f.modified_at) for f in files], "source_file string, file_size long, modified_at timestamp"
+    )
+    done = spark.table(ctx.table("ingested_files"))
+    new_paths = {r.source_file for r in listed.join(done, listed.columns, "left_anti").collect()}
+    new = [f for f in files if f.path in new_paths]
+    if not new:
+        return StageResult(0, 0, summary=[f"nothing new: all {len(files)} files already ingested"])
+
+    # An interrupted earlier run may have written rows for these files without listing them.
+    stale = F.col("source_file").isin([f.path for f in new])
+    for key in ("profiles_raw", "quarantine"):
+        if spark.table(ctx.table(key)).where(stale).limit(1).count():
+            DeltaTable.forName(spark, ctx.table(key)).delete(stale)
+
+    parsed = parse_lines(
+        number_lines(read_lines(spark, [f.path for f in new])),
+        max_line_bytes=config.ingest.max_line_bytes,
+        max_field_chars=config.ingest.max_field_chars,
+        max_positions=config.ingest.max_positions,
+        max_skills=config.ingest.max_skills,
+    ).withColumn("ingest_run_id", F.lit(ctx.run_id))
+    parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        conform(accepted_profiles(parsed), "profiles_raw").write.insertInto(
+            ctx.table("profiles_raw")
+        )
+        quarantine = quarantined_lines(parsed, config.ingest.quarantine_text_chars)
+        conform(quarantine, "quarantine").write.insertInto(ctx.table("quarantine"))
+        per_file = {
+            r.source_file: r
+            for r in parsed.groupBy("source_file")
+            .agg(
+                F.count(F.lit(1)).alias("lines"),
+                F.count_if(F.col("reason").isNull()).alias("accepted"),
+            )
+            .collect()
+        }
+        by_reason = {r.reason: r["count"] for r in quarantine.groupBy("reason").count().collect()}
+    finally:
+        parsed.unpersist()
+
+    records = []
+    for f in new:
+        stats = per_file.get(f.path)
+        lines, accepted = (stats.lines, stats.accepted) if stats else (0, 0)
+        records.append((f.path, f.size, f.modified_at, ctx.run_id, lines, accepted, lines - accepted))
+    listing = spark.createDataFrame(records, SPECS["ingested_files"].schema)
+    conform(listing, "ingested_files").write.insertInto(ctx.table("ingested_files"))
+
+    lines = sum(r[4] for r in records)
+    accepted = sum(r[5] for r in records)
+    quarantined = lines - accepted
+    reasons = ", ".join(f"{k}={by_reason[k]}" for k in REASONS if k in by_reason)
+    return StageResult(
+        rows_in=lines,
+        rows_out=accepted,
+        rows_dropped={k: int(by_reason[k]) for k in REASONS if k in by_reason},
+        output_versions={k: table_version(spark, ctx.table(k)) for k in TABLES},
+        summary=[
+            f"{len(new)} new files ({len(files) - len(new)} already ingested)",
+            f"raw lines {lines} = accepted {accepted} + quarantined {quarantined}"
+            + (f" ({reasons})" if reasons else ""),
+        ],
+    )
+
+
+STAGE = Stage(name="ingest", add_arguments=add_arguments, run=run, check=check)
+
+
+STAGES = [STAGE]
+
+
+def main() -> None:
+    raise SystemExit(run_stages(STAGES))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""prepare: profiles_raw -> profiles (merged), vocabularies, and the trainer's Parquet shards.
+
+    ./spark-submit.sh prepare [--workdir DIR] [--conf key=value ...]
+
+Deduplicates snapshots (latest crawled_at wins), cleans text, assigns the salted-hash
+split and merges the result into `profiles` (a profile's row changes only when its
+content does). Then filters to the configured cities x industries, builds the vocabularies
+from the training split, and writes <shards_dir>/<run_id>/{train,validation,test,
+job_vocab,skill_vocab}/*.parquet plus <shards_dir>/manifest.json, replaced atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from delta.tables import DeltaTable
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from jobs._cli import Stage, StageContext, StageError, StageResult, run_stages
+from skillrank.config import SPLITS, load_aliases
+from skillrank.prepare import (
+    DROP_REASONS,
+    assign_splits,
+    build_vocabulary,
+    clean_profiles,
+    deduplicate_profiles,
+    encode_profiles,
+    filter_profiles,
+)
+from skillrank.session import resolve_path
+from skillrank.tables import SHARD_SCHEMA, SPECS, conform, declare_tables, table_version
+
+MANIFEST_FORMAT = 1
+SHARD_SETS_KEPT = 2  # the current set and the one before, for a trainer still reading it
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """prepare takes only the common options."""
+
+
+def _merge_profiles(ctx: StageContext, source: DataFrame) -> None:
+    """Upsert into `profiles`: insert new, update changed, delete vanished profiles."""
+    columns = [f.name for f in SPECS["profiles"].schema if f.name != "profile_id"]
+    same = " AND ".join(f"t.`{c}` <=> s.`{c}`" for c in columns)
+    (
+        DeltaTable.forName(ctx.spark, ctx.table("profiles"))
+        .alias("t")
+        .merge(conform(source, "profiles").alias("s"), "t.profile_id = s.profile_id")
+        .whenMatchedUpdateAll(condition=f"NOT ({same})")
+        .whenNotMatchedInsertAll()
+        .whenNotMatchedBySourceDelete()
+        .execute()
+    )
+
+
+def _write_shards(encoded: DataFrame, split: str, rows: int, rows_per_shard: int, path: str) -> None:
+    shards = max(1, math.ceil(rows / rows_per_shard))
+    (
+        encoded.where(F.col("split") == split)
+        .select([F.col(f.name).cast(f.dataType) for f in SHARD_SCHEMA])
+        .repartitionByRange(shards, "profile_id")
+        .sortWithinPartitions("profile_id")
+        .write.mode("overwrite")
+        .parquet(path)
+    )
+
+
+def _shard_listing(ctx: StageContext, path: str, base: str) -> list[dict[str, Any]]:
+    counts = (
+        ctx.spark.read.parquet(path)
+        .groupBy(F.col("_metadata.file_path").alias("file"))
+        .count()
+        .orderBy("file")
+        .collect()
+    )
+    return [{"path": r.file.split(base, 1)[1].lstrip("/"), "rows": r["count"]} for r in counts]
+
+
+def _local_dir(uri: str) -> Path:
+    if not uri.startswith("file:"):
+        raise StageError(f"shards_dir must be a local path for now, got {uri}")
+    return Path(uri.removeprefix("file://").removeprefix("file:"))
+
+
+def run(ctx: StageContext) -> StageResult:
+    spark, config, params = ctx.spark, ctx.config, ctx.config.prepare
+    declare_tables(spark, config, ["profiles_raw", "profiles", "job_vocab", "skill_vocab"])
+    raw_version = table_version(spark, ctx.table("profiles_raw"))
+    raw = spark.sql(f"SELECT * FROM {ctx.table('profiles_raw')} VERSION AS OF {raw_version}")
+    raw_rows = raw.count()
+    if raw_rows == 0:
+        raise StageError("profiles_raw is empty: run ingest first")
+
+    aliases = load_aliases(config)
+    cleaned = clean_profiles(
+        deduplicate_profiles(raw),
+        title_aliases=aliases["titles"],
+        skill_aliases=aliases["skills"],
+        city_aliases=aliases["cities"],
+        industry_aliases=aliases["industries"],
+    )
+    _merge_profiles(ctx, assign_splits(cleaned, params.split_fractions, params.split_salt))
+    profiles_version = table_version(spark, ctx.table("profiles"))
+    profiles = spark.sql(
+        f"SELECT * FROM {ctx.table('profiles')} VERSION AS OF {profiles_version}"
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    total = profiles.count()
+    in_cities = profiles.where(F.col("city").isin(params.cities)).count()
+    kept = filter_profiles(profiles, params.cities, params.industries)
+
+    train = kept.where(F.col("split") == "train")
+    job_vocab = build_vocabulary(train, "titles", "job_id", "job_title", params.min_job_profiles)
+    skill_vocab = build_vocabulary(
+        train, "skills", "skill_id", "skill_name", params.min_skill_profiles
+    )
+    conform(job_vocab, "job_vocab").write.insertInto(ctx.table("job_vocab"), overwrite=True)
+    conform(skill_vocab, "skill_vocab").write.insertInto(ctx.table("skill_vocab"), overwrite=True)
+    versions = {
+        "profiles_raw": raw_version,
+        "profiles": profiles_version,
+        "job_vocab": table_version(spark, ctx.table("job_vocab")),
+        "skill_vocab": table_version(spark, ctx.table("skill_vocab")),
+    }
+    job_vocab = spark.sql(f"SELECT * FROM {ctx.table('job_vocab')} VERSION AS OF {versions['job_vocab']}")
+    skill_vocab = spark.sql(
+        f"SELECT * FROM {ctx.table('skill_vocab')} VERSION AS OF {versions['skill_vocab']}"
+    )
+
+    encoded = encode_profiles(kept, job_vocab, skill_vocab, params.job_weighting).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
+    tally = {
+        (r.split, r.drop_reason): r["count"]
+        for r in encoded.groupBy("split", "drop_reason").count().collect()
+    }
+    usable = encoded.where(F.col("drop_reason").isNull())
+    split_rows = {s: tally.get((s, None), 0) for s in SPLITS}
+    if split_rows["train"] == 0:
+        raise StageError("no usable training profiles after filtering (check cities/industries)")
+
+    shards_root = resolve_path(ctx.workdir, config.catalog.shards_dir)
+    local_root = _local_dir(shards_root)
+    set_uri = f"{shards_root.rstrip('/')}/{ctx.run_id}"
+    splits_manifest = {}
+    for split in SPLITS:
+        _write_shards(usable, split, split_rows[split], params.rows_per_shard, f"{set_uri}/{split}")
+        splits_manifest[split] = {
+            "rows": split_rows[split],
+            "shards": _shard_listing(ctx, f"{set_uri}/{split}", str(local_root)),
+        }
+    encoded.unpersist()
+    for name, vocab, key in (("job_vocab", job_vocab, "job_id"), ("skill_vocab", skill_vocab, "skill_id")):
+        vocab.coalesce(1).orderBy(key).write.mode("overwrite").parquet(f"{set_uri}/{name}")
+    profiles.unpersist()
+
+    vocab_sizes = {"jobs": job_vocab.count(), "skills": skill_vocab.count()}
+    manifest = {
+        "format_version": MANIFEST_FORMAT,
+        "prepare_run_id": ctx.run_id,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config_fingerprint": config.fingerprint(),
+        "split_fractions": params.split_fractions,
+        "split_salt": params.split_salt,
+        "job_weighting": params.job_weighting,
+        "vocabulary": {
+            "jobs": vocab_sizes["jobs"],
+            "skills": vocab_sizes["skills"],
+            "job_vocab": _shard_listing(ctx, f"{set_uri}/job_vocab", str(local_root)),
+            "skill_vocab": _shard_listing(ctx, f"{set_uri}/skill_vocab", str(local_root)),
+        },
+        "splits": splits_manifest,
+        "shard_columns": {f.name: f.dataType.simpleString() for f in SHARD_SCHEMA},
+        "delta_versions": versions,
+    }
+    _publish_manifest(local_root, ctx.run_id, manifest)
+
+    dropped = {
+        "superseded_snapshot": raw_rows - total,
+        "outside_cities": total - in_cities,
+        "outside_industries": in_cities - sum(tally.values()),
+        **{r: sum(n for (_, reason), n in tally.items() if reason == r) for r in DROP_REASONS[3:]},
+    }
+    return StageResult(
+        rows_in=raw_rows,
+        rows_out=sum(split_rows.values()),
+        rows_dropped=dropped,
+        input_versions={"profiles_raw": raw_version},
+        output_versions={k: v for k, v in versions.items() if k != "profiles_raw"},
+        summary=[
+            f"profiles_raw rows {raw_rows} -> profiles {total} -> kept {sum(tally.values())}"
+            f" (dropped: {', '.join(f'{k}={v}' for k, v in dropped.items())})",
+            f"vocabulary: {vocab_sizes['jobs']} jobs, {vocab_sizes['skills']} skills",
+            "shards: " + ", ".join(f"{s}={split_rows[s]}" for s in SPLITS)
+            + f" -> {local_root / 'manifest.json'}",
+        ],
+    )
+
+
+def _publish_manifest(root: Path, run_id: str, manifest: dict[str, Any]) -> None:
+    """Atomically point manifest.json at the new shard set, then drop sets no longer needed."""
+    tmp = root / f".manifest.{run_id}.json"
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, root / "manifest.json")
+    sets = sorted(
+        (p for p in root.iterdir() if p.is_dir() and p.name.startswith("prepare-")),
+        key=lambda p: p.name,
+    )
+    for old in sets[:-SHARD_SETS_KEPT]:
+        shutil.rmtree(old)
+
+
+STAGE = Stage(name="prepare", add_arguments=add_arguments, run=run)
+
+
+STAGES = [STAGE]
+
+
+def main() -> None:
+    raise SystemExit(run_stages(STAGES))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Ingest transforms: number raw crawl lines, parse them strictly, route them to profiles or quarantine.
+
+Parsing goes through Spark's VARIANT type so that JSON types are checked exactly (a number
+where a string belongs is ``wrong_type``, not silently turned into text). Reason codes are
+tried in the order of ``REASONS``; the first that applies is recorded.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+# In the order they are tried. docs/crawl-format.md explains each.
+REASONS = (
+    "empty_line",
+    "line_too_long",
+    "invalid_utf8",
+    "invalid_json",
+    "not_an_object",
+    "missing_field",
+    "wrong_type",
+    "invalid_timestamp",
+    "too_many_items",
+    "field_too_long",
+    "control_characters",
+)
+
+STRING_FIELDS = ("profile_id", "crawled_at", "location", "industry")
+POSITION_FIELDS = ("title", "company", "start", "end")
+REQUIRED_FIELDS = ("profile_id", "crawled_at")
+_POSITIONS_TYPE = "array<struct<title string, company string, start string, `end` string>>"
+
+
+def number_lines(lines: DataFrame) -> DataFrame:
+    """Give every raw line its 1-based line number within its file.
+
+    In: source_file, block_start (byte offset of the split the line was read from) and
+    row_id (``monotonically_increasing_id()`` taken right after the scan, so consecutive
+    within a split), plus any other columns. Out: the same with ``line_number``.
+    Only a per-split summary is shuffled, never the lines themselves.
+    """
+    blocks = lines.groupBy("source_file", "block_start").agg(
+        F.count(F.lit(1)).alias("_block_lines"), F.min("row_id").alias("_first_row_id")
+    )
+    earlier = (
+        Window.partitionBy("source_file")
+        .orderBy("block_start")
+        .rowsBetween(Window.unboundedPreceding, -1)
+    )
+    blocks = blocks.withColumn(
+        "_lines_before", F.coalesce(F.sum("_block_lines").over(earlier), F.lit(0))
+    )
+    numbered = lines.join(F.broadcast(blocks), ["source_file", "block_start"])
+    return numbered.withColumn(
+        "line_number", F.col("_lines_before") + F.col("row_id") - F.col("_first_row_id") + 1
+    ).drop("_block_lines", "_first_row_id", "_lines_before", "block_start", "row_id")
+
+
+def _kind(v: Column, path: str) -> Column:
+    """JSON type of the value at `path`: STRING, BIGINT, ARRAY<...>, VOID (null); NULL if absent."""
+    return F.schema_of_variant(F.variant_get(v, path, "variant"))
+
+
+def _string_ok(kind: Column) -> Column:
+    return kind.isNull() | kind.isin("STRING", "VOID")
+
+
+def _positions_ok(v: Column) -> Column:
+    """positions is absent, null, or an array of objects whose known fields are strings or null."""
+    kind = _kind(v, "$.positions")
+    field_ok = " AND ".join(
+        f"coalesce(schema_of_variant(variant_get(e, '$.{name}', 'variant')) IN ('STRING', 'VOID'),"
+        " true)"
+        for name in POSITION_FIELDS
+    )
+    elements = F.expr(
+        "forall(try_variant_get(v, '$.positions', 'array<variant>'), "
+        f"e -> schema_of_variant(e) LIKE 'OBJECT<%' AND {field_ok})"
+    )
+    return kind.isNull() | (kind == "VOID") | (kind.startswith("ARRAY<") & elements)
+
+
+def _skills_ok(v: Column) -> Column:
+    kind = _kind(v, "$.skills")
+    return kind.isNull() | kind.isin("VOID", "ARRAY<STRING>", "ARRAY<VOID>")
+
+
+def _strings_of(field: str) -> Column:
+    """Every string a field holds, as an array (positions: all four strings of every position)."""
+    if field == "positions":
+        return F.flatten(
+            F.transform("positions", lambda p: F.array(*[p[n] for n in POSITION_FIELDS]))
+        )
+    if field == "skills":
+        return F.col("skills")
+    return F.array(F.col(field))
+
+
+def parse_lines(
+    lines: DataFrame,
+    max_line_bytes: int,
+    max_field_chars: int,
+    max_positions: int,
+    max_skills: int,
+) -> DataFrame:
+    """Parse raw crawl lines and decide, for each, accept (reason null) or a reason code.
+
+    In: a ``value`` column (the raw line) plus any lineage columns, which are kept.
+    Out: those columns plus reason, reason_detail, raw_bytes, line_sha256 and the parsed
+    profile fields (profile_id, crawled_at, location, industry, positions, skills).
+    """
+    text = F.regexp_replace(F.col("value"), "^\ufeff", "")
+    parsed = lines.withColumn("raw_bytes", F.octet_length("value")).withColumn(
+        "v",
+        F.when(
+            (F.col("raw_bytes") <= max_line_bytes) & F.expr("is_valid_utf8(value)"),
+            F.try_parse_json(text),
+        ),
+    )
+    v = F.col("v")
+    fields = {name: F.try_variant_get(v, f"$.{name}", "string") for name in STRING_FIELDS}
+    positions = F.try_variant_get(v, "$.positions", _POSITIONS_TYPE)
+    skills = F.try_variant_get(v, "$.skills", "array<string>")
+    parsed = parsed.select(
+        "*",
+        *[c.alias(n) for n, c in fields.items()],
+        positions.alias("positions"),
+        skills.alias("skills"),
+    )
+
+    all_fields = [*STRING_FIELDS, "positions", "skills"]
+    checks: list[tuple[Column, str, str | None]] = [
+        (F.trim(F.col("value")) == "", "empty_line", None),
+        (F.col("raw_bytes") > max_line_bytes, "line_too_long", None),
+        (~F.expr("is_valid_utf8(value)"), "invalid_utf8", None),
+        (v.isNull(), "invalid_json", None),
+        (~F.schema_of_variant(v).startswith("OBJECT<"), "not_an_object", None),
+    ]
+    for name in REQUIRED_FIELDS:
+        kind = _kind(v, f"$.{name}")
+        missing = kind.isNull() | (kind == "VOID") | ((kind == "STRING") & (F.trim(name) == ""))
+        checks.append((missing, "missing_field", name))
+    checks += [(~_string_ok(_kind(v, f"$.{n}")), "wrong_type", n) for n in STRING_FIELDS]
+    checks += [
+        (~_positions_ok(v), "wrong_type", "positions"),
+        (~_skills_ok(v), "wrong_type", "skills"),
+        (F.try_to_timestamp(F.col("crawled_at")).isNull(), "invalid_timestamp", "crawled_at"),
+        (F.coalesce(F.size("positions"), F.lit(0)) > max_positions, "too_many_items", "positions"),
+        (F.coalesce(F.size("skills"), F.lit(0)) > max_skills, "too_many_items", "skills"),
+    ]
+    for name in all_fields:
+        longest = F.array_max(F.transform(_strings_of(name), lambda s: F.char_length(s)))
+        checks.append((F.coalesce(longest, F.lit(0)) > max_field_chars, "field_too_long", name))
+    for name in all_fields:
+        control = F.exists(_strings_of(name), lambda s: s.rlike(r"\p{Cc}"))
+        checks.append((F.coalesce(control, F.lit(False)), "control_characters", name))
+
+    reason: Column = F.lit(None).cast("string")
+    detail: Column = F.lit(None).cast("string")
+    for condition, code, name in reversed(checks):
+        reason = F.when(condition, F.lit(code)).otherwise(reason)
+        detail = F.when(condition, F.lit(name)).otherwise(detail)
+    return (
+        parsed.withColumn("reason", reason)
+        .withColumn("reason_detail", detail)
+        .withColumn("crawled_at", F.try_to_timestamp(F.col("crawled_at")))
+        .withColumn("line_sha256", F.sha2(F.col("value"), 256))
+        .drop("v")
+    )
+
+
+def accepted_profiles(parsed: DataFrame) -> DataFrame:
+    """The lines of ``parse_lines`` output that passed every check (profiles_raw rows)."""
+    return parsed.where(F.col("reason").isNull())
+
+
+def quarantined_lines(parsed: DataFrame, text_chars: int) -> DataFrame:
+    """The rejected lines of ``parse_lines`` output, raw text cut to `text_chars` characters."""
+    return parsed.where(F.col("reason").isNotNull()).withColumn(
+        "raw_text", F.substring(F.expr("make_valid_utf8(value)"), 1, text_chars)
+    )

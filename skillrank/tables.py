@@ -1,0 +1,220 @@
+"""Every table SkillRank writes: schema, column comments and owner stage, declared in one place.
+
+A table is created (``declare_tables``) before its first write, so that ``DESCRIBE TABLE``
+tells an analyst what each column means even before any data arrives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from delta.tables import DeltaTable
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import (
+    ArrayType,
+    DataType,
+    DoubleType,
+    FloatType,
+    IntegerType,
+    LongType,
+    MapType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+from skillrank.config import Config, ConfigError
+
+
+def _col(name: str, dtype: DataType, comment: str, nullable: bool = True) -> StructField:
+    return StructField(name, dtype, nullable, metadata={"comment": comment})
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    key: str
+    owner: str
+    comment: str
+    schema: StructType
+
+
+POSITION = StructType(
+    [
+        StructField("title", StringType()),
+        StructField("company", StringType()),
+        StructField("start", StringType()),
+        StructField("end", StringType()),
+    ]
+)
+
+SPECS: dict[str, TableSpec] = {
+    spec.key: spec
+    for spec in [
+        TableSpec(
+            "ingested_files",
+            "ingest",
+            "One row per crawl file ingested; a file (path, size, mtime) listed here is skipped.",
+            StructType(
+                [
+                    _col("source_file", StringType(), "URI of the crawl file", False),
+                    _col("file_size", LongType(), "size in bytes when ingested", False),
+                    _col("modified_at", TimestampType(), "file modification time", False),
+                    _col("ingest_run_id", StringType(), "ingest run that read it", False),
+                    _col("lines", LongType(), "raw lines read (= accepted + quarantined)", False),
+                    _col("accepted", LongType(), "lines written to profiles_raw", False),
+                    _col("quarantined", LongType(), "lines written to quarantine", False),
+                ]
+            ),
+        ),
+        TableSpec(
+            "profiles_raw",
+            "ingest",
+            "Every valid crawl line, parsed but unchanged; several snapshots per profile.",
+            StructType(
+                [
+                    _col("ingest_run_id", StringType(), "ingest run that wrote the row", False),
+                    _col("source_file", StringType(), "URI of the crawl file", False),
+                    _col("line_number", LongType(), "1-based line number in the file", False),
+                    _col("line_sha256", StringType(), "SHA-256 of the raw line", False),
+                    _col("profile_id", StringType(), "stable id of the profile", False),
+                    _col("crawled_at", TimestampType(), "when this snapshot was crawled (UTC)", False),
+                    _col("location", StringType(), "location as crawled"),
+                    _col("industry", StringType(), "industry as crawled"),
+                    _col("positions", ArrayType(POSITION), "positions as crawled"),
+                    _col("skills", ArrayType(StringType()), "skills as crawled"),
+                ]
+            ),
+        ),
+        TableSpec(
+            "quarantine",
+            "ingest",
+            "Crawl lines rejected by ingest, with the reason (docs/crawl-format.md lists them).",
+            StructType(
+                [
+                    _col("ingest_run_id", StringType(), "ingest run that rejected it", False),
+                    _col("source_file", StringType(), "URI of the crawl file", False),
+                    _col("line_number", LongType(), "1-based line number in the file", False),
+                    _col("reason", StringType(), "reason code, e.g. invalid_json", False),
+                    _col("reason_detail", StringType(), "field concerned, where there is one"),
+                    _col("raw_bytes", LongType(), "length of the raw line in bytes", False),
+                    _col("raw_text", StringType(), "start of the raw line (invalid UTF-8 replaced)"),
+                ]
+            ),
+        ),
+        TableSpec(
+            "profiles",
+            "prepare",
+            "One row per profile: the latest snapshot, cleaned, with its city, industry and split.",
+            StructType(
+                [
+                    _col("profile_id", StringType(), "stable id of the profile", False),
+                    _col("crawled_at", TimestampType(), "crawl time of the winning snapshot", False),
+                    _col("city", StringType(), "canonical city code; null when not recognised"),
+                    _col("industry", StringType(), "canonical industry code; null when unknown"),
+                    _col("positions", ArrayType(POSITION), "positions, titles cleaned"),
+                    _col("titles", ArrayType(StringType()), "distinct cleaned titles, first seen first"),
+                    _col("skills", ArrayType(StringType()), "distinct cleaned skills, sorted"),
+                    _col("split", StringType(), "train, validation or test (salted hash)", False),
+                    _col("source_file", StringType(), "crawl file of the winning snapshot", False),
+                    _col("line_number", LongType(), "its line number in that file", False),
+                ]
+            ),
+        ),
+        TableSpec(
+            "job_vocab",
+            "prepare",
+            "Job titles the model knows: dense ids, most frequent first.",
+            StructType(
+                [
+                    _col("job_id", IntegerType(), "dense id from 0; column of phi", False),
+                    _col("job_title", StringType(), "cleaned job title", False),
+                    _col("profile_count", LongType(), "training profiles holding it", False),
+                ]
+            ),
+        ),
+        TableSpec(
+            "skill_vocab",
+            "prepare",
+            "Skills the model knows: dense ids, most frequent first.",
+            StructType(
+                [
+                    _col("skill_id", IntegerType(), "dense id from 0; row of phi", False),
+                    _col("skill_name", StringType(), "cleaned skill name", False),
+                    _col("profile_count", LongType(), "training profiles holding it", False),
+                ]
+            ),
+        ),
+        TableSpec(
+            "stage_runs",
+            "every stage (jobs/_cli.py)",
+            "One row per stage run: what it read, wrote and dropped, and how long it took.",
+            StructType(
+                [
+                    _col("run_id", StringType(), "id of the stage run", False),
+                    _col("stage", StringType(), "ingest, prepare, ...", False),
+                    _col("status", StringType(), "succeeded or failed", False),
+                    _col("started_at", TimestampType(), "start (UTC)", False),
+                    _col("ended_at", TimestampType(), "end (UTC)", False),
+                    _col("duration_seconds", DoubleType(), "wall time in seconds", False),
+                    _col("rows_in", LongType(), "rows read"),
+                    _col("rows_out", LongType(), "rows written"),
+                    _col("rows_dropped", MapType(StringType(), LongType()), "dropped rows by reason"),
+                    _col("input_versions", MapType(StringType(), LongType()), "Delta versions read"),
+                    _col("output_versions", MapType(StringType(), LongType()), "Delta versions written"),
+                    _col("config_fingerprint", StringType(), "hash of the full configuration", False),
+                    _col("config_json", StringType(), "the full configuration", False),
+                    _col("error", StringType(), "one-line error of a failed run"),
+                ]
+            ),
+        ),
+    ]
+}
+
+# Shard columns: the file contract between Spark and the trainer (see docs/tables.md).
+SHARD_SCHEMA = StructType(
+    [
+        StructField("profile_id", StringType(), False),
+        StructField("job_ids", ArrayType(IntegerType()), False),
+        StructField("job_weights", ArrayType(FloatType()), False),
+        StructField("skill_ids", ArrayType(IntegerType()), False),
+    ]
+)
+
+
+def table_name(config: Config, key: str) -> str:
+    """Fully qualified name (database.table) of a logical table."""
+    try:
+        return f"{config.catalog.database}.{config.catalog.tables[key]}"
+    except KeyError:
+        raise ConfigError(f"catalog.tables lacks an entry for {key!r}") from None
+
+
+def declare_tables(spark: SparkSession, config: Config, keys: list[str]) -> None:
+    """Create the database and the given tables if they do not exist yet (schema + comments)."""
+    if not spark.catalog.databaseExists(config.catalog.database):
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS {config.catalog.database}")
+    for key in keys:
+        spec = SPECS[key]
+        (
+            DeltaTable.createIfNotExists(spark)
+            .tableName(table_name(config, key))
+            .comment(f"{spec.comment} Owner: {spec.owner}.")
+            .addColumns(spec.schema)
+            .execute()
+        )
+
+
+def conform(df: DataFrame, key: str) -> DataFrame:
+    """Select and cast the table's columns, in order, so that a write matches its declaration."""
+    columns: list[Column] = [
+        F.col(field.name).cast(field.dataType).alias(field.name) for field in SPECS[key].schema
+    ]
+    return df.select(*columns)
+
+
+def table_version(spark: SparkSession, name: str) -> int:
+    """Current Delta version of a table."""
+    history = DeltaTable.forName(spark, name).history(1)
+    return int(history.select("version").first()[0])  # type: ignore[index]

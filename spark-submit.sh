@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# SkillRank entry point for scheduled batches and data engineers.
+#
+#   ./spark-submit.sh <stage> [--workdir DIR] [--env NAME] [--conf KEY=VALUE]... [--master URL] [options]
+#   stages: generate, ingest, prepare, all;  tools: setup, sql
+#
+# On first use it creates the virtual environment .venv from pyproject.toml (and again
+# whenever pyproject.toml changes); the Delta Lake JARs are resolved by Ivy on the first
+# Spark start and cached under .cache/ivy. Everything else happens in jobs/_launch.py.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="$ROOT/.venv"
+STAMP="$VENV/.skillrank-installed"
+
+die() { echo "spark-submit.sh: error: $*" >&2; exit 2; }
+
+check_java() {
+  local java="${JAVA_HOME:+$JAVA_HOME/bin/}java" line major
+  command -v "$java" >/dev/null 2>&1 \
+    || die "Java not found: install OpenJDK 17 or newer (e.g. apt-get install openjdk-17-jre-headless) or set JAVA_HOME"
+  line="$("$java" -version 2>&1 | head -n 1)"
+  major="$(sed -E 's/.*version "([0-9]+)(\.([0-9]+))?.*/\1/' <<<"$line")"
+  [[ "$major" == 1 ]] && major="$(sed -E 's/.*version "1\.([0-9]+).*/\1/' <<<"$line")"
+  [[ "$major" =~ ^[0-9]+$ && "$major" -ge 17 ]] \
+    || die "Java 17 or newer is required (found: $line): install OpenJDK 17 or set JAVA_HOME"
+}
+
+ensure_venv() {
+  local want
+  want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+  [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] && return 0
+  local python="${PYTHON:-python3}"
+  "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
+    || die "Python 3.11 or newer is required as '$python' (set PYTHON=/path/to/python3.11)"
+  echo "spark-submit.sh: setting up $VENV (first use; torch is large, this takes a few minutes)" >&2
+  [[ -x "$VENV/bin/python" ]] || "$python" -m venv "$VENV"
+  "$VENV/bin/python" -m pip install --quiet --upgrade pip
+  "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]"
+  echo "$want" >"$STAMP"
+}
+
+check_java
+ensure_venv
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+exec "$VENV/bin/python" -m jobs._launch "$@"

@@ -1,0 +1,88 @@
+"""One SparkSession (Delta + Derby metastore in a temp dir) for the whole run, and test helpers."""
+
+from __future__ import annotations
+
+import gzip
+import importlib
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+
+from jobs._cli import run_stages
+from skillrank.config import Config, load_config
+from skillrank.session import build_spark
+
+
+@pytest.fixture(scope="session")
+def config() -> Config:
+    return load_config("local", ["spark.shuffle_partitions=2"])
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory, config: Config) -> Iterator[SparkSession]:
+    workdir: Path = tmp_path_factory.mktemp("spark")
+    session = build_spark(
+        config, workdir, "local[2]", "skillrank-tests", extra={"spark.ui.enabled": "false"}
+    )
+    yield session
+    session.stop()
+
+
+def write_crawl(path: Path, lines: list[dict[str, Any] | str | bytes]) -> Path:
+    """Write crawl lines (dicts as JSON, str and bytes as they are); gzip when the name ends .gz."""
+    chunks = []
+    for line in lines:
+        text = json.dumps(line) if isinstance(line, dict) else line
+        chunks.append(text if isinstance(text, bytes) else text.encode())
+    data = b"\n".join(chunks) + b"\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data)
+    return path
+
+
+def profile(pid: str, crawled_at: str = "2026-10-01T12:00:00Z", **fields: Any) -> dict[str, Any]:
+    """A valid crawl record in Seattle / Computer Software; keyword fields replace defaults."""
+    record: dict[str, Any] = {
+        "profile_id": pid,
+        "crawled_at": crawled_at,
+        "location": "Greater Seattle Area",
+        "industry": "Computer Software",
+        "positions": [
+            {"title": "Software Engineer", "company": "Acme", "start": "2019-03", "end": None}
+        ],
+        "skills": ["Java", "SQL"],
+    }
+    record.update(fields)
+    return record
+
+
+class Pipeline:
+    """Runs stages in-process on the shared session, with its own database and work directory."""
+
+    def __init__(self, spark: SparkSession, workdir: Path, database: str) -> None:
+        self.spark, self.workdir, self.database = spark, workdir, database
+
+    def run(self, stage_names: list[str], *args: str) -> int:
+        stages = [importlib.import_module(f"jobs.{name}").STAGE for name in stage_names]
+        common = ["--workdir", str(self.workdir), "--master", "local[2]"]
+        common += ["--conf", f"catalog.database={self.database}"]
+        common += ["--conf", "spark.shuffle_partitions=2"]
+        return run_stages(stages, [*common, *args])
+
+    def table(self, name: str) -> DataFrame:
+        return self.spark.table(f"{self.database}.{name}")
+
+    def manifest(self) -> dict[str, Any]:
+        return json.loads((self.workdir / "shards" / "manifest.json").read_text())
+
+
+@pytest.fixture
+def pipeline(spark: SparkSession, tmp_path: Path, request: pytest.FixtureRequest) -> Pipeline:
+    name = re.sub(r"\W+", "_", request.node.name.lower())[:40]
+    return Pipeline(spark, tmp_path / "work", f"t_{name}_{uuid.uuid4().hex[:6]}")

@@ -1,0 +1,82 @@
+"""./spark-submit.sh itself: one-line errors and exit codes, and one real end-to-end run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import profile, write_crawl
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = str(ROOT / "spark-submit.sh")
+
+
+def _run(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [SCRIPT, *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nosuch"], "unknown stage 'nosuch'"),
+        (["prepare", "--conf", "prepare.bogus=1"], "unknown config key 'prepare.bogus'"),
+        (["prepare", "--conf", "prepare.split_fractions.test=0.5"], "sum to 1"),
+        (["prepare", "--conf", "prepare.cities=[GOTHAM]"], "prepare.cities: unknown GOTHAM"),
+        (["ingest", "--input", "/nonexistent/crawl"], "input '/nonexistent/crawl' does not exist"),
+        (["ingest", "--bogus-option"], "unrecognized arguments: --bogus-option"),
+    ],
+)
+def test_bad_arguments_fail_fast_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    result = _run(*args, "--workdir", str(tmp_path / "w"), timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "w").exists()  # nothing was touched
+
+
+def _fake_java(tmp_path: Path, version_line: str) -> dict[str, str]:
+    home = tmp_path / "jdk"
+    (home / "bin").mkdir(parents=True)
+    java = home / "bin" / "java"
+    java.write_text(f"#!/bin/sh\necho '{version_line}' >&2\n")
+    java.chmod(0o755)
+    return {"JAVA_HOME": str(home)}
+
+
+def test_old_java_is_refused_with_what_to_install(tmp_path: Path) -> None:
+    result = _run("prepare", env=_fake_java(tmp_path, 'openjdk version "11.0.2" 2019-01-15'))
+    assert result.returncode == 2
+    assert "Java 17 or newer is required" in result.stderr and "11.0.2" in result.stderr
+
+
+def test_missing_java_is_refused_with_what_to_install(tmp_path: Path) -> None:
+    result = _run("prepare", env={"JAVA_HOME": str(tmp_path / "nojdk")})
+    assert result.returncode == 2
+    assert "Java not found: install OpenJDK 17" in result.stderr
+
+
+@pytest.mark.slow
+def test_all_then_sql_through_spark_submit(tmp_path: Path) -> None:
+    crawl = write_crawl(
+        tmp_path / "crawl.jsonl",
+        [profile(f"p{i}", skills=["Java", "SQL"][: 1 + i % 2]) for i in range(30)] + ["{oops"],
+    )
+    workdir = str(tmp_path / "w")
+    small = ["--conf", "prepare.min_job_profiles=1", "--conf", "prepare.min_skill_profiles=1"]
+    result = _run("all", "--input", str(crawl), "--workdir", workdir, *small)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[ingest] raw lines 31 = accepted 30 + quarantined 1 (invalid_json=1)" in result.stdout
+    assert "skillrank.profiles" in result.stdout and "30 rows" in result.stdout
+
+    query = "SELECT skill_name, profile_count FROM skillrank.skill_vocab ORDER BY skill_id"
+    sql = _run("sql", "--workdir", workdir, "-e", query)
+    assert sql.returncode == 0, sql.stderr[-3000:]
+    rows = [line.split("\t") for line in sql.stdout.strip().splitlines()]
+    train = int(rows[0][1])
+    assert rows[0][0] == "java" and rows[1][0] == "sql" and 0 < int(rows[1][1]) < train <= 30

@@ -1,0 +1,65 @@
+"""The configuration object: loading, overrides, and every kind of bad value."""
+
+from __future__ import annotations
+
+import pytest
+
+from skillrank.config import ConfigError, load_config
+
+
+def test_defaults_hold_the_papers_six_cities_and_industries() -> None:
+    config = load_config()
+    assert config.prepare.cities == [
+        "SAN_FRANCISCO_BAY_AREA",
+        "NEW_YORK_METROPOLITAN_AREA",
+        "SEATTLE",
+        "PITTSBURGH",
+        "MUMBAI",
+        "NEW_DELHI",
+    ]
+    assert len(config.prepare.industries) == 6
+    assert config.prepare.split_fractions == {"train": 0.9, "validation": 0.05, "test": 0.05}
+    assert config.spark.master == "local[*]"
+
+
+def test_overrides_are_typed_and_change_the_fingerprint() -> None:
+    base = load_config()
+    changed = load_config(
+        overrides=["prepare.min_job_profiles=7", "prepare.cities=[SEATTLE, MUMBAI]"]
+    )
+    assert changed.prepare.min_job_profiles == 7
+    assert changed.prepare.cities == ["SEATTLE", "MUMBAI"]
+    assert changed.fingerprint() != base.fingerprint()
+    assert load_config().fingerprint() == base.fingerprint()
+
+
+def test_extra_spark_conf_takes_free_form_keys() -> None:
+    config = load_config(overrides=["spark.extra_conf.spark.executor.memory=2g"])
+    assert config.spark.extra_conf == {"spark.executor.memory": "2g"}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("prepare.min_job_profile=3", "unknown config key 'prepare.min_job_profile'"),
+        ("nosuch.key=1", "unknown config key 'nosuch.key'"),
+        ("prepare.min_job_profiles=three", "'prepare.min_job_profiles' must be an integer"),
+        ("prepare.min_job_profiles=0", "'prepare.min_job_profiles' must be >= 1"),
+        ("prepare.job_weighting=random", "'prepare.job_weighting' must be one of uniform, tenure"),
+        ("prepare.cities=[SEATTLE, ATLANTIS]", "prepare.cities: unknown ATLANTIS"),
+        ("prepare.industries=[Farming]", "prepare.industries: unknown Farming"),
+        ("prepare.split_fractions.train=0.8", "must be >= 0 and sum to 1"),
+        ("prepare.cities=SEATTLE", "'prepare.cities' must be a list"),
+        ("novalue", "--conf expects key=value"),
+    ],
+)
+def test_bad_overrides_name_the_problem(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides=[override])
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_unknown_environment_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"unknown environment 'mars' \(known: .*local"):
+        load_config("mars")

@@ -1,0 +1,292 @@
+"""The crawl generator: planted truth recovered, determinism, bad lines as ingest sees them."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from pyspark.sql import SparkSession
+
+from jobs._cli import StageContext, StageResult
+from jobs.generate import STAGE, crawl_params
+from skillrank.config import Config, load_aliases
+from skillrank.generate import (
+    CrawlParams,
+    Truth,
+    generate_shard,
+    load_taxonomy,
+    normalize_label,
+    plan_truth,
+    truth_tables,
+)
+from skillrank.ingest import REASONS, parse_lines
+
+# Mean squared z-score of empirical vs planted skill frequencies: about 1 when the generator
+# samples the planted distribution; the bound leaves room for chance, not for a wrong model.
+Z2_BOUND = 1.3
+
+
+@pytest.fixture(scope="module")
+def truth(config: Config) -> Truth:
+    g = config.generate
+    return plan_truth(
+        load_taxonomy(),
+        seed=g.seed,
+        occupation_zipf=g.occupation_zipf,
+        focus_isco_groups=g.focus_isco_groups,
+        focus_boost=g.focus_boost,
+        title_zipf=g.title_zipf,
+        essential_rate=g.essential_rate,
+        optional_rate=g.optional_rate,
+        hot_technology_rate=g.hot_technology_rate,
+        technology_rate=g.technology_rate,
+        rate_jitter=g.rate_jitter,
+        generic_skills=g.generic_skills,
+        generic_rate=g.generic_rate,
+        generic_zipf=g.generic_zipf,
+        companies=g.companies,
+        company_zipf=g.company_zipf,
+    )
+
+
+@pytest.fixture(scope="module")
+def params(config: Config) -> CrawlParams:
+    return crawl_params(config)
+
+
+def _canonical(aliases: dict[str, list[str]]) -> dict[str, str]:
+    """Normalised alias spelling -> normalised canonical label (what prepare does)."""
+    return {
+        normalize_label(s): normalize_label(c)
+        for c, spellings in aliases.items()
+        for s in spellings
+    }
+
+
+def _profiles(lines: list[bytes]) -> list[dict]:
+    return [json.loads(line) for line in lines]
+
+
+def _z2(
+    counts: dict[str, Counter[str]], n: dict[str, int], planted: dict[str, dict[str, float]]
+) -> float:
+    """Mean squared z-score of observed skill counts against planted inclusion probabilities."""
+    z2 = []
+    for occ, dist in planted.items():
+        for skill, p in dist.items():
+            expected = n[occ] * p
+            z2.append((counts[occ][skill] - expected) ** 2 / (expected * (1 - p)))
+    return float(np.mean(z2))
+
+
+def test_single_position_skill_frequencies_match_planted_distribution(
+    config: Config, truth: Truth, params: CrawlParams
+) -> None:
+    single = dataclasses.replace(
+        params, extra_positions_mean=0.0, recrawl_rate=0.0, duplicate_rate=0.0, malformed_rate=0.0
+    )
+    shard = generate_shard(truth, single, 0, 0, 30000, seed=7)
+    tables = truth_tables(truth)
+    occupations_of: dict[str, set[str]] = defaultdict(set)
+    for key, occ in zip(
+        tables["titles"]["title_key"], tables["titles"]["occupation_id"], strict=True
+    ):
+        occupations_of[key].add(occ)
+    planted: dict[str, dict[str, float]] = defaultdict(dict)
+    skills = tables["occupation_skills"]
+    for occ, key, p in zip(
+        skills["occupation_id"], skills["skill_key"], skills["probability"], strict=True
+    ):
+        planted[occ][key] = p
+
+    aliases = load_aliases(config)
+    title_of, skill_of = _canonical(aliases["titles"]), _canonical(aliases["skills"])
+    counts: dict[str, Counter[str]] = defaultdict(Counter)
+    n: Counter[str] = Counter()
+    for profile in _profiles(shard.lines):
+        assert len(profile["positions"]) == 1
+        title = normalize_label(profile["positions"][0]["title"])
+        owners = occupations_of[title_of.get(title, title)]
+        assert owners, f"title {profile['positions'][0]['title']!r} is not in the planted truth"
+        if len(owners) == 1:  # a title shared by occupations does not say which one
+            (occ,) = owners
+            n[occ] += 1
+            keys = [normalize_label(s) for s in profile["skills"]]
+            counts[occ].update(skill_of.get(k, k) for k in keys)
+
+    frequent = {occ: planted[occ] for occ, count in n.items() if count >= 200}
+    assert len(frequent) >= 10, f"too few occupations with 200 profiles: {n.most_common(12)}"
+    for occ in frequent:
+        outside = set(counts[occ]) - set(planted[occ])
+        assert not outside, f"{occ}: skills outside its planted distribution: {sorted(outside)[:5]}"
+    z2 = _z2(counts, n, frequent)
+    print(
+        "Z2",
+        z2,
+        [
+            _z2(counts, n, {o: {s: f * p for s, p in d.items()} for o, d in frequent.items()})
+            for f in (0.9, 0.95, 1.05)
+        ],
+    )
+    assert z2 < Z2_BOUND, (
+        f"empirical skill frequencies far from the planted ones: mean z^2 {z2:.2f}"
+    )
+
+    # The bound has power: the same data fails it against a slightly wrong distribution
+    # (each occupation's probabilities permuted among its own skills, or all scaled by 0.9).
+    rng = np.random.default_rng(0)
+    permuted = {
+        o: dict(zip(d, rng.permutation(list(d.values())), strict=True)) for o, d in frequent.items()
+    }
+    scaled = {o: {s: 0.9 * p for s, p in d.items()} for o, d in frequent.items()}
+    for name, wrong in (("permuted", permuted), ("scaled", scaled)):
+        wrong_z2 = _z2(counts, n, wrong)
+        assert wrong_z2 > Z2_BOUND, f"{name} distribution passed the bound: mean z^2 {wrong_z2:.2f}"
+
+
+def test_profiles_look_like_the_crawl_format(
+    config: Config, truth: Truth, params: CrawlParams
+) -> None:
+    clean = dataclasses.replace(params, malformed_rate=0.0)
+    shard = generate_shard(truth, clean, 3, 1000, 3000, seed=11)
+    profiles = _profiles(shard.lines)
+    aliases = load_aliases(config)
+    city_spellings = {
+        normalize_label(s) for c in config.prepare.cities for s in aliases["cities"][c]
+    }
+    others = {normalize_label(s) for s in params.other_locations}
+    snapshots: dict[str, list[str]] = defaultdict(list)
+    for p in profiles:
+        snapshots[p["profile_id"]].append(p["crawled_at"])
+        positions = p["positions"]
+        assert 1 <= len(positions) <= params.max_positions
+        assert all(pos["end"] is not None for pos in positions[1:]), p
+        starts = [pos["start"] for pos in positions]
+        assert starts == sorted(starts, reverse=True), f"positions not most recent first: {starts}"
+        assert all(pos["end"] is None or pos["start"] <= pos["end"] for pos in positions), p
+        assert p["location"] is None or normalize_label(p["location"]) in city_spellings | others
+    assert len(snapshots) == 3000 == shard.stats.profiles
+    recrawled = [sorted(times) for times in snapshots.values() if len(set(times)) > 1]
+    assert 0.1 < len(recrawled) / 3000 < 0.3
+    assert {len(set(t)) for t in snapshots.values()} == {1, 2, 3}
+    in_scope = shard.stats.profiles_in_scope / 3000
+    expected = params.city_rate * params.industry_rate
+    assert abs(in_scope - expected) < 0.05, (in_scope, expected)
+    assert len(shard.lines) == shard.stats.snapshots + shard.stats.duplicate_lines
+
+
+def _run_stage(spark: SparkSession, config: Config, output: Path, **knobs: object) -> StageResult:
+    small = dataclasses.replace(
+        config,
+        generate=dataclasses.replace(
+            config.generate, profiles=2000, shards=3, malformed_rate=0.05, **knobs
+        ),
+    )
+    args = argparse.Namespace(output=str(output))
+    ctx = StageContext(spark, small, output.parent, "generate-test", args)
+    return STAGE.run(ctx)
+
+
+def _file_bytes(directory: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def crawl(spark: SparkSession, config: Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("generate") / "crawl"
+    _run_stage(spark, config, output)
+    return output
+
+
+def test_same_seed_same_bytes_other_seed_other_data(
+    spark: SparkSession, config: Config, crawl: Path, tmp_path: Path
+) -> None:
+    again = tmp_path / "again"
+    _run_stage(spark, config, again)
+    first, second = _file_bytes(crawl), _file_bytes(again)
+    assert sorted(first) == sorted(second)
+    differing = [name for name in first if first[name] != second[name]]
+    assert not differing, f"same seed, different bytes in {differing}"
+
+    other = tmp_path / "other"
+    _run_stage(spark, config, other, seed=config.generate.seed + 1)
+    third = _file_bytes(other)
+    shards = [name for name in first if name.startswith("crawl-")]
+    assert len(shards) == 3
+    assert all(first[name] != third[name] for name in shards)
+    lines_a = set(gzip.decompress(first[shards[0]]).splitlines())
+    lines_b = set(gzip.decompress(third[shards[0]]).splitlines())
+    assert len(lines_a) > 500
+    assert len(lines_a & lines_b) < 0.01 * len(lines_a), "another seed repeated lines"
+
+
+def test_rerun_with_same_parameters_is_a_no_op(
+    spark: SparkSession, config: Config, crawl: Path
+) -> None:
+    before = {p: p.stat().st_mtime_ns for p in crawl.rglob("*")}
+    result = _run_stage(spark, config, crawl)
+    assert "nothing to do" in result.summary[0]
+    assert {p: p.stat().st_mtime_ns for p in crawl.rglob("*")} == before
+
+
+def test_stats_count_what_ingest_quarantines(
+    spark: SparkSession, config: Config, crawl: Path
+) -> None:
+    stats = json.loads((crawl / "stats.json").read_text())
+    lines = spark.read.text(str(crawl / "crawl-*.jsonl.gz"))
+    parsed = parse_lines(
+        lines,
+        max_line_bytes=config.ingest.max_line_bytes,
+        max_field_chars=config.ingest.max_field_chars,
+        max_positions=config.ingest.max_positions,
+        max_skills=config.ingest.max_skills,
+    )
+    found = {r["reason"]: r["count"] for r in parsed.groupBy("reason").count().collect()}
+    accepted = found.pop(None, 0)
+    expected = {reason: n for reason, n in stats["malformed"].items() if n}
+    assert found == expected, f"ingest quarantined {found}, stats say {expected}"
+    assert set(stats["malformed"]) == set(REASONS)
+    assert all(stats["malformed"][reason] > 0 for reason in REASONS), stats["malformed"]
+    assert accepted == stats["snapshots"] + stats["duplicate_lines"]
+    assert (
+        stats["lines"]
+        == accepted + stats["malformed_lines"]
+        == sum(f["lines"] for f in stats["files"])
+    )
+
+
+def test_truth_files_describe_the_sampled_world(crawl: Path) -> None:
+    titles = pq.read_table(crawl / "truth" / "titles.parquet").to_pydict()
+    skills = pq.read_table(crawl / "truth" / "occupation_skills.parquet").to_pydict()
+    generic = pq.read_table(crawl / "truth" / "generic_skills.parquet").to_pydict()
+    per_occupation: dict[str, float] = defaultdict(float)
+    for occ, p in zip(titles["occupation_id"], titles["probability"], strict=True):
+        per_occupation[occ] += p
+    assert all(abs(total - 1.0) < 1e-9 for total in per_occupation.values())
+    assert set(skills["relation"]) == {
+        "essential",
+        "optional",
+        "hot_technology",
+        "technology",
+        None,
+    }
+    assert all(0.0 < p <= 1.0 for p in skills["probability"])
+    generic_keys = set(generic["skill_key"])
+    marked = {k for k, g in zip(skills["skill_key"], skills["is_generic"], strict=True) if g}
+    assert marked == generic_keys
+    # Generic skills are planted in every occupation.
+    generic_rows = Counter(
+        o for o, g in zip(skills["occupation_id"], skills["is_generic"], strict=True) if g
+    )
+    assert set(generic_rows.values()) == {len(generic_keys)}

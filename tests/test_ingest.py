@@ -1,0 +1,155 @@
+"""ingest: strict parsing, a negative test per reason code, exact line numbers, idempotent reruns."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pyspark.sql import Row, SparkSession
+from pyspark.sql import functions as F
+
+from jobs.ingest import read_lines
+from skillrank.ingest import REASONS, number_lines, parse_lines
+from tests.conftest import Pipeline, profile, write_crawl
+
+LIMITS = {"max_line_bytes": 4096, "max_field_chars": 64, "max_positions": 3, "max_skills": 4}
+
+# One bad line per reason code, each otherwise valid so that only that reason applies.
+BAD_LINES: dict[str, tuple[str | bytes, str | None]] = {
+    "empty_line": ("   ", None),
+    "line_too_long": (json.dumps(profile("p", skills=["x" * 5000])), None),
+    "invalid_utf8": (b'{"profile_id": "p", "crawled_at": "2026-10-01", "location": "Z\xfcrich"}', None),
+    "invalid_json": ('{"profile_id": "p", "crawled_at": "2026-10-01"', None),
+    "not_an_object": ('["p", "2026-10-01"]', None),
+    "missing_field": (json.dumps({"crawled_at": "2026-10-01T00:00:00Z"}), "profile_id"),
+    "wrong_type": (json.dumps(profile("p", skills="Java")), "skills"),
+    "invalid_timestamp": (json.dumps(profile("p", crawled_at="yesterday")), "crawled_at"),
+    "too_many_items": (json.dumps(profile("p", skills=list("abcde"))), "skills"),
+    "field_too_long": (json.dumps(profile("p", industry="y" * 65)), "industry"),
+    "control_characters": (json.dumps(profile("p", location="Seattle\u0007")), "location"),
+}
+
+
+def _lines(spark: SparkSession, values: list[str | bytes]) -> "object":
+    rows = [Row(value=v.encode() if isinstance(v, str) else v) for v in values]
+    return spark.createDataFrame(rows, "value binary").select(F.col("value").cast("string"))
+
+
+def test_every_reason_code_has_a_negative_test() -> None:
+    assert set(BAD_LINES) == set(REASONS)
+
+
+@pytest.mark.parametrize("reason", REASONS)
+def test_bad_line_is_quarantined_with_its_reason(spark: SparkSession, reason: str) -> None:
+    line, detail = BAD_LINES[reason]
+    (row,) = parse_lines(_lines(spark, [line]), **LIMITS).collect()
+    assert (row.reason, row.reason_detail) == (reason, detail)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("profile_id", 17),
+        ("crawled_at", 1759320000),
+        ("location", ["Seattle"]),
+        ("industry", {"name": "Software"}),
+        ("positions", {"title": "Engineer"}),
+        ("positions", ["Engineer"]),
+        ("positions", [{"title": 3}]),
+        ("positions", [{"title": "Engineer", "end": False}]),
+        ("skills", ["Java", 1]),
+        ("skills", [["Java"]]),
+    ],
+)
+def test_wrong_type_at_every_field(spark: SparkSession, field: str, value: object) -> None:
+    line = json.dumps(profile("p", **{field: value}))
+    (row,) = parse_lines(_lines(spark, [line]), **LIMITS).collect()
+    assert (row.reason, row.reason_detail) == ("wrong_type", field)
+
+
+def test_valid_lines_arrive_unchanged(spark: SparkSession) -> None:
+    record = profile(
+        "p-1",
+        crawled_at="2026-10-01T12:00:00+02:00",
+        positions=[{"title": " Senior  Engineer ", "company": None, "start": "2019-03", "end": None,
+                    "team": {"size": 4}}],  # fmt: skip
+        skills=["Java", "Ünïcode"],
+        extra_field=[1, 2],
+    )
+    minimal = {"profile_id": "p-2", "crawled_at": "2026-10-02T00:00:00Z"}
+    with_bom = "\ufeff" + json.dumps(profile("p-3"))
+    rows = parse_lines(_lines(spark, [json.dumps(record), json.dumps(minimal), with_bom]), **LIMITS)
+    got = {r.profile_id: r for r in rows.collect()}
+    assert all(r.reason is None for r in got.values())
+    p1 = got["p-1"]
+    assert str(p1.crawled_at) == "2026-10-01 10:00:00"  # UTC
+    assert p1.positions == [Row(title=" Senior  Engineer ", company=None, start="2019-03", end=None)]
+    assert p1.skills == ["Java", "Ünïcode"]
+    assert (p1.location, p1.industry) == ("Greater Seattle Area", "Computer Software")
+    assert (got["p-2"].positions, got["p-2"].skills, got["p-2"].location) == (None, None, None)
+    assert got["p-3"].skills == ["Java", "SQL"]
+
+
+def test_line_numbers_are_exact_across_splits_and_files(spark: SparkSession, tmp_path: Path) -> None:
+    plain = write_crawl(tmp_path / "a.jsonl", [json.dumps(profile(f"a{i}")) for i in range(300)])
+    packed = write_crawl(tmp_path / "b.jsonl.gz", [json.dumps(profile(f"b{i}")) for i in range(40)])
+    spark.conf.set("spark.sql.files.maxPartitionBytes", "4096")  # split a.jsonl into many blocks
+    try:
+        lines = number_lines(read_lines(spark, [str(plain), str(packed)]))
+        got = {r.line_number: json.loads(r.value)["profile_id"] for r in lines.collect()
+               if r.source_file.endswith("a.jsonl")}  # fmt: skip
+        gz = lines.where(F.col("source_file").endswith("b.jsonl.gz")).collect()
+        blocks = read_lines(spark, [str(plain)]).select("block_start").distinct().count()
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+    assert blocks > 3
+    assert got == {i + 1: f"a{i}" for i in range(300)}
+    assert sorted((r.line_number, json.loads(r.value)["profile_id"]) for r in gz) == [
+        (i + 1, f"b{i}") for i in range(40)
+    ]
+
+
+def test_ingest_counts_add_up_and_rerun_is_a_noop(pipeline: Pipeline, tmp_path: Path) -> None:
+    crawl = tmp_path / "crawl"
+    good = [profile(f"p{i}") for i in range(5)]
+    write_crawl(crawl / "one.jsonl", [*good[:3], "not json", ""])
+    write_crawl(crawl / "two.jsonl.gz", [*good[3:], json.dumps(profile("p9", skills="x"))])
+    assert pipeline.run(["ingest"], "--input", str(crawl)) == 0
+
+    raw = pipeline.table("profiles_raw")
+    quarantine = pipeline.table("quarantine")
+    assert sorted(r.profile_id for r in raw.collect()) == ["p0", "p1", "p2", "p3", "p4"]
+    assert sorted((Path(r.source_file).name, r.line_number, r.reason) for r in quarantine.collect()) == [
+        ("one.jsonl", 4, "invalid_json"),
+        ("one.jsonl", 5, "empty_line"),
+        ("two.jsonl.gz", 3, "wrong_type"),
+    ]
+    files = {Path(r.source_file).name: (r.lines, r.accepted, r.quarantined)
+             for r in pipeline.table("ingested_files").collect()}  # fmt: skip
+    assert files == {"one.jsonl": (5, 3, 2), "two.jsonl.gz": (3, 2, 1)}
+    run = pipeline.table("stage_runs").where("stage = 'ingest'").first()
+    assert (run.status, run.rows_in, run.rows_out) == ("succeeded", 8, 5)
+    assert run.rows_dropped == {"empty_line": 1, "invalid_json": 1, "wrong_type": 1}
+
+    before = {k: sorted(pipeline.table(k).drop("ingest_run_id").collect())
+              for k in ("profiles_raw", "quarantine")}  # fmt: skip
+    assert pipeline.run(["ingest"], "--input", str(crawl)) == 0
+    after = {k: sorted(pipeline.table(k).drop("ingest_run_id").collect())
+             for k in ("profiles_raw", "quarantine")}  # fmt: skip
+    assert after == before
+    assert pipeline.table("ingested_files").count() == 2
+
+
+def test_rows_left_by_an_interrupted_ingest_are_replaced(pipeline: Pipeline, tmp_path: Path) -> None:
+    crawl = write_crawl(tmp_path / "c.jsonl", [profile("p1"), profile("p2")])
+    assert pipeline.run(["ingest"], "--input", str(crawl)) == 0
+    # Simulate a crash after profiles_raw was written but before ingested_files was.
+    pipeline.spark.sql(f"DELETE FROM {pipeline.database}.ingested_files")
+    assert pipeline.run(["ingest"], "--input", str(crawl)) == 0
+    assert sorted(r.profile_id for r in pipeline.table("profiles_raw").collect()) == ["p1", "p2"]
+
+
+def test_missing_input_fails_before_any_table_exists(pipeline: Pipeline, tmp_path: Path) -> None:
+    assert pipeline.run(["ingest"], "--input", str(tmp_path / "nowhere")) == 2
+    assert not pipeline.spark.catalog.databaseExists(pipeline.database)

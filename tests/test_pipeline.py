@@ -1,0 +1,114 @@
+"""ingest + prepare together on small crawls: content, idempotent reruns, appended crawls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from tests.conftest import Pipeline, profile, write_crawl
+
+SMALL = ("--conf", "prepare.min_job_profiles=1", "--conf", "prepare.min_skill_profiles=1")
+
+
+def _job(title: str, start: str = "2020-01", end: str | None = None) -> dict[str, Any]:
+    return {"title": title, "company": "X", "start": start, "end": end}
+
+
+def _crawl(n: int) -> list[dict[str, Any]]:
+    """n profiles in Seattle/Computer Software, plus one each outside city and industry."""
+    records = [
+        profile(f"p{i:03d}", positions=[_job(["Data Scientist", "Nurse"][i % 2])],
+                skills=[["Python", "SQL"], ["Triage"]][i % 2])  # fmt: skip
+        for i in range(n)
+    ]
+    records.append(profile("paris", location="Paris, France"))
+    records.append(profile("farm", industry="Farming"))
+    return records
+
+
+def _tables(p: Pipeline) -> dict[str, list[tuple]]:
+    return {
+        "profiles": sorted(tuple(r) for r in p.table("profiles").collect()),
+        "job_vocab": sorted(tuple(r) for r in p.table("job_vocab").collect()),
+        "skill_vocab": sorted(tuple(r) for r in p.table("skill_vocab").collect()),
+    }
+
+
+def _shard_rows(p: Pipeline) -> dict[str, list[dict[str, Any]]]:
+    manifest = p.manifest()
+    root = p.workdir / "shards"
+    return {
+        split: sorted(
+            (row for s in info["shards"] for row in pq.read_table(root / s["path"]).to_pylist()),
+            key=lambda r: r["profile_id"],
+        )
+        for split, info in manifest["splits"].items()
+    }
+
+
+def test_pipeline_writes_profiles_vocabularies_and_shards(pipeline: Pipeline, tmp_path: Path) -> None:
+    crawl = write_crawl(tmp_path / "c1.jsonl.gz", [*_crawl(60), "{broken"])
+    assert pipeline.run(["ingest", "prepare"], "--input", str(crawl), *SMALL) == 0
+
+    profiles = {r.profile_id: r for r in pipeline.table("profiles").collect()}
+    assert len(profiles) == 62
+    assert (profiles["paris"].city, profiles["farm"].industry) == (None, None)
+    assert profiles["p001"].titles == ["nurse"] and profiles["p000"].skills == ["python", "sql"]
+
+    manifest = pipeline.manifest()
+    rows = _shard_rows(pipeline)
+    split_of = {pid: r.split for pid, r in profiles.items()}
+    assert {s: len(v) for s, v in rows.items()} == {s: i["rows"] for s, i in manifest["splits"].items()}
+    assert sum(len(v) for v in rows.values()) == 60  # paris and farm filtered out
+    for split, shard_rows in rows.items():
+        assert all(split_of[r["profile_id"]] == split for r in shard_rows)
+
+    jobs = {r.job_title: r.job_id for r in pipeline.table("job_vocab").collect()}
+    skills = {r.skill_name: r.skill_id for r in pipeline.table("skill_vocab").collect()}
+    assert set(jobs) <= {"data scientist", "nurse"} and set(skills) <= {"python", "sql", "triage"}
+    assert manifest["vocabulary"]["jobs"] == len(jobs)
+    for r in rows["train"]:
+        n = int(r["profile_id"][1:])
+        assert r["job_ids"] == [jobs[["data scientist", "nurse"][n % 2]]]
+        assert r["job_weights"] == [1.0]
+        assert r["skill_ids"] == sorted(skills[s] for s in [["python", "sql"], ["triage"]][n % 2])
+
+    run = pipeline.table("stage_runs").where("stage = 'prepare'").first()
+    assert run.rows_in == 62 and run.rows_out == 60
+    assert run.rows_dropped["outside_cities"] == 1 and run.rows_dropped["outside_industries"] == 1
+    assert run.input_versions["profiles_raw"] == manifest["delta_versions"]["profiles_raw"]
+
+
+def test_rerun_leaves_tables_and_split_unchanged(pipeline: Pipeline, tmp_path: Path) -> None:
+    crawl = write_crawl(tmp_path / "c1.jsonl", _crawl(40))
+    assert pipeline.run(["ingest", "prepare"], "--input", str(crawl), *SMALL) == 0
+    tables, shards = _tables(pipeline), _shard_rows(pipeline)
+    assert pipeline.run(["ingest", "prepare"], "--input", str(crawl), *SMALL) == 0
+    assert _tables(pipeline) == tables
+    assert _shard_rows(pipeline) == shards
+
+
+def test_appended_crawl_updates_profiles_and_keeps_splits(pipeline: Pipeline, tmp_path: Path) -> None:
+    first = write_crawl(tmp_path / "crawl" / "c1.jsonl", _crawl(40))
+    assert pipeline.run(["ingest", "prepare"], "--input", str(first.parent), *SMALL) == 0
+    before = {r.profile_id: r for r in pipeline.table("profiles").collect()}
+
+    later = "2026-11-01T00:00:00Z"
+    earlier = "2026-09-01T00:00:00Z"
+    update = [
+        profile("p000", later, skills=["Rust"]),  # newer snapshot: wins
+        profile("p001", earlier, skills=["Cobol"]),  # older snapshot: ignored
+        profile("new1", later),
+    ]
+    write_crawl(tmp_path / "crawl" / "c2.jsonl", update)
+    assert pipeline.run(["ingest", "prepare"], "--input", str(first.parent), *SMALL) == 0
+    after = {r.profile_id: r for r in pipeline.table("profiles").collect()}
+
+    assert after["p000"].skills == ["rust"]
+    assert after["p001"].skills == before["p001"].skills == ["triage"]
+    assert set(after) == set(before) | {"new1"}
+    assert all(after[k].split == before[k].split for k in before)
+    changed = [k for k in before if after[k] != before[k]]
+    assert changed == ["p000"]

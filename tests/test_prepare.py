@@ -1,0 +1,201 @@
+"""prepare transforms on inline data: dedupe, clean, split, filter, vocabulary, encoding."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from pyspark.sql import Row, SparkSession
+from pyspark.sql.types import ArrayType, LongType, StringType, StructField, StructType, TimestampType
+
+from skillrank.prepare import (
+    alias_lookup,
+    assign_splits,
+    build_vocabulary,
+    clean_profiles,
+    deduplicate_profiles,
+    encode_profiles,
+    filter_profiles,
+    normalize_text,
+)
+from skillrank.tables import POSITION
+
+RAW_SCHEMA = StructType(
+    [
+        StructField("profile_id", StringType()),
+        StructField("crawled_at", TimestampType()),
+        StructField("line_sha256", StringType()),
+        StructField("source_file", StringType()),
+        StructField("line_number", LongType()),
+        StructField("location", StringType()),
+        StructField("industry", StringType()),
+        StructField("positions", ArrayType(POSITION)),
+        StructField("skills", ArrayType(StringType())),
+    ]
+)
+CITIES = {"SEATTLE": ["Greater Seattle Area", "Seattle, WA"], "MUMBAI": ["Mumbai, India"]}
+INDUSTRIES = {"COMPUTER_SOFTWARE": ["Computer Software"], "REAL_ESTATE": ["Real Estate"]}
+TITLES = {"senior software engineer": ["sr. software engineer"]}
+SKILLS = {"microsoft office": ["MS Office"]}
+
+
+def _t(day: int, hour: int = 0) -> dt.datetime:
+    return dt.datetime(2026, 10, day, hour)
+
+
+def _raw(pid: str, when: dt.datetime, sha: str = "0", **fields: object) -> Row:
+    values = {"location": "Seattle, WA", "industry": "Computer Software", "positions": [],
+              "skills": [], "source_file": "f", "line_number": 1, **fields}  # fmt: skip
+    return Row(profile_id=pid, crawled_at=when, line_sha256=sha, **values)
+
+
+def _frame(spark: SparkSession, rows: list[Row]):  # noqa: ANN202 - DataFrame
+    return spark.createDataFrame([r.asDict() for r in rows], RAW_SCHEMA)
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("  Senior   Software\tEngineer ", "senior software engineer"),
+        ("ＳＥＮＩＯＲ　ｅｎｇｉｎｅｅｒ", "senior engineer"),  # full-width letters and space
+        ("Oﬃce Manager", "office manager"),  # ligature
+        ("Straße", "strasse"),  # full case folding, not lower()
+        ("   ", None),
+        (None, None),
+    ],
+)
+def test_normalize_text(raw: str | None, clean: str | None) -> None:
+    assert normalize_text(raw) == clean
+
+
+def test_latest_snapshot_wins_and_ties_break_by_hash(spark: SparkSession) -> None:
+    rows = [
+        _raw("a", _t(1), "aa", line_number=1),
+        _raw("a", _t(3), "bb", line_number=2),
+        _raw("a", _t(2), "cc", line_number=3),
+        _raw("b", _t(5), "zz", source_file="f1", line_number=7),
+        _raw("b", _t(5), "yy", source_file="f2", line_number=9),
+    ]
+    got = {r.profile_id: r.line_number for r in deduplicate_profiles(_frame(spark, rows)).collect()}
+    assert got == {"a": 2, "b": 9}
+    # The winner does not depend on the order the rows arrive in.
+    again = deduplicate_profiles(_frame(spark, rows[::-1]))
+    assert {r.profile_id: r.line_number for r in again.collect()} == got
+
+
+def test_clean_profiles_normalises_and_applies_aliases(spark: SparkSession) -> None:
+    positions = [
+        Row(title="Sr. Software  Engineer", company="A", start="2020-01", end=None),
+        Row(title=None, company="B", start="2018-01", end="2019-12"),
+        Row(title="SENIOR software engineer", company="C", start="2016-01", end="2017-12"),
+        Row(title="Data Scientist", company="D", start="2014-01", end="2015-12"),
+    ]
+    rows = [
+        _raw("a", _t(1), location="greater  SEATTLE area", industry="Real Estate",
+             positions=positions, skills=["SQL", "ms office", "sql ", "", None]),  # fmt: skip
+        _raw("b", _t(1), location="Paris", industry="Farming"),
+    ]
+    cleaned = clean_profiles(_frame(spark, rows), TITLES, SKILLS, CITIES, INDUSTRIES)
+    got = {r.profile_id: r for r in cleaned.collect()}
+    a = got["a"]
+    assert (a.city, a.industry) == ("SEATTLE", "REAL_ESTATE")
+    assert a.titles == ["senior software engineer", "data scientist"]
+    assert [p.title for p in a.positions] == [
+        "senior software engineer", None, "senior software engineer", "data scientist"
+    ]  # fmt: skip
+    assert [p.company for p in a.positions] == ["A", "B", "C", "D"]
+    assert a.skills == ["microsoft office", "sql"]
+    assert (got["b"].city, got["b"].industry, got["b"].titles) == (None, None, [])
+
+
+def test_alias_lookup_maps_spellings_and_canonical_names() -> None:
+    lookup = alias_lookup(CITIES, keep_unknown=False)
+    assert lookup["seattle, wa"] == "SEATTLE"
+    assert lookup["seattle"] == "SEATTLE"
+    assert alias_lookup(TITLES, keep_unknown=True)["sr. software engineer"] == (
+        "senior software engineer"
+    )
+
+
+def test_split_is_a_stable_salted_hash(spark: SparkSession) -> None:
+    fractions = {"train": 0.9, "validation": 0.05, "test": 0.05}
+    ids = spark.createDataFrame([(f"p-{i}",) for i in range(20000)], "profile_id string")
+    first = {r.profile_id: r.split for r in assign_splits(ids, fractions, "salt").collect()}
+    counts = {s: sum(1 for v in first.values() if v == s) for s in fractions}
+    assert 17700 < counts["train"] < 18300
+    assert 850 < counts["validation"] < 1150 and 850 < counts["test"] < 1150
+    # A subset (or any other frame holding the same ids) gets the same splits.
+    subset = ids.where("profile_id LIKE 'p-1%'")
+    again = {r.profile_id: r.split for r in assign_splits(subset, fractions, "salt").collect()}
+    assert all(first[k] == v for k, v in again.items())
+    other_salt = {r.profile_id: r.split for r in assign_splits(ids, fractions, "pepper").collect()}
+    assert sum(first[k] != other_salt[k] for k in first) > 1000
+
+
+def test_split_matches_the_documented_formula(spark: SparkSession) -> None:
+    import hashlib
+
+    fractions = {"train": 0.5, "validation": 0.25, "test": 0.25}
+    ids = [f"x{i}" for i in range(200)]
+    got = assign_splits(spark.createDataFrame([(i,) for i in ids], "profile_id string"),
+                        fractions, "s")  # fmt: skip
+    for row in got.collect():
+        u = int(hashlib.sha256(f"s:{row.profile_id}".encode()).hexdigest()[:12], 16) / 2**48
+        assert row.split == ("train" if u < 0.5 else "validation" if u < 0.75 else "test")
+
+
+def test_filter_keeps_configured_cities_and_industries(spark: SparkSession) -> None:
+    rows = [("a", "SEATTLE", "REAL_ESTATE"), ("b", "MUMBAI", "COMPUTER_SOFTWARE"),
+            ("c", None, "REAL_ESTATE"), ("d", "SEATTLE", None), ("e", "SEATTLE", "RESEARCH")]  # fmt: skip
+    frame = spark.createDataFrame(rows, "profile_id string, city string, industry string")
+    kept = filter_profiles(frame, ["SEATTLE"], ["REAL_ESTATE", "RESEARCH"])
+    assert sorted(r.profile_id for r in kept.collect()) == ["a", "e"]
+
+
+def test_vocabulary_ids_are_dense_by_count_then_name(spark: SparkSession) -> None:
+    frame = spark.createDataFrame(
+        [(["b", "a"],), (["a", "c", "a"],), (["c"],), (["d"],), (["a"],)], "titles array<string>"
+    )
+    vocab = build_vocabulary(frame, "titles", "job_id", "job_title", min_profiles=2)
+    assert [tuple(r) for r in vocab.orderBy("job_id").collect()] == [(0, "a", 3), (1, "c", 2)]
+
+
+def _cleaned(spark: SparkSession, rows: list[tuple]):  # noqa: ANN202 - DataFrame
+    schema = StructType(
+        [
+            StructField("profile_id", StringType()),
+            StructField("split", StringType()),
+            StructField("crawled_at", TimestampType()),
+            StructField("positions", ArrayType(POSITION)),
+            StructField("skills", ArrayType(StringType())),
+        ]
+    )
+    return spark.createDataFrame(rows, schema)
+
+
+def test_encode_profiles_weights_and_drop_reasons(spark: SparkSession) -> None:
+    def pos(title: str, start: str, end: str | None) -> Row:
+        return Row(title=title, company=None, start=start, end=end)
+
+    now = dt.datetime(2026, 1, 15)
+    rows = [
+        # 'a' held 24 months, 'b' 12 months then 'a' again 12 months (open, ends at crawl).
+        ("p1", "train", now, [pos("a", "2025-01", None), pos("b", "2024-01", "2025-01"),
+                              pos("a", "2022-01", "2024-01")], ["s2", "s1", "zz"]),  # fmt: skip
+        ("p2", "test", now, [pos("unknown", "2020-01", None)], ["s1"]),
+        ("p3", "validation", now, [pos("b", "2020-01", None)], ["zz"]),
+    ]
+    jobs = spark.createDataFrame([(0, "a"), (1, "b")], "job_id int, job_title string")
+    skills = spark.createDataFrame([(0, "s1"), (1, "s2")], "skill_id int, skill_name string")
+    uniform = {r.profile_id: r for r in encode_profiles(_cleaned(spark, rows), jobs, skills,
+                                                         "uniform").collect()}  # fmt: skip
+    p1 = uniform["p1"]
+    assert (p1.job_ids, p1.job_weights, p1.skill_ids, p1.drop_reason) == (
+        [0, 1], [0.5, 0.5], [0, 1], None
+    )  # fmt: skip
+    assert uniform["p2"].drop_reason == "no_known_title"
+    assert uniform["p3"].drop_reason == "no_known_skill"
+    tenure = encode_profiles(_cleaned(spark, rows), jobs, skills, "tenure")
+    p1 = tenure.where("profile_id = 'p1'").first()
+    assert p1.job_ids == [0, 1]
+    assert p1.job_weights == pytest.approx([36 / 48, 12 / 48])
