@@ -15,7 +15,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pyspark.sql import Row, SparkSession
@@ -70,7 +70,9 @@ class _OneLineParser(argparse.ArgumentParser):
 def common_parser(prog: str) -> argparse.ArgumentParser:
     """The options every stage takes (see README: spark-submit.sh)."""
     parser = _OneLineParser(prog=prog)
-    parser.add_argument("--workdir", default="var", help="everything the run writes (default ./var)")
+    parser.add_argument(
+        "--workdir", default="var", help="everything the run writes (default ./var)"
+    )
     parser.add_argument("--env", default="local", help="configuration overlay conf/env/<env>.yml")
     parser.add_argument(
         "--conf", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
@@ -114,7 +116,7 @@ def run_stages(
     declare_tables(spark, config, ["stage_runs"])
     for stage in stages:
         ctx = StageContext(spark, config, workdir, _new_run_id(stage.name), args)
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         clock = time.monotonic()
         print(f"[{stage.name}] run {ctx.run_id} (workdir {workdir}, master {master})", flush=True)
         try:
@@ -137,7 +139,7 @@ def run_stages(
 
 
 def _new_run_id(stage: str) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{stage}-{stamp}-{uuid.uuid4().hex[:8]}"
 
 
@@ -160,7 +162,7 @@ def _record(
         stage=stage,
         status="failed" if error else "succeeded",
         started_at=started,
-        ended_at=datetime.now(timezone.utc),
+        ended_at=datetime.now(UTC),
         duration_seconds=time.monotonic() - clock,
         rows_in=result.rows_in if result else None,
         rows_out=result.rows_out if result else None,

@@ -17,12 +17,12 @@ from jobs._cli import StageError, common_parser, parse_stage_args
 from skillrank.config import PROJECT_ROOT, ConfigError, load_config
 from skillrank.session import build_spark, delta_jars, spark_settings
 
-STAGES = ("generate", "ingest", "prepare", "all")
+STAGE_NAMES = ("generate", "ingest", "prepare", "all")
 TOOLS = ("setup", "sql")
 USAGE = (
     "usage: spark-submit.sh <stage> [--workdir DIR] [--env NAME] [--conf KEY=VALUE]..."
     " [--master URL] [stage options]\n"
-    f"  stages: {', '.join(STAGES)}\n"
+    f"  stages: {', '.join(STAGE_NAMES)}\n"
     "  setup: create the environment and resolve the Delta JARs\n"
     '  sql [-e "SELECT ..."] [-f FILE]: spark-sql on the same metastore'
 )
@@ -55,14 +55,15 @@ def main(argv: list[str]) -> int:
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     prog = f"spark-submit.sh {command}"
-    if command not in STAGES + TOOLS:
-        known = ", ".join(STAGES + TOOLS)
+    if command not in STAGE_NAMES + TOOLS:
+        known = ", ".join(STAGE_NAMES + TOOLS)
         print(f"{prog}: error: unknown stage {command!r} (known: {known})", file=sys.stderr)
         return 2
     try:
-        if command in STAGES:
+        if command in STAGE_NAMES:
             module = importlib.import_module(f"jobs.{command}")
-            args, config = parse_stage_args(module.STAGES, rest)
+            stages = module.STAGES if command == "all" else [module.STAGE]
+            args, config = parse_stage_args(stages, rest)
             passthrough = rest
         else:
             args, passthrough = common_parser(prog).parse_known_args(rest)

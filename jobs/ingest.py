@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 import glob
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import UTC, datetime
 
 from delta.tables import DeltaTable
 from pyspark import StorageLevel
@@ -22,7 +21,13 @@ from pyspark.sql import functions as F
 
 from jobs._cli import Stage, StageContext, StageError, StageResult, run_stages
 from skillrank.config import Config
-from skillrank.ingest import REASONS, accepted_profiles, number_lines, parse_lines, quarantined_lines
+from skillrank.ingest import (
+    REASONS,
+    accepted_profiles,
+    number_lines,
+    parse_lines,
+    quarantined_lines,
+)
 from skillrank.session import resolve_path
 from skillrank.tables import SPECS, conform, declare_tables, table_version
 
@@ -77,7 +82,8 @@ def _crawl_file(status: object) -> CrawlFile:
         path=status.getPath().toString(),  # type: ignore[attr-defined]
         size=int(status.getLen()),  # type: ignore[attr-defined]
         modified_at=datetime.fromtimestamp(
-            status.getModificationTime() / 1000, tz=timezone.utc  # type: ignore[attr-defined]
+            status.getModificationTime() / 1000,
+            tz=UTC,  # type: ignore[attr-defined]
         ),
     )
 
@@ -100,7 +106,8 @@ def run(ctx: StageContext) -> StageResult:
         raise StageError(f"no crawl files (*.jsonl, *.jsonl.gz) found at {source!r}")
     declare_tables(spark, config, TABLES)
     listed = spark.createDataFrame(
-        [(f.path, f.size, f.modified_at) for f in files], "source_file string, file_size long, modified_at timestamp"
+        [(f.path, f.size, f.modified_at) for f in files],
+        "source_file string, file_size long, modified_at timestamp",
     )
     done = spark.table(ctx.table("ingested_files"))
     new_paths = {r.source_file for r in listed.join(done, listed.columns, "left_anti").collect()}
@@ -145,7 +152,9 @@ def run(ctx: StageContext) -> StageResult:
     for f in new:
         stats = per_file.get(f.path)
         lines, accepted = (stats.lines, stats.accepted) if stats else (0, 0)
-        records.append((f.path, f.size, f.modified_at, ctx.run_id, lines, accepted, lines - accepted))
+        records.append(
+            (f.path, f.size, f.modified_at, ctx.run_id, lines, accepted, lines - accepted)
+        )
     listing = spark.createDataFrame(records, SPECS["ingested_files"].schema)
     conform(listing, "ingested_files").write.insertInto(ctx.table("ingested_files"))
 
@@ -169,11 +178,8 @@ def run(ctx: StageContext) -> StageResult:
 STAGE = Stage(name="ingest", add_arguments=add_arguments, run=run, check=check)
 
 
-STAGES = [STAGE]
-
-
 def main() -> None:
-    raise SystemExit(run_stages(STAGES))
+    raise SystemExit(run_stages([STAGE]))
 
 
 if __name__ == "__main__":

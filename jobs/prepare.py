@@ -16,7 +16,7 @@ import json
 import math
 import os
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,9 @@ def _merge_profiles(ctx: StageContext, source: DataFrame) -> None:
     )
 
 
-def _write_shards(encoded: DataFrame, split: str, rows: int, rows_per_shard: int, path: str) -> None:
+def _write_shards(
+    encoded: DataFrame, split: str, rows: int, rows_per_shard: int, path: str
+) -> None:
     shards = max(1, math.ceil(rows / rows_per_shard))
     (
         encoded.where(F.col("split") == split)
@@ -130,7 +132,9 @@ def run(ctx: StageContext) -> StageResult:
         "job_vocab": table_version(spark, ctx.table("job_vocab")),
         "skill_vocab": table_version(spark, ctx.table("skill_vocab")),
     }
-    job_vocab = spark.sql(f"SELECT * FROM {ctx.table('job_vocab')} VERSION AS OF {versions['job_vocab']}")
+    job_vocab = spark.sql(
+        f"SELECT * FROM {ctx.table('job_vocab')} VERSION AS OF {versions['job_vocab']}"
+    )
     skill_vocab = spark.sql(
         f"SELECT * FROM {ctx.table('skill_vocab')} VERSION AS OF {versions['skill_vocab']}"
     )
@@ -158,7 +162,10 @@ def run(ctx: StageContext) -> StageResult:
             "shards": _shard_listing(ctx, f"{set_uri}/{split}", str(local_root)),
         }
     encoded.unpersist()
-    for name, vocab, key in (("job_vocab", job_vocab, "job_id"), ("skill_vocab", skill_vocab, "skill_id")):
+    for name, vocab, key in (
+        ("job_vocab", job_vocab, "job_id"),
+        ("skill_vocab", skill_vocab, "skill_id"),
+    ):
         vocab.coalesce(1).orderBy(key).write.mode("overwrite").parquet(f"{set_uri}/{name}")
     profiles.unpersist()
 
@@ -166,7 +173,7 @@ def run(ctx: StageContext) -> StageResult:
     manifest = {
         "format_version": MANIFEST_FORMAT,
         "prepare_run_id": ctx.run_id,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "config_fingerprint": config.fingerprint(),
         "split_fractions": params.split_fractions,
         "split_salt": params.split_salt,
@@ -199,7 +206,8 @@ def run(ctx: StageContext) -> StageResult:
             f"profiles_raw rows {raw_rows} -> profiles {total} -> kept {sum(tally.values())}"
             f" (dropped: {', '.join(f'{k}={v}' for k, v in dropped.items())})",
             f"vocabulary: {vocab_sizes['jobs']} jobs, {vocab_sizes['skills']} skills",
-            "shards: " + ", ".join(f"{s}={split_rows[s]}" for s in SPLITS)
+            "shards: "
+            + ", ".join(f"{s}={split_rows[s]}" for s in SPLITS)
             + f" -> {local_root / 'manifest.json'}",
         ],
     )
@@ -221,11 +229,8 @@ def _publish_manifest(root: Path, run_id: str, manifest: dict[str, Any]) -> None
 STAGE = Stage(name="prepare", add_arguments=add_arguments, run=run)
 
 
-STAGES = [STAGE]
-
-
 def main() -> None:
-    raise SystemExit(run_stages(STAGES))
+    raise SystemExit(run_stages([STAGE]))
 
 
 if __name__ == "__main__":

@@ -260,7 +260,8 @@ def _validate(config: Config) -> None:
     fractions = config.prepare.split_fractions
     if set(fractions) != set(SPLITS):
         raise ConfigError(
-            f"prepare.split_fractions must name exactly {', '.join(SPLITS)}, got {sorted(fractions)}"
+            f"prepare.split_fractions must name exactly {', '.join(SPLITS)},"
+            f" got {sorted(fractions)}"
         )
     if any(f < 0 for f in fractions.values()) or abs(sum(fractions.values()) - 1.0) > 1e-9:
         raise ConfigError(f"prepare.split_fractions must be >= 0 and sum to 1, got {fractions}")

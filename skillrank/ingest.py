@@ -1,4 +1,4 @@
-"""Ingest transforms: number raw crawl lines, parse them strictly, route them to profiles or quarantine.
+"""Ingest transforms: number raw crawl lines, parse them strictly, accept or quarantine each.
 
 Parsing goes through Spark's VARIANT type so that JSON types are checked exactly (a number
 where a string belongs is ``wrong_type``, not silently turned into text). Reason codes are

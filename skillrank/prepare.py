@@ -102,7 +102,9 @@ def clean_profiles(
     skills = _cleaner(alias_lookup(skill_aliases, True), True)
     cities = _cleaner(alias_lookup(city_aliases, False), False)
     industries = _cleaner(alias_lookup(industry_aliases, False), False)
-    positions = F.coalesce(F.col("positions"), F.array().cast(profiles.schema["positions"].dataType))
+    positions = F.coalesce(
+        F.col("positions"), F.array().cast(profiles.schema["positions"].dataType)
+    )
     return profiles.select(
         "profile_id",
         "crawled_at",
@@ -118,9 +120,7 @@ def clean_profiles(
         "crawled_at",
         "city",
         "industry",
-        F.zip_with("positions", "_titles", lambda p, t: p.withField("title", t)).alias(
-            "positions"
-        ),
+        F.zip_with("positions", "_titles", lambda p, t: p.withField("title", t)).alias("positions"),
         F.array_distinct(_present(F.col("_titles"))).alias("titles"),
         "skills",
         "source_file",

@@ -79,7 +79,9 @@ SPECS: dict[str, TableSpec] = {
                     _col("line_number", LongType(), "1-based line number in the file", False),
                     _col("line_sha256", StringType(), "SHA-256 of the raw line", False),
                     _col("profile_id", StringType(), "stable id of the profile", False),
-                    _col("crawled_at", TimestampType(), "when this snapshot was crawled (UTC)", False),
+                    _col(
+                        "crawled_at", TimestampType(), "when this snapshot was crawled (UTC)", False
+                    ),
                     _col("location", StringType(), "location as crawled"),
                     _col("industry", StringType(), "industry as crawled"),
                     _col("positions", ArrayType(POSITION), "positions as crawled"),
@@ -99,7 +101,9 @@ SPECS: dict[str, TableSpec] = {
                     _col("reason", StringType(), "reason code, e.g. invalid_json", False),
                     _col("reason_detail", StringType(), "field concerned, where there is one"),
                     _col("raw_bytes", LongType(), "length of the raw line in bytes", False),
-                    _col("raw_text", StringType(), "start of the raw line (invalid UTF-8 replaced)"),
+                    _col(
+                        "raw_text", StringType(), "start of the raw line (invalid UTF-8 replaced)"
+                    ),
                 ]
             ),
         ),
@@ -110,11 +114,17 @@ SPECS: dict[str, TableSpec] = {
             StructType(
                 [
                     _col("profile_id", StringType(), "stable id of the profile", False),
-                    _col("crawled_at", TimestampType(), "crawl time of the winning snapshot", False),
+                    _col(
+                        "crawled_at", TimestampType(), "crawl time of the winning snapshot", False
+                    ),
                     _col("city", StringType(), "canonical city code; null when not recognised"),
                     _col("industry", StringType(), "canonical industry code; null when unknown"),
                     _col("positions", ArrayType(POSITION), "positions, titles cleaned"),
-                    _col("titles", ArrayType(StringType()), "distinct cleaned titles, first seen first"),
+                    _col(
+                        "titles",
+                        ArrayType(StringType()),
+                        "distinct cleaned titles, first seen first",
+                    ),
                     _col("skills", ArrayType(StringType()), "distinct cleaned skills, sorted"),
                     _col("split", StringType(), "train, validation or test (salted hash)", False),
                     _col("source_file", StringType(), "crawl file of the winning snapshot", False),
@@ -160,10 +170,20 @@ SPECS: dict[str, TableSpec] = {
                     _col("duration_seconds", DoubleType(), "wall time in seconds", False),
                     _col("rows_in", LongType(), "rows read"),
                     _col("rows_out", LongType(), "rows written"),
-                    _col("rows_dropped", MapType(StringType(), LongType()), "dropped rows by reason"),
-                    _col("input_versions", MapType(StringType(), LongType()), "Delta versions read"),
-                    _col("output_versions", MapType(StringType(), LongType()), "Delta versions written"),
-                    _col("config_fingerprint", StringType(), "hash of the full configuration", False),
+                    _col(
+                        "rows_dropped", MapType(StringType(), LongType()), "dropped rows by reason"
+                    ),
+                    _col(
+                        "input_versions", MapType(StringType(), LongType()), "Delta versions read"
+                    ),
+                    _col(
+                        "output_versions",
+                        MapType(StringType(), LongType()),
+                        "Delta versions written",
+                    ),
+                    _col(
+                        "config_fingerprint", StringType(), "hash of the full configuration", False
+                    ),
                     _col("config_json", StringType(), "the full configuration", False),
                     _col("error", StringType(), "one-line error of a failed run"),
                 ]

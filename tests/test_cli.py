@@ -14,7 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = str(ROOT / "spark-submit.sh")
 
 
-def _run(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def _run(
+    *args: str, env: dict[str, str] | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [SCRIPT, *args], capture_output=True, text=True, timeout=timeout,
         env={**os.environ, **(env or {})},
@@ -32,7 +34,9 @@ def _run(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -> s
         (["ingest", "--bogus-option"], "unrecognized arguments: --bogus-option"),
     ],
 )
-def test_bad_arguments_fail_fast_with_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+def test_bad_arguments_fail_fast_with_one_line(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
     result = _run(*args, "--workdir", str(tmp_path / "w"), timeout=60)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()

@@ -1,4 +1,4 @@
-"""ingest: strict parsing, a negative test per reason code, exact line numbers, idempotent reruns."""
+"""ingest: strict parsing, a negative test per reason, exact line numbers, idempotent reruns."""
 
 from __future__ import annotations
 
@@ -19,7 +19,10 @@ LIMITS = {"max_line_bytes": 4096, "max_field_chars": 64, "max_positions": 3, "ma
 BAD_LINES: dict[str, tuple[str | bytes, str | None]] = {
     "empty_line": ("   ", None),
     "line_too_long": (json.dumps(profile("p", skills=["x" * 5000])), None),
-    "invalid_utf8": (b'{"profile_id": "p", "crawled_at": "2026-10-01", "location": "Z\xfcrich"}', None),
+    "invalid_utf8": (
+        b'{"profile_id": "p", "crawled_at": "2026-10-01", "location": "Z\xfcrich"}',
+        None,
+    ),
     "invalid_json": ('{"profile_id": "p", "crawled_at": "2026-10-01"', None),
     "not_an_object": ('["p", "2026-10-01"]', None),
     "missing_field": (json.dumps({"crawled_at": "2026-10-01T00:00:00Z"}), "profile_id"),
@@ -31,7 +34,7 @@ BAD_LINES: dict[str, tuple[str | bytes, str | None]] = {
 }
 
 
-def _lines(spark: SparkSession, values: list[str | bytes]) -> "object":
+def _lines(spark: SparkSession, values: list[str | bytes]) -> object:
     rows = [Row(value=v.encode() if isinstance(v, str) else v) for v in values]
     return spark.createDataFrame(rows, "value binary").select(F.col("value").cast("string"))
 
@@ -72,8 +75,15 @@ def test_valid_lines_arrive_unchanged(spark: SparkSession) -> None:
     record = profile(
         "p-1",
         crawled_at="2026-10-01T12:00:00+02:00",
-        positions=[{"title": " Senior  Engineer ", "company": None, "start": "2019-03", "end": None,
-                    "team": {"size": 4}}],  # fmt: skip
+        positions=[
+            {
+                "title": " Senior  Engineer ",
+                "company": None,
+                "start": "2019-03",
+                "end": None,
+                "team": {"size": 4},
+            }
+        ],  # fmt: skip
         skills=["Java", "Ünïcode"],
         extra_field=[1, 2],
     )
@@ -84,14 +94,18 @@ def test_valid_lines_arrive_unchanged(spark: SparkSession) -> None:
     assert all(r.reason is None for r in got.values())
     p1 = got["p-1"]
     assert str(p1.crawled_at) == "2026-10-01 10:00:00"  # UTC
-    assert p1.positions == [Row(title=" Senior  Engineer ", company=None, start="2019-03", end=None)]
+    assert p1.positions == [
+        Row(title=" Senior  Engineer ", company=None, start="2019-03", end=None)
+    ]
     assert p1.skills == ["Java", "Ünïcode"]
     assert (p1.location, p1.industry) == ("Greater Seattle Area", "Computer Software")
     assert (got["p-2"].positions, got["p-2"].skills, got["p-2"].location) == (None, None, None)
     assert got["p-3"].skills == ["Java", "SQL"]
 
 
-def test_line_numbers_are_exact_across_splits_and_files(spark: SparkSession, tmp_path: Path) -> None:
+def test_line_numbers_are_exact_across_splits_and_files(
+    spark: SparkSession, tmp_path: Path
+) -> None:
     plain = write_crawl(tmp_path / "a.jsonl", [json.dumps(profile(f"a{i}")) for i in range(300)])
     packed = write_crawl(tmp_path / "b.jsonl.gz", [json.dumps(profile(f"b{i}")) for i in range(40)])
     spark.conf.set("spark.sql.files.maxPartitionBytes", "4096")  # split a.jsonl into many blocks
@@ -120,7 +134,9 @@ def test_ingest_counts_add_up_and_rerun_is_a_noop(pipeline: Pipeline, tmp_path: 
     raw = pipeline.table("profiles_raw")
     quarantine = pipeline.table("quarantine")
     assert sorted(r.profile_id for r in raw.collect()) == ["p0", "p1", "p2", "p3", "p4"]
-    assert sorted((Path(r.source_file).name, r.line_number, r.reason) for r in quarantine.collect()) == [
+    assert sorted(
+        (Path(r.source_file).name, r.line_number, r.reason) for r in quarantine.collect()
+    ) == [
         ("one.jsonl", 4, "invalid_json"),
         ("one.jsonl", 5, "empty_line"),
         ("two.jsonl.gz", 3, "wrong_type"),
@@ -141,7 +157,9 @@ def test_ingest_counts_add_up_and_rerun_is_a_noop(pipeline: Pipeline, tmp_path: 
     assert pipeline.table("ingested_files").count() == 2
 
 
-def test_rows_left_by_an_interrupted_ingest_are_replaced(pipeline: Pipeline, tmp_path: Path) -> None:
+def test_rows_left_by_an_interrupted_ingest_are_replaced(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
     crawl = write_crawl(tmp_path / "c.jsonl", [profile("p1"), profile("p2")])
     assert pipeline.run(["ingest"], "--input", str(crawl)) == 0
     # Simulate a crash after profiles_raw was written but before ingested_files was.

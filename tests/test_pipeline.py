@@ -19,8 +19,11 @@ def _job(title: str, start: str = "2020-01", end: str | None = None) -> dict[str
 def _crawl(n: int) -> list[dict[str, Any]]:
     """n profiles in Seattle/Computer Software, plus one each outside city and industry."""
     records = [
-        profile(f"p{i:03d}", positions=[_job(["Data Scientist", "Nurse"][i % 2])],
-                skills=[["Python", "SQL"], ["Triage"]][i % 2])  # fmt: skip
+        profile(
+            f"p{i:03d}",
+            positions=[_job(["Data Scientist", "Nurse"][i % 2])],
+            skills=[["Python", "SQL"], ["Triage"]][i % 2],
+        )  # fmt: skip
         for i in range(n)
     ]
     records.append(profile("paris", location="Paris, France"))
@@ -48,7 +51,9 @@ def _shard_rows(p: Pipeline) -> dict[str, list[dict[str, Any]]]:
     }
 
 
-def test_pipeline_writes_profiles_vocabularies_and_shards(pipeline: Pipeline, tmp_path: Path) -> None:
+def test_pipeline_writes_profiles_vocabularies_and_shards(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
     crawl = write_crawl(tmp_path / "c1.jsonl.gz", [*_crawl(60), "{broken"])
     assert pipeline.run(["ingest", "prepare"], "--input", str(crawl), *SMALL) == 0
 
@@ -60,7 +65,9 @@ def test_pipeline_writes_profiles_vocabularies_and_shards(pipeline: Pipeline, tm
     manifest = pipeline.manifest()
     rows = _shard_rows(pipeline)
     split_of = {pid: r.split for pid, r in profiles.items()}
-    assert {s: len(v) for s, v in rows.items()} == {s: i["rows"] for s, i in manifest["splits"].items()}
+    assert {s: len(v) for s, v in rows.items()} == {
+        s: i["rows"] for s, i in manifest["splits"].items()
+    }
     assert sum(len(v) for v in rows.values()) == 60  # paris and farm filtered out
     for split, shard_rows in rows.items():
         assert all(split_of[r["profile_id"]] == split for r in shard_rows)
@@ -90,7 +97,9 @@ def test_rerun_leaves_tables_and_split_unchanged(pipeline: Pipeline, tmp_path: P
     assert _shard_rows(pipeline) == shards
 
 
-def test_appended_crawl_updates_profiles_and_keeps_splits(pipeline: Pipeline, tmp_path: Path) -> None:
+def test_appended_crawl_updates_profiles_and_keeps_splits(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
     first = write_crawl(tmp_path / "crawl" / "c1.jsonl", _crawl(40))
     assert pipeline.run(["ingest", "prepare"], "--input", str(first.parent), *SMALL) == 0
     before = {r.profile_id: r for r in pipeline.table("profiles").collect()}

@@ -6,7 +6,14 @@ import datetime as dt
 
 import pytest
 from pyspark.sql import Row, SparkSession
-from pyspark.sql.types import ArrayType, LongType, StringType, StructField, StructType, TimestampType
+from pyspark.sql.types import (
+    ArrayType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
 
 from skillrank.prepare import (
     alias_lookup,
@@ -91,8 +98,14 @@ def test_clean_profiles_normalises_and_applies_aliases(spark: SparkSession) -> N
         Row(title="Data Scientist", company="D", start="2014-01", end="2015-12"),
     ]
     rows = [
-        _raw("a", _t(1), location="greater  SEATTLE area", industry="Real Estate",
-             positions=positions, skills=["SQL", "ms office", "sql ", "", None]),  # fmt: skip
+        _raw(
+            "a",
+            _t(1),
+            location="greater  SEATTLE area",
+            industry="Real Estate",
+            positions=positions,
+            skills=["SQL", "ms office", "sql ", "", None],
+        ),  # fmt: skip
         _raw("b", _t(1), location="Paris", industry="Farming"),
     ]
     cleaned = clean_profiles(_frame(spark, rows), TITLES, SKILLS, CITIES, INDUSTRIES)
@@ -145,8 +158,13 @@ def test_split_matches_the_documented_formula(spark: SparkSession) -> None:
 
 
 def test_filter_keeps_configured_cities_and_industries(spark: SparkSession) -> None:
-    rows = [("a", "SEATTLE", "REAL_ESTATE"), ("b", "MUMBAI", "COMPUTER_SOFTWARE"),
-            ("c", None, "REAL_ESTATE"), ("d", "SEATTLE", None), ("e", "SEATTLE", "RESEARCH")]  # fmt: skip
+    rows = [
+        ("a", "SEATTLE", "REAL_ESTATE"),
+        ("b", "MUMBAI", "COMPUTER_SOFTWARE"),
+        ("c", None, "REAL_ESTATE"),
+        ("d", "SEATTLE", None),
+        ("e", "SEATTLE", "RESEARCH"),
+    ]
     frame = spark.createDataFrame(rows, "profile_id string, city string, industry string")
     kept = filter_profiles(frame, ["SEATTLE"], ["REAL_ESTATE", "RESEARCH"])
     assert sorted(r.profile_id for r in kept.collect()) == ["a", "e"]
@@ -180,8 +198,17 @@ def test_encode_profiles_weights_and_drop_reasons(spark: SparkSession) -> None:
     now = dt.datetime(2026, 1, 15)
     rows = [
         # 'a' held 24 months, 'b' 12 months then 'a' again 12 months (open, ends at crawl).
-        ("p1", "train", now, [pos("a", "2025-01", None), pos("b", "2024-01", "2025-01"),
-                              pos("a", "2022-01", "2024-01")], ["s2", "s1", "zz"]),  # fmt: skip
+        (
+            "p1",
+            "train",
+            now,
+            [
+                pos("a", "2025-01", None),
+                pos("b", "2024-01", "2025-01"),
+                pos("a", "2022-01", "2024-01"),
+            ],
+            ["s2", "s1", "zz"],
+        ),  # fmt: skip
         ("p2", "test", now, [pos("unknown", "2020-01", None)], ["s1"]),
         ("p3", "validation", now, [pos("b", "2020-01", None)], ["zz"]),
     ]
