@@ -16,6 +16,7 @@ met. It measures and reports; it asserts nothing about speed. See benchmarks/REA
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import re
 import shutil
@@ -24,15 +25,15 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as a script: make `skillrank` and `jobs` importable
+if str(ROOT) not in sys.path:  # run as a script: make `skillrank` importable
     sys.path.insert(0, str(ROOT))
 
 import duckdb  # noqa: E402
 
-from jobs.ingest import CRAWL_SUFFIXES  # noqa: E402
 from skillrank.config import Config, load_aliases, load_config  # noqa: E402
 from skillrank.ingest import REASONS  # noqa: E402
 from skillrank.prepare import alias_lookup  # noqa: E402
@@ -160,9 +161,18 @@ def spark_counts(ingest: StageRun, prepare: StageRun) -> Counts:
     )
 
 
-def crawl_files(crawl: Path) -> list[Path]:
-    """The files ingest reads from a crawl directory (same suffixes, recursively)."""
-    return sorted(p for p in crawl.rglob("*") if p.is_file() and p.name.endswith(CRAWL_SUFFIXES))
+def crawl_pattern(crawl: Path) -> str:
+    """The glob both engines read: the JSON Lines files at the top of the crawl directory.
+
+    Not the directory itself: ingest would then also read every *.json below it, and the
+    generator leaves its stats.json next to the crawl files.
+    """
+    return str(crawl / "*.jsonl*")
+
+
+def crawl_files(pattern: str) -> list[Path]:
+    """The files ingest reads for `pattern` (jobs.ingest.list_crawl_files on a file glob)."""
+    return sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_file())
 
 
 def _sql_string(text: str) -> str:
@@ -202,6 +212,7 @@ def run_duckdb(files: list[Path], config: Config, threads: int | None) -> tuple[
     script = duckdb_script(files, config)
     con = duckdb.connect(":memory:")
     try:
+        con.execute("SET enable_progress_bar = false")
         if threads:
             con.execute(f"SET threads = {int(threads)}")
         thread_count = str(con.execute("SELECT current_setting('threads')").fetchone()[0])
@@ -232,7 +243,7 @@ def _verdict(ratio: float) -> str:
 
 
 def print_report(
-    crawl: Path,
+    pattern: str,
     files: list[Path],
     generate: StageRun | None,
     ingest: StageRun,
@@ -244,9 +255,10 @@ def print_report(
 ) -> None:
     size_mb = sum(f.stat().st_size for f in files) / 2**20
     print("\n=== ETL benchmark ===")
-    print(
-        f"machine: {os.cpu_count()} cores; crawl: {crawl} ({len(files)} files, {size_mb:.1f} MiB)"
-    )
+    print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {os.cpu_count()} cores")
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"load average now: {load} (1 / 5 / 15 min; other work on the machine skews timings)")
+    print(f"crawl: {pattern} ({len(files)} files, {size_mb:.1f} MiB)")
     if generate is not None:
         print(f"generate: process {generate.wall_s:.1f}s, stage {generate.stage_s:.1f}s")
     print("\nSpark (spark-submit, master from config):")
@@ -288,7 +300,8 @@ def print_report(
             " identical: its json_valid accepts some non-standard JSON (NaN, trailing commas)"
             " that Spark rejects; it normalises places with lower() + trim + collapsed"
             " whitespace instead of NFKC + casefold; lines its CSV reader cannot read"
-            " (invalid UTF-8, an embedded \\x01) are counted as invalid_utf8."
+            " are counted by the reader's error (invalid_utf8, line_too_long, or"
+            " unreadable_* where Spark says invalid_json). See benchmarks/README.md."
         )
 
     print("\nSpark / DuckDB wall time:")
@@ -328,17 +341,18 @@ def main(argv: list[str] | None = None) -> int:
                 ["--workdir", str(base / "generate"), "--output", str(crawl), *conf_options],
                 logs / "generate.log",
             )
-        files = crawl_files(crawl)
+        pattern = crawl_pattern(crawl)
+        files = crawl_files(pattern)
         if not files:
-            raise SystemExit(f"etl benchmark: error: no crawl files under {crawl}")
+            raise SystemExit(f"etl benchmark: error: no crawl files {pattern}")
         spark_dir = base / "spark"
         stage_options = ["--workdir", str(spark_dir), *conf_options]
-        ingest = run_stage("ingest", ["--input", str(crawl), *stage_options], logs / "ingest.log")
+        ingest = run_stage("ingest", ["--input", pattern, *stage_options], logs / "ingest.log")
         prepare = run_stage("prepare", stage_options, logs / "prepare.log")
         print("$ duckdb benchmarks/etl_duckdb.sql", flush=True)
         duck, duck_s, threads = run_duckdb(files, config, args.duckdb_threads)
         print_report(
-            crawl,
+            pattern,
             files,
             generate,
             ingest,

@@ -171,6 +171,29 @@ def crawl_params(config: Config) -> CrawlParams:
     )
 
 
+def build_truth(config: Config) -> Truth:
+    """The planted truth of the configured seed and knobs, from the packaged taxonomy."""
+    g = config.generate
+    return plan_truth(
+        load_taxonomy(),
+        seed=g.seed,
+        occupation_zipf=g.occupation_zipf,
+        focus_isco_groups=list(g.focus_isco_groups),
+        focus_boost=g.focus_boost,
+        title_zipf=g.title_zipf,
+        essential_rate=g.essential_rate,
+        optional_rate=g.optional_rate,
+        hot_technology_rate=g.hot_technology_rate,
+        technology_rate=g.technology_rate,
+        rate_jitter=g.rate_jitter,
+        generic_skills=g.generic_skills,
+        generic_rate=g.generic_rate,
+        generic_zipf=g.generic_zipf,
+        companies=g.companies,
+        company_zipf=g.company_zipf,
+    )
+
+
 def _parameters(config: Config, params: CrawlParams) -> dict[str, Any]:
     """Everything the crawl's bytes depend on, as recorded in stats.json."""
     digest = hashlib.sha256()
@@ -206,7 +229,6 @@ def _previous_stats(output: Path) -> dict[str, Any] | None:
 
 def run(ctx: StageContext) -> StageResult:
     clock = time.monotonic()
-    g = ctx.config.generate
     output = _output_dir(ctx)
     params = crawl_params(ctx.config)
     parameters = _parameters(ctx.config, params)
@@ -220,24 +242,15 @@ def run(ctx: StageContext) -> StageResult:
             ],
         )
 
-    truth = plan_truth(
-        load_taxonomy(),
-        seed=g.seed,
-        occupation_zipf=g.occupation_zipf,
-        focus_isco_groups=list(g.focus_isco_groups),
-        focus_boost=g.focus_boost,
-        title_zipf=g.title_zipf,
-        essential_rate=g.essential_rate,
-        optional_rate=g.optional_rate,
-        hot_technology_rate=g.hot_technology_rate,
-        technology_rate=g.technology_rate,
-        rate_jitter=g.rate_jitter,
-        generic_skills=g.generic_skills,
-        generic_rate=g.generic_rate,
-        generic_zipf=g.generic_zipf,
-        companies=g.companies,
-        company_zipf=g.company_zipf,
-    )
+    truth = build_truth(ctx.config)
+    # +1: a spacing variant doubles one space.
+    fields = [*truth.titles, *truth.skills, *truth.companies, *params.other_locations]
+    longest = max(len(text) + 1 for text in [*fields, *params.other_industries])
+    if longest > params.max_field_chars:
+        raise StageError(
+            f"ingest.max_field_chars ({params.max_field_chars}) is below the longest generated "
+            f"field ({longest} characters): valid profiles would be quarantined"
+        )
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.{ctx.run_id}.tmp"
     staging.mkdir()
@@ -252,7 +265,7 @@ def run(ctx: StageContext) -> StageResult:
         )
         document = {
             "generator": GENERATOR,
-            "seed": g.seed,
+            "seed": ctx.config.generate.seed,
             "parameters": parameters,
             "profiles": stats.profiles,
             "profiles_in_scope": stats.profiles_in_scope,

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from delta.tables import DeltaTable
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -31,7 +30,7 @@ from skillrank.ingest import (
 from skillrank.session import resolve_path
 from skillrank.tables import SPECS, conform, declare_tables, table_version
 
-CRAWL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
+CRAWL_SUFFIXES = (".jsonl", ".jsonl.gz")
 TABLES = ["ingested_files", "profiles_raw", "quarantine"]
 
 
@@ -121,19 +120,23 @@ def run(ctx: StageContext) -> StageResult:
         if spark.table(ctx.table(key)).where(stale).limit(1).count():
             DeltaTable.forName(spark, ctx.table(key)).delete(stale)
 
-    parsed = parse_lines(
+    # One parsing pass writes every line to a staging Parquet set; the table writes and
+    # counts then read that instead of parsing again.
+    staging = resolve_path(ctx.workdir, f"staging/{ctx.run_id}")
+    parse_lines(
         number_lines(read_lines(spark, [f.path for f in new])),
         max_line_bytes=config.ingest.max_line_bytes,
         max_field_chars=config.ingest.max_field_chars,
         max_positions=config.ingest.max_positions,
         max_skills=config.ingest.max_skills,
-    ).withColumn("ingest_run_id", F.lit(ctx.run_id))
-    parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)
+        quarantine_text_chars=config.ingest.quarantine_text_chars,
+    ).withColumn("ingest_run_id", F.lit(ctx.run_id)).write.parquet(staging)
     try:
+        parsed = spark.read.parquet(staging)
         conform(accepted_profiles(parsed), "profiles_raw").write.insertInto(
             ctx.table("profiles_raw")
         )
-        quarantine = quarantined_lines(parsed, config.ingest.quarantine_text_chars)
+        quarantine = quarantined_lines(parsed)
         conform(quarantine, "quarantine").write.insertInto(ctx.table("quarantine"))
         per_file = {
             r.source_file: r
@@ -146,7 +149,7 @@ def run(ctx: StageContext) -> StageResult:
         }
         by_reason = {r.reason: r["count"] for r in quarantine.groupBy("reason").count().collect()}
     finally:
-        parsed.unpersist()
+        _delete_path(spark, staging)
 
     records = []
     for f in new:
@@ -173,6 +176,12 @@ def run(ctx: StageContext) -> StageResult:
             + (f" ({reasons})" if reasons else ""),
         ],
     )
+
+
+def _delete_path(spark: SparkSession, uri: str) -> None:
+    path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(uri)  # type: ignore[union-attr]
+    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+    path.getFileSystem(hadoop_conf).delete(path, True)
 
 
 STAGE = Stage(name="ingest", add_arguments=add_arguments, run=run, check=check)

@@ -65,7 +65,7 @@ _LATIN1_COMPANIES = (
 )
 _CONTROL_CHARACTERS = ("\t", "\r", "\u0000", "\u0007", "\u001b")
 _BAD_TIMESTAMPS = ("10/01/2026 12:00", "1 Oct 2026", "yesterday", "2026-10-01T25:61:00Z")
-_EPOCH_MONTH_FLOOR = 1970 * 12
+_EARLIEST_MONTH = 1970 * 12  # no position starts before January 1970
 
 
 def clean_label(label: str) -> str:
@@ -515,7 +515,7 @@ class _Position:
     occupation: int
     title_key: str
     title: str
-    company: str | None
+    company: str
     start: int  # months since year 0
     end: int | None
 
@@ -622,9 +622,9 @@ class _ShardGenerator:
         cursor = months[0] if end is None else end
         positions: list[_Position] = []
         for occ in occupations:
-            start = max(cursor - self._tenure(), _EPOCH_MONTH_FLOOR)
+            start = max(cursor - self._tenure(), _EARLIEST_MONTH)
             positions.append(_Position(occ, *self._title(occ), self._company(), start, end))
-            end = max(start - rnd.randint(0, 3), _EPOCH_MONTH_FLOOR)
+            end = max(start - rnd.randint(0, 3), _EARLIEST_MONTH)
             cursor = end
         snapshots = [list(positions)]
         # Later snapshots: sometimes a new current job (the previous one ends when it starts).
@@ -673,6 +673,7 @@ class _ShardGenerator:
                 for s in order
                 if source_of[s] & present and (final or rnd.random() >= p.recrawl_skill_drop_rate)
             ]
+            del skill_ids[p.max_skills_ingest :]  # a site lists at most so many skills
             record = {
                 "profile_id": profile_id,
                 "crawled_at": when.strftime("%Y-%m-%dT%H:%M:%SZ"),

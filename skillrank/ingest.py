@@ -7,6 +7,8 @@ tried in the order of ``REASONS``; the first that applies is recorded.
 
 from __future__ import annotations
 
+from functools import reduce
+
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -28,6 +30,8 @@ REASONS = (
 STRING_FIELDS = ("profile_id", "crawled_at", "location", "industry")
 POSITION_FIELDS = ("title", "company", "start", "end")
 REQUIRED_FIELDS = ("profile_id", "crawled_at")
+# JSON escapes that can stand for a control character (\u00 also covers harmless ones).
+_CONTROL_ESCAPES = ("\\u00", "\\b", "\\f", "\\n", "\\r", "\\t")
 _POSITIONS_TYPE = "array<struct<title string, company string, start string, `end` string>>"
 
 
@@ -96,76 +100,130 @@ def _strings_of(field: str) -> Column:
     return F.array(F.col(field))
 
 
+def _any(*conditions: Column) -> Column:
+    return reduce(lambda a, b: a | b, conditions)
+
+
+def _usual_shape() -> str:
+    """Regex for ``schema_of_variant`` of a record with only known fields, all well typed.
+
+    Variant objects list their keys sorted, so the record's schema string is matched
+    field by field in order. A record that matches needs no per-field type checks; any
+    other record (extra fields, nulls in arrays, wrong types) goes through them.
+    """
+    text = "(?:STRING|VOID)"
+    position = f"(?:company|end|start|title): {text}"
+    fields = {
+        "crawled_at": "STRING",
+        "industry": text,
+        "location": text,
+        "positions": f"(?:VOID|ARRAY<OBJECT<{position}(?:, {position})*>>)",
+        "profile_id": "STRING",
+        "skills": "(?:VOID|ARRAY<STRING>|ARRAY<VOID>)",
+    }
+    parts = [
+        f"{', ' if i else ''}{name}: {kind}" if name in REQUIRED_FIELDS
+        else f"(?:, {name}: {kind})?"
+        for i, (name, kind) in enumerate(fields.items())
+    ]  # fmt: skip
+    return "^OBJECT<" + "".join(parts) + ">$"
+
+
 def parse_lines(
     lines: DataFrame,
     max_line_bytes: int,
     max_field_chars: int,
     max_positions: int,
     max_skills: int,
+    quarantine_text_chars: int,
 ) -> DataFrame:
     """Parse raw crawl lines and decide, for each, accept (reason null) or a reason code.
 
     In: a ``value`` column (the raw line) plus any lineage columns, which are kept.
-    Out: those columns plus reason, reason_detail, raw_bytes, line_sha256 and the parsed
-    profile fields (profile_id, crawled_at, location, industry, positions, skills).
+    Out: the lineage columns plus reason, reason_detail, raw_bytes, line_sha256, raw_text
+    (for rejected lines only: the first `quarantine_text_chars` characters, invalid UTF-8
+    replaced) and the parsed profile fields (profile_id, crawled_at, location, industry,
+    positions, skills). The raw ``value`` itself is dropped.
     """
-    text = F.regexp_replace(F.col("value"), "^\ufeff", "")
+    valid_utf8 = F.expr("is_valid_utf8(value)")
     parsed = lines.withColumn("raw_bytes", F.octet_length("value")).withColumn(
         "v",
         F.when(
-            (F.col("raw_bytes") <= max_line_bytes) & F.expr("is_valid_utf8(value)"),
-            F.try_parse_json(text),
+            (F.col("raw_bytes") <= max_line_bytes) & valid_utf8,
+            F.try_parse_json(F.regexp_replace(F.col("value"), "^\ufeff", "")),
         ),
     )
     v = F.col("v")
-    fields = {name: F.try_variant_get(v, f"$.{name}", "string") for name in STRING_FIELDS}
-    positions = F.try_variant_get(v, "$.positions", _POSITIONS_TYPE)
-    skills = F.try_variant_get(v, "$.skills", "array<string>")
     parsed = parsed.select(
         "*",
-        *[c.alias(n) for n, c in fields.items()],
-        positions.alias("positions"),
-        skills.alias("skills"),
+        F.schema_of_variant(v).alias("_shape"),
+        *[F.try_variant_get(v, f"$.{n}", "string").alias(n) for n in STRING_FIELDS],
+        F.try_variant_get(v, "$.positions", _POSITIONS_TYPE).alias("positions"),
+        F.try_variant_get(v, "$.skills", "array<string>").alias("skills"),
     )
-
     all_fields = [*STRING_FIELDS, "positions", "skills"]
+    # Cheap tests on the raw line rule out most lines before the per-field checks: a string
+    # of more than N characters needs N+1 raw characters between quotes (or an escaped
+    # quote), and a control character needs an escape or a raw C1 character.
+    raw = F.col("value")
+    parsed = parsed.select(
+        "*",
+        F.col("_shape").rlike(_usual_shape()).alias("_usual"),
+        (raw.rlike(f'[^"]{{{max_field_chars + 1},}}') | raw.contains('\\"')).alias("_long"),
+        _any(*[raw.contains(e) for e in _CONTROL_ESCAPES], raw.rlike("[\x7f-\x9f]")).alias(
+            "_control"
+        ),
+    )
+    usual, shape = F.col("_usual"), F.col("_shape")
+
     checks: list[tuple[Column, str, str | None]] = [
         (F.trim(F.col("value")) == "", "empty_line", None),
         (F.col("raw_bytes") > max_line_bytes, "line_too_long", None),
-        (~F.expr("is_valid_utf8(value)"), "invalid_utf8", None),
+        (~valid_utf8, "invalid_utf8", None),
         (v.isNull(), "invalid_json", None),
-        (~F.schema_of_variant(v).startswith("OBJECT<"), "not_an_object", None),
+        (~shape.startswith("OBJECT<"), "not_an_object", None),
     ]
     for name in REQUIRED_FIELDS:
         kind = _kind(v, f"$.{name}")
-        missing = kind.isNull() | (kind == "VOID") | ((kind == "STRING") & (F.trim(name) == ""))
-        checks.append((missing, "missing_field", name))
-    checks += [(~_string_ok(_kind(v, f"$.{n}")), "wrong_type", n) for n in STRING_FIELDS]
+        absent = ~usual & (kind.isNull() | (kind == "VOID"))
+        checks.append((absent | (F.trim(name) == ""), "missing_field", name))
+    # The per-field type checks run only for records outside the usual shape.
+    checks += [(~usual & ~_string_ok(_kind(v, f"$.{n}")), "wrong_type", n) for n in STRING_FIELDS]
     checks += [
-        (~_positions_ok(v), "wrong_type", "positions"),
-        (~_skills_ok(v), "wrong_type", "skills"),
+        (~usual & ~_positions_ok(v), "wrong_type", "positions"),
+        (~usual & ~_skills_ok(v), "wrong_type", "skills"),
         (F.try_to_timestamp(F.col("crawled_at")).isNull(), "invalid_timestamp", "crawled_at"),
         (F.coalesce(F.size("positions"), F.lit(0)) > max_positions, "too_many_items", "positions"),
         (F.coalesce(F.size("skills"), F.lit(0)) > max_skills, "too_many_items", "skills"),
     ]
     for name in all_fields:
         longest = F.array_max(F.transform(_strings_of(name), lambda s: F.char_length(s)))
-        checks.append((F.coalesce(longest, F.lit(0)) > max_field_chars, "field_too_long", name))
+        too_long = F.coalesce(longest, F.lit(0)) > max_field_chars
+        checks.append((F.col("_long") & too_long, "field_too_long", name))
     for name in all_fields:
         control = F.exists(_strings_of(name), lambda s: s.rlike(r"\p{Cc}"))
-        checks.append((F.coalesce(control, F.lit(False)), "control_characters", name))
+        checks.append(
+            (F.col("_control") & F.coalesce(control, F.lit(False)), "control_characters", name)
+        )
 
-    reason: Column = F.lit(None).cast("string")
-    detail: Column = F.lit(None).cast("string")
+    verdict: Column = F.lit(None).cast("struct<code: string, detail: string>")
     for condition, code, name in reversed(checks):
-        reason = F.when(condition, F.lit(code)).otherwise(reason)
-        detail = F.when(condition, F.lit(name)).otherwise(detail)
+        outcome = F.struct(F.lit(code).alias("code"), F.lit(name).cast("string").alias("detail"))
+        verdict = F.when(condition, outcome).otherwise(verdict)
     return (
-        parsed.withColumn("reason", reason)
-        .withColumn("reason_detail", detail)
+        parsed.withColumn("_verdict", verdict)
+        .withColumn("reason", F.col("_verdict.code"))
+        .withColumn("reason_detail", F.col("_verdict.detail"))
         .withColumn("crawled_at", F.try_to_timestamp(F.col("crawled_at")))
         .withColumn("line_sha256", F.sha2(F.col("value"), 256))
-        .drop("v")
+        .withColumn(
+            "raw_text",
+            F.when(
+                F.col("reason").isNotNull(),
+                F.substring(F.expr("make_valid_utf8(value)"), 1, quarantine_text_chars),
+            ),
+        )
+        .drop("value", "v", "_shape", "_usual", "_long", "_control", "_verdict")
     )
 
 
@@ -174,8 +232,6 @@ def accepted_profiles(parsed: DataFrame) -> DataFrame:
     return parsed.where(F.col("reason").isNull())
 
 
-def quarantined_lines(parsed: DataFrame, text_chars: int) -> DataFrame:
-    """The rejected lines of ``parse_lines`` output, raw text cut to `text_chars` characters."""
-    return parsed.where(F.col("reason").isNotNull()).withColumn(
-        "raw_text", F.substring(F.expr("make_valid_utf8(value)"), 1, text_chars)
-    )
+def quarantined_lines(parsed: DataFrame) -> DataFrame:
+    """The lines of ``parse_lines`` output that were rejected (quarantine rows)."""
+    return parsed.where(F.col("reason").isNotNull())

@@ -14,16 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import SparkSession
 
-from jobs._cli import StageContext, StageResult
-from jobs.generate import STAGE, crawl_params
-from skillrank.config import Config, load_aliases
+from jobs._cli import StageContext, StageError, StageResult
+from jobs.generate import STAGE, build_truth, check, crawl_params
+from skillrank.config import Config, ConfigError, load_aliases
 from skillrank.generate import (
     CrawlParams,
     Truth,
     generate_shard,
-    load_taxonomy,
     normalize_label,
-    plan_truth,
     truth_tables,
 )
 from skillrank.ingest import REASONS, parse_lines
@@ -35,25 +33,7 @@ Z2_BOUND = 1.3
 
 @pytest.fixture(scope="module")
 def truth(config: Config) -> Truth:
-    g = config.generate
-    return plan_truth(
-        load_taxonomy(),
-        seed=g.seed,
-        occupation_zipf=g.occupation_zipf,
-        focus_isco_groups=g.focus_isco_groups,
-        focus_boost=g.focus_boost,
-        title_zipf=g.title_zipf,
-        essential_rate=g.essential_rate,
-        optional_rate=g.optional_rate,
-        hot_technology_rate=g.hot_technology_rate,
-        technology_rate=g.technology_rate,
-        rate_jitter=g.rate_jitter,
-        generic_skills=g.generic_skills,
-        generic_rate=g.generic_rate,
-        generic_zipf=g.generic_zipf,
-        companies=g.companies,
-        company_zipf=g.company_zipf,
-    )
+    return build_truth(config)
 
 
 @pytest.fixture(scope="module")
@@ -209,26 +189,53 @@ def crawl(spark: SparkSession, config: Config, tmp_path_factory: pytest.TempPath
     return output
 
 
-def test_same_seed_same_bytes_other_seed_other_data(
+def test_other_seed_other_data_same_seed_same_bytes(
     spark: SparkSession, config: Config, crawl: Path, tmp_path: Path
 ) -> None:
-    again = tmp_path / "again"
-    _run_stage(spark, config, again)
-    first, second = _file_bytes(crawl), _file_bytes(again)
-    assert sorted(first) == sorted(second)
-    differing = [name for name in first if first[name] != second[name]]
-    assert not differing, f"same seed, different bytes in {differing}"
-
-    other = tmp_path / "other"
-    _run_stage(spark, config, other, seed=config.generate.seed + 1)
-    third = _file_bytes(other)
+    output = tmp_path / "crawl"
+    _run_stage(spark, config, output, seed=config.generate.seed + 1)
+    first, other = _file_bytes(crawl), _file_bytes(output)
     shards = [name for name in first if name.startswith("crawl-")]
-    assert len(shards) == 3
-    assert all(first[name] != third[name] for name in shards)
+    assert len(shards) == 3 and sorted(first) == sorted(other)
+    assert all(first[name] != other[name] for name in shards)
     lines_a = set(gzip.decompress(first[shards[0]]).splitlines())
-    lines_b = set(gzip.decompress(third[shards[0]]).splitlines())
+    lines_b = set(gzip.decompress(other[shards[0]]).splitlines())
     assert len(lines_a) > 500
     assert len(lines_a & lines_b) < 0.01 * len(lines_a), "another seed repeated lines"
+
+    # Back to the first seed in the same directory: the crawl is replaced, byte for byte.
+    _run_stage(spark, config, output)
+    again = _file_bytes(output)
+    differing = [name for name in first if first[name] != again.get(name)]
+    assert not differing, f"same seed, different bytes in {differing}"
+    assert sorted(again) == sorted(first)
+    assert [p.name for p in tmp_path.iterdir()] == ["crawl"], "temporary directories left behind"
+
+
+def test_refuses_to_replace_a_directory_it_did_not_write(
+    spark: SparkSession, config: Config, tmp_path: Path
+) -> None:
+    output = tmp_path / "mine"
+    output.mkdir()
+    (output / "notes.txt").write_text("keep me")
+    with pytest.raises(StageError, match="not a generated crawl"):
+        _run_stage(spark, config, output)
+    assert (output / "notes.txt").read_text() == "keep me"
+
+
+def test_check_rejects_impossible_settings(config: Config) -> None:
+    args = argparse.Namespace(output=None)
+    for knobs, message in (
+        ({"duplicate_rate": 1.5}, "generate.duplicate_rate"),
+        ({"profiles": 10, "shards": 20}, "must not exceed generate.profiles"),
+        ({"same_occupation_rate": 0.9, "switch_rate": 0.2}, "switch_rate must be <= 1"),
+        ({"recrawl_gap_days": [10, 5]}, "recrawl_gap_days"),
+        ({"crawl_start": "next monday"}, "crawl_start"),
+    ):
+        bad = dataclasses.replace(config, generate=dataclasses.replace(config.generate, **knobs))
+        with pytest.raises(ConfigError, match=message):
+            check(args, bad)
+    check(args, config)
 
 
 def test_rerun_with_same_parameters_is_a_no_op(

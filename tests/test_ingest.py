@@ -13,7 +13,13 @@ from jobs.ingest import read_lines
 from skillrank.ingest import REASONS, number_lines, parse_lines
 from tests.conftest import Pipeline, profile, write_crawl
 
-LIMITS = {"max_line_bytes": 4096, "max_field_chars": 64, "max_positions": 3, "max_skills": 4}
+LIMITS = {
+    "max_line_bytes": 4096,
+    "max_field_chars": 64,
+    "max_positions": 3,
+    "max_skills": 4,
+    "quarantine_text_chars": 40,
+}
 
 # One bad line per reason code, each otherwise valid so that only that reason applies.
 BAD_LINES: dict[str, tuple[str | bytes, str | None]] = {
@@ -48,6 +54,9 @@ def test_bad_line_is_quarantined_with_its_reason(spark: SparkSession, reason: st
     line, detail = BAD_LINES[reason]
     (row,) = parse_lines(_lines(spark, [line]), **LIMITS).collect()
     assert (row.reason, row.reason_detail) == (reason, detail)
+    raw = line if isinstance(line, bytes) else line.encode()
+    assert row.raw_bytes == len(raw)
+    assert row.raw_text == raw.decode("utf-8", "replace")[:40]
 
 
 @pytest.mark.parametrize(
@@ -171,3 +180,23 @@ def test_rows_left_by_an_interrupted_ingest_are_replaced(
 def test_missing_input_fails_before_any_table_exists(pipeline: Pipeline, tmp_path: Path) -> None:
     assert pipeline.run(["ingest"], "--input", str(tmp_path / "nowhere")) == 2
     assert not pipeline.spark.catalog.databaseExists(pipeline.database)
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        (json.dumps(profile("p", skills=["Java\u0085"]), ensure_ascii=False), "skills"),
+        (json.dumps(profile("p", positions=[{"title": "Chef\nde cuisine"}])), "positions"),
+        (json.dumps(profile("p", industry="Software\u007f")), "industry"),
+    ],
+)
+def test_control_characters_in_every_form(spark: SparkSession, line: str, field: str) -> None:
+    (row,) = parse_lines(_lines(spark, [line]), **LIMITS).collect()
+    assert (row.reason, row.reason_detail) == ("control_characters", field)
+
+
+def test_escaped_quotes_do_not_hide_a_long_field(spark: SparkSession) -> None:
+    title = ("x" * 30 + '"') * 3  # 93 characters, no run of 65 between raw quotes
+    line = json.dumps(profile("p", positions=[{"title": title}]))
+    (row,) = parse_lines(_lines(spark, [line]), **LIMITS).collect()
+    assert (row.reason, row.reason_detail) == ("field_too_long", "positions")

@@ -12,10 +12,10 @@ import argparse
 import csv
 import gzip
 import io
-import re
-import unicodedata
 from collections import Counter, defaultdict
 from pathlib import Path
+
+from skillrank.generate import clean_label, normalize_label
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_SOURCE = HERE.parents[2] / "shared" / "data"
@@ -24,16 +24,6 @@ DEFAULT_SOURCE = HERE.parents[2] / "shared" / "data"
 # by at least this share of O*NET occupations, are candidates for generic skills.
 ESCO_GENERIC_TOP = 200
 ONET_GENERIC_MIN_SHARE = 0.2
-
-
-def clean_label(label: str) -> str:
-    """Strip and collapse runs of whitespace (a few upstream labels have stray spaces)."""
-    return re.sub(r"\s+", " ", label).strip()
-
-
-def label_key(label: str) -> str:
-    """The matching key of a label: NFKC, case-folded, whitespace collapsed."""
-    return clean_label(unicodedata.normalize("NFKC", label).casefold())
 
 
 def _read_csv(path: Path, tab: bool = False) -> list[dict[str, str]]:
@@ -49,9 +39,10 @@ def _write_csv_gz(path: Path, header: list[str], rows: list[tuple[object, ...]])
     writer.writerow(header)
     writer.writerows(rows)
     # mtime=0 and no file name in the header, so the bytes depend on the content only.
-    with path.open("wb") as raw, gzip.GzipFile(
-        filename="", fileobj=raw, mode="wb", compresslevel=9, mtime=0
-    ) as out:
+    with (
+        path.open("wb") as raw,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=9, mtime=0) as out,
+    ):
         out.write(text.getvalue().encode("utf-8"))
     print(f"{path.name}: {len(rows)} rows, {path.stat().st_size} bytes")
 
@@ -70,8 +61,8 @@ def build(source: Path, target: Path) -> None:
         labels = []
         for label in [occ["preferredLabel"], *occ["altLabels"].split("\n")]:
             label = clean_label(label)
-            if label and label_key(label) not in seen:
-                seen.add(label_key(label))
+            if label and normalize_label(label) not in seen:
+                seen.add(normalize_label(label))
                 labels.append(label)
         labels_of[occ["code"]] = labels
         titles += [(occ["code"], rank, label) for rank, label in enumerate(labels)]
@@ -88,14 +79,16 @@ def build(source: Path, target: Path) -> None:
     reported = _read_csv(onet / "Sample of Reported Titles.txt", tab=True)
     onet_by_title: dict[str, set[str]] = defaultdict(set)
     for row in alternate:
-        onet_by_title[label_key(row["Alternate Title"])].add(row["O*NET-SOC Code"])
+        onet_by_title[normalize_label(row["Alternate Title"])].add(row["O*NET-SOC Code"])
     for row in reported:
-        onet_by_title[label_key(row["Reported Job Title"])].add(row["O*NET-SOC Code"])
+        onet_by_title[normalize_label(row["Reported Job Title"])].add(row["O*NET-SOC Code"])
 
     occupation_rows: list[tuple[object, ...]] = []
     for occ in occupations:
         votes = Counter(
-            code for label in labels_of[occ["code"]] for code in onet_by_title[label_key(label)]
+            code
+            for label in labels_of[occ["code"]]
+            for code in onet_by_title[normalize_label(label)]
         )
         # Most shared titles wins; ties go to the smaller O*NET-SOC code.
         linked = min(votes, key=lambda c: (-votes[c], c)) if votes else ""
