@@ -13,7 +13,8 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +40,14 @@ class StageContext:
 
     def table(self, key: str) -> str:
         return table_name(self.config, key)
+
+    @contextmanager
+    def step(self, label: str) -> Iterator[None]:
+        """Print a progress line with the time a step of the stage took."""
+        clock = time.monotonic()
+        yield
+        stage = self.run_id.split("-", 1)[0]
+        print(f"[{stage}]   {label} ({time.monotonic() - clock:.1f}s)", flush=True)
 
 
 @dataclass

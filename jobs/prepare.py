@@ -93,51 +93,60 @@ def _local_dir(uri: str) -> Path:
     return Path(uri.removeprefix("file://").removeprefix("file:"))
 
 
+def _read_version(ctx: StageContext, key: str, version: int) -> DataFrame:
+    return ctx.spark.sql(f"SELECT * FROM {ctx.table(key)} VERSION AS OF {version}")
+
+
 def run(ctx: StageContext) -> StageResult:
     spark, config, params = ctx.spark, ctx.config, ctx.config.prepare
     declare_tables(spark, config, ["profiles_raw", "profiles", "job_vocab", "skill_vocab"])
     raw_version = table_version(spark, ctx.table("profiles_raw"))
-    raw = spark.sql(f"SELECT * FROM {ctx.table('profiles_raw')} VERSION AS OF {raw_version}")
+    raw = _read_version(ctx, "profiles_raw", raw_version)
     raw_rows = raw.count()
     if raw_rows == 0:
         raise StageError("profiles_raw is empty: run ingest first")
 
     aliases = load_aliases(config)
-    cleaned = clean_profiles(
-        deduplicate_profiles(raw),
-        title_aliases=aliases["titles"],
-        skill_aliases=aliases["skills"],
-        city_aliases=aliases["cities"],
-        industry_aliases=aliases["industries"],
-    )
-    _merge_profiles(ctx, assign_splits(cleaned, params.split_fractions, params.split_salt))
+    with ctx.step("deduplicated, cleaned, split and merged into profiles"):
+        cleaned = clean_profiles(
+            deduplicate_profiles(raw),
+            title_aliases=aliases["titles"],
+            skill_aliases=aliases["skills"],
+            city_aliases=aliases["cities"],
+            industry_aliases=aliases["industries"],
+        )
+        _merge_profiles(ctx, assign_splits(cleaned, params.split_fractions, params.split_salt))
     profiles_version = table_version(spark, ctx.table("profiles"))
-    profiles = spark.sql(
-        f"SELECT * FROM {ctx.table('profiles')} VERSION AS OF {profiles_version}"
-    ).persist(StorageLevel.MEMORY_AND_DISK)
-    total = profiles.count()
-    in_cities = profiles.where(F.col("city").isin(params.cities)).count()
-    kept = filter_profiles(profiles, params.cities, params.industries)
-
-    train = kept.where(F.col("split") == "train")
-    job_vocab = build_vocabulary(train, "titles", "job_id", "job_title", params.min_job_profiles)
-    skill_vocab = build_vocabulary(
-        train, "skills", "skill_id", "skill_name", params.min_skill_profiles
+    profiles = _read_version(ctx, "profiles", profiles_version)
+    counts = profiles.agg(
+        F.count(F.lit(1)).alias("total"),
+        F.count_if(F.col("city").isin(params.cities)).alias("in_cities"),
+    ).first()
+    total, in_cities = int(counts.total), int(counts.in_cities)  # type: ignore[union-attr]
+    kept = filter_profiles(profiles, params.cities, params.industries).persist(
+        StorageLevel.MEMORY_AND_DISK
     )
-    conform(job_vocab, "job_vocab").write.insertInto(ctx.table("job_vocab"), overwrite=True)
-    conform(skill_vocab, "skill_vocab").write.insertInto(ctx.table("skill_vocab"), overwrite=True)
+
+    with ctx.step("built the vocabularies from the training split"):
+        train = kept.where(F.col("split") == "train")
+        job_vocab = build_vocabulary(
+            train, "titles", "job_id", "job_title", params.min_job_profiles
+        )
+        skill_vocab = build_vocabulary(
+            train, "skills", "skill_id", "skill_name", params.min_skill_profiles
+        )
+        conform(job_vocab, "job_vocab").write.insertInto(ctx.table("job_vocab"), overwrite=True)
+        conform(skill_vocab, "skill_vocab").write.insertInto(
+            ctx.table("skill_vocab"), overwrite=True
+        )
     versions = {
         "profiles_raw": raw_version,
         "profiles": profiles_version,
         "job_vocab": table_version(spark, ctx.table("job_vocab")),
         "skill_vocab": table_version(spark, ctx.table("skill_vocab")),
     }
-    job_vocab = spark.sql(
-        f"SELECT * FROM {ctx.table('job_vocab')} VERSION AS OF {versions['job_vocab']}"
-    )
-    skill_vocab = spark.sql(
-        f"SELECT * FROM {ctx.table('skill_vocab')} VERSION AS OF {versions['skill_vocab']}"
-    )
+    job_vocab = _read_version(ctx, "job_vocab", versions["job_vocab"])
+    skill_vocab = _read_version(ctx, "skill_vocab", versions["skill_vocab"])
 
     encoded = encode_profiles(kept, job_vocab, skill_vocab, params.job_weighting).persist(
         StorageLevel.MEMORY_AND_DISK
@@ -146,6 +155,7 @@ def run(ctx: StageContext) -> StageResult:
         (r.split, r.drop_reason): r["count"]
         for r in encoded.groupBy("split", "drop_reason").count().collect()
     }
+    kept.unpersist()
     usable = encoded.where(F.col("drop_reason").isNull())
     split_rows = {s: tally.get((s, None), 0) for s in SPLITS}
     if split_rows["train"] == 0:
@@ -155,19 +165,20 @@ def run(ctx: StageContext) -> StageResult:
     local_root = _local_dir(shards_root)
     set_uri = f"{shards_root.rstrip('/')}/{ctx.run_id}"
     splits_manifest = {}
-    for split in SPLITS:
-        _write_shards(usable, split, split_rows[split], params.rows_per_shard, f"{set_uri}/{split}")
-        splits_manifest[split] = {
-            "rows": split_rows[split],
-            "shards": _shard_listing(ctx, f"{set_uri}/{split}", str(local_root)),
-        }
-    encoded.unpersist()
-    for name, vocab, key in (
-        ("job_vocab", job_vocab, "job_id"),
-        ("skill_vocab", skill_vocab, "skill_id"),
-    ):
-        vocab.coalesce(1).orderBy(key).write.mode("overwrite").parquet(f"{set_uri}/{name}")
-    profiles.unpersist()
+    with ctx.step(f"wrote shards under {set_uri}"):
+        for split in SPLITS:
+            path = f"{set_uri}/{split}"
+            _write_shards(usable, split, split_rows[split], params.rows_per_shard, path)
+            splits_manifest[split] = {
+                "rows": split_rows[split],
+                "shards": _shard_listing(ctx, path, str(local_root)),
+            }
+        encoded.unpersist()
+        for name, vocab, key in (
+            ("job_vocab", job_vocab, "job_id"),
+            ("skill_vocab", skill_vocab, "skill_id"),
+        ):
+            vocab.coalesce(1).orderBy(key).write.mode("overwrite").parquet(f"{set_uri}/{name}")
 
     vocab_sizes = {"jobs": job_vocab.count(), "skills": skill_vocab.count()}
     manifest = {

@@ -71,11 +71,18 @@ def _cleaner(lookup: dict[str, str | None], keep_unknown: bool) -> Column:
     an unknown city or industry) becomes null.
     """
 
+    seen: dict[str | None, str | None] = {}  # per Python worker: names repeat a lot
+
+    def clean_one(value: str | None) -> str | None:
+        key = normalize_text(value)
+        return None if key is None else lookup.get(key, key if keep_unknown else None)
+
     def clean(values: list[str | None] | None) -> list[str | None]:
         out: list[str | None] = []
         for value in values or []:
-            key = normalize_text(value)
-            out.append(None if key is None else lookup.get(key, key if keep_unknown else None))
+            if value not in seen:
+                seen[value] = clean_one(value)
+            out.append(seen[value])
         return out
 
     return F.udf(clean, ArrayType(StringType()), useArrow=False)  # type: ignore[return-value]
