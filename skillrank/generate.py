@@ -23,7 +23,6 @@ import io
 import json
 import random
 import re
-import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from skillrank.ingest import REASONS
+from skillrank.prepare import normalize_text
 
 TAXONOMY_DIR = Path(__file__).resolve().parent / "taxonomy"
 
@@ -74,8 +74,8 @@ def clean_label(label: str) -> str:
 
 
 def normalize_label(label: str) -> str:
-    """The matching key of a title, skill or place: NFKC, case folded, whitespace collapsed."""
-    return clean_label(unicodedata.normalize("NFKC", label).casefold())
+    """The matching key of a title, skill or place: ``prepare``'s normalisation ('' if empty)."""
+    return normalize_text(label) or ""
 
 
 def display_label(label: str) -> str:

@@ -258,6 +258,7 @@ def test_stats_count_what_ingest_quarantines(
         max_field_chars=config.ingest.max_field_chars,
         max_positions=config.ingest.max_positions,
         max_skills=config.ingest.max_skills,
+        quarantine_text_chars=config.ingest.quarantine_text_chars,
     )
     found = {r["reason"]: r["count"] for r in parsed.groupBy("reason").count().collect()}
     accepted = found.pop(None, 0)
