@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
+import pytest
 
 from tests.conftest import Pipeline, profile, write_crawl
 
@@ -121,3 +122,18 @@ def test_appended_crawl_updates_profiles_and_keeps_splits(
     assert all(after[k].split == before[k].split for k in before)
     changed = [k for k in before if after[k] != before[k]]
     assert changed == ["p000"]
+
+
+def test_failed_stage_exits_1_and_records_why(
+    pipeline: Pipeline, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert pipeline.run(["prepare"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "prepare failed: profiles_raw is empty: run ingest first" in err[0]
+    run = pipeline.table("stage_runs").first()
+    assert (run.stage, run.status, run.error) == (
+        "prepare",
+        "failed",
+        "profiles_raw is empty: run ingest first",
+    )
+    assert (pipeline.workdir / "logs" / f"{run.run_id}.log").is_file()
