@@ -28,7 +28,7 @@ from pyspark.sql import functions as F
 from jobs._cli import Stage, StageContext, StageError, StageResult, run_stages
 from skillrank.config import SPLITS, load_aliases
 from skillrank.prepare import (
-    DROP_REASONS,
+    UNUSABLE_REASONS,
     assign_splits,
     build_vocabulary,
     clean_profiles,
@@ -205,7 +205,7 @@ def run(ctx: StageContext) -> StageResult:
         "superseded_snapshot": raw_rows - total,
         "outside_cities": total - in_cities,
         "outside_industries": in_cities - sum(tally.values()),
-        **{r: sum(n for (_, reason), n in tally.items() if reason == r) for r in DROP_REASONS[3:]},
+        **{r: sum(n for (_, why), n in tally.items() if why == r) for r in UNUSABLE_REASONS},
     }
     return StageResult(
         rows_in=raw_rows,

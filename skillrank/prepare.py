@@ -18,14 +18,8 @@ from skillrank.config import SPLITS
 
 _SPACES = re.compile(r"\s+")
 
-# Why a profile that reached prepare is not in the training shards (stage_runs.rows_dropped).
-DROP_REASONS = (
-    "superseded_snapshot",
-    "outside_cities",
-    "outside_industries",
-    "no_known_title",
-    "no_known_skill",
-)
+# Why ``encode_profiles`` finds a profile unusable (its drop_reason column).
+UNUSABLE_REASONS = ("no_known_title", "no_known_skill")
 
 
 def normalize_text(text: str | None) -> str | None:
@@ -234,7 +228,7 @@ def encode_profiles(
             "job_weights"
         ),
         F.coalesce("skill_ids", F.array().cast("array<int>")).alias("skill_ids"),
-        F.when(F.col("_jobs").isNull(), "no_known_title")
-        .when(F.col("skill_ids").isNull(), "no_known_skill")
+        F.when(F.col("_jobs").isNull(), UNUSABLE_REASONS[0])
+        .when(F.col("skill_ids").isNull(), UNUSABLE_REASONS[1])
         .alias("drop_reason"),
     )
