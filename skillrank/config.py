@@ -114,12 +114,27 @@ class GenerateConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    device: str
+    seed: int
+    batch_size: int
+    optimizer: Literal["sgd", "adam"]
+    learning_rate: float
+    init_std: float
+    max_epochs: int
+    patience: int
+    shuffle_buffer: int
+    checkpoint_dir: str
+
+
+@dataclass(frozen=True)
 class Config:
     catalog: CatalogConfig
     spark: SparkConfig
     ingest: IngestConfig
     prepare: PrepareConfig
     generate: GenerateConfig
+    train: TrainConfig
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,0 +1,304 @@
+"""The trainer: the model's math, the shard reader, and the training loop (no Spark needed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from skillrank.config import TrainConfig, load_config
+from skillrank.model import Batch, kl_loss, kl_loss_and_grad, kl_loss_autograd
+from skillrank.shards import iterate_batches, read_manifest
+from skillrank.trainer import train
+
+
+def _random_batch(rng: np.random.Generator, profiles: int, jobs: int, skills: int) -> Batch:
+    job_ids, job_weights, job_offsets = [], [], [0]
+    skill_ids, skill_offsets = [], [0]
+    for _ in range(profiles):
+        held = rng.choice(jobs, size=rng.integers(1, 4), replace=False)
+        weights = rng.random(len(held)) + 0.1
+        job_ids.extend(sorted(held))
+        job_weights.extend(weights / weights.sum())
+        job_offsets.append(len(job_ids))
+        skill_ids.extend(sorted(rng.choice(skills, size=rng.integers(1, 6), replace=False)))
+        skill_offsets.append(len(skill_ids))
+    return Batch(
+        job_ids=torch.tensor(job_ids, dtype=torch.int64),
+        job_weights=torch.tensor(job_weights, dtype=torch.float64),
+        job_offsets=torch.tensor(job_offsets, dtype=torch.int64),
+        skill_ids=torch.tensor(skill_ids, dtype=torch.int64),
+        skill_offsets=torch.tensor(skill_offsets, dtype=torch.int64),
+    )
+
+
+def test_explicit_gradient_equals_autograd() -> None:
+    rng = np.random.default_rng(7)
+    jobs, skills = 6, 9
+    batch = _random_batch(rng, profiles=12, jobs=jobs, skills=skills)
+    phi_t = torch.tensor(rng.normal(size=(jobs, skills)), dtype=torch.float64)
+
+    reference = phi_t.clone().requires_grad_(True)
+    expected_loss = kl_loss_autograd(reference, batch)
+    expected_loss.backward()
+
+    loss, rows, row_grads = kl_loss_and_grad(phi_t, batch)
+    grad = torch.zeros_like(phi_t).index_add_(0, rows, row_grads)
+    assert torch.allclose(loss, expected_loss.detach(), rtol=1e-12, atol=1e-12), (
+        loss.item(),
+        expected_loss.item(),
+    )
+    assert reference.grad is not None
+    assert torch.allclose(grad, reference.grad, rtol=1e-10, atol=1e-12), (
+        (grad - reference.grad).abs().max().item()
+    )
+    assert torch.allclose(kl_loss(phi_t, batch), expected_loss.detach(), atol=1e-12)
+    assert torch.equal(phi_t, reference.detach()), "kl_loss_and_grad changed phi_t in place"
+
+
+def test_loss_is_zero_only_when_prediction_matches_target() -> None:
+    # One job, one profile with skills {0, 1} out of 3: phi = (big, big, -big) gives KL ~ 0.
+    batch = Batch(
+        job_ids=torch.tensor([0]),
+        job_weights=torch.tensor([1.0], dtype=torch.float64),
+        job_offsets=torch.tensor([0, 1]),
+        skill_ids=torch.tensor([0, 1]),
+        skill_offsets=torch.tensor([0, 2]),
+    )
+    good = torch.tensor([[30.0, 30.0, -30.0]], dtype=torch.float64)
+    uniform = torch.zeros(1, 3, dtype=torch.float64)
+    assert kl_loss(good, batch).item() < 1e-12
+    # Uniform prediction: KL = log 3 - log 2.
+    assert abs(kl_loss(uniform, batch).item() - (np.log(3) - np.log(2))) < 1e-12
+
+
+# --- shards -----------------------------------------------------------------------------------
+
+Profile = tuple[str, list[int], list[float], list[int]]
+
+
+def _write_split(root: Path, split: str, profiles: list[Profile], shards: int) -> list[dict]:
+    (root / "set" / split).mkdir(parents=True, exist_ok=True)
+    listing = []
+    for index, chunk in enumerate(np.array_split(np.arange(len(profiles)), shards)):
+        rows = [profiles[i] for i in chunk]
+        table = pa.table(
+            {
+                "profile_id": pa.array([r[0] for r in rows], pa.string()),
+                "job_ids": pa.array([r[1] for r in rows], pa.list_(pa.int32())),
+                "job_weights": pa.array([r[2] for r in rows], pa.list_(pa.float32())),
+                "skill_ids": pa.array([r[3] for r in rows], pa.list_(pa.int32())),
+            }
+        )
+        relative = f"set/{split}/part-{index:05d}.parquet"
+        # Small row groups so that a shard is read in several pieces.
+        pq.write_table(table, root / relative, row_group_size=97)
+        listing.append({"path": relative, "rows": len(rows)})
+    return listing
+
+
+def _write_shards(
+    root: Path, splits: dict[str, list[Profile]], jobs: int, skills: int, shards: int = 3
+) -> Path:
+    """Shards and a manifest.json as `prepare` writes them (docs/tables.md); its path."""
+    manifest = {
+        "format_version": 1,
+        "vocabulary": {"jobs": jobs, "skills": skills},
+        "splits": {
+            split: {"rows": len(rows), "shards": _write_split(root, split, rows, shards)}
+            for split, rows in splits.items()
+        },
+    }
+    path = root / "manifest.json"
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+def _simple_profiles(count: int, prefix: str) -> list[Profile]:
+    return [(f"{prefix}{i:05d}", [i % 7], [1.0], [i % 5, 5 + i % 3]) for i in range(count)]
+
+
+def _epoch_ids(files: list[Path], seed: int, epoch: int) -> list[str]:
+    ids: list[str] = []
+    for batch_ids, batch in iterate_batches(
+        files, batch_size=50, shuffle=True, seed=seed, epoch=epoch, buffer_size=300
+    ):
+        assert batch.size == len(batch_ids) <= 50
+        ids.extend(batch_ids)
+    return ids
+
+
+def test_every_profile_once_per_epoch_in_a_seeded_order(tmp_path: Path) -> None:
+    profiles = _simple_profiles(1234, "p")
+    manifest = read_manifest(
+        _write_shards(tmp_path, {"train": profiles}, jobs=7, skills=8, shards=4)
+    )
+    assert (manifest.jobs, manifest.skills, manifest.rows) == (7, 8, {"train": 1234})
+    files = manifest.shards["train"]
+    first = _epoch_ids(files, seed=1, epoch=0)
+    assert sorted(first) == sorted(p[0] for p in profiles)
+    assert len(first) == len(set(first))
+    assert _epoch_ids(files, seed=1, epoch=0) == first
+    assert _epoch_ids(files, seed=1, epoch=1) != first
+    assert _epoch_ids(files, seed=2, epoch=0) != first
+    assert first != sorted(first)
+
+
+def test_batches_carry_each_profiles_jobs_and_skills(tmp_path: Path) -> None:
+    profiles = [
+        ("a", [0, 3], [0.25, 0.75], [1]),
+        ("b", [2], [1.0], [0, 4, 5]),
+        ("c", [1, 2, 3], [0.5, 0.25, 0.25], [2, 3]),
+    ]
+    files = read_manifest(_write_shards(tmp_path, {"test": profiles}, 4, 6, shards=2)).shards[
+        "test"
+    ]
+    ((ids, batch),) = list(iterate_batches(files, batch_size=10, shuffle=False))
+    assert ids == ["a", "b", "c"]
+    assert batch.job_ids.tolist() == [0, 3, 2, 1, 2, 3]
+    assert batch.job_weights.tolist() == [0.25, 0.75, 1.0, 0.5, 0.25, 0.25]
+    assert batch.job_offsets.tolist() == [0, 2, 3, 6]
+    assert batch.skill_ids.tolist() == [1, 0, 4, 5, 2, 3]
+    assert batch.skill_offsets.tolist() == [0, 1, 4, 6]
+
+
+def test_a_manifest_without_vocabulary_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps({"splits": {}}))
+    with pytest.raises(ValueError, match="lacks 'vocabulary'"):
+        read_manifest(path)
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def _planted_profiles(
+    rng: np.random.Generator, count: int, planted: np.ndarray, skills: int, prefix: str
+) -> list[Profile]:
+    """Profiles of 1-3 jobs; each held job shows each planted skill with probability 0.8,
+    plus one random skill (noise) per profile half of the time."""
+    jobs = len(planted)
+    rows: list[Profile] = []
+    for i in range(count):
+        held = sorted(rng.choice(jobs, size=rng.integers(1, 4), replace=False).tolist())
+        shown = {int(s) for j in held for s in planted[j] if rng.random() < 0.8}
+        if rng.random() < 0.5 or not shown:
+            shown.add(int(rng.integers(skills)))
+        rows.append((f"{prefix}{i:05d}", held, [1.0 / len(held)] * len(held), sorted(shown)))
+    return rows
+
+
+def _planted_case(tmp_path: Path, train_rows: int = 3000) -> tuple[Path, np.ndarray]:
+    rng = np.random.default_rng(11)
+    jobs, skills = 20, 50
+    planted = np.stack([rng.choice(skills, size=3, replace=False) for _ in range(jobs)])
+    splits = {
+        "train": _planted_profiles(rng, train_rows, planted, skills, "t"),
+        "validation": _planted_profiles(rng, 300, planted, skills, "v"),
+        "test": _planted_profiles(rng, 300, planted, skills, "x"),
+    }
+    return _write_shards(tmp_path / "shards", splits, jobs, skills), planted
+
+
+def _params(**changes: object) -> TrainConfig:
+    base = load_config().train
+    return dataclasses.replace(
+        base,
+        **{"batch_size": 100, "shuffle_buffer": 500, "max_epochs": 30, "patience": 3, **changes},
+    )
+
+
+def test_planted_skills_are_found_and_the_loss_goes_down(tmp_path: Path) -> None:
+    manifest, planted = _planted_case(tmp_path)
+    log = io.StringIO()
+    result = train(manifest, _params(), tmp_path / "ckpt.pt", log=log)
+    top = result.phi_t.argmax(dim=1).numpy()
+    missed = {
+        j: (int(top[j]), sorted(planted[j].tolist()))
+        for j in range(len(planted))
+        if top[j] not in planted[j]
+    }
+    assert not missed, f"job -> (top skill, planted skills): {missed}"
+    losses = [r.train_loss for r in result.history]
+    assert losses[-1] < losses[0] * 0.8, losses
+    assert result.best_validation_loss < result.history[0].validation_loss
+    assert math.isfinite(result.test_loss)
+    assert "validation_loss=" in log.getvalue() and "profiles/s" in log.getvalue()
+
+
+def test_early_stopping_stops_when_validation_loss_stops_improving(tmp_path: Path) -> None:
+    # Training teaches job 0 -> skill 0; validation says job 0 -> skill 1, so validation loss
+    # rises from the first epoch on: the best epoch is 1 and training stops `patience` later.
+    train_rows = [(f"t{i:04d}", [0], [1.0], [0]) for i in range(400)]
+    validation_rows = [(f"v{i:04d}", [0], [1.0], [1]) for i in range(50)]
+    manifest = _write_shards(
+        tmp_path / "shards",
+        {"train": train_rows, "validation": validation_rows, "test": validation_rows},
+        jobs=2,
+        skills=4,
+    )
+    result = train(
+        manifest, _params(max_epochs=50, patience=2), tmp_path / "c.pt", log=io.StringIO()
+    )
+    assert (result.best_epoch, result.epochs_run) == (1, 3), result.history
+    validation = [r.validation_loss for r in result.history]
+    assert validation == sorted(validation), validation
+    assert result.best_validation_loss == validation[0]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_resume_reaches_the_phi_of_an_uninterrupted_run(tmp_path: Path, optimizer: str) -> None:
+    manifest, _ = _planted_case(tmp_path, train_rows=1000)
+    lr = 50.0 if optimizer == "sgd" else 0.05
+    straight_ckpt, split_ckpt = tmp_path / "straight.pt", tmp_path / "split.pt"
+    params = _params(optimizer=optimizer, learning_rate=lr, max_epochs=4, patience=10)
+    straight = train(manifest, params, straight_ckpt, log=io.StringIO())
+
+    first = train(
+        manifest,
+        _params(optimizer=optimizer, learning_rate=lr, max_epochs=2, patience=10),
+        split_ckpt,
+        log=io.StringIO(),
+    )
+    assert first.epochs_run == 2
+    resumed = train(manifest, params, split_ckpt, resume=True, log=io.StringIO())
+
+    assert resumed.epochs_run == straight.epochs_run == 4
+    assert resumed.history == [
+        dataclasses.replace(r, seconds=s.seconds)
+        for r, s in zip(straight.history, resumed.history, strict=True)
+    ]
+    assert torch.equal(resumed.phi_t, straight.phi_t)
+    last_straight = torch.load(straight_ckpt, weights_only=True)
+    last_resumed = torch.load(split_ckpt, weights_only=True)
+    assert torch.equal(last_resumed["phi_t"], last_straight["phi_t"])
+    assert last_resumed["epoch"] == 4
+    assert json.loads(last_resumed["config"])["optimizer"] == optimizer
+
+
+def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path: Path) -> None:
+    manifest, _ = _planted_case(tmp_path, train_rows=200)
+    checkpoint = tmp_path / "c.pt"
+    train(manifest, _params(max_epochs=1, learning_rate=20.0), checkpoint, log=io.StringIO())
+    with pytest.raises(ValueError, match=r"train.learning_rate 20.0 -> 1.0"):
+        train(manifest, _params(learning_rate=1.0), checkpoint, resume=True, log=io.StringIO())
+    with pytest.raises(ValueError, match="no checkpoint to resume from"):
+        train(manifest, _params(), tmp_path / "missing.pt", resume=True, log=io.StringIO())
+
+
+def test_training_without_validation_profiles_is_refused(tmp_path: Path) -> None:
+    rows = _simple_profiles(20, "p")
+    manifest = _write_shards(
+        tmp_path, {"train": rows, "validation": [], "test": rows}, jobs=7, skills=8, shards=1
+    )
+    with pytest.raises(ValueError, match="the validation split is empty"):
+        train(manifest, _params(), tmp_path / "c.pt", log=io.StringIO())
+    assert not (tmp_path / "c.pt").exists()
