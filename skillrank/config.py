@@ -42,6 +42,7 @@ class SparkConfig:
     shuffle_partitions: int
     session_timezone: str
     ivy_dir: str
+    delta_jar_excludes: list[str]
     extra_conf: dict[str, str]
 
 

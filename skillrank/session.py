@@ -7,6 +7,7 @@ warehouse, Derby metastore, time zone); the launcher passes the same settings to
 
 from __future__ import annotations
 
+import hashlib
 from importlib.metadata import version
 from pathlib import Path
 
@@ -41,18 +42,23 @@ def delta_jars(config: Config) -> list[str]:
     return jars if jars and all(Path(j).is_file() for j in jars) else []
 
 
-def record_delta_jars(config: Config) -> list[str]:
+def record_delta_jars(spark: SparkSession, config: Config) -> list[str]:
     """After Ivy resolved the package, remember its JARs so later runs skip resolution."""
-    jar_dir = PROJECT_ROOT / config.spark.ivy_dir / "jars"
-    jars = sorted(str(p) for p in jar_dir.glob("*.jar"))
+    jars = sorted(
+        uri.removeprefix("file://").removeprefix("file:")
+        for uri in spark.conf.get("spark.jars", "").split(",")
+        if uri.endswith(".jar")
+    )
     if jars:
         _jar_listing(config).write_text("\n".join(jars) + "\n")
     return jars
 
 
 def _jar_listing(config: Config) -> Path:
+    """Where the resolved JAR list is kept: one file per coordinate and exclusion list."""
+    excludes = hashlib.sha256(",".join(config.spark.delta_jar_excludes).encode()).hexdigest()
     safe = delta_package().replace(":", "_")
-    return PROJECT_ROOT / config.spark.ivy_dir / f"{safe}.jars"
+    return PROJECT_ROOT / config.spark.ivy_dir / f"{safe}-{excludes[:8]}.jars"
 
 
 def spark_settings(config: Config, workdir: Path) -> dict[str, str]:
@@ -82,6 +88,7 @@ def spark_settings(config: Config, workdir: Path) -> dict[str, str]:
         settings["spark.jars"] = ",".join(jars)
     else:
         settings["spark.jars.packages"] = delta_package()
+        settings["spark.jars.excludes"] = ",".join(config.spark.delta_jar_excludes)
     settings.update(config.spark.extra_conf)
     return settings
 
@@ -97,5 +104,5 @@ def build_spark(
     spark = builder.enableHiveSupport().getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     if not delta_jars(config):
-        record_delta_jars(config)
+        record_delta_jars(spark, config)
     return spark
