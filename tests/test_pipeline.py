@@ -137,3 +137,26 @@ def test_failed_stage_exits_1_and_records_why(
         "profiles_raw is empty: run ingest first",
     )
     assert (pipeline.workdir / "logs" / f"{run.run_id}.log").is_file()
+
+
+def test_train_stage_learns_from_the_shards_and_resumes(pipeline: Pipeline, tmp_path: Path) -> None:
+    crawl = write_crawl(tmp_path / "c.jsonl", _crawl(300))
+    assert pipeline.run(["ingest", "prepare"], "--input", str(crawl), *SMALL) == 0
+    fast = ("--conf", "train.max_epochs=2", "--conf", "train.batch_size=50")
+    assert pipeline.run(["train"], *fast) == 0
+    checkpoint = pipeline.workdir / "checkpoints" / "checkpoint.pt"
+    assert checkpoint.is_file()
+    run = pipeline.table("stage_runs").where("stage = 'train'").first()
+    manifest = pipeline.manifest()
+    assert run.rows_in == manifest["splits"]["train"]["rows"]
+    vocab = manifest["vocabulary"]
+    assert run.rows_out == vocab["jobs"] * vocab["skills"]
+
+    longer = ("--conf", "train.max_epochs=3", "--conf", "train.batch_size=50")
+    assert pipeline.run(["train"], "--resume", *longer) == 0
+    assert pipeline.table("stage_runs").where("stage = 'train'").count() == 2
+
+
+def test_train_without_shards_fails_before_spark(pipeline: Pipeline) -> None:
+    assert pipeline.run(["train"]) == 2
+    assert not pipeline.spark.catalog.databaseExists(pipeline.database)
