@@ -122,7 +122,7 @@ def run(ctx: StageContext) -> StageResult:
 
     # One parsing pass writes every line to a staging Parquet set; the table writes and
     # counts then read that instead of parsing again.
-    staging = resolve_path(ctx.workdir, f"staging/{ctx.run_id}")
+    staging = resolve_path(ctx.workdir, f"{ctx.config.catalog.staging_dir}/{ctx.run_id}")
     parse_lines(
         number_lines(read_lines(spark, [f.path for f in new])),
         max_line_bytes=config.ingest.max_line_bytes,

@@ -1,24 +1,54 @@
-"""train: learn phi from the shards that prepare wrote (publishing to Delta comes later).
+"""train: learn phi from the shards that prepare wrote, then publish it and its rankings.
 
     ./spark-submit.sh train [--workdir DIR] [--resume] [--device cpu|cuda] [--conf train.KEY=VALUE]
 
 Reads only <workdir>/<catalog.shards_dir>/manifest.json and the files it lists; writes a
 checkpoint after every epoch to <workdir>/<train.checkpoint_dir>/checkpoint.pt (see
-docs/trainer.md). `--resume` continues from that checkpoint.
+docs/trainer.md). `--resume` continues from that checkpoint. Then publishes, under this
+run's run_id, the Delta tables runs, training_history, phi, job_skill_rank, skill_job_rank,
+job_neighbors and skill_neighbors, and the current_* views (docs/tables.md). The run's
+`runs` row turns 'succeeded' only after every table is written; a failed run deletes what
+it wrote and is marked 'failed', so the views never show it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, Row
+from pyspark.sql import functions as F
+
 from jobs._cli import Stage, StageContext, StageError, StageResult, run_stages
+from skillrank import rankings
 from skillrank.config import Config
-from skillrank.trainer import train
+from skillrank.publish import (
+    RUN_TABLES,
+    current_view_sql,
+    named_neighbors,
+    pair_support,
+    ranked_pairs,
+)
+from skillrank.session import resolve_path
+from skillrank.tables import SPECS, conform, declare_tables, table_version
+from skillrank.trainer import TrainResult, train
 
 CHECKPOINT_FILE = "checkpoint.pt"
+# Jobs (rows of phi) per block when staging phi and computing rankings: bounds the memory
+# of one block (block x skills floats) on the driver.
+_PHI_BLOCK_JOBS = 256
+_RANK_BLOCK = 1024
+# Rows per staged Parquet file (phi has J x S rows: about 190 million at paper scale).
+_STAGED_FILE_ROWS = 8_000_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,32 +72,184 @@ def check(args: argparse.Namespace, config: Config) -> None:
 
 
 def run(ctx: StageContext) -> StageResult:
-    manifest, checkpoint = _paths(ctx.workdir, ctx.config)
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    manifest_path, checkpoint = _paths(ctx.workdir, ctx.config)
+    manifest_text = manifest_path.read_text(encoding="utf-8")
+    manifest = json.loads(manifest_text)
+    declare_tables(ctx.spark, ctx.config, ["runs", *RUN_TABLES])
+    device = ctx.args.device or ctx.config.train.device
+    for table in ("runs", *RUN_TABLES):
+        ctx.spark.sql(current_view_sql(ctx.config.catalog.database, table, ctx.table("runs")))
+    _insert_run(ctx, device, manifest, manifest_text)
     try:
-        result = train(
-            manifest,
-            ctx.config.train,
-            checkpoint,
-            resume=ctx.args.resume,
-            device=ctx.args.device,
-            config_json=json.dumps(ctx.config.to_dict(), sort_keys=True),
-            log=sys.stdout,
-        )
-    except ValueError as exc:
-        raise StageError(str(exc)) from exc
-    rows = json.loads(manifest.read_text())["splits"]["train"]["rows"]
+        with ctx.step("trained (epochs, checkpoints, test loss)"):
+            result = _train(ctx, manifest_path, checkpoint, device)
+        with ctx.step("published phi and rankings"):
+            _publish(ctx, result, manifest_path, manifest)
+        _update_run(ctx, _run_outcome(result))
+    except BaseException as exc:
+        _discard(ctx, str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+        raise
     jobs, skills = result.phi_t.shape
     return StageResult(
-        rows_in=rows,
+        rows_in=manifest["splits"]["train"]["rows"],
         rows_out=jobs * skills,
+        input_versions={k: int(v) for k, v in manifest.get("delta_versions", {}).items()},
+        output_versions={
+            key: table_version(ctx.spark, ctx.table(key)) for key in ("runs", *RUN_TABLES)
+        },
         summary=[
             f"phi: {skills} skills x {jobs} jobs; {result.epochs_run} epochs,"
             f" best epoch {result.best_epoch}",
             f"validation loss {result.best_validation_loss:.6f}, test loss {result.test_loss:.6f}",
             f"checkpoint: {checkpoint}",
+            "peak memory of this Python process (training and publishing):"
+            f" {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB",
+            f"published run {ctx.run_id}:"
+            f" SELECT * FROM {ctx.config.catalog.database}.current_job_skill_rank",
         ],
     )
+
+
+def _train(ctx: StageContext, manifest: Path, checkpoint: Path, device: str) -> TrainResult:
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return train(
+            manifest,
+            ctx.config.train,
+            checkpoint,
+            resume=ctx.args.resume,
+            device=device,
+            config_json=json.dumps(ctx.config.to_dict(), sort_keys=True),
+            log=sys.stdout,
+        )
+    except ValueError as exc:
+        raise StageError(str(exc)) from exc
+
+
+def _publish(ctx: StageContext, result: TrainResult, manifest_path: Path, manifest: dict) -> None:
+    """Stage phi and the rankings as Parquet (block by block), then append them with Spark."""
+    spark, k = ctx.spark, ctx.config.publish
+    phi_t = result.phi_t
+    staging = resolve_path(ctx.workdir, f"{ctx.config.catalog.staging_dir}/{ctx.run_id}")
+    fs, root = pafs.FileSystem.from_uri(staging)
+    staged = {
+        "phi": rankings.phi_blocks(phi_t, _PHI_BLOCK_JOBS),
+        "job_skill_rank": rankings.top_skills_per_job(phi_t, k.top_k, _RANK_BLOCK),
+        "skill_job_rank": rankings.top_jobs_per_skill(phi_t, k.top_k, _RANK_BLOCK),
+        "job_neighbors": rankings.job_neighbors(phi_t, k.neighbors_k, _RANK_BLOCK),
+        "skill_neighbors": rankings.skill_neighbors(phi_t, k.neighbors_k, _RANK_BLOCK),
+    }
+    try:
+        for name, blocks in staged.items():
+            with ctx.step(f"staged {name}"):
+                _write_blocks(fs, f"{root}/{name}", blocks)
+
+        def read(name: str) -> DataFrame:
+            return spark.read.parquet(f"{staging}/{name}").withColumn("run_id", F.lit(ctx.run_id))
+
+        def shard_files(entries: list[dict]) -> list[str]:
+            return [resolve_path(manifest_path.parent, e["path"]) for e in entries]
+
+        vocabulary = manifest["vocabulary"]
+        job_vocab = spark.read.parquet(*shard_files(vocabulary["job_vocab"]))
+        skill_vocab = spark.read.parquet(*shard_files(vocabulary["skill_vocab"]))
+        train_files = shard_files(manifest["splits"]["train"]["shards"])
+        support = pair_support(spark.read.parquet(*train_files)).cache()
+        outputs = {
+            "training_history": spark.createDataFrame(
+                [Row(run_id=ctx.run_id, **vars(r)) for r in result.history]
+            ),
+            "phi": read("phi"),
+            "job_skill_rank": ranked_pairs(read("job_skill_rank"), support, job_vocab, skill_vocab),
+            "skill_job_rank": ranked_pairs(read("skill_job_rank"), support, job_vocab, skill_vocab),
+            "job_neighbors": named_neighbors(read("job_neighbors"), job_vocab, "job"),
+            "skill_neighbors": named_neighbors(read("skill_neighbors"), skill_vocab, "skill"),
+        }
+        for key, df in outputs.items():
+            with ctx.step(f"wrote {key}"):
+                conform(df, key).write.insertInto(ctx.table(key))
+        support.unpersist()
+    finally:
+        if fs.get_file_info(root).type != pafs.FileType.NotFound:
+            fs.delete_dir(root)
+
+
+def _write_blocks(fs: pafs.FileSystem, path: str, blocks: Iterator[dict]) -> None:
+    """Write blocks of numpy columns as the Parquet files of one staged dataset.
+
+    A new file starts every _STAGED_FILE_ROWS rows, so that Spark reads them in parallel.
+    """
+    fs.create_dir(path, recursive=True)
+    writer, rows, files = None, 0, 0
+    try:
+        for block in blocks:
+            table = pa.table(block)
+            if writer is None or rows >= _STAGED_FILE_ROWS:
+                if writer is not None:
+                    writer.close()
+                name = f"{path}/part-{files:05d}.parquet"
+                writer, rows, files = (
+                    pq.ParquetWriter(name, table.schema, filesystem=fs),
+                    0,
+                    files + 1,
+                )
+            writer.write_table(table)
+            rows += table.num_rows
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _insert_run(ctx: StageContext, device: str, manifest: dict, manifest_text: str) -> None:
+    """Record the run as 'running' before anything is published."""
+    values = {
+        "run_id": ctx.run_id,
+        "status": "running",
+        "started_at": datetime.now(UTC),
+        "device": device,
+        "jobs": int(manifest["vocabulary"]["jobs"]),
+        "skills": int(manifest["vocabulary"]["skills"]),
+        "train_profiles": int(manifest["splits"]["train"]["rows"]),
+        "config_json": json.dumps(ctx.config.to_dict(), sort_keys=True),
+        "input_manifest": manifest_text,
+    }
+    schema = SPECS["runs"].schema
+    row = Row(**{field.name: values.get(field.name) for field in schema})
+    ctx.spark.createDataFrame([row], schema).write.insertInto(ctx.table("runs"))
+
+
+def _run_outcome(result: TrainResult) -> dict:
+    best = result.history[result.best_epoch - 1] if result.history else None
+    return {
+        "status": "succeeded",
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "train_loss": best.train_loss if best else None,
+        "validation_loss": result.best_validation_loss,
+        "test_loss": result.test_loss,
+    }
+
+
+def _update_run(ctx: StageContext, values: dict) -> None:
+    """Set the columns of this run's `runs` row (and its end time)."""
+    DeltaTable.forName(ctx.spark, ctx.table("runs")).update(
+        F.col("run_id") == ctx.run_id,
+        {"ended_at": F.current_timestamp(), **{k: F.lit(v) for k, v in values.items()}},
+    )
+
+
+def _discard(ctx: StageContext, error: str) -> None:
+    """After a failure: delete the rows this run published and mark it failed.
+
+    Best effort: if this fails too (Spark gone), the rows stay, still invisible through the
+    current_* views because the run never became 'succeeded'.
+    """
+    try:
+        for key in RUN_TABLES:
+            DeltaTable.forName(ctx.spark, ctx.table(key)).delete(F.col("run_id") == ctx.run_id)
+        _update_run(ctx, {"status": "failed", "error": error[:1000]})
+    except Exception as exc:  # keep the original error, which is the one to report
+        print(f"warning: could not clean up run {ctx.run_id}: {exc}", file=sys.stderr)
 
 
 STAGE = Stage(name="train", add_arguments=add_arguments, run=run, check=check)

@@ -32,6 +32,7 @@ class CatalogConfig:
     metastore_dir: str
     shards_dir: str
     crawl_dir: str
+    staging_dir: str
     tables: dict[str, str]
 
 
@@ -124,8 +125,16 @@ class TrainConfig:
     init_std: float
     max_epochs: int
     patience: int
+    min_improvement: float
     shuffle_buffer: int
     checkpoint_dir: str
+    kernel: Literal["fused", "torch"]
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    top_k: int
+    neighbors_k: int
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,7 @@ class Config:
     prepare: PrepareConfig
     generate: GenerateConfig
     train: TrainConfig
+    publish: PublishConfig
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -291,6 +301,8 @@ def _validate(config: Config) -> None:
         "prepare.min_skill_profiles": config.prepare.min_skill_profiles,
         "prepare.rows_per_shard": config.prepare.rows_per_shard,
         "spark.shuffle_partitions": config.spark.shuffle_partitions,
+        "publish.top_k": config.publish.top_k,
+        "publish.neighbors_k": config.publish.neighbors_k,
     }
     for key, value in positive.items():
         if value < 1:

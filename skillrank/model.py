@@ -63,7 +63,7 @@ class Batch:
 
 def init_phi(jobs: int, skills: int, std: float, generator: torch.Generator) -> Tensor:
     """phi_t (jobs x skills, float32): normal(0, std) entries drawn from `generator`."""
-    return torch.randn(jobs, skills, generator=generator, dtype=torch.float32) * std
+    return torch.randn(jobs, skills, generator=generator, dtype=torch.float32).mul_(std)
 
 
 def compute_logits(phi_t: Tensor, batch: Batch) -> Tensor:

@@ -38,6 +38,7 @@ class TableSpec:
     owner: str
     comment: str
     schema: StructType
+    partition_by: tuple[str, ...] = ()
 
 
 POSITION = StructType(
@@ -189,6 +190,190 @@ SPECS: dict[str, TableSpec] = {
                 ]
             ),
         ),
+        TableSpec(
+            "runs",
+            "train",
+            "One row per training run; published rows count only for runs with status"
+            " 'succeeded' (the current_* views show the latest one).",
+            StructType(
+                [
+                    _col("run_id", StringType(), "id of the train run; key of every table", False),
+                    _col(
+                        "status",
+                        StringType(),
+                        "running, succeeded or failed; only succeeded runs are complete",
+                        False,
+                    ),
+                    _col("started_at", TimestampType(), "start (UTC)", False),
+                    _col("ended_at", TimestampType(), "end (UTC); null while running"),
+                    _col("device", StringType(), "cpu or cuda", False),
+                    _col("jobs", IntegerType(), "job titles in the vocabulary (J)", False),
+                    _col("skills", IntegerType(), "skills in the vocabulary (S)", False),
+                    _col("train_profiles", LongType(), "profiles in the train split", False),
+                    _col("epochs_run", IntegerType(), "epochs trained"),
+                    _col("best_epoch", IntegerType(), "epoch of the published phi"),
+                    _col("train_loss", DoubleType(), "mean KL on the train split at best_epoch"),
+                    _col(
+                        "validation_loss",
+                        DoubleType(),
+                        "mean KL on the validation split at best_epoch; lower is better",
+                    ),
+                    _col(
+                        "test_loss",
+                        DoubleType(),
+                        "mean KL on the test split of the published phi; lower is better",
+                    ),
+                    _col("config_json", StringType(), "the full configuration", False),
+                    _col(
+                        "input_manifest",
+                        StringType(),
+                        "manifest.json trained on: shard files and the Delta versions behind them",
+                        False,
+                    ),
+                    _col("error", StringType(), "one-line error of a failed run"),
+                ]
+            ),
+        ),
+        TableSpec(
+            "training_history",
+            "train",
+            "Loss per epoch of every training run (the paper's Fig 2).",
+            StructType(
+                [
+                    _col("run_id", StringType(), "train run (runs.run_id)", False),
+                    _col("epoch", IntegerType(), "1-based epoch", False),
+                    _col("train_loss", DoubleType(), "mean KL over the epoch's batches", False),
+                    _col(
+                        "validation_loss",
+                        DoubleType(),
+                        "mean KL on the validation split after the epoch; lower is better",
+                        False,
+                    ),
+                    _col("seconds", DoubleType(), "wall time of the epoch", False),
+                ]
+            ),
+        ),
+        TableSpec(
+            "phi",
+            "train",
+            "The learned matrix phi, every (job, skill) entry; partitioned by run_id.",
+            StructType(
+                [
+                    _col("run_id", StringType(), "train run (runs.run_id)", False),
+                    _col("job_id", IntegerType(), "job title (job_vocab.job_id)", False),
+                    _col("skill_id", IntegerType(), "skill (skill_vocab.skill_id)", False),
+                    _col(
+                        "weight",
+                        FloatType(),
+                        "phi[skill, job]: higher means the job implies the skill more",
+                        False,
+                    ),
+                ]
+            ),
+            partition_by=("run_id",),
+        ),
+        TableSpec(
+            "job_skill_rank",
+            "train",
+            "SkillRank: the top publish.top_k skills of every job title, strongest first.",
+            StructType(
+                [
+                    _col("run_id", StringType(), "train run (runs.run_id)", False),
+                    _col("job_id", IntegerType(), "job title id", False),
+                    _col("job_title", StringType(), "job title", False),
+                    _col("rank", IntegerType(), "1 = the job's strongest skill", False),
+                    _col("skill_id", IntegerType(), "skill id", False),
+                    _col("skill_name", StringType(), "skill", False),
+                    _col("weight", FloatType(), "phi[skill, job]; higher is stronger", False),
+                    _col(
+                        "probability",
+                        DoubleType(),
+                        "job2vec entry: softmax of the job's phi column over all skills;"
+                        " higher is stronger (sums to 1 over all skills of a job)",
+                        False,
+                    ),
+                    _col(
+                        "support",
+                        LongType(),
+                        "training profiles holding both the job and the skill; higher is"
+                        " better supported",
+                        False,
+                    ),
+                ]
+            ),
+        ),
+        TableSpec(
+            "skill_job_rank",
+            "train",
+            "The top publish.top_k job titles of every skill, strongest first.",
+            StructType(
+                [
+                    _col("run_id", StringType(), "train run (runs.run_id)", False),
+                    _col("skill_id", IntegerType(), "skill id", False),
+                    _col("skill_name", StringType(), "skill", False),
+                    _col("rank", IntegerType(), "1 = the skill's strongest job", False),
+                    _col("job_id", IntegerType(), "job title id", False),
+                    _col("job_title", StringType(), "job title", False),
+                    _col("weight", FloatType(), "phi[skill, job]; higher is stronger", False),
+                    _col(
+                        "probability",
+                        DoubleType(),
+                        "skill2vec entry: softmax of the skill's phi row over all jobs;"
+                        " higher is stronger (sums to 1 over all jobs of a skill)",
+                        False,
+                    ),
+                    _col(
+                        "support",
+                        LongType(),
+                        "training profiles holding both the job and the skill; higher is"
+                        " better supported",
+                        False,
+                    ),
+                ]
+            ),
+        ),
+        TableSpec(
+            "job_neighbors",
+            "train",
+            "The publish.neighbors_k job titles nearest to every job title (job2vec cosine).",
+            StructType(
+                [
+                    _col("run_id", StringType(), "train run (runs.run_id)", False),
+                    _col("job_id", IntegerType(), "job title id", False),
+                    _col("job_title", StringType(), "job title", False),
+                    _col("rank", IntegerType(), "1 = the most similar other job", False),
+                    _col("neighbor_job_id", IntegerType(), "similar job title id", False),
+                    _col("neighbor_job_title", StringType(), "similar job title", False),
+                    _col(
+                        "similarity",
+                        DoubleType(),
+                        "cosine similarity of the two job2vec vectors; higher is more similar",
+                        False,
+                    ),
+                ]
+            ),
+        ),
+        TableSpec(
+            "skill_neighbors",
+            "train",
+            "The publish.neighbors_k skills nearest to every skill (skill2vec cosine).",
+            StructType(
+                [
+                    _col("run_id", StringType(), "train run (runs.run_id)", False),
+                    _col("skill_id", IntegerType(), "skill id", False),
+                    _col("skill_name", StringType(), "skill", False),
+                    _col("rank", IntegerType(), "1 = the most similar other skill", False),
+                    _col("neighbor_skill_id", IntegerType(), "similar skill id", False),
+                    _col("neighbor_skill_name", StringType(), "similar skill", False),
+                    _col(
+                        "similarity",
+                        DoubleType(),
+                        "cosine similarity of the two skill2vec vectors; higher is more similar",
+                        False,
+                    ),
+                ]
+            ),
+        ),
     ]
 }
 
@@ -222,6 +407,7 @@ def declare_tables(spark: SparkSession, config: Config, keys: list[str]) -> None
             .tableName(table_name(config, key))
             .comment(f"{spec.comment} Owner: {spec.owner}.")
             .addColumns(spec.schema)
+            .partitionedBy(*spec.partition_by)
             .execute()
         )
 

@@ -1,10 +1,13 @@
 """The training loop: learn phi from the shards with early stopping, checkpoint every epoch.
 
 Reads only the shard manifest and its Parquet files (skillrank.shards), computes the loss
-and its gradient with skillrank.model, and writes one checkpoint file, replaced atomically
-after every epoch. ``train(..., resume=True)`` continues from that file and, on CPU,
-reaches bit for bit the phi of an uninterrupted run: the data order depends only on
-(seed, epoch), and the checkpoint holds everything else that changes between epochs.
+and its gradient with skillrank.model (or, for SGD on CPU, the fused kernel of
+skillrank.kernel, which computes the same step), and writes one checkpoint file, replaced
+atomically after every epoch. The best epoch's phi lives on disk beside it
+(``best-epoch-<N>.pt``), not in memory, so training holds one copy of phi.
+``train(..., resume=True)`` continues from the checkpoint and, on CPU, reaches bit for bit
+the phi of an uninterrupted run: the data order depends only on (seed, epoch), and the
+checkpoint holds everything else that changes between epochs.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -23,12 +27,15 @@ import torch
 from torch import Tensor
 
 from skillrank.config import TrainConfig
-from skillrank.model import init_phi, kl_loss, kl_loss_and_grad
+from skillrank.kernel import Kernel, KernelUnavailable, load_kernel
+from skillrank.model import Batch, init_phi, kl_loss, kl_loss_and_grad
 from skillrank.shards import Manifest, iterate_batches, read_manifest
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+# Seconds between progress updates: redrawn in place on a terminal, a line in a log file.
+_PROGRESS_SECONDS = {True: 0.5, False: 30.0}
 # Settings that may change on resume; any other difference is an error.
-_RESUMABLE_CHANGES = {"device", "max_epochs", "patience", "checkpoint_dir"}
+_RESUMABLE_CHANGES = {"device", "max_epochs", "patience", "min_improvement", "checkpoint_dir"}
 
 
 @dataclass(frozen=True)
@@ -66,8 +73,8 @@ def train(
     `device` overrides params.device. `config_json` (the whole configuration, as JSON) is
     stored in the checkpoint; it defaults to the train section. With `resume`, training
     continues from `checkpoint_path`, which must come from the same settings (only device,
-    max_epochs, patience and checkpoint_dir may differ). Returns the best epoch's phi_t and
-    its test loss.
+    max_epochs, patience, min_improvement and checkpoint_dir may differ). Returns the best
+    epoch's phi_t and its test loss.
     """
     _check_params(params)
     manifest = read_manifest(manifest_path)
@@ -82,6 +89,7 @@ def train(
         raise ValueError("device cuda requested but torch sees no GPU")
     config_json = config_json or json.dumps(dataclasses.asdict(params), sort_keys=True)
 
+    kernel = _fused_kernel(params, target, log)
     if resume:
         state = _load_checkpoint(checkpoint_path, params)
         phi_t = state["phi_t"].to(target)
@@ -90,39 +98,35 @@ def train(
         torch.set_rng_state(state["rng_state"])
         epoch = state["epoch"]
         best_loss, best_epoch = state["best_validation_loss"], state["best_epoch"]
-        best_phi_t = state["best_phi_t"].to(target)
         bad_epochs = state["bad_epochs"]
         history = [EpochRecord(**r) for r in json.loads(state["history"])]
+        del state
         print(f"resumed from {checkpoint_path} after epoch {epoch}", file=log)
     else:
         generator = torch.Generator().manual_seed(params.seed)
         phi_t = init_phi(manifest.jobs, manifest.skills, params.init_std, generator).to(target)
         optimizer = _make_optimizer(phi_t, params)
         epoch, best_loss, best_epoch, bad_epochs = 0, math.inf, 0, 0
-        best_phi_t = phi_t.clone()
         history = []
 
     while epoch < params.max_epochs and bad_epochs < params.patience:
         epoch += 1
         started = time.perf_counter()
-        train_loss, profiles = _train_epoch(phi_t, optimizer, manifest, params, epoch, target)
-        train_seconds = time.perf_counter() - started
-        print(
-            f"epoch {epoch}: {profiles} profiles, {profiles / train_seconds:,.0f} profiles/s",
-            file=log,
-        )
-        validation_loss = evaluate(phi_t, manifest, "validation", params.batch_size)
+        train_loss = _train_epoch(phi_t, optimizer, kernel, manifest, params, epoch, log)
+        validation_loss = evaluate(phi_t, manifest, "validation", params.batch_size, kernel)
         seconds = time.perf_counter() - started
         history.append(EpochRecord(epoch, train_loss, validation_loss, seconds))
-        if validation_loss < best_loss:
-            best_loss, best_epoch, bad_epochs = validation_loss, epoch, 0
-            best_phi_t = phi_t.clone()
-        else:
-            bad_epochs += 1
+        # The lowest validation loss is the best phi; only an improvement of more than
+        # min_improvement resets the patience count.
+        bad_epochs = 0 if validation_loss < best_loss - params.min_improvement else bad_epochs + 1
+        improved = validation_loss < best_loss
+        if improved:
+            best_loss, best_epoch = validation_loss, epoch
         print(
             f"epoch {epoch} train_loss={train_loss:.6f} validation_loss={validation_loss:.6f}"
-            f" seconds={seconds:.2f}" + ("" if bad_epochs else " (best)"),
+            f" seconds={seconds:.2f}" + (" (best)" if improved else ""),
             file=log,
+            flush=True,
         )
         _save_checkpoint(
             checkpoint_path,
@@ -133,17 +137,29 @@ def train(
                 "epoch": epoch,
                 "best_validation_loss": best_loss,
                 "best_epoch": best_epoch,
-                "best_phi_t": best_phi_t.cpu(),
                 "bad_epochs": bad_epochs,
                 "rng_state": torch.get_rng_state(),
                 "history": json.dumps([dataclasses.asdict(r) for r in history]),
                 "train_config": json.dumps(dataclasses.asdict(params), sort_keys=True),
                 "config": config_json,
             },
+            best_copy=_best_path(checkpoint_path, epoch) if improved else None,
         )
+        _remove_stale_best(checkpoint_path, best_epoch)
 
-    test_loss = evaluate(best_phi_t, manifest, "test", params.batch_size)
-    why = "patience exhausted" if bad_epochs >= params.patience else "max_epochs reached"
+    if not best_epoch:
+        raise ValueError(
+            f"the validation loss was never finite ({best_loss}); lower train.learning_rate"
+        )
+    # Free the last epoch's phi (and optimizer state) before loading the best one.
+    del optimizer, phi_t
+    best_phi_t = _load_best(checkpoint_path, best_epoch).to(target)
+    test_loss = evaluate(best_phi_t, manifest, "test", params.batch_size, kernel)
+    why = (
+        f"validation loss improved by at most {params.min_improvement} for {params.patience} epochs"
+        if bad_epochs >= params.patience
+        else "max_epochs reached"
+    )
     print(
         f"stopped after epoch {epoch} ({why}); best epoch {best_epoch}"
         f" validation_loss={best_loss:.6f} test_loss={test_loss:.6f}",
@@ -152,13 +168,17 @@ def train(
     return TrainResult(best_phi_t.cpu(), best_epoch, best_loss, test_loss, epoch, history)
 
 
-def evaluate(phi_t: Tensor, manifest: Manifest, split: str, batch_size: int) -> float:
+def evaluate(
+    phi_t: Tensor, manifest: Manifest, split: str, batch_size: int, kernel: Kernel | None = None
+) -> float:
     """Mean KL loss over every profile of `split` (nan for an empty split)."""
     total, count = 0.0, 0
     with torch.no_grad():
         for _, batch in iterate_batches(manifest.shards[split], batch_size, shuffle=False):
-            loss = kl_loss(phi_t, batch.to(phi_t.device, phi_t.dtype))
-            total += loss.item() * batch.size
+            if kernel is not None:
+                total += kernel.loss_sum(phi_t, batch)
+            else:
+                total += kl_loss(phi_t, batch.to(phi_t.device, phi_t.dtype)).item() * batch.size
             count += batch.size
     return total / count if count else math.nan
 
@@ -166,12 +186,14 @@ def evaluate(phi_t: Tensor, manifest: Manifest, split: str, batch_size: int) -> 
 def _train_epoch(
     phi_t: Tensor,
     optimizer: torch.optim.Optimizer,
+    kernel: Kernel | None,
     manifest: Manifest,
     params: TrainConfig,
     epoch: int,
-    device: torch.device,
-) -> tuple[float, int]:
-    total, count = 0.0, 0
+    log: TextIO,
+) -> float:
+    """One pass over the train split; returns the mean of the batch losses per profile."""
+    progress = _Progress(f"epoch {epoch}", manifest.rows["train"], log)
     batches = iterate_batches(
         manifest.shards["train"],
         params.batch_size,
@@ -181,22 +203,66 @@ def _train_epoch(
         buffer_size=params.shuffle_buffer,
     )
     for _, batch in batches:
-        loss, rows, row_grads = kl_loss_and_grad(phi_t, batch.to(device, phi_t.dtype))
-        if params.optimizer == "sgd":
-            # Only the batch's job rows change: a sparse gradient keeps SGD's cost per batch
-            # proportional to the rows touched, not to all of phi.
-            phi_t.grad = torch.sparse_coo_tensor(
-                rows[None], row_grads, phi_t.shape, check_invariants=False
-            )
+        if kernel is not None:
+            loss = kernel.sgd_step(phi_t, batch, params.learning_rate)
         else:
-            phi_t.grad = torch.zeros_like(phi_t).index_add_(0, rows, row_grads)
-        optimizer.step()
-        phi_t.grad = None
-        total += loss.item() * batch.size
-        count += batch.size
-    if not count:
+            loss = _torch_step(phi_t, optimizer, batch.to(phi_t.device, phi_t.dtype), params)
+        progress.update(batch.size, loss)
+    if not progress.count:
         raise ValueError("the train split holds no profiles")
-    return total / count, count
+    return progress.finish()
+
+
+def _torch_step(
+    phi_t: Tensor, optimizer: torch.optim.Optimizer, batch: Batch, params: TrainConfig
+) -> float:
+    loss, rows, row_grads = kl_loss_and_grad(phi_t, batch)
+    if params.optimizer == "sgd":
+        # Only the batch's job rows change: a sparse gradient keeps SGD's cost per batch
+        # proportional to the rows touched, not to all of phi.
+        phi_t.grad = torch.sparse_coo_tensor(
+            rows[None], row_grads, phi_t.shape, check_invariants=False
+        )
+    else:
+        phi_t.grad = torch.zeros_like(phi_t).index_add_(0, rows, row_grads)
+    optimizer.step()
+    phi_t.grad = None
+    return loss.item()
+
+
+class _Progress:
+    """Progress of one epoch: profiles done, profiles/s and the running mean loss."""
+
+    def __init__(self, label: str, total: int, log: TextIO) -> None:
+        self.label, self.total, self.log = label, total, log
+        self.interactive = log.isatty()
+        self.started = self.shown = time.perf_counter()
+        self.count, self.loss_sum = 0, 0.0
+
+    def update(self, profiles: int, batch_loss: float) -> None:
+        self.count += profiles
+        self.loss_sum += batch_loss * profiles
+        now = time.perf_counter()
+        if now - self.shown >= _PROGRESS_SECONDS[self.interactive]:
+            self.shown = now
+            self._show(final=False)
+
+    def finish(self) -> float:
+        self._show(final=True)
+        return self.loss_sum / self.count
+
+    def _show(self, final: bool) -> None:
+        filled = round(20 * self.count / max(self.total, 1))
+        rate = self.count / max(time.perf_counter() - self.started, 1e-9)
+        text = (
+            f"{self.label} [{'#' * filled}{'.' * (20 - filled)}] {self.count:,}/{self.total:,}"
+            f" profiles {rate:,.0f} profiles/s loss={self.loss_sum / max(self.count, 1):.6f}"
+        )
+        if self.interactive:  # redraw one line; end it when the epoch is done
+            self.log.write("\r" + text + ("\n" if final else ""))
+        else:
+            self.log.write(text + "\n")
+        self.log.flush()
 
 
 def _make_optimizer(phi_t: Tensor, params: TrainConfig) -> torch.optim.Optimizer:
@@ -211,18 +277,66 @@ def _check_params(params: TrainConfig) -> None:
             raise ValueError(f"train.{key} must be >= 1, got {getattr(params, key)}")
     if not params.learning_rate > 0:
         raise ValueError(f"train.learning_rate must be > 0, got {params.learning_rate}")
+    if params.min_improvement < 0:
+        raise ValueError(f"train.min_improvement must be >= 0, got {params.min_improvement}")
     if params.init_std < 0:
         raise ValueError(f"train.init_std must be >= 0, got {params.init_std}")
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write `state` beside `path`, flush it to disk, then rename it over `path`."""
+def _fused_kernel(params: TrainConfig, device: torch.device, log: TextIO) -> Kernel | None:
+    """The fused kernel when the settings call for it (SGD on CPU) and it builds, else None."""
+    if params.kernel != "fused" or params.optimizer != "sgd" or device.type != "cpu":
+        return None
+    try:
+        return load_kernel()
+    except KernelUnavailable as exc:
+        print(f"warning: fused kernel unavailable, using the torch path: {exc}", file=log)
+        return None
+
+
+def _best_path(checkpoint_path: Path, epoch: int) -> Path:
+    return checkpoint_path.with_name(f"{checkpoint_path.stem}.best-epoch-{epoch}.pt")
+
+
+def _remove_stale_best(checkpoint_path: Path, best_epoch: int) -> None:
+    """Delete best-phi files other than the one the checkpoint now names."""
+    keep = _best_path(checkpoint_path, best_epoch)
+    for path in checkpoint_path.parent.glob(f"{checkpoint_path.stem}.best-epoch-*.pt"):
+        if path != keep:
+            path.unlink()
+
+
+def _load_best(checkpoint_path: Path, epoch: int) -> Tensor:
+    path = _best_path(checkpoint_path, epoch)
+    if not path.is_file():
+        raise ValueError(f"the best phi of epoch {epoch} is missing: {path}")
+    # Memory-mapped, not copied: only phi's pages are read, not the optimizer state beside
+    # it, and they stay valid even if a later run deletes the file.
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if state["epoch"] != epoch:
+        raise ValueError(f"{path} holds epoch {state['epoch']}, expected {epoch}")
+    return state["phi_t"]
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any], best_copy: Path | None) -> None:
+    """Write `state` beside `path`, flush it to disk, then rename it over `path`.
+
+    With `best_copy`, the finished file is also hard-linked there (copied where links are
+    not supported) before the rename: the best phi is kept without writing phi twice, and
+    a crash never leaves a checkpoint naming a best epoch whose file is missing.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         torch.save(state, f)
         f.flush()
         os.fsync(f.fileno())
+    if best_copy is not None:
+        best_copy.unlink(missing_ok=True)  # left by a crash after this epoch's link
+        try:
+            os.link(tmp, best_copy)
+        except OSError:
+            shutil.copyfile(tmp, best_copy)
     os.replace(tmp, path)
 
 

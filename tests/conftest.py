@@ -11,11 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 from pyspark.sql import DataFrame, SparkSession
 
 from jobs._cli import run_stages
 from skillrank.config import Config, load_config
+from skillrank.model import Batch
 from skillrank.session import build_spark
 
 
@@ -60,6 +63,27 @@ def profile(pid: str, crawled_at: str = "2026-10-01T12:00:00Z", **fields: Any) -
     }
     record.update(fields)
     return record
+
+
+def random_batch(rng: np.random.Generator, profiles: int, jobs: int, skills: int) -> Batch:
+    """Profiles of 1-3 distinct jobs (weights summing to 1, float64) and 1-5 distinct skills."""
+    job_ids, job_weights, job_offsets = [], [], [0]
+    skill_ids, skill_offsets = [], [0]
+    for _ in range(profiles):
+        held = rng.choice(jobs, size=rng.integers(1, 4), replace=False)
+        weights = rng.random(len(held)) + 0.1
+        job_ids.extend(sorted(held))
+        job_weights.extend(weights / weights.sum())
+        job_offsets.append(len(job_ids))
+        skill_ids.extend(sorted(rng.choice(skills, size=rng.integers(1, 6), replace=False)))
+        skill_offsets.append(len(skill_ids))
+    return Batch(
+        job_ids=torch.tensor(job_ids, dtype=torch.int64),
+        job_weights=torch.tensor(job_weights, dtype=torch.float64),
+        job_offsets=torch.tensor(job_offsets, dtype=torch.int64),
+        skill_ids=torch.tensor(skill_ids, dtype=torch.int64),
+        skill_offsets=torch.tensor(skill_offsets, dtype=torch.int64),
+    )
 
 
 class Pipeline:

@@ -69,18 +69,34 @@ def test_missing_java_is_refused_with_what_to_install(tmp_path: Path) -> None:
 def test_all_then_sql_through_spark_submit(tmp_path: Path) -> None:
     crawl = write_crawl(
         tmp_path / "crawl.jsonl",
-        [profile(f"p{i}", skills=["Java", "SQL"][: 1 + i % 2]) for i in range(30)] + ["{oops"],
+        [profile(f"p{i}", skills=["Java", "SQL"][: 1 + i % 2]) for i in range(200)] + ["{oops"],
     )
     workdir = str(tmp_path / "w")
     small = ["--conf", "prepare.min_job_profiles=1", "--conf", "prepare.min_skill_profiles=1"]
+    small += ["--conf", "train.learning_rate=1.0"]
     result = _run("all", "--input", str(crawl), "--workdir", workdir, *small)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "[ingest] raw lines 31 = accepted 30 + quarantined 1 (invalid_json=1)" in result.stdout
-    assert "skillrank.profiles" in result.stdout and "30 rows" in result.stdout
+    assert "[ingest] raw lines 201 = accepted 200 + quarantined 1 (invalid_json=1)" in result.stdout
+    assert "skillrank.profiles" in result.stdout and "200 rows" in result.stdout
+    assert "[train] published run train-" in result.stdout
 
     query = "SELECT skill_name, profile_count FROM skillrank.skill_vocab ORDER BY skill_id"
     sql = _run("sql", "--workdir", workdir, "-e", query)
     assert sql.returncode == 0, sql.stderr[-3000:]
     rows = [line.split("\t") for line in sql.stdout.strip().splitlines()]
     train = int(rows[0][1])
-    assert rows[0][0] == "java" and rows[1][0] == "sql" and 0 < int(rows[1][1]) < train <= 30
+    assert rows[0][0] == "java" and rows[1][0] == "sql" and 0 < int(rows[1][1]) < train <= 200
+
+    # Every profile holds Java, half of them SQL: Java is the job's first skill.
+    query = (
+        "SELECT job_title, rank, skill_name, support FROM skillrank.current_job_skill_rank"
+        " ORDER BY rank"
+    )
+    sql = _run("sql", "--workdir", workdir, "-e", query)
+    assert sql.returncode == 0, sql.stderr[-3000:]
+    rows = [line.split("\t") for line in sql.stdout.strip().splitlines()]
+    assert [r[:3] for r in rows] == [
+        ["software engineer", "1", "java"],
+        ["software engineer", "2", "sql"],
+    ]
+    assert int(rows[0][3]) == train and 0 < int(rows[1][3]) < train

@@ -18,32 +18,13 @@ from skillrank.config import TrainConfig, load_config
 from skillrank.model import Batch, kl_loss, kl_loss_and_grad, kl_loss_autograd
 from skillrank.shards import iterate_batches, read_manifest
 from skillrank.trainer import train
-
-
-def _random_batch(rng: np.random.Generator, profiles: int, jobs: int, skills: int) -> Batch:
-    job_ids, job_weights, job_offsets = [], [], [0]
-    skill_ids, skill_offsets = [], [0]
-    for _ in range(profiles):
-        held = rng.choice(jobs, size=rng.integers(1, 4), replace=False)
-        weights = rng.random(len(held)) + 0.1
-        job_ids.extend(sorted(held))
-        job_weights.extend(weights / weights.sum())
-        job_offsets.append(len(job_ids))
-        skill_ids.extend(sorted(rng.choice(skills, size=rng.integers(1, 6), replace=False)))
-        skill_offsets.append(len(skill_ids))
-    return Batch(
-        job_ids=torch.tensor(job_ids, dtype=torch.int64),
-        job_weights=torch.tensor(job_weights, dtype=torch.float64),
-        job_offsets=torch.tensor(job_offsets, dtype=torch.int64),
-        skill_ids=torch.tensor(skill_ids, dtype=torch.int64),
-        skill_offsets=torch.tensor(skill_offsets, dtype=torch.int64),
-    )
+from tests.conftest import random_batch
 
 
 def test_explicit_gradient_equals_autograd() -> None:
     rng = np.random.default_rng(7)
     jobs, skills = 6, 9
-    batch = _random_batch(rng, profiles=12, jobs=jobs, skills=skills)
+    batch = random_batch(rng, profiles=12, jobs=jobs, skills=skills)
     phi_t = torch.tensor(rng.normal(size=(jobs, skills)), dtype=torch.float64)
 
     reference = phi_t.clone().requires_grad_(True)
@@ -212,7 +193,16 @@ def _params(**changes: object) -> TrainConfig:
     base = load_config().train
     return dataclasses.replace(
         base,
-        **{"batch_size": 100, "shuffle_buffer": 500, "max_epochs": 30, "patience": 3, **changes},
+        **{
+            # The small planted data here wants a smaller step than the paper-scale default.
+            "learning_rate": 50.0,
+            "min_improvement": 0.0,
+            "batch_size": 100,
+            "shuffle_buffer": 500,
+            "max_epochs": 30,
+            "patience": 3,
+            **changes,
+        },
     )
 
 
@@ -252,6 +242,25 @@ def test_early_stopping_stops_when_validation_loss_stops_improving(tmp_path: Pat
     validation = [r.validation_loss for r in result.history]
     assert validation == sorted(validation), validation
     assert result.best_validation_loss == validation[0]
+
+
+def test_small_improvements_do_not_reset_patience_but_the_lowest_loss_wins(
+    tmp_path: Path,
+) -> None:
+    manifest, _ = _planted_case(tmp_path, train_rows=600)
+    checkpoint = tmp_path / "c.pt"
+    # After the first epoch no improvement can exceed 10 nats: training stops `patience`
+    # epochs later, while the result is the epoch of the lowest validation loss (kept on
+    # disk, one file).
+    result = train(
+        manifest, _params(min_improvement=10.0, patience=3), checkpoint, log=io.StringIO()
+    )
+    validation = [r.validation_loss for r in result.history]
+    assert result.epochs_run == 1 + 3 and validation[-1] < validation[0], validation
+    assert result.best_epoch == 1 + validation.index(min(validation))
+    (best_file,) = tmp_path.glob("c.best-epoch-*.pt")
+    assert best_file.name == f"c.best-epoch-{result.best_epoch}.pt"
+    assert torch.equal(torch.load(best_file, weights_only=True)["phi_t"], result.phi_t)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])

@@ -1,0 +1,503 @@
+"""Training benchmark: seconds per epoch of the fused kernel, the torch path and a naive model.
+
+    .venv/bin/python benchmarks/train.py [--profiles N] [--epochs N] [--threads N]
+        [--naive-batches N] [--skip-naive] [--skip-torch] [--skip-rss] [--workdir DIR] [--keep]
+
+It writes paper-shaped training shards (J = 12,652 job titles, S = 15,185 skills, 125,801
+training profiles of about 3 titles and 17 skills, validation and test at 5% each) and their
+manifest.json exactly as `prepare` writes them (docs/tables.md, "Training shards"), then
+measures, in one run:
+
+- the data loader alone: one pass of skillrank.shards.iterate_batches over the train split;
+- the fused kernel through skillrank.trainer.train (train.kernel=fused): a warm-up epoch and
+  --epochs timed ones; the median training pass, the epoch with validation, the wall time
+  per epoch with checkpoints, and the paper's 122 epochs extrapolated;
+- the torch reference path the same way (train.kernel=torch; a warm-up and one timed epoch);
+- a naive model (a dense one-hot input matrix, nn.Linear, Adam, autograd) on a few batches,
+  extrapolated to an epoch, and its ratio to the fused kernel;
+- the trainer's peak RSS for 2 epochs at 1x and 2x the training profiles, each in its own
+  subprocess.
+
+It measures and reports against the targets (<= 3 s per epoch, >= 200x the naive model,
+peak RSS <= 2 GB and flat in the number of profiles); it asserts nothing. See
+benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: make `skillrank` importable
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from pyspark.sql.types import ArrayType, DataType  # noqa: E402
+
+from skillrank.config import TrainConfig, load_config  # noqa: E402
+from skillrank.kernel import build_kernel  # noqa: E402
+from skillrank.shards import iterate_batches, read_manifest  # noqa: E402
+from skillrank.tables import SHARD_SCHEMA  # noqa: E402
+from skillrank.trainer import train  # noqa: E402
+
+# The paper's shape.
+JOBS, SKILLS, TRAIN_PROFILES, PAPER_EPOCHS = 12_652, 15_185, 125_801, 122
+TITLES_PER_PROFILE, SKILLS_PER_PROFILE = 3, 17
+# Popularity of the rank-r job or skill ~ (r + offset) ** -exponent (Zipf-Mandelbrot), fitted
+# to the title and skill counts of the default generated crawl (`generate`, then `prepare`).
+JOB_POPULARITY = (1.2, 100)
+SKILL_POPULARITY = (1.3, 30)
+# Validation and test are each 5% of the profiles, as prepare's default split fractions.
+HELD_OUT_FRACTION = 0.05 / 0.90
+TARGET_EPOCH_S, TARGET_RATIO, TARGET_RSS_BYTES = 3.0, 200.0, 2 * 10**9
+
+_ARROW_TYPES = {"string": pa.string(), "int": pa.int32(), "float": pa.float32()}
+# Last progress line of an epoch in train()'s log: "epoch N [...] done/total profiles R profiles/s".
+_PROGRESS = re.compile(r"^epoch (\d+) \[[#.]*\] ([\d,]+)/[\d,]+ profiles ([\d,]+) profiles/s")
+# Trains for a given number of epochs and prints the process's peak RSS in KiB: VmHWM, not
+# ru_maxrss, which on Linux keeps the high-water mark of the forked parent across exec.
+_RSS_CHILD = """
+import dataclasses, io, sys, torch
+from pathlib import Path
+from skillrank.config import load_config
+from skillrank.trainer import train
+manifest, checkpoint, epochs, threads = sys.argv[1:5]
+torch.set_num_threads(int(threads))
+params = dataclasses.replace(
+    load_config().train, max_epochs=int(epochs), patience=int(epochs) + 1
+)
+train(Path(manifest), params, Path(checkpoint), log=io.StringIO())
+status = Path("/proc/self/status").read_text().splitlines()
+print(next(line for line in status if line.startswith("VmHWM:")).split()[1])
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Time training epochs: fused kernel, torch path, naive dense model."
+    )
+    parser.add_argument(
+        "--profiles",
+        type=int,
+        default=TRAIN_PROFILES,
+        help=f"training profiles (default: the paper's {TRAIN_PROFILES:,})",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=3, help="timed epochs of the fused path (default 3)"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch and kernel threads (default: torch's, one per core)"
+    )
+    parser.add_argument(
+        "--naive-batches", type=int, default=3, help="timed batches of the naive model (default 3)"
+    )
+    parser.add_argument("--skip-naive", action="store_true", help="do not time the naive model")
+    parser.add_argument(
+        "--skip-torch", action="store_true", help="do not time the torch reference path"
+    )
+    parser.add_argument(
+        "--skip-rss", action="store_true", help="do not measure peak RSS (two subprocesses)"
+    )
+    parser.add_argument(
+        "--workdir",
+        metavar="DIR",
+        help="where shards and checkpoints go; must not exist yet (default: a temp dir, removed)",
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the temporary work directory")
+    return parser.parse_args(argv)
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def popularity(count: int, exponent: float, offset: float) -> np.ndarray:
+    """Probabilities of ranks 0..count-1, proportional to (rank + 1 + offset) ** -exponent."""
+    weights = (np.arange(1, count + 1) + offset) ** -exponent
+    return weights / weights.sum()
+
+
+def draw_sets(
+    rng: np.random.Generator, sizes: np.ndarray, probabilities: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per profile, `sizes[i]` draws by `probabilities`, duplicates dropped, sorted.
+
+    Returns (values int32, offsets int64 of len(sizes) + 1); every set keeps >= 1 value.
+    """
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    values = rng.choice(len(probabilities), size=len(owner), p=probabilities)
+    order = np.lexsort((values, owner))
+    owner, values = owner[order], values[order]
+    first = np.ones(len(values), dtype=bool)
+    first[1:] = (owner[1:] != owner[:-1]) | (values[1:] != values[:-1])
+    offsets = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(owner[first], minlength=len(sizes)), out=offsets[1:])
+    return values[first].astype(np.int32), offsets
+
+
+def _arrow_type(spark_type: DataType) -> pa.DataType:
+    if isinstance(spark_type, ArrayType):
+        return pa.list_(_arrow_type(spark_type.elementType))
+    return _ARROW_TYPES[spark_type.simpleString()]
+
+
+SHARD_ARROW_SCHEMA = pa.schema(
+    [pa.field(f.name, _arrow_type(f.dataType), f.nullable) for f in SHARD_SCHEMA]
+)
+
+
+def synthesize_profiles(rng: np.random.Generator, prefix: str, count: int) -> pa.Table:
+    """`count` profiles in the shard schema: 1 + Poisson titles and skills (means 3 and 17),
+    drawn by popularity; uniform job weights; ids `<prefix>00000000` upwards (sorted)."""
+    titles = 1 + rng.poisson(TITLES_PER_PROFILE - 1, count)
+    skills = 1 + rng.poisson(SKILLS_PER_PROFILE - 1, count)
+    job_ids, job_offsets = draw_sets(rng, titles, popularity(JOBS, *JOB_POPULARITY))
+    skill_ids, skill_offsets = draw_sets(rng, skills, popularity(SKILLS, *SKILL_POPULARITY))
+    held = np.diff(job_offsets)
+    weights = np.repeat(1.0 / held, held).astype(np.float32)
+    columns = {
+        "profile_id": pa.array([f"{prefix}{i:08d}" for i in range(count)]),
+        "job_ids": pa.ListArray.from_arrays(job_offsets.astype(np.int32), job_ids),
+        "job_weights": pa.ListArray.from_arrays(job_offsets.astype(np.int32), weights),
+        "skill_ids": pa.ListArray.from_arrays(skill_offsets.astype(np.int32), skill_ids),
+    }
+    return pa.table(columns).cast(SHARD_ARROW_SCHEMA)
+
+
+def write_dataset(root: Path, train_profiles: int, rows_per_shard: int, seed: int) -> Path:
+    """Shards, vocabularies and manifest.json under `root` as prepare lays them out; the
+    manifest's path."""
+    rng = np.random.default_rng(seed)
+    run_id = "prepare-benchmark"
+    held_out = round(train_profiles * HELD_OUT_FRACTION)
+    counts = {"train": train_profiles, "validation": held_out, "test": held_out}
+    splits = {}
+    for split, count in counts.items():
+        table = synthesize_profiles(rng, split[0], count)
+        (root / run_id / split).mkdir(parents=True)
+        listing = []
+        for index, start in enumerate(range(0, count, rows_per_shard)):
+            path = f"{run_id}/{split}/part-{index:05d}-benchmark-c000.snappy.parquet"
+            pq.write_table(table.slice(start, rows_per_shard), root / path)
+            listing.append({"path": path, "rows": min(rows_per_shard, count - start)})
+        splits[split] = {"rows": count, "shards": listing}
+    vocabulary: dict[str, object] = {"jobs": JOBS, "skills": SKILLS}
+    for name, key, label, size in (
+        ("job_vocab", "job_id", "job_title", JOBS),
+        ("skill_vocab", "skill_id", "skill_name", SKILLS),
+    ):
+        path = f"{run_id}/{name}/part-00000-benchmark-c000.snappy.parquet"
+        (root / path).parent.mkdir(parents=True)
+        vocab = pa.table(
+            {
+                key: pa.array(np.arange(size, dtype=np.int32)),
+                label: pa.array([f"{label} {i}" for i in range(size)]),
+                "profile_count": pa.array(np.zeros(size, dtype=np.int64)),
+            }
+        )
+        pq.write_table(vocab, root / path)
+        vocabulary[name] = [{"path": path, "rows": size}]
+    manifest = {
+        "format_version": 1,
+        "prepare_run_id": run_id,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config_fingerprint": "benchmark",
+        "split_fractions": {"train": 0.9, "validation": 0.05, "test": 0.05},
+        "split_salt": "benchmark",
+        "job_weighting": "uniform",
+        "vocabulary": vocabulary,
+        "splits": splits,
+        "shard_columns": {f.name: f.dataType.simpleString() for f in SHARD_SCHEMA},
+        "delta_versions": {},
+    }
+    path = root / "manifest.json"
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+# --- measurements ----------------------------------------------------------------------------
+
+
+def time_loader(manifest_path: Path, params: TrainConfig, passes: int = 3) -> list[float]:
+    """Seconds of one shuffled pass of iterate_batches over the train split, `passes` times."""
+    files = read_manifest(manifest_path).shards["train"]
+    seconds = []
+    for epoch in range(1, passes + 1):
+        clock = time.perf_counter()
+        for _ in iterate_batches(
+            files,
+            params.batch_size,
+            shuffle=True,
+            seed=params.seed,
+            epoch=epoch,
+            buffer_size=params.shuffle_buffer,
+        ):
+            pass
+        seconds.append(time.perf_counter() - clock)
+    return seconds
+
+
+@dataclasses.dataclass
+class TrainRun:
+    """Timings of one train() call: per epoch, the training pass and the whole epoch."""
+
+    kernel: str
+    passes: dict[int, float]
+    epochs: dict[int, float]
+    wall_s: float
+
+    def timed(self, values: dict[int, float]) -> list[float]:
+        """The values of the epochs after the first (warm-up) one."""
+        return [s for epoch, s in sorted(values.items()) if epoch > 1]
+
+
+def time_train(manifest_path: Path, params: TrainConfig, checkpoint: Path) -> TrainRun:
+    """Run train() and collect its per-epoch training-pass seconds (from its progress log)
+    and epoch seconds (training pass + validation, from its history)."""
+    log = io.StringIO()
+    clock = time.perf_counter()
+    result = train(manifest_path, params, checkpoint, log=log)
+    wall_s = time.perf_counter() - clock
+    passes = {}
+    for line in log.getvalue().replace("\r", "\n").splitlines():
+        if found := _PROGRESS.match(line):
+            done, rate = (float(found.group(i).replace(",", "")) for i in (2, 3))
+            passes[int(found.group(1))] = done / rate
+    if "fused kernel unavailable" in log.getvalue():
+        raise SystemExit(f"train benchmark: error: {log.getvalue().splitlines()[0]}")
+    if len(passes) != len(result.history):
+        raise SystemExit("train benchmark: error: train()'s log has no progress line per epoch")
+    epochs = {r.epoch: r.seconds for r in result.history}
+    return TrainRun(params.kernel, passes, epochs, wall_s)
+
+
+def _dense(
+    batch_ids: np.ndarray, offsets: np.ndarray, values: np.ndarray, width: int
+) -> torch.Tensor:
+    rows = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    dense = torch.zeros(len(offsets) - 1, width)
+    dense[torch.from_numpy(rows), torch.from_numpy(batch_ids)] = torch.from_numpy(values)
+    return dense
+
+
+def time_naive(manifest_path: Path, params: TrainConfig, batches: int) -> list[float]:
+    """Seconds per batch of the textbook model: dense one-hot jobs (B x J) and targets (B x S),
+    nn.Linear(J, S), log_softmax + kl_div, autograd, Adam; one warm-up batch, then `batches`."""
+    manifest = read_manifest(manifest_path)
+    model = torch.nn.Linear(manifest.jobs, manifest.skills, bias=False)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    stream = iterate_batches(
+        manifest.shards["train"],
+        params.batch_size,
+        shuffle=True,
+        seed=params.seed,
+        epoch=1,
+        buffer_size=params.shuffle_buffer,
+    )
+    seconds = []
+    for _, (_, batch) in zip(range(batches + 1), stream, strict=False):
+        clock = time.perf_counter()
+        jobs = _dense(
+            batch.job_ids.numpy(),
+            batch.job_offsets.numpy(),
+            batch.job_weights.numpy(),
+            manifest.jobs,
+        )
+        counts = np.diff(batch.skill_offsets.numpy())
+        target = _dense(
+            batch.skill_ids.numpy(),
+            batch.skill_offsets.numpy(),
+            np.repeat(1.0 / counts, counts).astype(np.float32),
+            manifest.skills,
+        )
+        loss = F.kl_div(F.log_softmax(model(jobs), dim=1), target, reduction="batchmean")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        seconds.append(time.perf_counter() - clock)
+    return seconds[1:]
+
+
+def peak_rss(manifest_path: Path, checkpoint: Path, epochs: int, threads: int) -> int:
+    """Peak RSS in bytes of a fresh process that runs train() for `epochs` epochs."""
+    done = subprocess.run(
+        [sys.executable, "-c", _RSS_CHILD, str(manifest_path), str(checkpoint), str(epochs)]
+        + [str(threads)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        print(done.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"train benchmark: error: the RSS child failed ({done.returncode})")
+    return int(done.stdout.split()[-1]) * 1024
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
+def _seconds(values: list[float]) -> str:
+    return ", ".join(f"{s:.2f}" for s in values) + " s"
+
+
+def _verdict(met: bool) -> str:
+    return "MET" if met else "NOT MET"
+
+
+def report_run(run: TrainRun, batches_per_epoch: int) -> float:
+    """Print one train() run; returns its median training pass in seconds."""
+    passes, epochs = run.timed(run.passes), run.timed(run.epochs)
+    median = statistics.median(passes)
+    count = len(run.epochs)
+    print(f"\n{run.kernel} path, through skillrank.trainer.train (epoch 1 = warm-up):")
+    print(
+        f"  training pass   : {_seconds(passes)} -> median {median:.2f} s/epoch"
+        f" ({median / batches_per_epoch * 1e3:.1f} ms/batch, loading included)"
+    )
+    print(f"  with validation : {_seconds(epochs)} -> median {statistics.median(epochs):.2f} s")
+    print(
+        f"  train() wall    : {run.wall_s:.1f} s for {count} epochs ({run.wall_s / count:.2f}"
+        " s/epoch with phi's initialisation, checkpoints and the test loss)"
+    )
+    print(
+        f"  paper's {PAPER_EPOCHS} epochs: {PAPER_EPOCHS * median / 60:.1f} min of training"
+        f" passes, {PAPER_EPOCHS * run.wall_s / count / 60:.1f} min at train()'s wall rate"
+    )
+    return median
+
+
+def report_naive(seconds: list[float], batches_per_epoch: int, fused_s: float) -> float:
+    """Print the naive model's timings; returns its extrapolated seconds per epoch."""
+    epoch_s = statistics.median(seconds) * batches_per_epoch
+    print("\nnaive model (dense one-hot B x J input, nn.Linear, Adam, autograd):")
+    print(f"  per batch: {_seconds(seconds)} -> {epoch_s:,.0f} s/epoch extrapolated")
+    print(
+        f"  paper's {PAPER_EPOCHS} epochs: {PAPER_EPOCHS * epoch_s / 3600:.1f} h;"
+        f" naive / fused: {epoch_s / fused_s:,.0f}x"
+    )
+    return epoch_s
+
+
+def report_targets(fused_s: float, naive_s: float | None, rss: dict[int, int] | None) -> None:
+    print("\ntargets:")
+    met = _verdict(fused_s <= TARGET_EPOCH_S)
+    print(f"  fused training pass <= {TARGET_EPOCH_S:g} s/epoch: {fused_s:.2f} s {met}")
+    if naive_s is not None:
+        ratio = naive_s / fused_s
+        met = _verdict(ratio >= TARGET_RATIO)
+        print(f"  naive / fused >= {TARGET_RATIO:g}x: {ratio:,.0f}x {met}")
+    if rss is not None:
+        worst = max(rss.values())
+        print(
+            f"  peak RSS <= {TARGET_RSS_BYTES / 1e9:g} GB at 1x and 2x: {worst / 1e9:.2f} GB"
+            f" {_verdict(worst <= TARGET_RSS_BYTES)}; 1x -> 2x: {(rss[2] - rss[1]) / 1e6:+,.0f} MB"
+        )
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"load average at the end: {load} (1 / 5 / 15 min; other work skews timings)")
+
+
+def run(args: argparse.Namespace, base: Path) -> None:
+    """Build the data under `base`, measure everything, print the report."""
+    config = load_config()
+    params, rows_per_shard = config.train, config.prepare.rows_per_shard
+    threads = torch.get_num_threads()
+    print("\n=== Training benchmark ===")
+    print(
+        f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; machine: {os.cpu_count()} cores;"
+        f" threads: {threads}; torch {torch.__version__}"
+    )
+    clock = time.perf_counter()
+    manifest_path = write_dataset(base / "shards", args.profiles, rows_per_shard, params.seed)
+    manifest = read_manifest(manifest_path)
+    batches = -(-manifest.rows["train"] // params.batch_size)
+    size = sum(p.stat().st_size for p in (base / "shards").rglob("*.parquet")) / 2**20
+    print(
+        f"data: J = {manifest.jobs:,}, S = {manifest.skills:,}; profiles: train"
+        f" {manifest.rows['train']:,}, validation {manifest.rows['validation']:,},"
+        f" test {manifest.rows['test']:,}; {size:.1f} MiB of shards, built in"
+        f" {time.perf_counter() - clock:.1f} s"
+    )
+    print(
+        f"batch size {params.batch_size} ({batches} per epoch), shuffle buffer"
+        f" {params.shuffle_buffer:,}"
+    )
+
+    clock = time.perf_counter()
+    build_kernel(base / "kernel-cache")
+    print(f"fused kernel, compiled at first use (empty cache): {time.perf_counter() - clock:.2f} s")
+    loader = time_loader(manifest_path, params)
+    print(
+        f"\nloader alone (iterate_batches over the train split): {_seconds(loader)}"
+        f" -> median {statistics.median(loader):.2f} s/epoch"
+    )
+
+    timed = dataclasses.replace(
+        params, max_epochs=1 + args.epochs, patience=args.epochs + 2, kernel="fused"
+    )
+    fused_s = report_run(time_train(manifest_path, timed, base / "fused" / "ckpt.pt"), batches)
+    shutil.rmtree(base / "fused")
+    if not args.skip_torch:
+        reference = dataclasses.replace(timed, max_epochs=2, kernel="torch")
+        torch_run = time_train(manifest_path, reference, base / "torch" / "ckpt.pt")
+        torch_s = report_run(torch_run, batches)
+        shutil.rmtree(base / "torch")
+        print(f"  torch / fused training pass: {torch_s / fused_s:.1f}x")
+
+    naive_s = None
+    if not args.skip_naive:
+        naive = time_naive(manifest_path, params, args.naive_batches)
+        naive_s = report_naive(naive, batches, fused_s)
+
+    rss = None
+    if not args.skip_rss:
+        double = write_dataset(base / "shards-2x", 2 * args.profiles, rows_per_shard, params.seed)
+        rss = {
+            scale: peak_rss(path, base / f"rss-{scale}x" / "ckpt.pt", 2, threads)
+            for scale, path in ((1, manifest_path), (2, double))
+        }
+        print("\npeak RSS of train() for 2 epochs, each in its own process (VmHWM):")
+        for scale, value in rss.items():
+            profiles = scale * args.profiles
+            print(f"  {scale}x ({profiles:,} training profiles): {value / 1e9:.2f} GB")
+    report_targets(fused_s, naive_s, rss)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.workdir:
+        base = Path(args.workdir).resolve()
+        if base.exists() and any(base.iterdir()):
+            raise SystemExit(f"train benchmark: error: --workdir {base} is not empty")
+        base.mkdir(parents=True, exist_ok=True)
+    else:
+        base = Path(tempfile.mkdtemp(prefix="skillrank-train-bench-"))
+    try:
+        run(args, base)
+    finally:
+        if args.workdir or args.keep:
+            print(f"\nwork directory kept: {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""Spark transforms that turn the rankings of skillrank.rankings into the published tables.
+
+Each function takes DataFrames and returns one, with the columns of its table in
+skillrank.tables (conform() casts and orders them). The rows a reader may trust are those
+of the latest run whose ``runs.status`` is 'succeeded': ``current_view_sql`` defines the
+``current_<table>`` views that select exactly those.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from skillrank.tables import SPECS
+
+# Published tables keyed by run_id, each with a current_<name> view.
+RUN_TABLES = (
+    "training_history",
+    "phi",
+    "job_skill_rank",
+    "skill_job_rank",
+    "job_neighbors",
+    "skill_neighbors",
+)
+
+
+def pair_support(train_profiles: DataFrame) -> DataFrame:
+    """(job_id, skill_id, support): how many training profiles hold both; from the shards."""
+    pairs = train_profiles.select(
+        F.explode(F.array_distinct("job_ids")).alias("job_id"),
+        F.array_distinct("skill_ids").alias("skill_ids"),
+    ).select("job_id", F.explode("skill_ids").alias("skill_id"))
+    return pairs.groupBy("job_id", "skill_id").agg(F.count(F.lit(1)).alias("support"))
+
+
+def ranked_pairs(
+    ranked: DataFrame, support: DataFrame, job_vocab: DataFrame, skill_vocab: DataFrame
+) -> DataFrame:
+    """A top-k ranking (job_id, skill_id, rank, weight, probability) with names and support."""
+    return (
+        ranked.join(support, ["job_id", "skill_id"], "left")
+        .withColumn("support", F.coalesce("support", F.lit(0)))
+        .join(F.broadcast(job_vocab.select("job_id", "job_title")), "job_id")
+        .join(F.broadcast(skill_vocab.select("skill_id", "skill_name")), "skill_id")
+    )
+
+
+def named_neighbors(neighbors: DataFrame, vocab: DataFrame, kind: str) -> DataFrame:
+    """Neighbour pairs (<kind>_id, neighbor_<kind>_id, rank, similarity) with both names."""
+    key, name = f"{kind}_id", "job_title" if kind == "job" else "skill_name"
+    names = F.broadcast(vocab.select(key, name))
+    other = names.withColumnsRenamed({key: f"neighbor_{key}", name: f"neighbor_{name}"})
+    return neighbors.join(names, key).join(other, f"neighbor_{key}")
+
+
+def current_view_sql(database: str, table: str, runs: str) -> str:
+    """CREATE VIEW statement of current_<table>: the rows of the latest succeeded run."""
+    comment = SPECS[table].comment.replace("'", "\\'")
+    return (
+        f"CREATE OR REPLACE VIEW {database}.current_{table}"
+        f" COMMENT 'Latest succeeded run only. {comment}' AS"
+        f" SELECT * FROM {database}.{table} WHERE run_id = ("
+        f"SELECT max_by(run_id, ended_at) FROM {runs} WHERE status = 'succeeded')"
+    )

@@ -1,0 +1,104 @@
+"""What is derived from phi: SkillRank, job2vec, skill2vec and nearest neighbours.
+
+``phi_t`` is phi transposed (jobs x skills, see skillrank.model). With it:
+
+- job2vec of job j = softmax over skills of phi's column j = ``softmax(phi_t[j])``;
+- skill2vec of skill s = softmax over jobs of phi's row s = ``softmax(phi_t[:, s])``;
+- SkillRank of job j = its skills by descending weight phi[s, j] (the order of job2vec too,
+  softmax being monotone), and the converse per skill;
+- neighbours = the most cosine-similar other vectors of job2vec (resp. skill2vec).
+
+Every function walks phi in blocks and yields one block of rows at a time as numpy columns,
+so the caller can write them out without ever holding a J x S table of rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+Columns = dict[str, np.ndarray]
+
+
+def phi_blocks(phi_t: Tensor, block_jobs: int) -> Iterator[Columns]:
+    """Every entry of phi as (job_id, skill_id, weight), `block_jobs` jobs at a time."""
+    jobs, skills = phi_t.shape
+    skill_ids = np.arange(skills, dtype=np.int32)
+    for start in range(0, jobs, block_jobs):
+        block = phi_t[start : start + block_jobs]
+        yield {
+            "job_id": np.repeat(np.arange(start, start + len(block), dtype=np.int32), skills),
+            "skill_id": np.tile(skill_ids, len(block)),
+            "weight": block.reshape(-1).numpy(),
+        }
+
+
+def top_skills_per_job(phi_t: Tensor, k: int, block: int) -> Iterator[Columns]:
+    """SkillRank: each job's k highest-weight skills with their job2vec probability."""
+    for start in range(0, phi_t.shape[0], block):
+        yield _top_k(phi_t[start : start + block], start, k, "job_id", "skill_id")
+
+
+def top_jobs_per_skill(phi_t: Tensor, k: int, block: int) -> Iterator[Columns]:
+    """Each skill's k highest-weight jobs with their skill2vec probability."""
+    for start in range(0, phi_t.shape[1], block):
+        columns = phi_t[:, start : start + block].T.contiguous()
+        yield _top_k(columns, start, k, "skill_id", "job_id")
+
+
+def job_neighbors(phi_t: Tensor, k: int, block: int) -> Iterator[Columns]:
+    """Each job's k most similar other jobs: cosine similarity of job2vec vectors."""
+    vectors = torch.empty_like(phi_t)
+    for start in range(0, phi_t.shape[0], block):
+        rows = phi_t[start : start + block]
+        vectors[start : start + len(rows)] = torch.softmax(rows, dim=1)
+    yield from _cosine_neighbors(vectors, k, block, "job_id", "neighbor_job_id")
+
+
+def skill_neighbors(phi_t: Tensor, k: int, block: int) -> Iterator[Columns]:
+    """Each skill's k most similar other skills: cosine similarity of skill2vec vectors."""
+    jobs, skills = phi_t.shape
+    vectors = torch.empty(skills, jobs, dtype=phi_t.dtype)
+    for start in range(0, skills, block):
+        columns = phi_t[:, start : start + block].T
+        vectors[start : start + columns.shape[0]] = torch.softmax(columns, dim=1)
+    yield from _cosine_neighbors(vectors, k, block, "skill_id", "neighbor_skill_id")
+
+
+def _top_k(rows: Tensor, first_id: int, k: int, row_key: str, item_key: str) -> Columns:
+    """The k largest entries of each row, ranked from 1, with their softmax over the row."""
+    k = min(k, rows.shape[1])
+    weights, items = torch.topk(rows, k, dim=1, sorted=True)
+    log_total = torch.logsumexp(rows.double(), dim=1, keepdim=True)
+    probability = torch.exp(weights.double() - log_total)
+    ids = torch.arange(first_id, first_id + rows.shape[0], dtype=torch.int32)
+    return {
+        row_key: ids.repeat_interleave(k).numpy(),
+        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), rows.shape[0]),
+        item_key: items.reshape(-1).to(torch.int32).numpy(),
+        "weight": weights.reshape(-1).numpy(),
+        "probability": probability.reshape(-1).numpy(),
+    }
+
+
+def _cosine_neighbors(
+    vectors: Tensor, k: int, block: int, key: str, neighbor_key: str
+) -> Iterator[Columns]:
+    """Top-k cosine neighbours of every row of `vectors` (normalised in place), self excluded."""
+    vectors.div_(vectors.norm(dim=1, keepdim=True).clamp_min(torch.finfo(vectors.dtype).tiny))
+    n = vectors.shape[0]
+    k = min(k, n - 1)  # 0 when there is a single row: blocks of no rows, with their columns
+    for start in range(0, n, block):
+        similarity = vectors[start : start + block] @ vectors.T
+        rows = similarity.shape[0]
+        similarity[torch.arange(rows), torch.arange(start, start + rows)] = -torch.inf
+        values, neighbors = torch.topk(similarity, k, dim=1, sorted=True)
+        yield {
+            key: torch.arange(start, start + rows, dtype=torch.int32).repeat_interleave(k).numpy(),
+            "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), rows),
+            neighbor_key: neighbors.reshape(-1).to(torch.int32).numpy(),
+            "similarity": values.reshape(-1).double().clamp(-1.0, 1.0).numpy(),
+        }

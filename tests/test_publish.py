@@ -1,0 +1,197 @@
+"""train publishes phi and its rankings to Delta: the tables agree with phi and with the data."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+import jobs.train
+from skillrank.publish import RUN_TABLES
+from tests.conftest import Pipeline, profile, write_crawl
+
+# Each title's own skills; every profile also shows "Microsoft Excel" now and then.
+PLANTED = {
+    "data scientist": ["python", "statistics", "machine learning"],
+    "nurse": ["triage", "patient care", "phlebotomy"],
+    "accountant": ["bookkeeping", "auditing", "tax law"],
+    "welder": ["welding", "blueprints", "metal fabrication"],
+}
+SETTINGS = (
+    *("--conf", "prepare.min_job_profiles=1", "--conf", "prepare.min_skill_profiles=1"),
+    *("--conf", "train.max_epochs=60", "--conf", "train.batch_size=50"),
+    *("--conf", "train.learning_rate=2.0", "--conf", "publish.neighbors_k=2"),
+)
+
+
+def _planted_crawl(count: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    titles = sorted(PLANTED)
+    records = []
+    for i in range(count):
+        held = rng.sample(titles, rng.choice([1, 1, 2]))
+        skills = {s for t in held for s in PLANTED[t] if rng.random() < 0.9}
+        if rng.random() < 0.3 or not skills:
+            skills.add("microsoft excel")
+        positions = [
+            {"title": t.title(), "company": "X", "start": f"20{10 + k}-01", "end": None}
+            for k, t in enumerate(held)
+        ]
+        records.append(profile(f"p{i:04d}", positions=positions, skills=sorted(skills)))
+    return records
+
+
+def _publish(pipeline: Pipeline, tmp_path: Path) -> Pipeline:
+    crawl = write_crawl(tmp_path / "crawl.jsonl", _planted_crawl(400, seed=5))
+    assert pipeline.run(["ingest", "prepare"], "--input", str(crawl), *SETTINGS) == 0
+    assert pipeline.run(["train"], *SETTINGS) == 0
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def published(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
+    """One trained and published run, shared by the tests that only read it."""
+    tmp_path = tmp_path_factory.mktemp("published")
+    return _publish(
+        Pipeline(spark, tmp_path / "work", f"t_publish_{uuid.uuid4().hex[:6]}"), tmp_path
+    )
+
+
+def _rows(p: Pipeline, table: str) -> list[Any]:
+    return p.table(table).collect()
+
+
+def test_runs_and_history_describe_the_training(published: Pipeline) -> None:
+    (run,) = _rows(published, "runs")
+    assert run.status == "succeeded" and run.error is None and run.ended_at >= run.started_at
+    assert (run.jobs, run.skills) == (4, 13)
+    assert run.input_manifest == (published.workdir / "shards" / "manifest.json").read_text()
+    history = sorted(_rows(published, "training_history"), key=lambda r: r.epoch)
+    assert [h.epoch for h in history] == list(range(1, run.epochs_run + 1))
+    best = min(history, key=lambda h: h.validation_loss)
+    assert (run.best_epoch, run.validation_loss, run.train_loss) == (
+        best.epoch,
+        best.validation_loss,
+        best.train_loss,
+    )
+    assert 0 < run.test_loss < history[0].validation_loss
+
+
+def test_phi_table_holds_the_best_epochs_phi(published: Pipeline) -> None:
+    (run,) = _rows(published, "runs")
+    best_file = published.workdir / "checkpoints" / f"checkpoint.best-epoch-{run.best_epoch}.pt"
+    phi_t = torch.load(best_file, weights_only=True)["phi_t"].numpy()
+    table = np.full_like(phi_t, np.nan)
+    for row in _rows(published, "phi"):
+        table[row.job_id, row.skill_id] = row.weight
+    np.testing.assert_array_equal(table, phi_t)
+
+
+def test_skillrank_finds_the_planted_skills_and_agrees_with_phi(published: Pipeline) -> None:
+    phi = {(r.job_id, r.skill_id): r.weight for r in _rows(published, "phi")}
+    ranks = _rows(published, "job_skill_rank")
+    by_job: dict[str, list[Any]] = {}
+    for row in ranks:
+        by_job.setdefault(row.job_title, []).append(row)
+    assert sorted(by_job) == sorted(PLANTED)
+    for title, rows in by_job.items():
+        rows.sort(key=lambda r: r.rank)
+        assert [r.rank for r in rows] == list(range(1, 14)), title  # top_k 100 > 13 skills
+        weights = [r.weight for r in rows]
+        assert weights == sorted(weights, reverse=True), title
+        assert all(phi[(r.job_id, r.skill_id)] == r.weight for r in rows)
+        assert {r.skill_name for r in rows[:3]} == set(PLANTED[title]), title
+        # job2vec: softmax of the job's column of phi over all 13 skills.
+        expected = np.exp(np.array(weights, dtype=np.float64))
+        expected /= expected.sum()
+        np.testing.assert_allclose([r.probability for r in rows], expected, rtol=1e-9)
+        assert abs(sum(r.probability for r in rows) - 1.0) < 1e-9
+
+    by_skill: dict[str, list[Any]] = {}
+    for row in _rows(published, "skill_job_rank"):
+        by_skill.setdefault(row.skill_name, []).append(row)
+    for title, skills in PLANTED.items():
+        for skill in skills:
+            rows = sorted(by_skill[skill], key=lambda r: r.rank)
+            assert rows[0].job_title == title, (skill, rows[0])
+            assert abs(sum(r.probability for r in rows) - 1.0) < 1e-9  # over all 4 jobs
+
+
+def test_support_matches_a_count_over_training_profiles(published: Pipeline) -> None:
+    training = published.table("profiles").where("split = 'train'")
+    pairs = (
+        training.select(
+            "profile_id",
+            F.explode(F.array_distinct("positions.title")).alias("job_title"),
+            "skills",
+        )
+        .select("profile_id", "job_title", F.explode("skills").alias("skill_name"))
+        .distinct()
+        .groupBy("job_title", "skill_name")
+        .count()
+    )
+    expected = {(r.job_title, r.skill_name): r["count"] for r in pairs.collect()}
+    ranks = _rows(published, "job_skill_rank")
+    assert {(r.job_title, r.skill_name): r.support for r in ranks} == {
+        (r.job_title, r.skill_name): expected.get((r.job_title, r.skill_name), 0) for r in ranks
+    }
+    planted = [r.support for r in ranks if r.skill_name in PLANTED[r.job_title]]
+    other = [r.support for r in ranks if r.skill_name not in PLANTED[r.job_title]]
+    assert min(planted) > max(other) > 0, (planted, other)
+
+
+def test_neighbors_are_the_most_cosine_similar_vectors(published: Pipeline) -> None:
+    phi_t = np.zeros((4, 13))
+    for row in _rows(published, "phi"):
+        phi_t[row.job_id, row.skill_id] = row.weight
+    job2vec = np.exp(phi_t) / np.exp(phi_t).sum(axis=1, keepdims=True)
+    skill2vec = (np.exp(phi_t) / np.exp(phi_t).sum(axis=0, keepdims=True)).T
+    for table, vectors, key, other in (
+        ("job_neighbors", job2vec, "job_id", "neighbor_job_id"),
+        ("skill_neighbors", skill2vec, "skill_id", "neighbor_skill_id"),
+    ):
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        cosine = unit @ unit.T
+        rows = _rows(published, table)
+        assert len(rows) == 2 * len(vectors), table
+        for row in rows:
+            i, j = row[key], row[other]
+            assert i != j
+            np.testing.assert_allclose(row.similarity, cosine[i, j], rtol=1e-5)
+            np.fill_diagonal(cosine, -np.inf)
+            assert row.similarity == pytest.approx(np.sort(cosine[i])[::-1][row.rank - 1], 1e-5)
+
+
+def test_views_show_the_latest_succeeded_run_and_a_failed_run_leaves_nothing(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    published = _publish(pipeline, tmp_path)
+    (first,) = _rows(published, "runs")
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("injected failure while publishing")
+
+    monkeypatch.setattr(jobs.train, "named_neighbors", broken)
+    assert published.run(["train"], *SETTINGS) == 1
+    failed = published.table("runs").where(F.col("run_id") != first.run_id).first()
+    assert (failed.status, failed.error) == ("failed", "injected failure while publishing")
+    for table in RUN_TABLES:
+        assert published.table(table).where(F.col("run_id") == failed.run_id).count() == 0
+        current = {r.run_id for r in published.table(f"current_{table}").collect()}
+        assert current == {first.run_id}, table
+
+    monkeypatch.undo()
+    assert published.run(["train"], *SETTINGS) == 0
+    latest = published.table("runs").where("status = 'succeeded'").orderBy("ended_at").collect()
+    assert [r.run_id for r in latest][0] == first.run_id and len(latest) == 2
+    current = published.table("current_job_skill_rank")
+    assert {r.run_id for r in current.collect()} == {latest[1].run_id}
+    assert current.count() == 4 * 13
+    assert published.table("job_skill_rank").count() == 2 * 4 * 13
