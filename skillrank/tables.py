@@ -39,6 +39,8 @@ class TableSpec:
     comment: str
     schema: StructType
     partition_by: tuple[str, ...] = ()
+    # Delta CHECK constraints (name -> SQL condition): a write that breaks one fails whole.
+    checks: tuple[tuple[str, str], ...] = ()
 
 
 POSITION = StructType(
@@ -301,6 +303,11 @@ SPECS: dict[str, TableSpec] = {
                     ),
                 ]
             ),
+            checks=(
+                ("rank_from_1", "rank >= 1"),
+                ("probability_in_0_1", "probability >= 0 AND probability <= 1"),
+                ("support_non_negative", "support >= 0"),
+            ),
         ),
         TableSpec(
             "skill_job_rank",
@@ -331,6 +338,11 @@ SPECS: dict[str, TableSpec] = {
                     ),
                 ]
             ),
+            checks=(
+                ("rank_from_1", "rank >= 1"),
+                ("probability_in_0_1", "probability >= 0 AND probability <= 1"),
+                ("support_non_negative", "support >= 0"),
+            ),
         ),
         TableSpec(
             "job_neighbors",
@@ -352,6 +364,10 @@ SPECS: dict[str, TableSpec] = {
                     ),
                 ]
             ),
+            checks=(
+                ("rank_from_1", "rank >= 1"),
+                ("similarity_in_range", "similarity >= -1 AND similarity <= 1"),
+            ),
         ),
         TableSpec(
             "skill_neighbors",
@@ -372,6 +388,10 @@ SPECS: dict[str, TableSpec] = {
                         False,
                     ),
                 ]
+            ),
+            checks=(
+                ("rank_from_1", "rank >= 1"),
+                ("similarity_in_range", "similarity >= -1 AND similarity <= 1"),
             ),
         ),
     ]
@@ -410,6 +430,15 @@ def declare_tables(spark: SparkSession, config: Config, keys: list[str]) -> None
             .partitionedBy(*spec.partition_by)
             .execute()
         )
+        if spec.checks:
+            properties = spark.sql(f"SHOW TBLPROPERTIES {table_name(config, key)}").collect()
+            present = {r.key for r in properties}
+            for name, condition in spec.checks:
+                if f"delta.constraints.{name.lower()}" not in present:
+                    spark.sql(
+                        f"ALTER TABLE {table_name(config, key)}"
+                        f" ADD CONSTRAINT {name} CHECK ({condition})"
+                    )
 
 
 def conform(df: DataFrame, key: str) -> DataFrame:

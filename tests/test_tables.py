@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from pyspark.sql import SparkSession
 
 from skillrank.config import Config
@@ -36,3 +37,26 @@ def test_docs_describe_every_table_and_column() -> None:
                 key,
                 field.name,
             )
+
+
+def test_published_tables_refuse_impossible_rows(spark: SparkSession, config: Config) -> None:
+    local = replace(config, catalog=replace(config.catalog, database="t_checks"))
+    declare_tables(spark, local, ["job_skill_rank"])
+    declare_tables(spark, local, ["job_skill_rank"])  # again: each constraint is added once
+    table = table_name(local, "job_skill_rank")
+    # run_id, job_id, job_title, rank, skill_id, skill_name, weight, probability, support
+    good = ["'r1'", "0", "'nurse'", "1", "0", "'triage'", "2.5", "0.5", "3"]
+    spark.sql(f"INSERT INTO {table} VALUES ({', '.join(good)})")
+    names = [f.name for f in SPECS["job_skill_rank"].schema]
+    for column, value, error in (
+        ("rank", "0", "CHECK constraint rank_from_1"),
+        ("probability", "1.5", "CHECK constraint probability_in_0_1"),
+        ("support", "-1", "CHECK constraint support_non_negative"),
+        ("skill_name", "NULL", "NOT NULL constraint"),
+    ):
+        row = [value if name == column else v for name, v in zip(names, good, strict=True)]
+        with pytest.raises(Exception, match=error):
+            spark.sql(f"INSERT INTO {table} VALUES ({', '.join(row)})")
+    assert [tuple(r) for r in spark.table(table).collect()] == [
+        ("r1", 0, "nurse", 1, 0, "triage", 2.5, 0.5, 3)
+    ]
