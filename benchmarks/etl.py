@@ -19,10 +19,8 @@ import argparse
 import glob
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,6 +31,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `skillrank` importable
     sys.path.insert(0, str(ROOT))
 
 import duckdb  # noqa: E402
+from _workdir import work_directory  # noqa: E402
 
 from skillrank.config import Config, load_aliases, load_config  # noqa: E402
 from skillrank.ingest import REASONS  # noqa: E402
@@ -320,17 +319,10 @@ def print_report(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = load_config("local", args.conf)
-    if args.workdir:
-        base = Path(args.workdir).resolve()
-        if base.exists() and any(base.iterdir()):
-            raise SystemExit(f"etl benchmark: error: --workdir {base} is not empty")
-        base.mkdir(parents=True, exist_ok=True)
-    else:
-        base = Path(tempfile.mkdtemp(prefix="skillrank-etl-bench-"))
-    logs = base / "logs"
-    logs.mkdir()
-    conf_options = [opt for kv in args.conf for opt in ("--conf", kv)]
-    try:
+    with work_directory("etl", args.workdir, args.keep) as base:
+        logs = base / "logs"
+        logs.mkdir()
+        conf_options = [opt for kv in args.conf for opt in ("--conf", kv)]
         generate = None
         if args.crawl:
             crawl = Path(args.crawl).resolve()
@@ -362,11 +354,6 @@ def main(argv: list[str] | None = None) -> int:
             duck_s,
             threads,
         )
-    finally:
-        if args.workdir or args.keep:
-            print(f"\nwork directory kept: {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
     return 0
 
 
