@@ -52,6 +52,25 @@ POSITION = StructType(
     ]
 )
 
+# Columns and checks shared by the tables train publishes.
+_RUN_ID = _col("run_id", StringType(), "train run (runs.run_id)", False)
+_WEIGHT = _col("weight", FloatType(), "phi[skill, job]; higher is stronger", False)
+_SUPPORT = _col(
+    "support",
+    LongType(),
+    "training profiles holding both the job and the skill; higher is better supported",
+    False,
+)
+_RANK_CHECKS = (
+    ("rank_from_1", "rank >= 1"),
+    ("probability_in_0_1", "probability >= 0 AND probability <= 1"),
+    ("support_non_negative", "support >= 0"),
+)
+_NEIGHBOR_CHECKS = (
+    ("rank_from_1", "rank >= 1"),
+    ("similarity_in_range", "similarity >= -1 AND similarity <= 1"),
+)
+
 SPECS: dict[str, TableSpec] = {
     spec.key: spec
     for spec in [
@@ -242,7 +261,7 @@ SPECS: dict[str, TableSpec] = {
             "Loss per epoch of every training run (the paper's Fig 2).",
             StructType(
                 [
-                    _col("run_id", StringType(), "train run (runs.run_id)", False),
+                    _RUN_ID,
                     _col("epoch", IntegerType(), "1-based epoch", False),
                     _col("train_loss", DoubleType(), "mean KL over the epoch's batches", False),
                     _col(
@@ -261,7 +280,7 @@ SPECS: dict[str, TableSpec] = {
             "The learned matrix phi, every (job, skill) entry; partitioned by run_id.",
             StructType(
                 [
-                    _col("run_id", StringType(), "train run (runs.run_id)", False),
+                    _RUN_ID,
                     _col("job_id", IntegerType(), "job title (job_vocab.job_id)", False),
                     _col("skill_id", IntegerType(), "skill (skill_vocab.skill_id)", False),
                     _col(
@@ -280,13 +299,13 @@ SPECS: dict[str, TableSpec] = {
             "SkillRank: the top publish.top_k skills of every job title, strongest first.",
             StructType(
                 [
-                    _col("run_id", StringType(), "train run (runs.run_id)", False),
+                    _RUN_ID,
                     _col("job_id", IntegerType(), "job title id", False),
                     _col("job_title", StringType(), "job title", False),
                     _col("rank", IntegerType(), "1 = the job's strongest skill", False),
                     _col("skill_id", IntegerType(), "skill id", False),
                     _col("skill_name", StringType(), "skill", False),
-                    _col("weight", FloatType(), "phi[skill, job]; higher is stronger", False),
+                    _WEIGHT,
                     _col(
                         "probability",
                         DoubleType(),
@@ -294,20 +313,10 @@ SPECS: dict[str, TableSpec] = {
                         " higher is stronger (sums to 1 over all skills of a job)",
                         False,
                     ),
-                    _col(
-                        "support",
-                        LongType(),
-                        "training profiles holding both the job and the skill; higher is"
-                        " better supported",
-                        False,
-                    ),
+                    _SUPPORT,
                 ]
             ),
-            checks=(
-                ("rank_from_1", "rank >= 1"),
-                ("probability_in_0_1", "probability >= 0 AND probability <= 1"),
-                ("support_non_negative", "support >= 0"),
-            ),
+            checks=_RANK_CHECKS,
         ),
         TableSpec(
             "skill_job_rank",
@@ -315,13 +324,13 @@ SPECS: dict[str, TableSpec] = {
             "The top publish.top_k job titles of every skill, strongest first.",
             StructType(
                 [
-                    _col("run_id", StringType(), "train run (runs.run_id)", False),
+                    _RUN_ID,
                     _col("skill_id", IntegerType(), "skill id", False),
                     _col("skill_name", StringType(), "skill", False),
                     _col("rank", IntegerType(), "1 = the skill's strongest job", False),
                     _col("job_id", IntegerType(), "job title id", False),
                     _col("job_title", StringType(), "job title", False),
-                    _col("weight", FloatType(), "phi[skill, job]; higher is stronger", False),
+                    _WEIGHT,
                     _col(
                         "probability",
                         DoubleType(),
@@ -329,20 +338,10 @@ SPECS: dict[str, TableSpec] = {
                         " higher is stronger (sums to 1 over all jobs of a skill)",
                         False,
                     ),
-                    _col(
-                        "support",
-                        LongType(),
-                        "training profiles holding both the job and the skill; higher is"
-                        " better supported",
-                        False,
-                    ),
+                    _SUPPORT,
                 ]
             ),
-            checks=(
-                ("rank_from_1", "rank >= 1"),
-                ("probability_in_0_1", "probability >= 0 AND probability <= 1"),
-                ("support_non_negative", "support >= 0"),
-            ),
+            checks=_RANK_CHECKS,
         ),
         TableSpec(
             "job_neighbors",
@@ -350,7 +349,7 @@ SPECS: dict[str, TableSpec] = {
             "The publish.neighbors_k job titles nearest to every job title (job2vec cosine).",
             StructType(
                 [
-                    _col("run_id", StringType(), "train run (runs.run_id)", False),
+                    _RUN_ID,
                     _col("job_id", IntegerType(), "job title id", False),
                     _col("job_title", StringType(), "job title", False),
                     _col("rank", IntegerType(), "1 = the most similar other job", False),
@@ -364,10 +363,7 @@ SPECS: dict[str, TableSpec] = {
                     ),
                 ]
             ),
-            checks=(
-                ("rank_from_1", "rank >= 1"),
-                ("similarity_in_range", "similarity >= -1 AND similarity <= 1"),
-            ),
+            checks=_NEIGHBOR_CHECKS,
         ),
         TableSpec(
             "skill_neighbors",
@@ -375,7 +371,7 @@ SPECS: dict[str, TableSpec] = {
             "The publish.neighbors_k skills nearest to every skill (skill2vec cosine).",
             StructType(
                 [
-                    _col("run_id", StringType(), "train run (runs.run_id)", False),
+                    _RUN_ID,
                     _col("skill_id", IntegerType(), "skill id", False),
                     _col("skill_name", StringType(), "skill", False),
                     _col("rank", IntegerType(), "1 = the most similar other skill", False),
@@ -389,10 +385,7 @@ SPECS: dict[str, TableSpec] = {
                     ),
                 ]
             ),
-            checks=(
-                ("rank_from_1", "rank >= 1"),
-                ("similarity_in_range", "similarity >= -1 AND similarity <= 1"),
-            ),
+            checks=_NEIGHBOR_CHECKS,
         ),
     ]
 }
