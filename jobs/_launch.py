@@ -4,13 +4,17 @@
 
 Arguments and configuration are checked here first, so a bad key, a missing input or a
 wrong option fails in a second with one line, before a JVM starts or a table is touched.
+Then the work directory is locked (one SkillRank process per work directory; a second one
+exits with code 75 naming the holder) and the process becomes spark-submit.
 """
 
 from __future__ import annotations
 
+import fcntl
 import importlib
 import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from jobs._cli import StageError, common_parser, parse_stage_args
@@ -26,6 +30,41 @@ USAGE = (
     "  setup: create the environment and resolve the Delta JARs\n"
     '  sql [-e "SELECT ..."] [-f FILE]: spark-sql on the same metastore'
 )
+
+
+# Exit code when the work directory is busy: EX_TEMPFAIL, "try again later".
+EXIT_BUSY = 75
+LOCK_FILE = ".skillrank.lock"
+
+
+class WorkdirBusy(RuntimeError):
+    """Another SkillRank process holds the work directory."""
+
+
+def lock_workdir(workdir: Path, command: str) -> int:
+    """Take the work directory's lock for this process and what it execs; its descriptor.
+
+    One SkillRank process at a time per work directory: the embedded Derby metastore admits
+    a single process, and two runs of a stage must not write the same tables at once. The
+    lock (flock) is released by the kernel when the process ends, however it ends, so a
+    killed run never leaves it behind. Raises WorkdirBusy naming the holder.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 1000).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise WorkdirBusy(
+            f"work directory {workdir} is in use by {holder}; wait for it to end"
+            " or use another --workdir"
+        ) from None
+    os.ftruncate(fd, 0)
+    started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    os.write(fd, f"{command} (pid {os.getpid()}, started {started})\n".encode())
+    os.set_inheritable(fd, True)  # held on by spark-submit after execve
+    return fd
 
 
 def _spark_bin(name: str) -> str:
@@ -73,6 +112,11 @@ def main(argv: list[str]) -> int:
         return 2
     workdir = Path(args.workdir).resolve()
     master = args.master or config.spark.master
+    try:
+        lock_workdir(workdir, command)
+    except WorkdirBusy as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_BUSY
 
     if command == "setup":
         spark = build_spark(config, workdir, master, "skillrank-setup")

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import shutil
 import sys
 import time
@@ -32,6 +33,19 @@ from skillrank.model import Batch, init_phi, kl_loss, kl_loss_and_grad
 from skillrank.shards import Manifest, iterate_batches, read_manifest
 
 CHECKPOINT_FORMAT = 2
+_CHECKPOINT_KEYS = {
+    "format",
+    "phi_t",
+    "optimizer",
+    "epoch",
+    "best_validation_loss",
+    "best_epoch",
+    "bad_epochs",
+    "rng_state",
+    "history",
+    "train_config",
+    "config",
+}
 # Seconds between progress updates: redrawn in place on a terminal, a line in a log file.
 _PROGRESS_SECONDS = {True: 0.5, False: 30.0}
 # Settings that may change on resume; any other difference is an error.
@@ -91,7 +105,7 @@ def train(
 
     kernel = _fused_kernel(params, target, log)
     if resume:
-        state = _load_checkpoint(checkpoint_path, params)
+        state = _load_checkpoint(checkpoint_path, params, log)
         phi_t = state["phi_t"].to(target)
         optimizer = _make_optimizer(phi_t, params)
         optimizer.load_state_dict(state["optimizer"])
@@ -120,6 +134,7 @@ def train(
         # min_improvement resets the patience count.
         bad_epochs = 0 if validation_loss < best_loss - params.min_improvement else bad_epochs + 1
         improved = validation_loss < best_loss
+        previous_best_epoch = best_epoch  # the best of the checkpoint about to be replaced
         if improved:
             best_loss, best_epoch = validation_loss, epoch
         print(
@@ -145,7 +160,7 @@ def train(
             },
             best_copy=_best_path(checkpoint_path, epoch) if improved else None,
         )
-        _remove_stale_best(checkpoint_path, best_epoch)
+        _remove_stale_best(checkpoint_path, {best_epoch, previous_best_epoch})
 
     if not best_epoch:
         raise ValueError(
@@ -298,11 +313,11 @@ def _best_path(checkpoint_path: Path, epoch: int) -> Path:
     return checkpoint_path.with_name(f"{checkpoint_path.stem}.best-epoch-{epoch}.pt")
 
 
-def _remove_stale_best(checkpoint_path: Path, best_epoch: int) -> None:
-    """Delete best-phi files other than the one the checkpoint now names."""
-    keep = _best_path(checkpoint_path, best_epoch)
+def _remove_stale_best(checkpoint_path: Path, best_epochs: set[int]) -> None:
+    """Delete best-phi files other than those the checkpoint and the previous one name."""
+    keep = {_best_path(checkpoint_path, epoch) for epoch in best_epochs}
     for path in checkpoint_path.parent.glob(f"{checkpoint_path.stem}.best-epoch-*.pt"):
-        if path != keep:
+        if path not in keep:
             path.unlink()
 
 
@@ -321,9 +336,10 @@ def _load_best(checkpoint_path: Path, epoch: int) -> Tensor:
 def _save_checkpoint(path: Path, state: dict[str, Any], best_copy: Path | None) -> None:
     """Write `state` beside `path`, flush it to disk, then rename it over `path`.
 
-    With `best_copy`, the finished file is also hard-linked there (copied where links are
-    not supported) before the rename: the best phi is kept without writing phi twice, and
-    a crash never leaves a checkpoint naming a best epoch whose file is missing.
+    With `best_copy`, the finished file is also hard-linked there before the rename: the
+    best phi is kept without writing phi twice, and a crash never leaves a checkpoint naming
+    a best epoch whose file is missing. The checkpoint being replaced stays as the previous
+    one (`<stem>.previous.pt`), the fallback when the new one turns out unreadable.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -332,20 +348,50 @@ def _save_checkpoint(path: Path, state: dict[str, Any], best_copy: Path | None) 
         f.flush()
         os.fsync(f.fileno())
     if best_copy is not None:
-        best_copy.unlink(missing_ok=True)  # left by a crash after this epoch's link
-        try:
-            os.link(tmp, best_copy)
-        except OSError:
-            shutil.copyfile(tmp, best_copy)
+        _link(tmp, best_copy)
+    if path.exists():
+        _link(path, _previous_path(path))
     os.replace(tmp, path)
 
 
-def _load_checkpoint(path: Path, params: TrainConfig) -> dict[str, Any]:
+def _link(source: Path, target: Path) -> None:
+    """Make `target` a hard link to `source` (a copy where links are not supported),
+    replacing it in one rename."""
+    staged = target.with_name(f".{target.name}.tmp")
+    staged.unlink(missing_ok=True)  # left by a crash
+    try:
+        os.link(source, staged)
+    except OSError:
+        shutil.copyfile(source, staged)
+    os.replace(staged, target)
+
+
+def _previous_path(checkpoint_path: Path) -> Path:
+    return checkpoint_path.with_name(f"{checkpoint_path.stem}.previous.pt")
+
+
+def _load_checkpoint(path: Path, params: TrainConfig, log: TextIO) -> dict[str, Any]:
+    """The checkpoint at `path`, or, when that file is unreadable (truncated, not a
+    checkpoint, its best file gone), the previous epoch's beside it, with a warning."""
     if not path.is_file():
         raise ValueError(f"no checkpoint to resume from at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint {path} has format {state.get('format')!r}")
+    try:
+        state = _read_checkpoint(path, path)
+    except ValueError as exc:
+        previous = _previous_path(path)
+        if not previous.is_file():
+            raise
+        state = _read_checkpoint(previous, path)
+        # Set the unreadable file aside and put the previous one in its place, so that the
+        # next save keeps a readable previous checkpoint.
+        aside = path.with_name(f"{path.stem}.unreadable.pt")
+        os.replace(path, aside)
+        os.replace(previous, path)
+        print(
+            f"warning: {exc}; resuming from the previous checkpoint (epoch {state['epoch']});"
+            f" the unreadable file is kept as {aside}",
+            file=log,
+        )
     saved = json.loads(state["train_config"])
     current = dataclasses.asdict(params)
     changed = sorted(k for k in current if saved.get(k) != current[k])
@@ -354,4 +400,24 @@ def _load_checkpoint(path: Path, params: TrainConfig) -> dict[str, Any]:
             f"checkpoint {path} was written with other settings: "
             + ", ".join(f"train.{k} {saved.get(k)!r} -> {current[k]!r}" for k in changed)
         )
+    return state
+
+
+def _read_checkpoint(path: Path, checkpoint_path: Path) -> dict[str, Any]:
+    """Load and check one checkpoint file (`checkpoint_path` or the previous one beside it);
+    ValueError when it cannot be used."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"checkpoint {path} is unreadable ({first})") from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"checkpoint {path} has format {found!r}, expected {CHECKPOINT_FORMAT}")
+    missing = _CHECKPOINT_KEYS - set(state)
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {', '.join(sorted(missing))}")
+    best = state["best_epoch"]
+    if best and not _best_path(checkpoint_path, best).is_file():
+        raise ValueError(f"checkpoint {path} names best epoch {best}, whose file is missing")
     return state

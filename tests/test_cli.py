@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -63,6 +65,32 @@ def test_missing_java_is_refused_with_what_to_install(tmp_path: Path) -> None:
     result = _run("prepare", env={"JAVA_HOME": str(tmp_path / "nojdk")})
     assert result.returncode == 2
     assert "Java not found: install OpenJDK 17" in result.stderr
+
+
+def test_a_second_process_on_a_busy_work_directory_is_refused(tmp_path: Path) -> None:
+    workdir = tmp_path / "w"
+    first = subprocess.Popen(
+        [SCRIPT, "sql", "--workdir", str(workdir), "-e", "SELECT 1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ),
+    )  # fmt: skip
+    try:
+        # The launcher takes the lock, then becomes spark-submit (and the JVM): the lock
+        # must stay held after that exec, for as long as the query runs.
+        lock = workdir / ".skillrank.lock"
+        deadline = time.monotonic() + 60
+        while not (lock.exists() and "sql (pid" in lock.read_text()):
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.2)
+        second = _run("prepare", "--workdir", str(workdir), timeout=60)
+        assert first.poll() is None, "the first process ended too early for the check"
+        assert second.returncode == 75, second.stderr
+        (line,) = second.stderr.strip().splitlines()
+        assert f"work directory {workdir} is in use by sql (pid {first.pid}" in line
+    finally:
+        assert first.wait(timeout=120) == 0
+    # Released when the holder ends, however it ends: the lock can be taken again.
+    with open(workdir / ".skillrank.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 @pytest.mark.slow

@@ -258,8 +258,12 @@ def test_small_improvements_do_not_reset_patience_but_the_lowest_loss_wins(
     validation = [r.validation_loss for r in result.history]
     assert result.epochs_run == 1 + 3 and validation[-1] < validation[0], validation
     assert result.best_epoch == 1 + validation.index(min(validation))
-    (best_file,) = tmp_path.glob("c.best-epoch-*.pt")
-    assert best_file.name == f"c.best-epoch-{result.best_epoch}.pt"
+    # Best files kept: the one of the last checkpoint and the one of the previous checkpoint.
+    previous = torch.load(tmp_path / "c.previous.pt", weights_only=True)
+    assert previous["epoch"] == result.epochs_run - 1
+    kept = {p.name for p in tmp_path.glob("c.best-epoch-*.pt")}
+    assert kept == {f"c.best-epoch-{e}.pt" for e in (result.best_epoch, previous["best_epoch"])}
+    best_file = tmp_path / f"c.best-epoch-{result.best_epoch}.pt"
     assert torch.equal(torch.load(best_file, weights_only=True)["phi_t"], result.phi_t)
 
 
@@ -291,6 +295,29 @@ def test_resume_reaches_the_phi_of_an_uninterrupted_run(tmp_path: Path, optimize
     assert torch.equal(last_resumed["phi_t"], last_straight["phi_t"])
     assert last_resumed["epoch"] == 4
     assert json.loads(last_resumed["config"])["optimizer"] == optimizer
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not_a_checkpoint"])
+def test_resume_from_an_unreadable_checkpoint_uses_the_previous_one(
+    tmp_path: Path, damage: str
+) -> None:
+    manifest, _ = _planted_case(tmp_path, train_rows=600)
+    params = _params(max_epochs=4, patience=10)
+    straight = train(manifest, params, tmp_path / "straight.pt", log=io.StringIO())
+
+    checkpoint = tmp_path / "c.pt"
+    train(manifest, _params(max_epochs=3, patience=10), checkpoint, log=io.StringIO())
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"garbage")
+    log = io.StringIO()
+    resumed = train(manifest, params, checkpoint, resume=True, log=log)
+
+    assert "resuming from the previous checkpoint (epoch 2)" in log.getvalue()
+    assert (tmp_path / "c.unreadable.pt").read_bytes() != data
+    assert resumed.epochs_run == 4 and torch.equal(resumed.phi_t, straight.phi_t)
+    assert [r.validation_loss for r in resumed.history] == [
+        r.validation_loss for r in straight.history
+    ]
 
 
 def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path: Path) -> None:
