@@ -79,6 +79,7 @@ def run(ctx: StageContext) -> StageResult:
     device = ctx.args.device or ctx.config.train.device
     for table in ("runs", *RUN_TABLES):
         ctx.spark.sql(current_view_sql(ctx.config.catalog.database, table, ctx.table("runs")))
+    _discard_interrupted(ctx)
     _insert_run(ctx, device, manifest, manifest_text)
     try:
         with ctx.step("trained (epochs, checkpoints, test loss)"):
@@ -230,12 +231,28 @@ def _run_outcome(result: TrainResult) -> dict:
     }
 
 
-def _update_run(ctx: StageContext, values: dict) -> None:
-    """Set the columns of this run's `runs` row (and its end time)."""
+def _update_run(ctx: StageContext, values: dict, run_id: str | None = None) -> None:
+    """Set the columns of a run's `runs` row (default this run's) and its end time."""
     DeltaTable.forName(ctx.spark, ctx.table("runs")).update(
-        F.col("run_id") == ctx.run_id,
+        F.col("run_id") == (run_id or ctx.run_id),
         {"ended_at": F.current_timestamp(), **{k: F.lit(v) for k, v in values.items()}},
     )
+
+
+def _discard_interrupted(ctx: StageContext) -> None:
+    """Clean up after runs that were killed: still 'running', but no process is on them.
+
+    The launcher lets one SkillRank process at a time use a work directory (and its
+    metastore), so a 'running' row seen here belongs to a run that ended without finishing:
+    its rows are deleted and it is marked failed, as if it had failed cleanly.
+    """
+    runs = ctx.spark.table(ctx.table("runs")).where("status = 'running'").select("run_id")
+    for (run_id,) in runs.collect():
+        for key in RUN_TABLES:
+            DeltaTable.forName(ctx.spark, ctx.table(key)).delete(F.col("run_id") == run_id)
+        error = f"interrupted: the run ended without finishing (cleaned up by {ctx.run_id})"
+        _update_run(ctx, {"status": "failed", "error": error}, run_id)
+        print(f"[train]   cleaned up interrupted run {run_id}", flush=True)
 
 
 def _discard(ctx: StageContext, error: str) -> None:

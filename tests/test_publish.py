@@ -187,8 +187,21 @@ def test_views_show_the_latest_succeeded_run_and_a_failed_run_leaves_nothing(
         current = {r.run_id for r in published.table(f"current_{table}").collect()}
         assert current == {first.run_id}, table
 
+    # A run killed while publishing: still 'running', some rows written. The next run
+    # (the only process on the work directory) deletes them and marks it failed.
+    killed = F.lit("train-killed")
+    for table in ("runs", "job_skill_rank"):
+        rows = published.table(table).where(F.col("run_id") == first.run_id)
+        rows = rows.withColumn("run_id", killed)
+        if table == "runs":
+            rows = rows.withColumn("status", F.lit("running")).withColumn("ended_at", F.lit(None))
+        rows.write.insertInto(f"{published.database}.{table}")
+
     monkeypatch.undo()
     assert published.run(["train"], *SETTINGS) == 0
+    cleaned = published.table("runs").where("run_id = 'train-killed'").first()
+    assert cleaned.status == "failed" and cleaned.error.startswith("interrupted:")
+    assert published.table("job_skill_rank").where("run_id = 'train-killed'").count() == 0
     latest = published.table("runs").where("status = 'succeeded'").orderBy("ended_at").collect()
     assert [r.run_id for r in latest][0] == first.run_id and len(latest) == 2
     current = published.table("current_job_skill_rank")
