@@ -34,7 +34,7 @@ import duckdb  # noqa: E402
 from _workdir import work_directory  # noqa: E402
 
 from skillrank.config import Config, load_aliases, load_config  # noqa: E402
-from skillrank.ingest import REASONS  # noqa: E402
+from skillrank.ingest import FILE_REASONS, REASONS  # noqa: E402
 from skillrank.prepare import alias_lookup  # noqa: E402
 
 SPARK_SUBMIT = ROOT / "spark-submit.sh"
@@ -289,7 +289,7 @@ def print_report(
         mark = "" if a == b else f"   differs by {b - a:+d}"
         print(f"  {label:<12} {a:>9} {b:>10}{mark}")
     print("  rejected by reason (Spark / DuckDB):")
-    for reason in [*REASONS, *sorted(set(duck.reasons) - set(REASONS))]:
+    for reason in [*REASONS, *FILE_REASONS, *sorted(set(duck.reasons) - set(REASONS))]:
         a, b = spark.reasons.get(reason, 0), duck.reasons.get(reason, 0)
         if a or b:
             print(f"    {reason:<20} {a:>7} {b:>7}{'' if a == b else '   differs'}")

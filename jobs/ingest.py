@@ -5,27 +5,33 @@
 PATH is a file, a directory (every *.jsonl / *.jsonl.gz below it) or a glob. A file already
 ingested (same path, size and modification time) is skipped, so a rerun is a no-op. Rows
 left behind by an interrupted run of the same files are removed before they are re-read.
+A gzip file cut short gives its complete lines and one ``truncated_gzip`` quarantine row.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import reduce
 
 from delta.tables import DeltaTable
+from py4j.protocol import Py4JJavaError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from jobs._cli import Stage, StageContext, StageError, StageResult, run_stages
 from skillrank.config import Config
 from skillrank.ingest import (
+    FILE_REASONS,
     REASONS,
     accepted_profiles,
     number_lines,
     parse_lines,
     quarantined_lines,
+    truncated_file_lines,
 )
 from skillrank.session import resolve_path
 from skillrank.tables import SPECS, conform, declare_tables, table_version
@@ -87,14 +93,55 @@ def _crawl_file(status: object) -> CrawlFile:
     )
 
 
-def read_lines(spark: SparkSession, paths: list[str]) -> DataFrame:
-    """Raw lines with source_file, block_start and a row id taken right at the scan."""
-    return spark.read.text(paths).select(
-        "value",
-        F.col("_metadata.file_path").alias("source_file"),
-        F.col("_metadata.file_block_start").alias("block_start"),
-        F.monotonically_increasing_id().alias("row_id"),
-    )
+def find_truncated_gzips(spark: SparkSession, files: list[CrawlFile]) -> list[str]:
+    """The paths of the gzip files whose stream ends early (cut short, or non-gzip bytes after).
+
+    Each file is decompressed once, streamed through Hadoop's codec for it, the one the
+    reader uses: a file that passes here reads without error. An empty file is not gzip at
+    all and reads as no lines, so it is left out. Other codec errors (a CRC mismatch) are
+    raised as they are.
+    """
+    hadoop = spark.sparkContext._jvm.org.apache.hadoop  # type: ignore[union-attr]
+    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+    codecs = hadoop.io.compress.CompressionCodecFactory(hadoop_conf)
+    truncated = []
+    for f in files:
+        if not f.path.endswith(".gz") or f.size == 0:
+            continue
+        path = hadoop.fs.Path(f.path)
+        stream = codecs.getCodec(path).createInputStream(path.getFileSystem(hadoop_conf).open(path))
+        try:
+            while stream.skip(1 << 24) > 0:
+                pass
+        except Py4JJavaError as error:
+            if error.java_exception.getClass().getName() != "java.io.EOFException":
+                raise
+            truncated.append(f.path)
+        finally:
+            stream.close()
+    return truncated
+
+
+def read_lines(spark: SparkSession, paths: list[str], truncated: Sequence[str] = ()) -> DataFrame:
+    """Raw lines with source_file, block_start and a row id taken right at the scan.
+
+    Files in `truncated` (gzip cut short) are read up to the cut: their complete lines only.
+    """
+
+    def scan(files: list[str], up_to_the_cut: bool) -> DataFrame:
+        # ignoreCorruptFiles keeps the lines read before the codec fails, and ends the file.
+        reader = spark.read.option("ignoreCorruptFiles", up_to_the_cut)
+        return reader.text(files).select(
+            "value",
+            F.col("_metadata.file_path").alias("source_file"),
+            F.col("_metadata.file_block_start").alias("block_start"),
+            F.monotonically_increasing_id().alias("row_id"),
+        )
+
+    whole = [p for p in paths if p not in truncated]
+    cut = [p for p in paths if p in truncated]
+    scans = ([scan(whole, False)] if whole else []) + ([scan(cut, True)] if cut else [])
+    return reduce(DataFrame.unionByName, scans)
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -120,11 +167,12 @@ def run(ctx: StageContext) -> StageResult:
         if spark.table(ctx.table(key)).where(stale).limit(1).count():
             DeltaTable.forName(spark, ctx.table(key)).delete(stale)
 
+    truncated = find_truncated_gzips(spark, new)
     # One parsing pass writes every line to a staging Parquet set; the table writes and
     # counts then read that instead of parsing again.
     staging = resolve_path(ctx.workdir, f"{ctx.config.catalog.staging_dir}/{ctx.run_id}")
     parse_lines(
-        number_lines(read_lines(spark, [f.path for f in new])),
+        number_lines(read_lines(spark, [f.path for f in new], truncated)),
         max_line_bytes=config.ingest.max_line_bytes,
         max_field_chars=config.ingest.max_field_chars,
         max_positions=config.ingest.max_positions,
@@ -133,6 +181,11 @@ def run(ctx: StageContext) -> StageResult:
     ).withColumn("ingest_run_id", F.lit(ctx.run_id)).write.parquet(staging)
     try:
         parsed = spark.read.parquet(staging)
+        if truncated:
+            cut = truncated_file_lines(parsed, truncated)
+            parsed = parsed.unionByName(
+                cut.withColumn("ingest_run_id", F.lit(ctx.run_id)), allowMissingColumns=True
+            )
         conform(accepted_profiles(parsed), "profiles_raw").write.insertInto(
             ctx.table("profiles_raw")
         )
@@ -164,11 +217,12 @@ def run(ctx: StageContext) -> StageResult:
     lines = sum(r[4] for r in records)
     accepted = sum(r[5] for r in records)
     quarantined = lines - accepted
-    reasons = ", ".join(f"{k}={by_reason[k]}" for k in REASONS if k in by_reason)
+    found = [k for k in (*REASONS, *FILE_REASONS) if k in by_reason]
+    reasons = ", ".join(f"{k}={by_reason[k]}" for k in found)
     return StageResult(
         rows_in=lines,
         rows_out=accepted,
-        rows_dropped={k: int(by_reason[k]) for k in REASONS if k in by_reason},
+        rows_dropped={k: int(by_reason[k]) for k in found},
         output_versions={k: table_version(spark, ctx.table(k)) for k in TABLES},
         summary=[
             f"{len(new)} new files ({len(files) - len(new)} already ingested)",

@@ -26,6 +26,8 @@ REASONS = (
     "field_too_long",
     "control_characters",
 )
+# Recorded once per file, not per line: a gzip file cut short (truncated_file_lines).
+FILE_REASONS = ("truncated_gzip",)
 
 STRING_FIELDS = ("profile_id", "crawled_at", "location", "industry")
 POSITION_FIELDS = ("title", "company", "start", "end")
@@ -146,12 +148,10 @@ def parse_lines(
     positions, skills). The raw ``value`` itself is dropped.
     """
     valid_utf8 = F.expr("is_valid_utf8(value)")
+    without_bom = F.regexp_replace(F.col("value"), "^\ufeff", "")
     parsed = lines.withColumn("raw_bytes", F.octet_length("value")).withColumn(
         "v",
-        F.when(
-            (F.col("raw_bytes") <= max_line_bytes) & valid_utf8,
-            F.try_parse_json(F.regexp_replace(F.col("value"), "^\ufeff", "")),
-        ),
+        F.when((F.col("raw_bytes") <= max_line_bytes) & valid_utf8, F.try_parse_json(without_bom)),
     )
     v = F.col("v")
     parsed = parsed.select(
@@ -177,7 +177,7 @@ def parse_lines(
     usual, shape = F.col("_usual"), F.col("_shape")
 
     checks: list[tuple[Column, str, str | None]] = [
-        (F.trim(F.col("value")) == "", "empty_line", None),
+        (F.trim(without_bom) == "", "empty_line", None),
         (F.col("raw_bytes") > max_line_bytes, "line_too_long", None),
         (~valid_utf8, "invalid_utf8", None),
         (v.isNull(), "invalid_json", None),
@@ -230,6 +230,27 @@ def parse_lines(
 def accepted_profiles(parsed: DataFrame) -> DataFrame:
     """The lines of ``parse_lines`` output that passed every check (profiles_raw rows)."""
     return parsed.where(F.col("reason").isNull())
+
+
+def truncated_file_lines(parsed: DataFrame, files: list[str]) -> DataFrame:
+    """One quarantine row per gzip file cut short, standing for the rest that cannot be read.
+
+    In: ``parse_lines`` output holding the complete lines read from `files` (URIs as in
+    source_file). Out: a row per file with source_file, line_number (the line after the
+    file's last complete line; 1 when none was complete), reason ``truncated_gzip``,
+    reason_detail and raw_text null, raw_bytes 0.
+    """
+    spark = parsed.sparkSession
+    cut = spark.createDataFrame([(f,) for f in files], "source_file string")
+    last = parsed.groupBy("source_file").agg(F.max("line_number").alias("_last"))
+    return cut.join(last, "source_file", "left").select(
+        "source_file",
+        (F.coalesce(F.col("_last"), F.lit(0)) + 1).cast("long").alias("line_number"),
+        F.lit(FILE_REASONS[0]).alias("reason"),
+        F.lit(None).cast("string").alias("reason_detail"),
+        F.lit(0).cast("long").alias("raw_bytes"),
+        F.lit(None).cast("string").alias("raw_text"),
+    )
 
 
 def quarantined_lines(parsed: DataFrame) -> DataFrame:

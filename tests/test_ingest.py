@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,11 @@ def test_valid_lines_arrive_unchanged(spark: SparkSession) -> None:
     assert got["p-3"].skills == ["Java", "SQL"]
 
 
+def test_a_byte_order_mark_alone_is_an_empty_line(spark: SparkSession) -> None:
+    rows = parse_lines(_lines(spark, ["\ufeff", "\ufeff  "]), **LIMITS).collect()
+    assert [r.reason for r in rows] == ["empty_line", "empty_line"]
+
+
 def test_line_numbers_are_exact_across_splits_and_files(
     spark: SparkSession, tmp_path: Path
 ) -> None:
@@ -164,6 +170,49 @@ def test_ingest_counts_add_up_and_rerun_is_a_noop(pipeline: Pipeline, tmp_path: 
              for k in ("profiles_raw", "quarantine")}  # fmt: skip
     assert after == before
     assert pipeline.table("ingested_files").count() == 2
+
+
+def test_gzip_cut_short_keeps_its_complete_lines(pipeline: Pipeline, tmp_path: Path) -> None:
+    # A full flush after the third line makes the stream decodable exactly up to there;
+    # cutting two bytes into what follows leaves lines 1-3 complete and line 4 unreadable.
+    packer = zlib.compressobj(wbits=31)
+    head = packer.compress(b'{"profile_id": "c1", "crawled_at": "2026-10-01"}\nnot json\n')
+    head += packer.compress(b'{"profile_id": "c3", "crawled_at": "2026-10-01"}\n')
+    head += packer.flush(zlib.Z_FULL_FLUSH)
+    tail = packer.compress(json.dumps(profile("c4")).encode() + b"\n") + packer.flush()
+    crawl = tmp_path / "crawl"
+    crawl.mkdir()
+    (crawl / "cut.jsonl.gz").write_bytes(head + tail[:2])
+    (crawl / "header.jsonl.gz").write_bytes((head + tail)[:5])  # not even the gzip header
+    write_crawl(crawl / "whole.jsonl.gz", [profile("w1"), profile("w2")])
+    assert pipeline.run(["ingest"], "--input", str(crawl)) == 0
+
+    raw = pipeline.table("profiles_raw").collect()
+    assert sorted((Path(r.source_file).name, r.line_number, r.profile_id) for r in raw) == [
+        ("cut.jsonl.gz", 1, "c1"),
+        ("cut.jsonl.gz", 3, "c3"),
+        ("whole.jsonl.gz", 1, "w1"),
+        ("whole.jsonl.gz", 2, "w2"),
+    ]
+    quarantine = pipeline.table("quarantine").collect()
+    assert sorted(
+        (Path(r.source_file).name, r.line_number, r.reason, r.raw_bytes, r.raw_text)
+        for r in quarantine
+    ) == [
+        ("cut.jsonl.gz", 2, "invalid_json", 8, "not json"),
+        ("cut.jsonl.gz", 4, "truncated_gzip", 0, None),
+        ("header.jsonl.gz", 1, "truncated_gzip", 0, None),
+    ]
+    files = {Path(r.source_file).name: (r.lines, r.accepted, r.quarantined)
+             for r in pipeline.table("ingested_files").collect()}  # fmt: skip
+    assert files == {
+        "cut.jsonl.gz": (4, 2, 2),
+        "header.jsonl.gz": (1, 0, 1),
+        "whole.jsonl.gz": (2, 2, 0),
+    }
+    run = pipeline.table("stage_runs").where("stage = 'ingest'").first()
+    assert (run.rows_in, run.rows_out) == (7, 4)
+    assert run.rows_dropped == {"invalid_json": 1, "truncated_gzip": 2}
 
 
 def test_rows_left_by_an_interrupted_ingest_are_replaced(
