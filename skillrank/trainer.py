@@ -32,7 +32,7 @@ from skillrank.kernel import Kernel, KernelUnavailable, load_kernel
 from skillrank.model import Batch, init_phi, kl_loss, kl_loss_and_grad
 from skillrank.shards import Manifest, iterate_batches, read_manifest
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
 _CHECKPOINT_KEYS = {
     "format",
     "phi_t",
@@ -45,6 +45,7 @@ _CHECKPOINT_KEYS = {
     "history",
     "train_config",
     "config",
+    "shards",
 }
 # Seconds between progress updates: redrawn in place on a terminal, a line in a log file.
 _PROGRESS_SECONDS = {True: 0.5, False: 30.0}
@@ -104,8 +105,14 @@ def train(
     config_json = config_json or json.dumps(dataclasses.asdict(params), sort_keys=True)
 
     kernel = _fused_kernel(params, target, log)
+    shards = _shard_set(manifest)
     if resume:
         state = _load_checkpoint(checkpoint_path, params, log)
+        if state["shards"] != shards:
+            raise ValueError(
+                f"checkpoint {checkpoint_path} was trained on other shards ({state['shards']},"
+                f" now {shards}); train without --resume"
+            )
         phi_t = state["phi_t"].to(target)
         optimizer = _make_optimizer(phi_t, params)
         optimizer.load_state_dict(state["optimizer"])
@@ -157,8 +164,11 @@ def train(
                 "history": json.dumps([dataclasses.asdict(r) for r in history]),
                 "train_config": json.dumps(dataclasses.asdict(params), sort_keys=True),
                 "config": config_json,
+                "shards": shards,
             },
             best_copy=_best_path(checkpoint_path, epoch) if improved else None,
+            # A fresh run's first save replaces another run's checkpoint: not a fallback.
+            keep_previous=resume or epoch > 1,
         )
         _remove_stale_best(checkpoint_path, {best_epoch, previous_best_epoch})
 
@@ -333,7 +343,9 @@ def _load_best(checkpoint_path: Path, epoch: int) -> Tensor:
     return state["phi_t"]
 
 
-def _save_checkpoint(path: Path, state: dict[str, Any], best_copy: Path | None) -> None:
+def _save_checkpoint(
+    path: Path, state: dict[str, Any], best_copy: Path | None, keep_previous: bool
+) -> None:
     """Write `state` beside `path`, flush it to disk, then rename it over `path`.
 
     With `best_copy`, the finished file is also hard-linked there before the rename: the
@@ -349,8 +361,10 @@ def _save_checkpoint(path: Path, state: dict[str, Any], best_copy: Path | None) 
         os.fsync(f.fileno())
     if best_copy is not None:
         _link(tmp, best_copy)
-    if path.exists():
+    if keep_previous and path.exists():
         _link(path, _previous_path(path))
+    elif not keep_previous:
+        _previous_path(path).unlink(missing_ok=True)
     os.replace(tmp, path)
 
 
@@ -364,6 +378,12 @@ def _link(source: Path, target: Path) -> None:
     except OSError:
         shutil.copyfile(source, staged)
     os.replace(staged, target)
+
+
+def _shard_set(manifest: Manifest) -> str:
+    """What identifies the training data: the prepare run and the vocabulary sizes."""
+    prepare_run = manifest.raw.get("prepare_run_id", "unknown")
+    return f"{prepare_run} ({manifest.jobs} jobs x {manifest.skills} skills)"
 
 
 def _previous_path(checkpoint_path: Path) -> Path:

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from skillrank.config import TrainConfig, load_config
+from skillrank.config import SPLITS, TrainConfig, load_config
 from skillrank.model import Batch, kl_loss, kl_loss_and_grad, kl_loss_autograd
 from skillrank.shards import iterate_batches, read_manifest
 from skillrank.trainer import train
@@ -326,6 +326,11 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path: Path) -> None:
     train(manifest, _params(max_epochs=1, learning_rate=20.0), checkpoint, log=io.StringIO())
     with pytest.raises(ValueError, match=r"train.learning_rate 20.0 -> 1.0"):
         train(manifest, _params(learning_rate=1.0), checkpoint, resume=True, log=io.StringIO())
+    other = _write_shards(
+        tmp_path / "other", {s: _simple_profiles(30, s) for s in SPLITS}, jobs=7, skills=8
+    )
+    with pytest.raises(ValueError, match=r"trained on other shards .*now unknown \(7 jobs x 8"):
+        train(other, _params(max_epochs=1, learning_rate=20.0), checkpoint, resume=True)
     with pytest.raises(ValueError, match="no checkpoint to resume from"):
         train(manifest, _params(), tmp_path / "missing.pt", resume=True, log=io.StringIO())
 
