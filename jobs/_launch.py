@@ -21,7 +21,7 @@ from jobs._cli import StageError, common_parser, parse_stage_args
 from skillrank.config import PROJECT_ROOT, ConfigError, load_config
 from skillrank.session import build_spark, delta_jars, spark_settings
 
-STAGE_NAMES = ("generate", "ingest", "prepare", "train", "all")
+STAGE_NAMES = ("generate", "ingest", "prepare", "train", "evaluate", "report", "all")
 TOOLS = ("setup", "sql")
 USAGE = (
     "usage: spark-submit.sh <stage> [--workdir DIR] [--env NAME] [--conf KEY=VALUE]..."

@@ -3,18 +3,25 @@
     ./spark-submit.sh all [--input PATH] [--workdir DIR] [--conf key=value ...]
 
 Without --input, `generate` first writes the default crawl into <workdir>/<catalog.crawl_dir>
-(skipped when the same crawl is already there) and `ingest` reads it. Then prepare, and
-train, which publishes phi and the rankings.
+(skipped when the same crawl is already there) and `ingest` reads it. Then prepare; train,
+which publishes phi and the rankings; evaluate and report, on the run train just published.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 
-from jobs import generate, ingest, prepare, train
+from jobs import evaluate, generate, ingest, prepare, report, train
 from jobs._cli import StageContext, run_stages
 from skillrank.tables import SPECS
+
+
+def _latest_run(parser: argparse.ArgumentParser) -> None:
+    """evaluate and report take the run train has just published, and the default truth."""
+    parser.set_defaults(run_id=None, truth=None)
+
 
 # train's own check wants the shards already there; here prepare writes them first.
 STAGES = [
@@ -22,6 +29,8 @@ STAGES = [
     ingest.STAGE,
     prepare.STAGE,
     dataclasses.replace(train.STAGE, check=lambda args, config: None),
+    dataclasses.replace(evaluate.STAGE, add_arguments=_latest_run, check=lambda a, c: None),
+    dataclasses.replace(report.STAGE, add_arguments=_latest_run),
 ]
 
 

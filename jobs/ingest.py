@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import reduce
+from pathlib import Path
 
 from delta.tables import DeltaTable
 from py4j.protocol import Py4JJavaError
@@ -38,6 +39,7 @@ from skillrank.tables import SPECS, conform, declare_tables, table_version
 
 CRAWL_SUFFIXES = (".jsonl", ".jsonl.gz")
 TABLES = ["ingested_files", "profiles_raw", "quarantine"]
+_NO_CRAWL_FILES = "no crawl files (*.jsonl, *.jsonl.gz) found at {source!r}"
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check(args: argparse.Namespace, config: Config) -> None:
-    """Fail fast on a missing local input, before Spark starts."""
-    if args.input is None:
+    """Fail fast on a missing or empty local input, before Spark starts."""
+    if args.input is None or "://" in args.input:
         return
-    if "://" not in args.input and not glob.glob(args.input, recursive=True):
+    matches = glob.glob(args.input, recursive=True)
+    if not matches:
         raise StageError(f"input {args.input!r} does not exist")
+    if not any(_holds_crawl_files(Path(m)) for m in matches):
+        raise StageError(_NO_CRAWL_FILES.format(source=args.input))
+
+
+def _holds_crawl_files(path: Path) -> bool:
+    """A file (whatever its name, as list_crawl_files takes it), or a directory with one below."""
+    if not path.is_dir():
+        return True
+    return any(p.name.endswith(CRAWL_SUFFIXES) for p in path.rglob("*") if p.is_file())
 
 
 def list_crawl_files(spark: SparkSession, pattern: str) -> list[CrawlFile]:
@@ -149,7 +161,7 @@ def run(ctx: StageContext) -> StageResult:
     source = ctx.args.input or resolve_path(ctx.workdir, config.catalog.crawl_dir)
     files = list_crawl_files(spark, source)
     if not files:
-        raise StageError(f"no crawl files (*.jsonl, *.jsonl.gz) found at {source!r}")
+        raise StageError(_NO_CRAWL_FILES.format(source=source))
     declare_tables(spark, config, TABLES)
     listed = spark.createDataFrame(
         [(f.path, f.size, f.modified_at) for f in files],

@@ -34,6 +34,7 @@ class CatalogConfig:
     crawl_dir: str
     staging_dir: str
     tables: dict[str, str]
+    reports_dir: str
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,26 @@ class PublishConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    ks: list[int]
+    smoothing: float
+    title_k: int
+    title_min_profiles: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    coclusters: int
+    cocluster_jobs: int
+    cocluster_skills: int
+    map_points: int
+    map_labels: int
+    top_pairs: int
+    seed: int
+
+
+@dataclass(frozen=True)
 class Config:
     catalog: CatalogConfig
     spark: SparkConfig
@@ -146,6 +167,8 @@ class Config:
     generate: GenerateConfig
     train: TrainConfig
     publish: PublishConfig
+    evaluate: EvaluateConfig
+    report: ReportConfig
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -303,10 +326,21 @@ def _validate(config: Config) -> None:
         "spark.shuffle_partitions": config.spark.shuffle_partitions,
         "publish.top_k": config.publish.top_k,
         "publish.neighbors_k": config.publish.neighbors_k,
+        "evaluate.title_k": config.evaluate.title_k,
+        "evaluate.batch_size": config.evaluate.batch_size,
+        "report.coclusters": config.report.coclusters,
+        "report.cocluster_jobs": config.report.cocluster_jobs,
+        "report.cocluster_skills": config.report.cocluster_skills,
+        "report.map_points": config.report.map_points,
+        "report.top_pairs": config.report.top_pairs,
     }
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"config key {key!r} must be >= 1, got {value}")
+    if not config.evaluate.ks or min(config.evaluate.ks) < 1:
+        raise ConfigError(f"evaluate.ks must list cut-offs >= 1, got {config.evaluate.ks}")
+    if config.evaluate.smoothing <= 0:
+        raise ConfigError(f"evaluate.smoothing must be > 0, got {config.evaluate.smoothing}")
     aliases = load_aliases(config)
     for key, chosen, known in (
         ("prepare.cities", config.prepare.cities, aliases["cities"]),

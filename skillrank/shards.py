@@ -46,14 +46,19 @@ def read_manifest(path: Path) -> Manifest:
         raise ValueError(f"cannot read manifest {path}: {exc.strerror}") from exc
     except json.JSONDecodeError as exc:
         raise ValueError(f"manifest {path} is not valid JSON: {exc}") from exc
+    return manifest_from_json(raw, path.parent, str(path))
+
+
+def manifest_from_json(raw: Any, root: Path, source: str = "manifest") -> Manifest:
+    """A parsed manifest (e.g. the copy a train run records) with paths under `root`."""
     try:
         jobs, skills = int(raw["vocabulary"]["jobs"]), int(raw["vocabulary"]["skills"])
         splits = raw["splits"]
-        shards = {s: [path.parent / f["path"] for f in v["shards"]] for s, v in splits.items()}
+        shards = {s: [root / f["path"] for f in v["shards"]] for s, v in splits.items()}
         rows = {s: int(v["rows"]) for s, v in splits.items()}
     except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"manifest {path} lacks {exc} (see docs/tables.md)") from exc
-    return Manifest(path.parent, jobs, skills, shards, rows, raw)
+        raise ValueError(f"{source} lacks {exc} (see docs/tables.md)") from exc
+    return Manifest(root, jobs, skills, shards, rows, raw)
 
 
 def iterate_batches(

@@ -387,6 +387,63 @@ SPECS: dict[str, TableSpec] = {
             ),
             checks=_NEIGHBOR_CHECKS,
         ),
+        TableSpec(
+            "evaluation",
+            "evaluate",
+            "Quality of each train run and of the baselines fed the same test profiles"
+            " (docs/evaluation.md); one row per (run, method, metric, k, segment).",
+            StructType(
+                [
+                    _RUN_ID,
+                    _col(
+                        "method",
+                        StringType(),
+                        "model (the run's phi) or a baseline: popularity, cooccurrence, pmi,"
+                        " ppmi_svd",
+                        False,
+                    ),
+                    _col(
+                        "metric",
+                        StringType(),
+                        "kl, cross_entropy (lower is better); recall, precision, ndcg, map"
+                        " (test profiles); planted_* (generator's truth), taxonomy_* (ESCO,"
+                        " O*NET): higher is better; profiles, titles: how many were averaged",
+                        False,
+                    ),
+                    _col("k", IntegerType(), "cut-off of the ranking; null for kl, counts"),
+                    _col(
+                        "segment",
+                        StringType(),
+                        "all, city=<code>, industry=<code> (test profiles); titles,"
+                        " titles_min_<n>_profiles (planted truth); esco_essential,"
+                        " onet_technology (taxonomies)",
+                        False,
+                    ),
+                    _col("value", DoubleType(), "mean over the segment (or the count)", False),
+                ]
+            ),
+        ),
+        TableSpec(
+            "coclusters",
+            "report",
+            "Spectral co-clusters of job2vec (the paper's Fig 4): which co-cluster each job"
+            " title and each skill of a run falls in.",
+            StructType(
+                [
+                    _RUN_ID,
+                    _col("kind", StringType(), "job or skill", False),
+                    _col("item_id", IntegerType(), "job_id or skill_id", False),
+                    _col("item_name", StringType(), "job title or skill name", False),
+                    _col(
+                        "cocluster",
+                        IntegerType(),
+                        "co-cluster number, 0-based; jobs and skills sharing it go together",
+                        False,
+                    ),
+                ]
+            ),
+            checks=(("kind_job_or_skill", "kind IN ('job', 'skill')"),),
+        ),
     ]
 }
 

@@ -46,6 +46,20 @@ def test_bad_arguments_fail_fast_with_one_line(
     assert not (tmp_path / "w").exists()  # nothing was touched
 
 
+def test_an_input_without_crawl_files_fails_before_spark(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes" / "sub").mkdir(parents=True)
+    (tmp_path / "notes" / "sub" / "readme.txt").write_text("not a crawl")
+    for source in (tmp_path / "empty", tmp_path / "notes", tmp_path / "empty" / "*.jsonl*"):
+        result = _run("ingest", "--input", str(source), "--workdir", str(tmp_path / "w"))
+        assert result.returncode == 2, result.stderr
+        expected = f"no crawl files (*.jsonl, *.jsonl.gz) found at {str(source)!r}"
+        if "*" in str(source):
+            expected = f"input {str(source)!r} does not exist"
+        assert result.stderr.strip().splitlines() == [f"spark-submit.sh ingest: error: {expected}"]
+        assert not (tmp_path / "w").exists()
+
+
 def _fake_java(tmp_path: Path, version_line: str) -> dict[str, str]:
     home = tmp_path / "jdk"
     (home / "bin").mkdir(parents=True)
@@ -107,6 +121,10 @@ def test_all_then_sql_through_spark_submit(tmp_path: Path) -> None:
     assert "[ingest] raw lines 201 = accepted 200 + quarantined 1 (invalid_json=1)" in result.stdout
     assert "skillrank.profiles" in result.stdout and "200 rows" in result.stdout
     assert "[train] published run train-" in result.stdout
+    # evaluate and report ran on that run: no planted truth here (--input), one title.
+    assert "no planted truth at" in result.stdout
+    (page,) = (Path(workdir) / "reports").glob("train-*/report.html")
+    assert 'href="fig2_loss.png"' in page.read_text(encoding="utf-8")
 
     query = "SELECT skill_name, profile_count FROM skillrank.skill_vocab ORDER BY skill_id"
     sql = _run("sql", "--workdir", workdir, "-e", query)

@@ -1,0 +1,142 @@
+"""What evaluate and report read of a published train run: its row, its inputs, its phi.
+
+A run is named by ``--run-id`` or, by default, is the latest succeeded one (what the
+current_* views show). Its inputs are the shard set its ``runs.input_manifest`` lists and the
+``profiles`` table at the Delta version that shard set was written from, so evaluating an
+older run reads what that run was trained on, not what a later prepare wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import torch
+from pyspark.sql import DataFrame, Row
+from pyspark.sql import functions as F
+
+from jobs._cli import StageContext, StageError
+from skillrank.shards import Manifest, manifest_from_json
+from skillrank.tables import conform, table_version
+
+
+def add_run_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--run-id", help="train run to use (default: the latest succeeded run)", default=None
+    )
+
+
+def resolve_run(ctx: StageContext) -> Row:
+    """The runs row of --run-id, or of the latest succeeded run; StageError if there is none."""
+    runs = ctx.spark.table(ctx.table("runs"))
+    wanted = ctx.args.run_id
+    if wanted is None:
+        row = runs.where("status = 'succeeded'").orderBy(F.desc("ended_at")).first()
+        if row is None:
+            raise StageError(f"no succeeded train run in {ctx.table('runs')}: run train first")
+        return row
+    row = runs.where(F.col("run_id") == wanted).first()
+    if row is None:
+        raise StageError(f"--run-id {wanted}: no such run in {ctx.table('runs')}")
+    if row.status != "succeeded":
+        raise StageError(f"--run-id {wanted}: the run is {row.status}, not succeeded")
+    return row
+
+
+def run_manifest(ctx: StageContext, run: Row) -> Manifest:
+    """The shard set the run was trained on; StageError when a later prepare removed it."""
+    root = ctx.workdir / ctx.config.catalog.shards_dir
+    manifest = manifest_from_json(json.loads(run.input_manifest), root)
+    missing = [p for files in manifest.shards.values() for p in files if not p.is_file()]
+    if missing:
+        raise StageError(
+            f"run {run.run_id} was trained on shard set {manifest.raw.get('prepare_run_id')},"
+            f" which is gone ({missing[0]} missing): prepare keeps only the latest sets;"
+            " train again to evaluate on the current data"
+        )
+    return manifest
+
+
+def vocabulary_names(manifest: Manifest, kind: str) -> list[str]:
+    """Names of the run's job titles (kind 'job') or skills ('skill'), indexed by id."""
+    key, name = ("job_id", "job_title") if kind == "job" else ("skill_id", "skill_name")
+    files = [manifest.root / f["path"] for f in manifest.raw["vocabulary"][f"{kind}_vocab"]]
+    table = pq.ParquetDataset(files).read(columns=[key, name]).sort_by(key)
+    ids = table.column(key).to_numpy()
+    if not np.array_equal(ids, np.arange(len(ids))):
+        raise StageError(f"{kind}_vocab of {manifest.raw.get('prepare_run_id')} is not dense")
+    return table.column(name).to_pylist()
+
+
+def vocabulary_counts(manifest: Manifest, kind: str) -> np.ndarray:
+    """Training profiles holding each job title (kind 'job') or skill ('skill'), by id."""
+    key = f"{kind}_id"
+    files = [manifest.root / f["path"] for f in manifest.raw["vocabulary"][f"{kind}_vocab"]]
+    table = pq.ParquetDataset(files).read(columns=[key, "profile_count"]).sort_by(key)
+    return table.column("profile_count").to_numpy()
+
+
+def test_segments(ctx: StageContext, manifest: Manifest) -> dict[str, tuple[str, ...]]:
+    """profile_id -> ('city=<code>', 'industry=<code>') of every test profile of the run.
+
+    Read from `profiles` at the Delta version the run's shards were written from.
+    """
+    version = manifest.raw.get("delta_versions", {}).get("profiles")
+    sql = f"SELECT profile_id, city, industry FROM {ctx.table('profiles')}"
+    if version is not None:
+        sql += f" VERSION AS OF {int(version)}"
+    profiles = ctx.spark.sql(f"{sql} WHERE split = 'test'")
+    return {
+        r.profile_id: tuple(
+            f"{name}={value}"
+            for name, value in (("city", r.city), ("industry", r.industry))
+            if value is not None
+        )
+        for r in profiles.toLocalIterator()
+    }
+
+
+def replace_run_rows(ctx: StageContext, key: str, rows: DataFrame, run_id: str) -> int:
+    """Replace a run's rows of table `key` with `rows` in one Delta commit; the new version.
+
+    ``INSERT INTO ... REPLACE WHERE`` deletes and inserts atomically: a reader sees the old
+    rows or the new ones, and a rerun leaves exactly one set.
+    """
+    view = f"_replace_{key}"
+    conform(rows, key).createOrReplaceTempView(view)
+    name = ctx.table(key)
+    ctx.spark.sql(f"INSERT INTO {name} REPLACE WHERE run_id = '{run_id}' SELECT * FROM {view}")
+    ctx.spark.catalog.dropTempView(view)
+    return table_version(ctx.spark, name)
+
+
+def load_phi(ctx: StageContext, run: Row) -> torch.Tensor:
+    """The run's phi as phi_t (jobs x skills, float32), read from the Delta table `phi`.
+
+    Spark names the Parquet files of the run's partition in the table's current snapshot
+    (deleted rows never come back); pyarrow reads them batch by batch into one dense array,
+    so memory holds phi plus one record batch, not 190 million rows.
+    """
+    phi = ctx.spark.table(ctx.table("phi")).where(F.col("run_id") == run.run_id)
+    files = phi.inputFiles()
+    if not files:
+        raise StageError(f"run {run.run_id} has no rows in {ctx.table('phi')}")
+    fs, _ = pafs.FileSystem.from_uri(files[0])
+    paths = [pafs.FileSystem.from_uri(f)[1] for f in files]
+    phi_t = np.full((run.jobs, run.skills), np.nan, dtype=np.float32)
+    rows = 0
+    dataset = pads.dataset(paths, format="parquet", filesystem=fs)
+    for batch in dataset.to_batches(columns=["job_id", "skill_id", "weight"]):
+        columns = [batch.column(i).to_numpy() for i in range(3)]
+        phi_t[columns[0], columns[1]] = columns[2]
+        rows += batch.num_rows
+    if rows != run.jobs * run.skills or np.isnan(phi_t).any():
+        raise StageError(
+            f"{ctx.table('phi')} holds {rows} rows for run {run.run_id},"
+            f" expected {run.jobs} x {run.skills} distinct entries"
+        )
+    return torch.from_numpy(phi_t)

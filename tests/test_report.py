@@ -1,0 +1,322 @@
+"""report draws each figure to a readable PNG with the run's numbers, and one HTML page."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from skillrank.report import (
+    Figure,
+    association_histograms_figure,
+    cocluster,
+    cocluster_figure,
+    embed_2d,
+    evaluation_figure,
+    loss_figure,
+    map_figure,
+    phi_histogram_figure,
+    render_html,
+    top_pairs_html,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _check_png(out_dir: Path, figure: Figure) -> None:
+    """The figure's PNG is on disk under its key, readable, non-empty and the bytes it carries."""
+    path = out_dir / f"{figure.key}.png"
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE), f"{path} is not a PNG: {data[:8]!r}"
+    assert data == figure.png, f"{path} differs from the bytes the Figure carries"
+    with Image.open(path) as image:
+        image.load()
+        width, height = image.size
+    assert width > 100 and height > 100, f"{path} is only {width} x {height}"
+
+
+def _same_partition(found: np.ndarray, planted: np.ndarray) -> bool:
+    """True when both labelings split the items into the same groups, whatever the label values."""
+    pairs = set(zip(found.tolist(), planted.tolist(), strict=True))
+    return len(pairs) == len(set(found.tolist())) == len(set(planted.tolist()))
+
+
+def _planted_blocks(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A noisy 3-block diagonal matrix of unequal blocks, rows and columns shuffled."""
+    rng = np.random.default_rng(seed)
+    row_blocks = np.repeat([0, 1, 2], [30, 20, 25])
+    col_blocks = np.repeat([0, 1, 2], [40, 30, 35])
+    matrix = rng.uniform(0.0, 0.1, size=(row_blocks.size, col_blocks.size))
+    inside = row_blocks[:, None] == col_blocks[None, :]
+    matrix[inside] += rng.uniform(1.0, 2.0, size=int(inside.sum()))
+    rows, cols = rng.permutation(row_blocks.size), rng.permutation(col_blocks.size)
+    return matrix[np.ix_(rows, cols)], row_blocks[rows], col_blocks[cols]
+
+
+def test_loss_figure_marks_best_epoch_and_test_loss(tmp_path: Path) -> None:
+    epochs = list(range(1, 11))
+    train = [1.0 / e for e in epochs]
+    validation = [1.2 / e + 0.02 * max(0, e - 7) for e in epochs]
+    figure = loss_figure(tmp_path, epochs, train, validation, best_epoch=7, test_loss=0.1834)
+
+    _check_png(tmp_path, figure)
+    assert figure.key == "fig2_loss"
+    assert "epoch 7" in figure.caption, figure.caption
+    assert f"{validation[6]:.4f}" in figure.caption, figure.caption
+    assert "0.1834" in figure.caption, figure.caption
+
+
+def test_loss_figure_rejects_mismatched_lengths(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="one length"):
+        loss_figure(tmp_path, [1, 2, 3], [1.0, 0.5], [1.0, 0.6, 0.5], best_epoch=2, test_loss=0.5)
+
+
+def test_phi_histogram_caption_has_the_positive_share(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(3)
+    # Mostly negative, as trained phi is: about 2.3% of a standard normal lies above 2.
+    phi_t = torch.randn(300, 500, generator=generator) - 2.0
+    share = 100.0 * int((phi_t > 0).sum()) / phi_t.numel()
+
+    figure = phi_histogram_figure(tmp_path, phi_t)
+
+    _check_png(tmp_path, figure)
+    assert f"{share:.2f}% are positive" in figure.caption, (share, figure.caption)
+    assert "1.13%" in figure.caption
+    assert "150,000" in figure.caption, figure.caption
+
+
+def test_phi_histogram_walks_blocks_without_changing_phi(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Blocks of 2 rows: the per-block counts must add up to the whole matrix's.
+    monkeypatch.setattr("skillrank.report.BLOCK_ELEMENTS", 10)
+    phi_t = torch.tensor([[-1.0, 2.0, -3.0], [0.0, -0.5, 1.5], [-2.0, -2.0, -2.0]])
+    before = phi_t.clone()
+
+    figure = phi_histogram_figure(tmp_path, phi_t)
+
+    assert f"{100 * 2 / 9:.2f}% are positive" in figure.caption, figure.caption
+    assert torch.equal(phi_t, before)
+
+
+def test_phi_histogram_rejects_nan(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="NaN"):
+        phi_histogram_figure(tmp_path, torch.tensor([[0.0, float("nan")]]))
+
+
+def test_cocluster_recovers_planted_blocks() -> None:
+    matrix, row_blocks, col_blocks = _planted_blocks(seed=0)
+
+    row_labels, col_labels = cocluster(matrix, n_clusters=3, seed=0)
+
+    assert _same_partition(row_labels, row_blocks), (row_labels, row_blocks)
+    assert _same_partition(col_labels, col_blocks), (col_labels, col_blocks)
+    # Each job block is paired with its own skill block, not just partitioned alike.
+    for block in range(3):
+        assert set(row_labels[row_blocks == block]) == set(col_labels[col_blocks == block])
+
+
+def test_cocluster_is_deterministic_given_the_seed() -> None:
+    matrix, _, _ = _planted_blocks(seed=1)
+    first = cocluster(matrix.astype(np.float32), n_clusters=3, seed=4)
+    second = cocluster(matrix.astype(np.float32), n_clusters=3, seed=4)
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+
+
+def test_cocluster_lowers_too_many_clusters() -> None:
+    matrix = np.random.default_rng(2).uniform(size=(4, 7))
+
+    row_labels, col_labels = cocluster(matrix, n_clusters=20, seed=0)
+
+    assert row_labels.shape == (4,) and col_labels.shape == (7,)
+    assert set(row_labels) | set(col_labels) <= set(range(4))
+    single = cocluster(matrix[:1], n_clusters=5, seed=0)
+    assert single[0].tolist() == [0] and single[1].tolist() == [0] * 7
+
+
+def test_cocluster_rejects_negative_values() -> None:
+    with pytest.raises(ValueError, match="non-negative"):
+        cocluster(np.array([[1.0, -0.1], [0.5, 0.5]]), n_clusters=2, seed=0)
+
+
+def test_cocluster_figure_writes_both_panels(tmp_path: Path) -> None:
+    matrix, _, _ = _planted_blocks(seed=0)
+    row_labels, col_labels = cocluster(matrix, n_clusters=3, seed=0)
+
+    figure = cocluster_figure(tmp_path, matrix, row_labels, col_labels, max_rows=50, max_cols=60)
+
+    _check_png(tmp_path, figure)
+    assert figure.key == "fig4_cocluster"
+    assert "first 50 of 75 jobs and 60 of 105 skills" in figure.caption, figure.caption
+    assert "3 co-clusters" in figure.caption, figure.caption
+
+
+def test_cocluster_figure_rejects_labels_of_the_wrong_length(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="row label"):
+        cocluster_figure(tmp_path, np.ones((3, 4)), np.zeros(2, int), np.zeros(4, int))
+
+
+def test_association_histograms_report_medians(tmp_path: Path) -> None:
+    # Positives per job (row): 1, 2, 3, 0, 2 -> median 2. Per skill (column): 3, 2, 1, 2 ->
+    # median 2. A single-row block size checks that the per-block sums add up.
+    phi_t = torch.tensor(
+        [
+            [0.5, -1.0, -1.0, -2.0],
+            [0.1, 0.2, -1.0, -2.0],
+            [0.3, -1.0, 0.4, 0.9],
+            [-0.1, -1.0, -1.0, 0.0],
+            [-1.0, 1.0, -1.0, 2.0],
+        ]
+    )
+    figure = association_histograms_figure(tmp_path, phi_t)
+
+    _check_png(tmp_path, figure)
+    assert "Median 2 positive skills per job (of 4)" in figure.caption, figure.caption
+    assert "median 2 positive jobs per skill (of 5)" in figure.caption, figure.caption
+
+
+def test_association_histograms_half_medians(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("skillrank.report.BLOCK_ELEMENTS", 1)
+    # Per job: 1, 2 -> median 1.5. Per skill: 2, 1, 0 -> median 1.
+    phi_t = torch.tensor([[1.0, -1.0, -1.0], [1.0, 1.0, -1.0]])
+
+    figure = association_histograms_figure(tmp_path, phi_t)
+
+    assert "Median 1.5 positive skills per job" in figure.caption, figure.caption
+    assert "median 1 positive jobs per skill" in figure.caption, figure.caption
+
+
+def test_embed_2d_keeps_planted_clusters_apart() -> None:
+    rng = np.random.default_rng(0)
+    planted = np.repeat([0, 1], 60)
+    centres = rng.normal(size=(2, 200)) * 5.0
+    vectors = (centres[planted] + rng.normal(size=(planted.size, 200))).astype(np.float32)
+
+    coords = embed_2d(vectors, seed=0)
+
+    assert coords.shape == (120, 2)
+    assert np.isfinite(coords).all()
+    means = np.stack([coords[planted == c].mean(axis=0) for c in (0, 1)])
+    nearest = np.argmin(((coords[:, None, :] - means[None]) ** 2).sum(axis=2), axis=1)
+    assert (nearest == planted).all(), f"{int((nearest != planted).sum())} points misplaced"
+    np.testing.assert_array_equal(coords, embed_2d(vectors, seed=0))
+
+
+def test_embed_2d_copes_with_few_points() -> None:
+    vectors = np.random.default_rng(1).uniform(size=(8, 30))
+
+    coords = embed_2d(vectors, seed=0, perplexity=30.0)
+
+    assert coords.shape == (8, 2) and np.isfinite(coords).all()
+
+
+def test_map_figure_names_the_first_points(tmp_path: Path) -> None:
+    coords = np.random.default_rng(0).normal(size=(200, 2))
+    labels = [f"job title number {i} with a rather long descriptive tail" for i in range(200)]
+
+    figure = map_figure(tmp_path, "fig6_job_map", "Fig 6: jobs", coords, labels, labelled=25)
+
+    _check_png(tmp_path, figure)
+    assert (figure.key, figure.title) == ("fig6_job_map", "Fig 6: jobs")
+    assert "200 points" in figure.caption and "25 most frequent" in figure.caption
+
+
+def test_map_figure_rejects_unsafe_keys(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="figure key"):
+        map_figure(tmp_path, "../escape", "x", np.zeros((2, 2)), ["a", "b"])
+
+
+def _evaluation_rows() -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    methods = {"model": 0.40, "popularity": 0.20, "cooccurrence": 0.30, "pmi": 0.25}
+    for method, base in methods.items():
+        for offset, metric in enumerate(("recall", "precision", "ndcg", "map")):
+            for k in (5, 10, 20):
+                value = round(base + 0.01 * offset + 0.001 * k, 4)
+                rows.append(
+                    {"method": method, "metric": metric, "k": k, "segment": "all", "value": value}
+                )
+                # Other segments are not drawn; a wild value would show in the caption.
+                rows.append(
+                    {"method": method, "metric": metric, "k": k, "segment": "rare", "value": 9.0}
+                )
+        for metric in ("planted_precision", "planted_ndcg"):
+            rows.append(
+                {"method": method, "metric": metric, "k": 3, "segment": "titles", "value": base}
+            )
+        # Losses and counts have no k (null in the table) and are not drawn.
+        rows.append({"method": method, "metric": "kl", "k": None, "segment": "all", "value": 7.0})
+    rows.append({"method": "model", "metric": "profiles", "k": None, "segment": "all", "value": 9})
+    return rows
+
+
+def test_evaluation_figure_compares_model_with_best_baseline(tmp_path: Path) -> None:
+    figure = evaluation_figure(tmp_path, _evaluation_rows())
+
+    _check_png(tmp_path, figure)
+    # ndcg@20: model 0.40 + 0.02 + 0.02 = 0.44; best baseline cooccurrence 0.30 + 0.04 = 0.34.
+    assert "ndcg@20: 0.440" in figure.caption, figure.caption
+    assert "best baseline cooccurrence 0.340" in figure.caption, figure.caption
+    assert "planted-truth precision@3: 0.400" in figure.caption, figure.caption
+    assert "9.000" not in figure.caption and "7.000" not in figure.caption
+    # Rows without a k draw nothing: the chart is the same without them.
+    with_k = [r for r in _evaluation_rows() if r["k"] is not None]
+    assert evaluation_figure(tmp_path / "with_k", with_k).png == figure.png
+
+
+def test_evaluation_figure_without_planted_rows_or_model(tmp_path: Path) -> None:
+    rows = [r for r in _evaluation_rows() if r["segment"] == "all" and r["method"] != "model"]
+
+    figure = evaluation_figure(tmp_path, rows)
+
+    _check_png(tmp_path, figure)
+    assert figure.caption == "Methods: popularity, cooccurrence, pmi."
+
+
+def test_evaluation_figure_rejects_no_rows(tmp_path: Path) -> None:
+    rows = [{"method": "model", "metric": "ndcg", "k": 5, "segment": "rare", "value": 0.1}]
+    with pytest.raises(ValueError, match="no evaluation rows"):
+        evaluation_figure(tmp_path, rows)
+
+
+def test_render_html_inlines_every_figure_and_escapes_text(tmp_path: Path) -> None:
+    loss = loss_figure(tmp_path, [1, 2, 3], [0.9, 0.5, 0.4], [1.0, 0.7, 0.8], 2, 0.71)
+    phi = phi_histogram_figure(tmp_path, torch.tensor([[1.0, -1.0], [-2.0, -3.0]]))
+    pairs = [
+        {"job_title": "<b>R&D</b> engineer", "skill_name": "C++", "weight": 3.25, "support": 1200},
+        {"job_title": "nurse", "skill_name": "triage", "weight": 2.5, "support": None},
+    ]
+    page = render_html(
+        "run <b>R&D</b>",
+        [loss, phi],
+        [("Top pairs", top_pairs_html(pairs))],
+        ["trained by <b>R&D</b>", "12 epochs"],
+    )
+
+    for figure in (loss, phi):
+        assert f'<a href="{figure.key}.png">{figure.key}.png</a>' in page
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    files = [(tmp_path / f"{f.key}.png").read_bytes() for f in (loss, phi)]
+    assert [base64.b64decode(image) for image in images] == files
+    assert "<b>R&D</b>" not in page
+    assert page.count("&lt;b&gt;R&amp;D&lt;/b&gt;") == 4, "title, heading, summary, table"
+    assert "3.250" in page and "1,200" in page and "C++" in page
+    # Self-contained: nothing fetched from elsewhere.
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
+    assert "<script" not in page and "<link" not in page
+
+
+def test_figures_leave_no_pyplot_state(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    for _ in range(3):
+        loss_figure(tmp_path, [1, 2], [1.0, 0.5], [1.0, 0.6], 2, 0.6)
+    assert plt.get_fignums() == []
