@@ -3,22 +3,25 @@
     .venv/bin/python benchmarks/faults.py [--profiles N] [--kills N] [--seed N]
         [--workdir DIR] [--keep]
 
-1. Generates a small crawl, then runs ingest, prepare and train once, uninterrupted, in a
-   reference work directory.
+1. Runs every stage of `all` (generate a small crawl, ingest, prepare, train, evaluate,
+   report) once, uninterrupted, in a reference work directory.
 2. In a second work directory, for each stage in order: starts it `--kills` times and kills
    its whole process group (launcher, JVM, Python driver) with SIGKILL after a random delay
    drawn from [0, the reference run's duration], then runs it to completion (train with
    `--resume` when a checkpoint is there).
-3. Compares the two work directories' tables (read by path, so no metastore is shared):
-   ingest and prepare tables row for row (run ids aside), and the latest succeeded train
-   run's phi and rankings; checks that no train run is left `running` and that every
-   failed one has no rows left; and prints kills per stage, reruns that recovered, rows
-   lost and partial writes seen (both must be 0).
+3. Compares the two work directories: the crawl files byte for byte; the ingest and prepare
+   tables row for row (run ids aside); the latest succeeded train run's phi and rankings,
+   its evaluation and co-clusters (read by path, so no metastore is shared); checks that no
+   train run is left `running`, that every failed one has no rows left and that the reports
+   directory holds only complete reports; that every corrupt line generate planted is in
+   quarantine with its reason; and prints corruptions tried, kills per stage, reruns that
+   recovered, rows lost and partial writes seen (both must be 0).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import signal
@@ -40,7 +43,7 @@ from skillrank.publish import RUN_TABLES  # noqa: E402
 from skillrank.session import build_spark  # noqa: E402
 
 SCRIPT = str(ROOT / "spark-submit.sh")
-STAGES = ("ingest", "prepare", "train")
+STAGES = ("generate", "ingest", "prepare", "train", "evaluate", "report")
 # Columns that legitimately differ between two runs of the same input.
 RUN_COLUMNS = {"ingest_run_id", "run_id"}
 BATCH_TABLES = ("ingested_files", "profiles_raw", "quarantine", "profiles", "job_vocab",
@@ -57,10 +60,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def stage_command(stage: str, workdir: Path, crawl: Path, options: list[str]) -> list[str]:
+def stage_command(stage: str, workdir: Path, options: list[str]) -> list[str]:
+    """The stage's command line; generate and ingest use <workdir>/crawl by default."""
     command = [SCRIPT, stage, "--workdir", str(workdir), *options]
-    if stage == "ingest":
-        command += ["--input", str(crawl)]
     if stage == "train" and (workdir / "checkpoints" / "checkpoint.pt").is_file():
         command.append("--resume")
     return command
@@ -114,13 +116,26 @@ def compare(spark: SparkSession, reference: Path, faulted: Path, database: str) 
         want, got = fingerprint(table(reference, name)), fingerprint(table(faulted, name))
         if want != got:
             problems.append(f"{name}: reference {want[0]} rows, after faults {got[0]} (or content)")
-    for name in RUN_TABLES:
+    for name in (*RUN_TABLES, "evaluation", "coclusters"):
         if name == "training_history":  # seconds differ from run to run
             continue
         want = fingerprint(latest_run(reference, name))
         got = fingerprint(latest_run(faulted, name))
         if want != got:
             problems.append(f"{name} (latest run): {want[0]} rows vs {got[0]} (or content)")
+    if _crawl_files(reference) != _crawl_files(faulted):
+        problems.append("crawl: the generated files differ from the reference's (rows changed)")
+    leftovers = [
+        *faulted.glob(".crawl.*.tmp"),
+        *(faulted / "staging").glob("*"),
+        *(faulted / "reports").glob(".*.partial"),
+    ]
+    if leftovers:
+        problems.append(f"left over by killed runs: {', '.join(p.name for p in leftovers)}")
+    reports = sorted(p.name for p in (faulted / "reports").iterdir())
+    complete = [p for p in reports if (faulted / "reports" / p / "report.html").is_file()]
+    if reports != complete or len(complete) != 1:
+        problems.append(f"reports: {reports} left, expected one complete report")
     runs = table(faulted, "runs")
     left_running = runs.where("status = 'running'").count()
     if left_running:
@@ -133,24 +148,37 @@ def compare(spark: SparkSession, reference: Path, faulted: Path, database: str) 
     return problems
 
 
+def check_corruptions(spark: SparkSession, faulted: Path, database: str) -> tuple[int, int, int]:
+    """(corrupt lines the generator planted, kinds, those quarantined with their reason)."""
+    planted = json.loads((faulted / "crawl" / "stats.json").read_text())["malformed"]
+    path = str(faulted / "warehouse" / f"{database}.db" / "quarantine")
+    found = {
+        r.reason: r["count"]
+        for r in spark.read.format("delta").load(path).groupBy("reason").count().collect()
+    }
+    matched = sum(min(n, found.get(reason, 0)) for reason, n in planted.items())
+    return sum(planted.values()), len(planted), matched
+
+
+def _crawl_files(workdir: Path) -> dict[str, bytes]:
+    crawl = workdir / "crawl"
+    return {str(p.relative_to(crawl)): p.read_bytes() for p in crawl.rglob("*") if p.is_file()}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rng = random.Random(args.seed)
     config = load_config()
     options = ["--conf", "prepare.min_job_profiles=2", "--conf", "prepare.min_skill_profiles=2"]
     options += ["--conf", "train.learning_rate=50.0", "--conf", "train.max_epochs=15"]
+    options += ["--conf", f"generate.profiles={args.profiles}", "--conf", "generate.shards=4"]
     with work_directory("faults", args.workdir, args.keep) as base:
-        crawl, reference, faulted, logs = (base / n for n in ("crawl", "ref", "faulted", "logs"))
+        reference, faulted, logs = (base / n for n in ("ref", "faulted", "logs"))
         logs.mkdir()
-        print(f"generating a crawl of {args.profiles:,} profiles", flush=True)
-        run_to_end(
-            [SCRIPT, "generate", "--workdir", str(base / "gen"), "--output", str(crawl),
-             "--conf", f"generate.profiles={args.profiles}", "--conf", "generate.shards=4"],
-            logs / "generate.log",
-        )  # fmt: skip
+        print(f"crawls of {args.profiles:,} profiles", flush=True)
         durations = {}
         for stage in STAGES:
-            command = stage_command(stage, reference, crawl, options)
+            command = stage_command(stage, reference, options)
             durations[stage] = run_to_end(command, logs / f"reference-{stage}.log")
             print(f"reference {stage}: {durations[stage]:.1f} s", flush=True)
 
@@ -160,12 +188,12 @@ def main(argv: list[str] | None = None) -> int:
             log = logs / f"faulted-{stage}.log"
             for _ in range(args.kills):
                 delay = rng.uniform(0.0, durations[stage])
-                command = stage_command(stage, faulted, crawl, options)
+                command = stage_command(stage, faulted, options)
                 killed = run_and_kill(command, delay, log)
                 kills[stage] += killed
                 print(f"{stage}: killed after {delay:.1f} s" if killed else
                       f"{stage}: finished before {delay:.1f} s", flush=True)  # fmt: skip
-            run_to_end(stage_command(stage, faulted, crawl, options), log)
+            run_to_end(stage_command(stage, faulted, options), log)
             recovered[stage] += 1
             print(f"{stage}: rerun to completion", flush=True)
 
@@ -174,9 +202,16 @@ def main(argv: list[str] | None = None) -> int:
             extra={"spark.ui.showConsoleProgress": "false"},
         )  # fmt: skip
         problems = compare(spark, reference, faulted, config.catalog.database)
+        tried, kinds, quarantined = check_corruptions(spark, faulted, config.catalog.database)
         spark.stop()
+    if quarantined != tried:
+        problems.append(f"quarantine: {tried - quarantined} planted corrupt lines lost (rows)")
 
     print("\n=== Fault injection ===")
+    print(
+        f"corruptions tried: {tried} corrupt lines of {kinds} kinds planted by generate;"
+        f" quarantined with their reason: {quarantined}"
+    )
     for stage in STAGES:
         print(f"{stage:8} kills injected {kills[stage]}, reruns that recovered {recovered[stage]}")
     lost = sum("rows" in p and "left" not in p for p in problems)

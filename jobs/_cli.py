@@ -22,7 +22,7 @@ from pathlib import Path
 from pyspark.sql import Row, SparkSession
 
 from skillrank.config import Config, ConfigError, load_config
-from skillrank.session import build_spark
+from skillrank.session import build_spark, resolve_path
 from skillrank.tables import SPECS, conform, declare_tables, table_name
 
 
@@ -123,6 +123,9 @@ def run_stages(
     master = args.master or config.spark.master
     spark = build_spark(config, workdir, master, app_name=f"skillrank-{stages[-1].name}")
     declare_tables(spark, config, ["stage_runs"])
+    cleared = clear_staging(spark, resolve_path(workdir, config.catalog.staging_dir))
+    if cleared:
+        print(f"[{stages[0].name}] removed {cleared} staging entries of killed runs", flush=True)
     for stage in stages:
         ctx = StageContext(spark, config, workdir, _new_run_id(stage.name), args)
         started = datetime.now(UTC)
@@ -145,6 +148,24 @@ def run_stages(
     if epilogue is not None:
         print("\n".join(epilogue(ctx)), flush=True)
     return 0
+
+
+def clear_staging(spark: SparkSession, root: str) -> int:
+    """Delete what killed runs left in the staging directory; how many entries went.
+
+    A run removes its own <staging_dir>/<run_id> when it ends; one killed outright cannot.
+    One SkillRank process at a time uses a work directory (the launcher's lock), so at the
+    start of a process every entry there is such a leftover.
+    """
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(root)  # type: ignore[union-attr]
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+    if not fs.exists(path):
+        return 0
+    entries = fs.listStatus(path)
+    for entry in entries:
+        fs.delete(entry.getPath(), True)
+    return len(entries)
 
 
 def _new_run_id(stage: str) -> str:

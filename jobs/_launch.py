@@ -19,7 +19,7 @@ from pathlib import Path
 
 from jobs._cli import StageError, common_parser, parse_stage_args
 from skillrank.config import PROJECT_ROOT, ConfigError, load_config
-from skillrank.session import build_spark, delta_jars, spark_settings
+from skillrank.session import build_spark, delta_jars, repair_metastore, spark_settings
 
 STAGE_NAMES = ("generate", "ingest", "prepare", "train", "evaluate", "report", "all")
 TOOLS = ("setup", "sql")
@@ -125,6 +125,8 @@ def main(argv: list[str]) -> int:
         print(f"setup: Delta JARs cached: {', '.join(Path(j).name for j in delta_jars(config))}")
         return 0
     settings = spark_settings(config, workdir)
+    if command == "sql" and repair_metastore(config, workdir):
+        print(f"{prog}: warning: removed a half-created metastore of a killed run", file=sys.stderr)
     if command == "sql":
         workdir.mkdir(parents=True, exist_ok=True)
         cmd = [_spark_bin("spark-sql"), *_spark_args(settings, master), *passthrough]

@@ -252,6 +252,9 @@ def run(ctx: StageContext) -> StageResult:
             f"field ({longest} characters): valid profiles would be quarantined"
         )
     output.parent.mkdir(parents=True, exist_ok=True)
+    # Left by a generate run killed before its swap (one process per work directory).
+    for stale in output.parent.glob(f".{output.name}.generate-*.tmp"):
+        shutil.rmtree(stale)
     staging = output.parent / f".{output.name}.{ctx.run_id}.tmp"
     staging.mkdir()
     try:

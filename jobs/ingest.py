@@ -5,14 +5,15 @@
 PATH is a file, a directory (every *.jsonl / *.jsonl.gz below it) or a glob. A file already
 ingested (same path, size and modification time) is skipped, so a rerun is a no-op. Rows
 left behind by an interrupted run of the same files are removed before they are re-read.
-A gzip file cut short gives its complete lines and one ``truncated_gzip`` quarantine row.
+A gzip file cut short (or with corrupt data or checksum) gives the complete lines read before
+the damage and one ``truncated_gzip`` (``corrupt_gzip``) quarantine row.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
-from collections.abc import Sequence
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import reduce
@@ -29,10 +30,10 @@ from skillrank.ingest import (
     FILE_REASONS,
     REASONS,
     accepted_profiles,
+    damaged_file_lines,
     number_lines,
     parse_lines,
     quarantined_lines,
-    truncated_file_lines,
 )
 from skillrank.session import resolve_path
 from skillrank.tables import SPECS, conform, declare_tables, table_version
@@ -105,18 +106,21 @@ def _crawl_file(status: object) -> CrawlFile:
     )
 
 
-def find_truncated_gzips(spark: SparkSession, files: list[CrawlFile]) -> list[str]:
-    """The paths of the gzip files whose stream ends early (cut short, or non-gzip bytes after).
+def find_damaged_gzips(spark: SparkSession, files: list[CrawlFile]) -> dict[str, str]:
+    """The gzip files the codec cannot read to the end: path -> FILE_REASONS code.
 
     Each file is decompressed once, streamed through Hadoop's codec for it, the one the
-    reader uses: a file that passes here reads without error. An empty file is not gzip at
-    all and reads as no lines, so it is left out. Other codec errors (a CRC mismatch) are
-    raised as they are.
+    reader uses: a file that passes here reads without error. ``truncated_gzip``: the stream
+    ends early (cut short, or non-gzip bytes after); ``corrupt_gzip``: any other read error
+    of the codec (bad compressed data, a checksum mismatch). An empty file is not gzip at all
+    and reads as no lines, so it is left out.
     """
-    hadoop = spark.sparkContext._jvm.org.apache.hadoop  # type: ignore[union-attr]
+    jvm = spark.sparkContext._jvm
+    hadoop = jvm.org.apache.hadoop  # type: ignore[union-attr]
+    io_error = jvm.java.lang.Class.forName("java.io.IOException")  # type: ignore[union-attr]
     hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
     codecs = hadoop.io.compress.CompressionCodecFactory(hadoop_conf)
-    truncated = []
+    damaged = {}
     for f in files:
         if not f.path.endswith(".gz") or f.size == 0:
             continue
@@ -126,18 +130,22 @@ def find_truncated_gzips(spark: SparkSession, files: list[CrawlFile]) -> list[st
             while stream.skip(1 << 24) > 0:
                 pass
         except Py4JJavaError as error:
-            if error.java_exception.getClass().getName() != "java.io.EOFException":
+            if error.java_exception.getClass().getName() == "java.io.EOFException":
+                damaged[f.path] = FILE_REASONS[0]
+            elif io_error.isInstance(error.java_exception):
+                damaged[f.path] = FILE_REASONS[1]
+            else:
                 raise
-            truncated.append(f.path)
         finally:
             stream.close()
-    return truncated
+    return damaged
 
 
-def read_lines(spark: SparkSession, paths: list[str], truncated: Sequence[str] = ()) -> DataFrame:
+def read_lines(spark: SparkSession, paths: list[str], damaged: Collection[str] = ()) -> DataFrame:
     """Raw lines with source_file, block_start and a row id taken right at the scan.
 
-    Files in `truncated` (gzip cut short) are read up to the cut: their complete lines only.
+    Files in `damaged` (gzip the codec cannot read to the end) are read up to the point of
+    failure: the complete lines before it only.
     """
 
     def scan(files: list[str], up_to_the_cut: bool) -> DataFrame:
@@ -150,8 +158,8 @@ def read_lines(spark: SparkSession, paths: list[str], truncated: Sequence[str] =
             F.monotonically_increasing_id().alias("row_id"),
         )
 
-    whole = [p for p in paths if p not in truncated]
-    cut = [p for p in paths if p in truncated]
+    whole = [p for p in paths if p not in damaged]
+    cut = [p for p in paths if p in damaged]
     scans = ([scan(whole, False)] if whole else []) + ([scan(cut, True)] if cut else [])
     return reduce(DataFrame.unionByName, scans)
 
@@ -179,12 +187,12 @@ def run(ctx: StageContext) -> StageResult:
         if spark.table(ctx.table(key)).where(stale).limit(1).count():
             DeltaTable.forName(spark, ctx.table(key)).delete(stale)
 
-    truncated = find_truncated_gzips(spark, new)
+    damaged = find_damaged_gzips(spark, new)
     # One parsing pass writes every line to a staging Parquet set; the table writes and
     # counts then read that instead of parsing again.
     staging = resolve_path(ctx.workdir, f"{ctx.config.catalog.staging_dir}/{ctx.run_id}")
     parse_lines(
-        number_lines(read_lines(spark, [f.path for f in new], truncated)),
+        number_lines(read_lines(spark, [f.path for f in new], damaged)),
         max_line_bytes=config.ingest.max_line_bytes,
         max_field_chars=config.ingest.max_field_chars,
         max_positions=config.ingest.max_positions,
@@ -193,8 +201,8 @@ def run(ctx: StageContext) -> StageResult:
     ).withColumn("ingest_run_id", F.lit(ctx.run_id)).write.parquet(staging)
     try:
         parsed = spark.read.parquet(staging)
-        if truncated:
-            cut = truncated_file_lines(parsed, truncated)
+        if damaged:
+            cut = damaged_file_lines(parsed, damaged)
             parsed = parsed.unionByName(
                 cut.withColumn("ingest_run_id", F.lit(ctx.run_id)), allowMissingColumns=True
             )

@@ -51,7 +51,9 @@ def run(ctx: StageContext) -> StageResult:
     skill_names = vocabulary_names(manifest, "skill")
     final = ctx.workdir / ctx.config.catalog.reports_dir / run_id
     out = final.with_name(f".{run_id}.partial")
-    shutil.rmtree(out, ignore_errors=True)
+    # Left by report runs killed before their move (one process per work directory).
+    for stale in final.parent.glob(".*.partial"):
+        shutil.rmtree(stale)
     out.mkdir(parents=True)
     with ctx.step("read phi"):
         phi_t = load_phi(ctx, train_run)

@@ -7,6 +7,7 @@ tried in the order of ``REASONS``; the first that applies is recorded.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import reduce
 
 from pyspark.sql import Column, DataFrame, Window
@@ -26,8 +27,9 @@ REASONS = (
     "field_too_long",
     "control_characters",
 )
-# Recorded once per file, not per line: a gzip file cut short (truncated_file_lines).
-FILE_REASONS = ("truncated_gzip",)
+# Recorded once per file, not per line: a gzip file cut short, or with corrupt compressed
+# data or checksum (damaged_file_lines).
+FILE_REASONS = ("truncated_gzip", "corrupt_gzip")
 
 STRING_FIELDS = ("profile_id", "crawled_at", "location", "industry")
 POSITION_FIELDS = ("title", "company", "start", "end")
@@ -232,21 +234,22 @@ def accepted_profiles(parsed: DataFrame) -> DataFrame:
     return parsed.where(F.col("reason").isNull())
 
 
-def truncated_file_lines(parsed: DataFrame, files: list[str]) -> DataFrame:
-    """One quarantine row per gzip file cut short, standing for the rest that cannot be read.
+def damaged_file_lines(parsed: DataFrame, damaged: Mapping[str, str]) -> DataFrame:
+    """One quarantine row per gzip file the codec could not read to its end.
 
-    In: ``parse_lines`` output holding the complete lines read from `files` (URIs as in
-    source_file). Out: a row per file with source_file, line_number (the line after the
-    file's last complete line; 1 when none was complete), reason ``truncated_gzip``,
-    reason_detail and raw_text null, raw_bytes 0.
+    In: ``parse_lines`` output holding the lines read from each damaged file before the
+    codec failed, and `damaged`: file URI (as in source_file) -> its FILE_REASONS code
+    (``truncated_gzip``: the stream ends early; ``corrupt_gzip``: bad compressed data or
+    checksum). Out: a row per file with source_file, line_number (the line after the last
+    one read; 1 when none was), the reason, reason_detail and raw_text null, raw_bytes 0.
     """
     spark = parsed.sparkSession
-    cut = spark.createDataFrame([(f,) for f in files], "source_file string")
+    files = spark.createDataFrame(list(damaged.items()), "source_file string, reason string")
     last = parsed.groupBy("source_file").agg(F.max("line_number").alias("_last"))
-    return cut.join(last, "source_file", "left").select(
+    return files.join(last, "source_file", "left").select(
         "source_file",
         (F.coalesce(F.col("_last"), F.lit(0)) + 1).cast("long").alias("line_number"),
-        F.lit(FILE_REASONS[0]).alias("reason"),
+        "reason",
         F.lit(None).cast("string").alias("reason_detail"),
         F.lit(0).cast("long").alias("raw_bytes"),
         F.lit(None).cast("string").alias("raw_text"),

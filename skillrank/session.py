@@ -8,6 +8,8 @@ warehouse, Derby metastore, time zone); the launcher passes the same settings to
 from __future__ import annotations
 
 import hashlib
+import shutil
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -93,11 +95,32 @@ def spark_settings(config: Config, workdir: Path) -> dict[str, str]:
     return settings
 
 
+def repair_metastore(config: Config, workdir: Path) -> bool:
+    """Remove a Derby metastore whose creation a killed process cut short; True if it did.
+
+    Derby writes service.properties first when it creates a database: a metastore directory
+    without it never finished creating, so it registers no table, and Derby refuses to open
+    it ("Perhaps Derby was brought down in the middle of creating this database"). Call only
+    while no other process uses the work directory (the launcher's lock).
+    """
+    metastore = _local_path(workdir, config.catalog.metastore_dir)
+    if not metastore.is_dir() or (metastore / "service.properties").is_file():
+        return False
+    shutil.rmtree(metastore)
+    return True
+
+
 def build_spark(
     config: Config, workdir: Path, master: str, app_name: str, extra: dict[str, str] | None = None
 ) -> SparkSession:
     """Build (or join) the SparkSession with Delta, the warehouse and the metastore of `workdir`."""
     workdir.mkdir(parents=True, exist_ok=True)
+    if repair_metastore(config, workdir):
+        print(
+            f"warning: removed the half-created metastore {config.catalog.metastore_dir} of a"
+            " killed run; it is created again",
+            file=sys.stderr,
+        )
     builder = SparkSession.builder.master(master).appName(app_name)
     for key, value in {**spark_settings(config, workdir), **(extra or {})}.items():
         builder = builder.config(key, value)

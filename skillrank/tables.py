@@ -6,6 +6,7 @@ tells an analyst what each column means even before any data arrives.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from delta.tables import DeltaTable
@@ -472,6 +473,8 @@ def declare_tables(spark: SparkSession, config: Config, keys: list[str]) -> None
         spark.sql(f"CREATE DATABASE IF NOT EXISTS {config.catalog.database}")
     for key in keys:
         spec = SPECS[key]
+        if not spark.catalog.tableExists(table_name(config, key)):
+            _clear_unregistered_location(spark, config, key)
         (
             DeltaTable.createIfNotExists(spark)
             .tableName(table_name(config, key))
@@ -489,6 +492,37 @@ def declare_tables(spark: SparkSession, config: Config, keys: list[str]) -> None
                         f"ALTER TABLE {table_name(config, key)}"
                         f" ADD CONSTRAINT {name} CHECK ({condition})"
                     )
+
+
+def _clear_unregistered_location(spark: SparkSession, config: Config, key: str) -> None:
+    """Remove what a CREATE TABLE killed before the metastore knew the table left behind.
+
+    Delta writes the table's first commit, then the metastore registers the table: a kill in
+    between leaves a location that blocks every later CREATE ("not empty and also not a Delta
+    table"). It holds no data unless something else wrote there, so it is removed when its
+    log has no more than that first commit and the table no row; otherwise the error says
+    where the unknown data is, and nothing is deleted.
+    """
+    database = spark.catalog.getDatabase(config.catalog.database)
+    location = f"{database.locationUri.rstrip('/')}/{config.catalog.tables[key].lower()}"
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(location)  # type: ignore[union-attr]
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+    if not fs.exists(path):
+        return
+    log = jvm.org.apache.hadoop.fs.Path(f"{location}/_delta_log")  # type: ignore[union-attr]
+    commits = [s.getPath().getName() for s in fs.listStatus(log)] if fs.exists(log) else []
+    commits = [name for name in commits if name.endswith(".json")]
+    if commits and (
+        commits != ["00000000000000000000.json"]
+        or spark.read.format("delta").load(location).limit(1).count()
+    ):
+        raise ConfigError(
+            f"{location} holds a Delta table with data that the metastore does not list as"
+            f" {table_name(config, key)}: move it away, or register it, before rerunning"
+        )
+    fs.delete(path, True)
+    print(f"warning: removed {location}, left by a killed CREATE TABLE", file=sys.stderr)
 
 
 def conform(df: DataFrame, key: str) -> DataFrame:

@@ -7,7 +7,7 @@ import importlib
 import json
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,25 +65,34 @@ def profile(pid: str, crawled_at: str = "2026-10-01T12:00:00Z", **fields: Any) -
     return record
 
 
+def profile_batch(
+    profiles: Sequence[tuple[Sequence[int], Sequence[float], Sequence[int]]],
+    weight_dtype: torch.dtype,
+) -> Batch:
+    """A Batch (CSR) of (job ids, job weights, skill ids) profiles."""
+    job_ids = [j for jobs, _, _ in profiles for j in jobs]
+    job_weights = [w for _, weights, _ in profiles for w in weights]
+    skill_ids = [s for _, _, skills in profiles for s in skills]
+    job_counts = [len(jobs) for jobs, _, _ in profiles]
+    skill_counts = [len(skills) for _, _, skills in profiles]
+    return Batch(
+        job_ids=torch.tensor(job_ids, dtype=torch.int64),
+        job_weights=torch.tensor(job_weights, dtype=weight_dtype),
+        job_offsets=torch.tensor(np.cumsum([0, *job_counts]), dtype=torch.int64),
+        skill_ids=torch.tensor(skill_ids, dtype=torch.int64),
+        skill_offsets=torch.tensor(np.cumsum([0, *skill_counts]), dtype=torch.int64),
+    )
+
+
 def random_batch(rng: np.random.Generator, profiles: int, jobs: int, skills: int) -> Batch:
     """Profiles of 1-3 distinct jobs (weights summing to 1, float64) and 1-5 distinct skills."""
-    job_ids, job_weights, job_offsets = [], [], [0]
-    skill_ids, skill_offsets = [], [0]
+    drawn = []
     for _ in range(profiles):
         held = rng.choice(jobs, size=rng.integers(1, 4), replace=False)
         weights = rng.random(len(held)) + 0.1
-        job_ids.extend(sorted(held))
-        job_weights.extend(weights / weights.sum())
-        job_offsets.append(len(job_ids))
-        skill_ids.extend(sorted(rng.choice(skills, size=rng.integers(1, 6), replace=False)))
-        skill_offsets.append(len(skill_ids))
-    return Batch(
-        job_ids=torch.tensor(job_ids, dtype=torch.int64),
-        job_weights=torch.tensor(job_weights, dtype=torch.float64),
-        job_offsets=torch.tensor(job_offsets, dtype=torch.int64),
-        skill_ids=torch.tensor(skill_ids, dtype=torch.int64),
-        skill_offsets=torch.tensor(skill_offsets, dtype=torch.int64),
-    )
+        listed = sorted(rng.choice(skills, size=rng.integers(1, 6), replace=False))
+        drawn.append((sorted(held), list(weights / weights.sum()), listed))
+    return profile_batch(drawn, torch.float64)
 
 
 class Pipeline:

@@ -60,6 +60,21 @@ def test_an_input_without_crawl_files_fails_before_spark(tmp_path: Path) -> None
         assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow
+def test_a_metastore_cut_short_by_a_kill_is_created_again(tmp_path: Path) -> None:
+    # What SIGKILL during the first start on a work directory leaves (seen by
+    # benchmarks/faults.py): Derby's directories, but no service.properties.
+    half = tmp_path / "w" / "metastore_db"
+    for name in ("seg0", "log", "tmp"):
+        (half / name).mkdir(parents=True)
+    (half / "db.lck").write_bytes(b"")
+    result = _run("sql", "--workdir", str(tmp_path / "w"), "-e", "SHOW DATABASES")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "removed a half-created metastore of a killed run" in result.stderr
+    assert "default" in result.stdout.split()
+    assert (half / "service.properties").is_file()
+
+
 def _fake_java(tmp_path: Path, version_line: str) -> dict[str, str]:
     home = tmp_path / "jdk"
     (home / "bin").mkdir(parents=True)

@@ -28,29 +28,15 @@ from skillrank.evaluate import (
 from skillrank.generate import Taxonomy
 from skillrank.model import Batch, kl_loss, kl_loss_and_grad
 from skillrank.prepare import alias_lookup
-from tests.conftest import random_batch
+from tests.conftest import profile_batch, random_batch
 
 NO_EXCLUDE = np.zeros(0, dtype=np.int64)
 
 
 def make_batch(profiles: Sequence[tuple[Sequence[int], Sequence[int]]]) -> Batch:
     """A Batch of (job ids, skill ids) profiles, jobs weighted uniformly (as listed)."""
-    job_ids: list[int] = []
-    job_weights: list[float] = []
-    job_offsets, skill_ids, skill_offsets = [0], [], [0]
-    for jobs, skills in profiles:
-        job_ids += jobs
-        job_weights += [1.0 / len(jobs)] * len(jobs)
-        job_offsets.append(len(job_ids))
-        skill_ids += skills
-        skill_offsets.append(len(skill_ids))
-    return Batch(
-        job_ids=torch.tensor(job_ids, dtype=torch.int64),
-        job_weights=torch.tensor(job_weights, dtype=torch.float32),
-        job_offsets=torch.tensor(job_offsets, dtype=torch.int64),
-        skill_ids=torch.tensor(skill_ids, dtype=torch.int64),
-        skill_offsets=torch.tensor(skill_offsets, dtype=torch.int64),
-    )
+    weighted = [(jobs, [1.0 / len(jobs)] * len(jobs), skills) for jobs, skills in profiles]
+    return profile_batch(weighted, torch.float32)
 
 
 def as_table(rows: list[EvaluationRow]) -> dict[tuple[str, str, int | None, str], float]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import re
 import uuid
 from pathlib import Path
@@ -14,8 +13,8 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from tests.conftest import Pipeline, profile, write_crawl
-from tests.test_publish import PLANTED, SETTINGS
+from tests.conftest import Pipeline, write_crawl
+from tests.test_publish import PLANTED, SETTINGS, planted_crawl
 
 PLACES = [("Greater Seattle Area", "SEATTLE"), ("New York, New York", "NEW_YORK_METROPOLITAN_AREA")]
 INDUSTRIES = [("Computer Software", "COMPUTER_SOFTWARE"), ("Research", "RESEARCH")]
@@ -25,27 +24,11 @@ EVALUATE = ("--conf", "evaluate.title_k=3", "--conf", "evaluate.title_min_profil
 
 
 def _crawl(count: int, seed: int) -> list[dict[str, Any]]:
-    rng = random.Random(seed)
-    titles = sorted(PLANTED)
-    records = []
-    for i in range(count):
-        held = rng.sample(titles, rng.choice([1, 1, 2]))
-        skills = {s for t in held for s in PLANTED[t] if rng.random() < 0.9}
-        if rng.random() < 0.3 or not skills:
-            skills.add(GENERIC)
-        positions = [
-            {"title": t.title(), "company": "X", "start": f"20{10 + k}-01", "end": None}
-            for k, t in enumerate(held)
-        ]
-        records.append(
-            profile(
-                f"p{i:04d}",
-                positions=positions,
-                skills=sorted(skills),
-                location=PLACES[i % 2][0],
-                industry=INDUSTRIES[(i // 2) % 2][0],
-            )
-        )
+    """test_publish's planted crawl, spread over two cities and two industries."""
+    records = planted_crawl(count, seed)
+    for i, record in enumerate(records):
+        record["location"] = PLACES[i % 2][0]
+        record["industry"] = INDUSTRIES[(i // 2) % 2][0]
     return records
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import zlib
 from pathlib import Path
@@ -213,6 +214,40 @@ def test_gzip_cut_short_keeps_its_complete_lines(pipeline: Pipeline, tmp_path: P
     run = pipeline.table("stage_runs").where("stage = 'ingest'").first()
     assert (run.rows_in, run.rows_out) == (7, 4)
     assert run.rows_dropped == {"invalid_json": 1, "truncated_gzip": 2}
+
+
+def test_gzip_with_a_bad_checksum_or_corrupt_data_is_flagged(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    crawl = tmp_path / "crawl"
+    crawl.mkdir()
+    packed = bytearray(
+        write_crawl(crawl / "crc.jsonl.gz", [profile("k1"), profile("k2")]).read_bytes()
+    )
+    # The trailer's CRC-32: the check fails at the end of the stream, in the reader's first
+    # (and, for a small file, only) buffer, so none of its lines come back.
+    packed[-8] ^= 0xFF
+    (crawl / "crc.jsonl.gz").write_bytes(bytes(packed))
+    # A stored (uncompressed) deflate block whose length and its complement disagree.
+    header = gzip.compress(b"", mtime=0)[:10]
+    (crawl / "body.jsonl.gz").write_bytes(header + b"\x01\x05\x00\x00\x00hello")
+    write_crawl(crawl / "whole.jsonl.gz", [profile("w1")])
+    assert pipeline.run(["ingest"], "--input", str(crawl)) == 0
+
+    raw = pipeline.table("profiles_raw").collect()
+    assert [(Path(r.source_file).name, r.profile_id) for r in raw] == [("whole.jsonl.gz", "w1")]
+    quarantine = pipeline.table("quarantine").collect()
+    assert sorted((Path(r.source_file).name, r.line_number, r.reason) for r in quarantine) == [
+        ("body.jsonl.gz", 1, "corrupt_gzip"),
+        ("crc.jsonl.gz", 1, "corrupt_gzip"),
+    ]
+    files = {Path(r.source_file).name: (r.lines, r.accepted, r.quarantined)
+             for r in pipeline.table("ingested_files").collect()}  # fmt: skip
+    assert files == {
+        "body.jsonl.gz": (1, 0, 1),
+        "crc.jsonl.gz": (1, 0, 1),
+        "whole.jsonl.gz": (1, 1, 0),
+    }
 
 
 def test_rows_left_by_an_interrupted_ingest_are_replaced(

@@ -93,9 +93,14 @@ def test_rerun_leaves_tables_and_split_unchanged(pipeline: Pipeline, tmp_path: P
     crawl = write_crawl(tmp_path / "c1.jsonl", _crawl(40))
     assert pipeline.run(["ingest", "prepare"], "--input", str(crawl), *SMALL) == 0
     tables, shards = _tables(pipeline), _shard_rows(pipeline)
+    # What a run killed outright leaves in staging goes at the next start.
+    stale = pipeline.workdir / "staging" / "ingest-20260101T000000Z-deadbeef"
+    stale.mkdir(parents=True)
+    (stale / "part-00000.parquet").write_bytes(b"half written")
     assert pipeline.run(["ingest", "prepare"], "--input", str(crawl), *SMALL) == 0
     assert _tables(pipeline) == tables
     assert _shard_rows(pipeline) == shards
+    assert list((pipeline.workdir / "staging").iterdir()) == []
 
 
 def test_appended_crawl_updates_profiles_and_keeps_splits(

@@ -31,7 +31,7 @@ SETTINGS = (
 )
 
 
-def _planted_crawl(count: int, seed: int) -> list[dict[str, Any]]:
+def planted_crawl(count: int, seed: int) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     titles = sorted(PLANTED)
     records = []
@@ -49,7 +49,7 @@ def _planted_crawl(count: int, seed: int) -> list[dict[str, Any]]:
 
 
 def _publish(pipeline: Pipeline, tmp_path: Path) -> Pipeline:
-    crawl = write_crawl(tmp_path / "crawl.jsonl", _planted_crawl(400, seed=5))
+    crawl = write_crawl(tmp_path / "crawl.jsonl", planted_crawl(400, seed=5))
     assert pipeline.run(["ingest", "prepare"], "--input", str(crawl), *SETTINGS) == 0
     assert pipeline.run(["train"], *SETTINGS) == 0
     return pipeline

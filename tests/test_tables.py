@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from pyspark.sql import SparkSession
 
-from skillrank.config import Config
+from skillrank.config import Config, ConfigError
 from skillrank.tables import SPECS, declare_tables, table_name
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "tables.md"
@@ -60,3 +61,24 @@ def test_published_tables_refuse_impossible_rows(spark: SparkSession, config: Co
     assert [tuple(r) for r in spark.table(table).collect()] == [
         ("r1", 0, "nurse", 1, 0, "triage", 2.5, 0.5, 3)
     ]
+
+
+def test_a_location_left_by_a_killed_create_is_cleared_but_data_is_kept(
+    spark: SparkSession, config: Config
+) -> None:
+    database = f"t_orphan_{uuid.uuid4().hex[:6]}"
+    local = replace(config, catalog=replace(config.catalog, database=database))
+    declare_tables(spark, local, [])
+    root = spark.catalog.getDatabase(database).locationUri.rstrip("/")
+    # Killed between Delta's first commit and the metastore's CREATE: an empty Delta table
+    # at the table's location that no catalog entry names.
+    spark.range(0).write.format("delta").save(f"{root}/job_vocab")
+    declare_tables(spark, local, ["job_vocab"])
+    assert spark.table(table_name(local, "job_vocab")).columns == [
+        f.name for f in SPECS["job_vocab"].schema
+    ]
+    # A location holding rows is somebody's data: refused, left as it is.
+    spark.range(3).write.format("delta").save(f"{root}/skill_vocab")
+    with pytest.raises(ConfigError, match="holds a Delta table with data"):
+        declare_tables(spark, local, ["skill_vocab"])
+    assert spark.read.format("delta").load(f"{root}/skill_vocab").count() == 3
