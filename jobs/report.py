@@ -125,7 +125,7 @@ def run(ctx: StageContext) -> StageResult:
     top_pairs = [
         r.asDict()
         for r in spark.table(ctx.table("job_skill_rank"))
-        .where(F.col("run_id") == run_id)
+        .where((F.col("run_id") == run_id) & (F.col("support") >= params.top_pairs_min_support))
         .orderBy(F.desc("weight"), "job_id", "skill_id")
         .limit(params.top_pairs)
         .collect()
@@ -144,7 +144,8 @@ def run(ctx: StageContext) -> StageResult:
         figures,
         [
             (
-                "Table 4: the most positively associated job-skill pairs",
+                "Table 4: the most positively associated job-skill pairs"
+                f" (held by at least {params.top_pairs_min_support} training profiles)",
                 report.top_pairs_html(top_pairs),
             )
         ],

@@ -155,6 +155,7 @@ class ReportConfig:
     map_points: int
     map_labels: int
     top_pairs: int
+    top_pairs_min_support: int
     seed: int
 
 
