@@ -61,23 +61,16 @@ def run_manifest(ctx: StageContext, run: Row) -> Manifest:
     return manifest
 
 
-def vocabulary_names(manifest: Manifest, kind: str) -> list[str]:
-    """Names of the run's job titles (kind 'job') or skills ('skill'), indexed by id."""
+def read_vocabulary(manifest: Manifest, kind: str) -> tuple[list[str], np.ndarray]:
+    """Names and training-profile counts of the run's job titles (kind 'job') or skills
+    ('skill'), both indexed by id."""
     key, name = ("job_id", "job_title") if kind == "job" else ("skill_id", "skill_name")
     files = [manifest.root / f["path"] for f in manifest.raw["vocabulary"][f"{kind}_vocab"]]
-    table = pq.ParquetDataset(files).read(columns=[key, name]).sort_by(key)
+    table = pq.ParquetDataset(files).read(columns=[key, name, "profile_count"]).sort_by(key)
     ids = table.column(key).to_numpy()
     if not np.array_equal(ids, np.arange(len(ids))):
         raise StageError(f"{kind}_vocab of {manifest.raw.get('prepare_run_id')} is not dense")
-    return table.column(name).to_pylist()
-
-
-def vocabulary_counts(manifest: Manifest, kind: str) -> np.ndarray:
-    """Training profiles holding each job title (kind 'job') or skill ('skill'), by id."""
-    key = f"{kind}_id"
-    files = [manifest.root / f["path"] for f in manifest.raw["vocabulary"][f"{kind}_vocab"]]
-    table = pq.ParquetDataset(files).read(columns=[key, "profile_count"]).sort_by(key)
-    return table.column("profile_count").to_numpy()
+    return table.column(name).to_pylist(), table.column("profile_count").to_numpy()
 
 
 def test_segments(ctx: StageContext, manifest: Manifest) -> dict[str, tuple[str, ...]]:

@@ -26,12 +26,11 @@ from jobs._cli import Stage, StageContext, StageError, StageResult, run_stages
 from jobs._runs import (
     add_run_argument,
     load_phi,
+    read_vocabulary,
     replace_run_rows,
     resolve_run,
     run_manifest,
     test_segments,
-    vocabulary_counts,
-    vocabulary_names,
 )
 from skillrank.config import Config, load_aliases
 from skillrank.evaluate import (
@@ -98,8 +97,8 @@ def run(ctx: StageContext) -> StageResult:
         test_batches = iterate_batches(manifest.shards["test"], params.batch_size, shuffle=False)
         rows = profile_metrics(methods, test_batches, test_segments(ctx, manifest), params.ks)
 
-    job_titles = vocabulary_names(manifest, "job")
-    skill_names = vocabulary_names(manifest, "skill")
+    job_titles, job_counts = read_vocabulary(manifest, "job")
+    skill_names, _ = read_vocabulary(manifest, "skill")
     aliases = load_aliases(ctx.config)
     lookups = alias_lookup(aliases["titles"], True), alias_lookup(aliases["skills"], True)
     truth_dir = Path(ctx.args.truth or ctx.workdir / ctx.config.catalog.crawl_dir / "truth")
@@ -113,7 +112,6 @@ def run(ctx: StageContext) -> StageResult:
                 pq.read_table(truth_dir / "occupation_skills.parquet").to_pydict(),
                 *lookups,
             )
-            job_counts = vocabulary_counts(manifest, "job")
             segments = {"titles": relevant}
             if params.title_min_profiles > 0:
                 segments[f"titles_min_{params.title_min_profiles}_profiles"] = {

@@ -25,10 +25,10 @@ from jobs._cli import Stage, StageContext, StageResult, run_stages
 from jobs._runs import (
     add_run_argument,
     load_phi,
+    read_vocabulary,
     replace_run_rows,
     resolve_run,
     run_manifest,
-    vocabulary_names,
 )
 from skillrank import report
 from skillrank.tables import SPECS, declare_tables
@@ -47,8 +47,8 @@ def run(ctx: StageContext) -> StageResult:
     train_run = resolve_run(ctx)
     run_id = train_run.run_id
     manifest = run_manifest(ctx, train_run)
-    job_titles = vocabulary_names(manifest, "job")
-    skill_names = vocabulary_names(manifest, "skill")
+    job_titles, _ = read_vocabulary(manifest, "job")
+    skill_names, _ = read_vocabulary(manifest, "skill")
     final = ctx.workdir / ctx.config.catalog.reports_dir / run_id
     out = final.with_name(f".{run_id}.partial")
     # Left by report runs killed before their move (one process per work directory).
