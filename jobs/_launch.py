@@ -10,27 +10,37 @@ exits with code 75 naming the holder) and the process becomes spark-submit.
 
 from __future__ import annotations
 
+import argparse
 import fcntl
+import hashlib
 import importlib
+import io
 import os
 import sys
+import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from jobs import thriftserver
 from jobs._cli import StageError, common_parser, parse_stage_args
-from skillrank.config import PROJECT_ROOT, ConfigError, load_config
-from skillrank.session import build_spark, delta_jars, repair_metastore, spark_settings
+from skillrank.config import PROJECT_ROOT, Config, ConfigError, load_config
+from skillrank.session import build_spark, package_jars, repair_metastore, spark_settings
 
 STAGE_NAMES = ("generate", "ingest", "prepare", "train", "evaluate", "report", "all")
-TOOLS = ("setup", "sql")
+TOOLS = ("setup", "sql", "thriftserver")
 USAGE = (
     "usage: spark-submit.sh <stage> [--workdir DIR] [--env NAME] [--conf KEY=VALUE]..."
     " [--master URL] [stage options]\n"
     f"  stages: {', '.join(STAGE_NAMES)}\n"
     "  setup: create the environment and resolve the Delta JARs\n"
-    '  sql [-e "SELECT ..."] [-f FILE]: spark-sql on the same metastore'
+    '  sql [-e "SELECT ..."] [-f FILE]: spark-sql on the same metastore\n'
+    "  thriftserver start|stop|status [--port N]: JDBC/ODBC server on the same tables"
 )
 
+
+# The project's packages that executors import, zipped for --py-files (git-ignored cache).
+PYFILES_PACKAGES = ("skillrank", "jobs")
+PYFILES_DIR = PROJECT_ROOT / ".cache" / "pyfiles"
 
 # Exit code when the work directory is busy: EX_TEMPFAIL, "try again later".
 EXIT_BUSY = 75
@@ -80,12 +90,72 @@ def _spark_args(settings: dict[str, str], master: str) -> list[str]:
     return args
 
 
+def python_files_zip() -> Path:
+    """The zip of the skillrank and jobs sources that stages pass to --py-files; its path.
+
+    Built when the sources change: the name carries a hash of the contents (entries have a
+    fixed date, so the same sources give the same bytes), and a run in flight keeps serving
+    its own zip to executors that start late. The packages' (empty) top-level __init__.py
+    stay out: in the zip each package is then a namespace portion, which the regular package
+    of the source tree overrides (PEP 420). spark-submit puts --py-files ahead of PYTHONPATH
+    on the driver too, and the driver must import the source tree, since the configuration,
+    the taxonomy and the kernel's C source are found next to the modules. Executors, which
+    have only the zip, import from it.
+    """
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for package in PYFILES_PACKAGES:
+            root = PROJECT_ROOT / package
+            # zipimport sees a namespace portion only through the directory's own entry.
+            archive.writestr(zipfile.ZipInfo(f"{package}/"), b"")
+            for source in sorted(root.rglob("*.py")):
+                if source == root / "__init__.py":
+                    continue
+                entry = zipfile.ZipInfo(source.relative_to(PROJECT_ROOT).as_posix())
+                entry.compress_type = zipfile.ZIP_DEFLATED
+                archive.writestr(entry, source.read_bytes())
+    data = buffer.getvalue()
+    target = PYFILES_DIR / f"skillrank-{hashlib.sha256(data).hexdigest()[:16]}.zip"
+    if not target.is_file():
+        PYFILES_DIR.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        partial.write_bytes(data)
+        partial.replace(target)  # atomic: a concurrent launch never sees half a zip
+    return target
+
+
 def _environment() -> dict[str, str]:
     env = dict(os.environ)
     env["PYSPARK_PYTHON"] = sys.executable
     env["PYSPARK_DRIVER_PYTHON"] = sys.executable
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
     return env
+
+
+def _resolve_jars(config: Config, workdir: Path, master: str) -> None:
+    """Resolve (once) and cache the Ivy packages: Delta, Derby's network server and client."""
+    spark = build_spark(config, workdir, master, "skillrank-setup")
+    spark.range(1).count()
+    spark.stop()
+    print(f"setup: JARs cached: {', '.join(Path(j).name for j in package_jars(config))}")
+
+
+def _thriftserver(
+    args: argparse.Namespace, config: Config, workdir: Path, master: str, prog: str
+) -> int:
+    if args.action == "stop":
+        return thriftserver.stop(config, workdir)
+    if repair_metastore(config, workdir):
+        print(f"{prog}: warning: removed a half-created metastore of a killed run", file=sys.stderr)
+
+    def submit(settings: dict[str, str], tail: list[str]) -> list[str]:
+        return [_spark_bin("spark-submit"), *_spark_args(settings, master), *tail]
+
+    try:
+        return thriftserver.start(args, config, workdir, submit, _environment())
+    except thriftserver.ServerError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def main(argv: list[str]) -> int:
@@ -104,6 +174,12 @@ def main(argv: list[str]) -> int:
             stages = module.STAGES if command == "all" else [module.STAGE]
             args, config = parse_stage_args(stages, rest)
             passthrough = rest
+        elif command == "thriftserver":
+            parser = common_parser(prog)
+            thriftserver.add_arguments(parser)
+            args, passthrough = parser.parse_args(rest), []
+            config = load_config(args.env, args.conf)
+            thriftserver.check(args, config)
         else:
             args, passthrough = common_parser(prog).parse_known_args(rest)
             config = load_config(args.env, args.conf)
@@ -112,18 +188,20 @@ def main(argv: list[str]) -> int:
         return 2
     workdir = Path(args.workdir).resolve()
     master = args.master or config.spark.master
+    if command == "thriftserver" and args.action == "status":
+        return thriftserver.status(config, workdir)
     try:
-        lock_workdir(workdir, command)
+        lock_workdir(workdir, f"{command} {getattr(args, 'action', '')}".strip())
     except WorkdirBusy as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_BUSY
 
+    if command == "setup" or (command == "thriftserver" and not package_jars(config)):
+        _resolve_jars(config, workdir, master)
     if command == "setup":
-        spark = build_spark(config, workdir, master, "skillrank-setup")
-        spark.range(1).count()
-        spark.stop()
-        print(f"setup: Delta JARs cached: {', '.join(Path(j).name for j in delta_jars(config))}")
         return 0
+    if command == "thriftserver":
+        return _thriftserver(args, config, workdir, master, prog)
     settings = spark_settings(config, workdir)
     if command == "sql" and repair_metastore(config, workdir):
         print(f"{prog}: warning: removed a half-created metastore of a killed run", file=sys.stderr)
@@ -132,7 +210,14 @@ def main(argv: list[str]) -> int:
         cmd = [_spark_bin("spark-sql"), *_spark_args(settings, master), *passthrough]
     else:
         script = str(PROJECT_ROOT / "jobs" / f"{command}.py")
-        cmd = [_spark_bin("spark-submit"), *_spark_args(settings, master), script, *passthrough]
+        pyfiles = ["--py-files", str(python_files_zip())]
+        cmd = [
+            _spark_bin("spark-submit"),
+            *_spark_args(settings, master),
+            *pyfiles,
+            script,
+            *passthrough,
+        ]
     os.execve(cmd[0], cmd, _environment())
     return 0  # not reached: execve replaces the process
 

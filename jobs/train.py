@@ -6,7 +6,8 @@ Reads only <workdir>/<catalog.shards_dir>/manifest.json and the files it lists; 
 checkpoint after every epoch to <workdir>/<train.checkpoint_dir>/checkpoint.pt (see
 docs/trainer.md). `--resume` continues from that checkpoint. Then publishes, under this
 run's run_id, the Delta tables runs, training_history, phi, job_skill_rank, skill_job_rank,
-job_neighbors and skill_neighbors, and the current_* views (docs/tables.md). The run's
+job_neighbors and skill_neighbors, the current_* views (docs/tables.md) and the analysts'
+views and skill_gap function (docs/sql.md). The run's
 `runs` row turns 'succeeded' only after every table is written; a failed run deletes what
 it wrote and is marked 'failed', so the views never show it.
 """
@@ -33,7 +34,6 @@ from skillrank import rankings
 from skillrank.config import Config
 from skillrank.publish import (
     RUN_TABLES,
-    current_view_sql,
     named_neighbors,
     pair_support,
     ranked_pairs,
@@ -41,6 +41,7 @@ from skillrank.publish import (
 from skillrank.session import resolve_path
 from skillrank.tables import SPECS, conform, declare_tables, table_version
 from skillrank.trainer import TrainResult, train
+from skillrank.views import declare_views
 
 CHECKPOINT_FILE = "checkpoint.pt"
 # Jobs (rows of phi) per block when staging phi and computing rankings: bounds the memory
@@ -77,8 +78,7 @@ def run(ctx: StageContext) -> StageResult:
     manifest = json.loads(manifest_text)
     declare_tables(ctx.spark, ctx.config, ["runs", *RUN_TABLES])
     device = ctx.args.device or ctx.config.train.device
-    for table in ("runs", *RUN_TABLES):
-        ctx.spark.sql(current_view_sql(ctx.config.catalog.database, table, ctx.table("runs")))
+    declare_views(ctx.spark, ctx.config)
     _discard_interrupted(ctx)
     _insert_run(ctx, device, manifest, manifest_text)
     try:

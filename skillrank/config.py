@@ -44,7 +44,7 @@ class SparkConfig:
     shuffle_partitions: int
     session_timezone: str
     ivy_dir: str
-    delta_jar_excludes: list[str]
+    jar_excludes: list[str]
     extra_conf: dict[str, str]
 
 
@@ -160,6 +160,17 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class SqlConfig:
+    host: str
+    port: int
+    metastore_port: int
+    authentication: str
+    hive_conf: dict[str, str]
+    state_dir: str
+    start_timeout_seconds: int
+
+
+@dataclass(frozen=True)
 class Config:
     catalog: CatalogConfig
     spark: SparkConfig
@@ -170,6 +181,7 @@ class Config:
     publish: PublishConfig
     evaluate: EvaluateConfig
     report: ReportConfig
+    sql: SqlConfig
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -238,12 +250,17 @@ def _merge(base: dict[str, Any], overlay: dict[str, Any], prefix: str) -> None:
             base[key] = value
 
 
+# Maps whose keys are other systems' dotted setting names (spark.*, hive.server2.*): in
+# `--conf spark.extra_conf.spark.executor.memory=2g` everything after them is one key.
+_FREE_FORM_SECTIONS = ("extra_conf", "hive_conf")
+
+
 def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node: Any = raw
     parts = key.split(".")
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
-        free_form = i > 0 and parts[i - 1] == "extra_conf"
+        free_form = i > 0 and parts[i - 1] in _FREE_FORM_SECTIONS
         if not isinstance(node, dict) or (part not in node and not free_form):
             raise ConfigError(f"unknown config key {key!r}")
         if last or free_form:
@@ -334,6 +351,9 @@ def _validate(config: Config) -> None:
         "report.cocluster_skills": config.report.cocluster_skills,
         "report.map_points": config.report.map_points,
         "report.top_pairs": config.report.top_pairs,
+        "sql.port": config.sql.port,
+        "sql.metastore_port": config.sql.metastore_port,
+        "sql.start_timeout_seconds": config.sql.start_timeout_seconds,
     }
     for key, value in positive.items():
         if value < 1:

@@ -2,16 +2,14 @@
 
 Each function takes DataFrames and returns one, with the columns of its table in
 skillrank.tables (conform() casts and orders them). The rows a reader may trust are those
-of the latest run whose ``runs.status`` is 'succeeded': ``current_view_sql`` defines the
-``current_<table>`` views that select exactly those.
+of the latest run whose ``runs.status`` is 'succeeded' (``latest_run_sql``); the views of
+skillrank.views select exactly those.
 """
 
 from __future__ import annotations
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-
-from skillrank.tables import SPECS
 
 # Published tables keyed by run_id, each with a current_<name> view.
 RUN_TABLES = (
@@ -53,12 +51,6 @@ def named_neighbors(neighbors: DataFrame, vocab: DataFrame, kind: str) -> DataFr
     return neighbors.join(names, key).join(other, f"neighbor_{key}")
 
 
-def current_view_sql(database: str, table: str, runs: str) -> str:
-    """CREATE VIEW statement of current_<table>: the rows of the latest succeeded run."""
-    comment = SPECS[table].comment.replace("'", "\\'")
-    return (
-        f"CREATE OR REPLACE VIEW {database}.current_{table}"
-        f" COMMENT 'Latest succeeded run only. {comment}' AS"
-        f" SELECT * FROM {database}.{table} WHERE run_id = ("
-        f"SELECT max_by(run_id, ended_at) FROM {runs} WHERE status = 'succeeded')"
-    )
+def latest_run_sql(runs: str) -> str:
+    """Scalar subquery: run_id of the latest succeeded run (the rows a reader may trust)."""
+    return f"(SELECT max_by(run_id, ended_at) FROM {runs} WHERE status = 'succeeded')"

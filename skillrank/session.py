@@ -8,6 +8,7 @@ warehouse, Derby metastore, time zone); the launcher passes the same settings to
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import sys
 from importlib.metadata import version
@@ -16,6 +17,7 @@ from pathlib import Path
 from pyspark.sql import SparkSession
 
 from skillrank.config import PROJECT_ROOT, Config
+from skillrank.servers import served_metastore_port
 
 
 def resolve_path(workdir: Path, path: str) -> str:
@@ -29,14 +31,35 @@ def _local_path(workdir: Path, path: str) -> Path:
     return (workdir / path).resolve()
 
 
-def delta_package() -> str:
-    """Maven coordinate of the Delta JAR that matches the installed pyspark and delta-spark."""
+def _pyspark_jars() -> Path:
+    """The JARs of the Spark distribution in use (pyspark's own, or SPARK_HOME's)."""
+    import pyspark
+
+    return Path(os.environ.get("SPARK_HOME") or Path(pyspark.__file__).parent) / "jars"
+
+
+def derby_version() -> str:
+    """Version of the Derby engine pyspark ships (its network server must match it)."""
+    engines = sorted(_pyspark_jars().glob("derby-*.jar"))
+    if not engines:
+        raise RuntimeError(f"no derby-<version>.jar in {_pyspark_jars()}")
+    return engines[0].name.removeprefix("derby-").removesuffix(".jar")
+
+
+def jar_packages() -> list[str]:
+    """Maven coordinates resolved through Ivy: the Delta JAR matching the installed pyspark
+    and delta-spark, and Derby's network server and client (for ``thriftserver``)."""
     spark_minor = ".".join(version("pyspark").split(".")[:2])
-    return f"io.delta:delta-spark_{spark_minor}_2.13:{version('delta-spark')}"
+    derby = derby_version()
+    return [
+        f"io.delta:delta-spark_{spark_minor}_2.13:{version('delta-spark')}",
+        f"org.apache.derby:derbynet:{derby}",
+        f"org.apache.derby:derbyclient:{derby}",
+    ]
 
 
-def delta_jars(config: Config) -> list[str]:
-    """JARs Ivy already resolved for ``delta_package()``; empty until the first resolution."""
+def package_jars(config: Config) -> list[str]:
+    """JARs Ivy already resolved for ``jar_packages()``; empty until the first resolution."""
     listing = _jar_listing(config)
     if not listing.is_file():
         return []
@@ -44,8 +67,8 @@ def delta_jars(config: Config) -> list[str]:
     return jars if jars and all(Path(j).is_file() for j in jars) else []
 
 
-def record_delta_jars(spark: SparkSession, config: Config) -> list[str]:
-    """After Ivy resolved the package, remember its JARs so later runs skip resolution."""
+def record_package_jars(spark: SparkSession, config: Config) -> list[str]:
+    """After Ivy resolved the packages, remember their JARs so later runs skip resolution."""
     jars = sorted(
         uri.removeprefix("file://").removeprefix("file:")
         for uri in spark.conf.get("spark.jars", "").split(",")
@@ -57,23 +80,40 @@ def record_delta_jars(spark: SparkSession, config: Config) -> list[str]:
 
 
 def _jar_listing(config: Config) -> Path:
-    """Where the resolved JAR list is kept: one file per coordinate and exclusion list."""
-    excludes = hashlib.sha256(",".join(config.spark.delta_jar_excludes).encode()).hexdigest()
-    safe = delta_package().replace(":", "_")
-    return PROJECT_ROOT / config.spark.ivy_dir / f"{safe}-{excludes[:8]}.jars"
+    """Where the resolved JAR list is kept: one file per coordinate set and exclusion list."""
+    key = ",".join(jar_packages()) + "|" + ",".join(config.spark.jar_excludes)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    safe = jar_packages()[0].replace(":", "_")
+    return PROJECT_ROOT / config.spark.ivy_dir / f"{safe}-{digest}.jars"
+
+
+def derby_server_classpath(config: Config) -> list[str]:
+    """Classpath of Derby's network server: pyspark's Derby engine plus the resolved derbynet."""
+    shipped = sorted(str(p) for p in _pyspark_jars().glob("derby*.jar"))
+    return shipped + [j for j in package_jars(config) if "_derbynet-" in Path(j).name]
+
+
+def _derby_client_jars(config: Config) -> list[str]:
+    return [j for j in package_jars(config) if "_derbyclient-" in Path(j).name]
 
 
 def spark_settings(config: Config, workdir: Path) -> dict[str, str]:
     """Every Spark setting of the project for this work directory (without the master)."""
     metastore = _local_path(workdir, config.catalog.metastore_dir)
+    served_port = served_metastore_port(config, workdir)
+    if served_port is None:  # embedded: this process opens the database itself
+        metastore_url = f"jdbc:derby:;databaseName={metastore};create=true"
+        metastore_driver = "org.apache.derby.jdbc.EmbeddedDriver"  # Hive's default
+    else:  # the Thrift server's Derby network server holds it (docs/sql.md)
+        metastore_url = f"jdbc:derby://127.0.0.1:{served_port}/{metastore};create=true"
+        metastore_driver = "org.apache.derby.jdbc.ClientDriver"
     settings = {
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.catalogImplementation": "hive",
         "spark.sql.warehouse.dir": resolve_path(workdir, config.catalog.warehouse_dir),
-        "spark.hadoop.javax.jdo.option.ConnectionURL": (
-            f"jdbc:derby:;databaseName={metastore};create=true"
-        ),
+        "spark.hadoop.javax.jdo.option.ConnectionURL": metastore_url,
+        "spark.hadoop.javax.jdo.option.ConnectionDriverName": metastore_driver,
         "spark.driver.extraJavaOptions": (
             f"-Dderby.system.home={metastore.parent}"
             f" -Dlog4j2.configurationFile={(PROJECT_ROOT / 'conf' / 'log4j2.properties').as_uri()}"
@@ -85,12 +125,14 @@ def spark_settings(config: Config, workdir: Path) -> dict[str, str]:
         "spark.sql.session.timeZone": config.spark.session_timezone,
         "spark.jars.ivy": str(PROJECT_ROOT / config.spark.ivy_dir),
     }
-    jars = delta_jars(config)
+    jars = package_jars(config)
     if jars:
         settings["spark.jars"] = ",".join(jars)
+        # The metastore's JDBC driver must be on the driver's own classpath.
+        settings["spark.driver.extraClassPath"] = ":".join(_derby_client_jars(config))
     else:
-        settings["spark.jars.packages"] = delta_package()
-        settings["spark.jars.excludes"] = ",".join(config.spark.delta_jar_excludes)
+        settings["spark.jars.packages"] = ",".join(jar_packages())
+        settings["spark.jars.excludes"] = ",".join(config.spark.jar_excludes)
     settings.update(config.spark.extra_conf)
     return settings
 
@@ -126,6 +168,6 @@ def build_spark(
         builder = builder.config(key, value)
     spark = builder.enableHiveSupport().getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
-    if not delta_jars(config):
-        record_delta_jars(spark, config)
+    if not package_jars(config):
+        record_package_jars(spark, config)
     return spark

@@ -34,8 +34,16 @@ def test_overrides_are_typed_and_change_the_fingerprint() -> None:
 
 
 def test_extra_spark_conf_takes_free_form_keys() -> None:
-    config = load_config(overrides=["spark.extra_conf.spark.executor.memory=2g"])
+    config = load_config(
+        overrides=[
+            "spark.extra_conf.spark.executor.memory=2g",
+            "sql.hive_conf.hive.server2.authentication.ldap.url=ldaps://ldap.example.com",
+        ]
+    )
     assert config.spark.extra_conf == {"spark.executor.memory": "2g"}
+    assert config.sql.hive_conf == {
+        "hive.server2.authentication.ldap.url": "ldaps://ldap.example.com"
+    }
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,9 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 import jobs.train
+from skillrank.config import Config
 from skillrank.publish import RUN_TABLES
+from skillrank.views import declare_views, view_statements
 from tests.conftest import Pipeline, profile, write_crawl
 
 # Each title's own skills; every profile also shows "Microsoft Excel" now and then.
@@ -31,13 +34,16 @@ SETTINGS = (
 )
 
 
-def planted_crawl(count: int, seed: int) -> list[dict[str, Any]]:
+def planted_crawl(
+    count: int, seed: int, planted: dict[str, list[str]] = PLANTED
+) -> list[dict[str, Any]]:
+    """Profiles holding one or two planted titles and (90% each) their planted skills."""
     rng = random.Random(seed)
-    titles = sorted(PLANTED)
+    titles = sorted(planted)
     records = []
     for i in range(count):
         held = rng.sample(titles, rng.choice([1, 1, 2]))
-        skills = {s for t in held for s in PLANTED[t] if rng.random() < 0.9}
+        skills = {s for t in held for s in planted[t] if rng.random() < 0.9}
         if rng.random() < 0.3 or not skills:
             skills.add("microsoft excel")
         positions = [
@@ -208,3 +214,21 @@ def test_views_show_the_latest_succeeded_run_and_a_failed_run_leaves_nothing(
     assert {r.run_id for r in current.collect()} == {latest[1].run_id}
     assert current.count() == 4 * 13
     assert published.table("job_skill_rank").count() == 2 * 4 * 13
+
+
+def test_views_are_recreated_only_when_missing_or_defined_differently(
+    published: Pipeline, config: Config
+) -> None:
+    mine = replace(config, catalog=replace(config.catalog, database=published.database))
+    names = list(view_statements(mine))
+    assert declare_views(published.spark, mine) == []  # train created them all
+    published.spark.sql(f"DROP VIEW {published.database}.upskilling")
+    published.spark.sql(
+        f"ALTER VIEW {published.database}.similar_jobs SET TBLPROPERTIES"
+        " ('skillrank.definition' = 'older')"
+    )
+    assert declare_views(published.spark, mine) == ["similar_jobs", "upskilling"]
+    assert declare_views(published.spark, mine) == []
+    assert {f"current_{t}" for t in ("runs", *RUN_TABLES)} | {"skill_gap"} <= set(names)
+    rows = published.table("upskilling").where("from_job = 'nurse' AND to_job = 'welder'")
+    assert {r.skill_name for r in rows.collect()} >= set(PLANTED["welder"])

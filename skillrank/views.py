@@ -1,0 +1,268 @@
+"""The analysts' views and functions over the published tables (docs/sql.md).
+
+Each answers one question about the latest succeeded run directly; parameters are plain
+columns to filter on (a documented WHERE, with literals or session variables), except the
+skill gap, whose list of skills a person holds is an argument of the table function
+``skill_gap``. Every view and every column carries a comment (``DESCRIBE`` shows it).
+``train``, the owner of the tables they read, creates them with CREATE OR REPLACE.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from pyspark.sql import SparkSession
+
+from skillrank.config import Config
+from skillrank.publish import RUN_TABLES, latest_run_sql
+from skillrank.tables import SPECS, table_name
+
+
+@dataclass(frozen=True)
+class View:
+    name: str
+    comment: str
+    # (column, comment), in the order of the SELECT list.
+    columns: tuple[tuple[str, str], ...]
+    # SELECT with {table} placeholders (logical table keys) and {latest} (the run_id).
+    query: str
+
+
+_RUN = ("run_id", "train run the row comes from (runs.run_id): the latest succeeded one")
+_PROBABILITY_JOB = "job2vec entry: softmax of the job's phi column over all skills"
+
+VIEWS = (
+    View(
+        "skills_for_job",
+        "SkillRank of the latest run: the top publish.top_k skills of every job title."
+        " Filter: WHERE job_title = '...' ORDER BY rank.",
+        (
+            ("job_title", "job title (lower case, as in job_vocab)"),
+            ("rank", "1 = the job's strongest skill"),
+            ("skill_name", "skill"),
+            ("weight", "phi[skill, job]; higher is stronger"),
+            ("probability", _PROBABILITY_JOB + "; higher is stronger"),
+            ("support", "training profiles holding both the job and the skill"),
+            _RUN,
+        ),
+        "SELECT job_title, rank, skill_name, weight, probability, support, run_id"
+        " FROM {job_skill_rank} WHERE run_id = {latest}",
+    ),
+    View(
+        "jobs_for_skill",
+        "The top publish.top_k job titles of every skill in the latest run."
+        " Filter: WHERE skill_name = '...' ORDER BY rank.",
+        (
+            ("skill_name", "skill (lower case, as in skill_vocab)"),
+            ("rank", "1 = the job title that implies the skill most"),
+            ("job_title", "job title"),
+            ("weight", "phi[skill, job]; higher is stronger"),
+            ("probability", "skill2vec entry: softmax of the skill's phi row over all jobs"),
+            ("support", "training profiles holding both the job and the skill"),
+            _RUN,
+        ),
+        "SELECT skill_name, rank, job_title, weight, probability, support, run_id"
+        " FROM {skill_job_rank} WHERE run_id = {latest}",
+    ),
+    View(
+        "similar_jobs",
+        "The publish.neighbors_k job titles nearest to every job title (job2vec cosine),"
+        " latest run. Filter: WHERE job_title = '...' ORDER BY rank.",
+        (
+            ("job_title", "job title"),
+            ("rank", "1 = the most similar other job title"),
+            ("similar_job_title", "a similar job title"),
+            ("similarity", "cosine similarity of the two job2vec vectors, in [-1, 1]"),
+            _RUN,
+        ),
+        "SELECT job_title, rank, neighbor_job_title, similarity, run_id"
+        " FROM {job_neighbors} WHERE run_id = {latest}",
+    ),
+    View(
+        "similar_skills",
+        "The publish.neighbors_k skills nearest to every skill (skill2vec cosine),"
+        " latest run. Filter: WHERE skill_name = '...' ORDER BY rank.",
+        (
+            ("skill_name", "skill"),
+            ("rank", "1 = the most similar other skill"),
+            ("similar_skill_name", "a similar skill"),
+            ("similarity", "cosine similarity of the two skill2vec vectors, in [-1, 1]"),
+            _RUN,
+        ),
+        "SELECT skill_name, rank, neighbor_skill_name, similarity, run_id"
+        " FROM {skill_neighbors} WHERE run_id = {latest}",
+    ),
+    View(
+        "upskilling",
+        "Moving from one job title to another: the skills of to_job's SkillRank that to_job"
+        " implies more than from_job does, with the difference of their job2vec"
+        " probabilities. Filter: WHERE from_job = '...' AND to_job = '...'"
+        " ORDER BY probability_gain DESC.",
+        (
+            ("from_job", "the job title a person holds"),
+            ("to_job", "the job title they aim for"),
+            ("skill_name", "a skill among to_job's top publish.top_k"),
+            ("to_rank", "the skill's rank for to_job"),
+            ("to_probability", "job2vec probability of the skill for to_job"),
+            (
+                "from_probability",
+                "job2vec probability of the skill for from_job; 0 when the skill is outside"
+                " from_job's top publish.top_k (it is then below from_job's k-th probability)",
+            ),
+            ("from_rank", "the skill's rank for from_job; null when outside its top k"),
+            ("probability_gain", "to_probability - from_probability (> 0); rank by it"),
+            ("to_support", "training profiles holding both to_job and the skill"),
+            _RUN,
+        ),
+        "SELECT f.job_title AS from_job, t.job_title AS to_job, t.skill_name,"
+        " t.rank AS to_rank, t.probability AS to_probability,"
+        " coalesce(h.probability, 0D) AS from_probability, h.rank AS from_rank,"
+        " t.probability - coalesce(h.probability, 0D) AS probability_gain,"
+        " t.support AS to_support, t.run_id"
+        " FROM (SELECT DISTINCT job_title FROM {job_skill_rank} WHERE run_id = {latest}) f"
+        " CROSS JOIN (SELECT * FROM {job_skill_rank} WHERE run_id = {latest}) t"
+        " LEFT JOIN (SELECT * FROM {job_skill_rank} WHERE run_id = {latest}) h"
+        " ON h.job_title = f.job_title AND h.skill_id = t.skill_id"
+        " WHERE f.job_title <> t.job_title"
+        " AND t.probability > coalesce(h.probability, 0D)",
+    ),
+    View(
+        "run_comparison",
+        "How each job title's SkillRank changed between two succeeded runs (any pair, by"
+        " run_id; rows of all runs stay in job_skill_rank). Filter: WHERE base_run_id ="
+        " '...' AND new_run_id = '...' AND job_title = '...', or WHERE latest_pair for the"
+        " latest run against the one before it.",
+        (
+            ("base_run_id", "the earlier run compared (runs.run_id)"),
+            ("new_run_id", "the later run compared (runs.run_id)"),
+            (
+                "latest_pair",
+                "true when new_run_id is the latest succeeded run and"
+                " base_run_id the succeeded run before it",
+            ),
+            ("job_title", "job title"),
+            ("skill_name", "a skill in the job's top publish.top_k of either run"),
+            ("base_rank", "rank in base_run_id; null when not in its top k"),
+            ("new_rank", "rank in new_run_id; null when not in its top k"),
+            ("rank_change", "base_rank - new_rank: > 0 moved up; null when in only one run"),
+            ("change", "new, dropped, up, down or same"),
+            ("base_probability", "job2vec probability in base_run_id; null when not in top k"),
+            ("new_probability", "job2vec probability in new_run_id; null when not in top k"),
+        ),
+        "SELECT base_run_id, new_run_id, latest_pair, job_title, skill_name, base_rank,"
+        " new_rank, base_rank - new_rank AS rank_change,"
+        " CASE WHEN base_rank IS NULL THEN 'new' WHEN new_rank IS NULL THEN 'dropped'"
+        " WHEN new_rank < base_rank THEN 'up' WHEN new_rank > base_rank THEN 'down'"
+        " ELSE 'same' END AS change, base_probability, new_probability"
+        " FROM (SELECT p.base_run_id, p.new_run_id, p.latest_pair, s.job_title, s.skill_name,"
+        " max(CASE WHEN s.run_id = p.base_run_id THEN s.rank END) AS base_rank,"
+        " max(CASE WHEN s.run_id = p.new_run_id THEN s.rank END) AS new_rank,"
+        " max(CASE WHEN s.run_id = p.base_run_id THEN s.probability END) AS base_probability,"
+        " max(CASE WHEN s.run_id = p.new_run_id THEN s.probability END) AS new_probability"
+        " FROM (SELECT a.run_id AS base_run_id, b.run_id AS new_run_id,"
+        " b.run_id = {latest} AND a.run_id = {previous} AS latest_pair"
+        " FROM {runs} a JOIN {runs} b ON a.status = 'succeeded' AND b.status = 'succeeded'"
+        " AND a.run_id <> b.run_id) p"
+        " JOIN {job_skill_rank} s ON s.run_id = p.base_run_id OR s.run_id = p.new_run_id"
+        " GROUP BY p.base_run_id, p.new_run_id, p.latest_pair, s.job_title, s.skill_name)",
+    ),
+)
+
+SKILL_GAP_COMMENT = (
+    "Skill gap: the top skills of target_job (its SkillRank in the latest run) that a person"
+    " holding held_skills lacks, strongest first. Names are compared after lower() and trim()."
+    " Usage: SELECT * FROM skillrank.skill_gap('data scientist', array('python', 'sql'))."
+)
+
+
+def view_statements(config: Config) -> dict[str, tuple[str, str]]:
+    """Name -> (CREATE OR REPLACE statement, digest of the definition) of every view (the
+    current_* views, the analysts' views) and of the skill_gap function."""
+    database = config.catalog.database
+    runs = table_name(config, "runs")
+    names = {key: table_name(config, key) for key in config.catalog.tables}
+    latest = latest_run_sql(runs)
+    previous = (
+        f"(SELECT max_by(run_id, ended_at) FROM {runs} WHERE status = 'succeeded'"
+        f" AND run_id <> {latest})"
+    )
+    current = [
+        View(
+            f"current_{key}",
+            f"Latest succeeded run only. {SPECS[key].comment}",
+            (),
+            f"SELECT * FROM {{{key}}} WHERE run_id = {{latest}}",
+        )
+        for key in ("runs", *RUN_TABLES)
+    ]
+    statements = {}
+    for view in (*current, *VIEWS):
+        columns = ", ".join(f"{name} COMMENT {_quote(text)}" for name, text in view.columns)
+        query = view.query.format(latest=latest, previous=previous, **names)
+        digest = _digest(columns, view.comment, query)
+        statements[view.name] = (
+            f"CREATE OR REPLACE VIEW {database}.{view.name} {f'({columns})' if columns else ''}"
+            f" COMMENT {_quote(view.comment)}"
+            f" TBLPROPERTIES ('{_DIGEST_PROPERTY}' = '{digest}') AS {query}",
+            digest,
+        )
+    signature = (
+        "(target_job STRING COMMENT 'the job title aimed for',"
+        " held_skills ARRAY<STRING> COMMENT 'the skills the person has')"
+        " RETURNS TABLE (gap_rank INT, skill_name STRING, rank INT, probability DOUBLE,"
+        " support BIGINT, run_id STRING)"
+    )
+    body = (
+        "SELECT CAST(row_number() OVER (ORDER BY rank) AS INT), skill_name, rank,"
+        f" probability, support, run_id FROM {database}.skills_for_job"
+        " WHERE job_title = lower(trim(skill_gap.target_job))"
+        " AND NOT array_contains(transform(skill_gap.held_skills, s -> lower(trim(s))),"
+        " skill_name)"
+    )
+    digest = _digest(signature, SKILL_GAP_COMMENT, body)
+    comment = _quote(f"{SKILL_GAP_COMMENT} [definition {digest}]")  # functions have no properties
+    statements["skill_gap"] = (
+        f"CREATE OR REPLACE FUNCTION {database}.skill_gap{signature}"
+        f" COMMENT {comment} RETURN {body}",
+        digest,
+    )
+    return statements
+
+
+def declare_views(spark: SparkSession, config: Config) -> list[str]:
+    """Create the views and the function that are missing or defined differently; their names.
+
+    One whose definition is unchanged is left alone: CREATE OR REPLACE drops and recreates it
+    in the metastore, and a query arriving in between would not find it (seen by the
+    concurrent queries of tests/test_sql.py while a run published).
+    """
+    database = config.catalog.database
+    created = []
+    for name, (statement, digest) in view_statements(config).items():
+        qualified = f"{database}.{name}"
+        if name == "skill_gap":
+            unchanged = spark.catalog.functionExists(qualified) and any(
+                f"[definition {digest}]" in row[0]
+                for row in spark.sql(f"DESCRIBE FUNCTION EXTENDED {qualified}").collect()
+            )
+        else:
+            unchanged = spark.catalog.tableExists(qualified) and any(
+                r.key == _DIGEST_PROPERTY and r.value == digest
+                for r in spark.sql(f"SHOW TBLPROPERTIES {qualified}").collect()
+            )
+        if not unchanged:
+            spark.sql(statement)
+            created.append(name)
+    return created
+
+
+_DIGEST_PROPERTY = "skillrank.definition"
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

@@ -1,0 +1,292 @@
+"""A real Spark standalone cluster runs the stages: the same tables as a local run.
+
+A master and two workers (one core, 1 GiB each) from pyspark's own distribution, on
+127.0.0.1; ingest, prepare and train run through ./spark-submit.sh with --master spark://...
+in one work directory, and with the default local master in another, on the same crawl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyspark
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+
+from skillrank.config import load_config
+from skillrank.session import spark_settings
+from tests.conftest import write_crawl
+from tests.test_publish import SETTINGS, planted_crawl
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parent.parent
+SPARK_CLASS = str(Path(pyspark.__file__).parent / "bin" / "spark-class")
+SMALL = ("--conf", "spark.driver_memory=1g", "--conf", "spark.shuffle_partitions=2")
+WORKERS = 2
+# Every JVM here lives a minute or two, in which the C2 JIT compiler burns about half the
+# CPU time of a stage on the 2-core test machine: C1 alone is enough (results don't change).
+FAST_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+STAGES = ("ingest", "prepare", "train")
+# The two runs train on the same shard rows, but Spark may lay them out in another order,
+# and SGD follows the order: phi may differ by this much (its weights are about -2 to 4).
+# The runs measured so far gave the same phi to the last bit.
+PHI_TOLERANCE = 0.05
+# Malformed lines among the crawl's profiles, for quarantine.
+BAD_LINES = [
+    "{not json",
+    '["an", "array"]',
+    json.dumps({"crawled_at": "2026-10-01T12:00:00Z", "skills": ["java"]}),
+    json.dumps({"profile_id": "bad-time", "crawled_at": "yesterday"}),
+]
+
+
+@dataclass(frozen=True)
+class Cluster:
+    url: str
+    webui: str
+    worker_dirs: list[Path]
+
+    def state(self) -> dict[str, Any]:
+        """The master's view: workers, running and completed applications."""
+        with urllib.request.urlopen(f"{self.webui}/json/", timeout=5) as response:
+            return json.load(response)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _cluster_environment(home: Path) -> dict[str, str]:
+    """The daemons' environment: nothing of the project's, so executors get only --py-files."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYSPARK"))}
+    env["SPARK_LOCAL_IP"] = "127.0.0.1"
+    env["JAVA_TOOL_OPTIONS"] = FAST_JVM  # the daemons' and the executors' JVMs
+    env["SPARK_LOCAL_DIRS"] = str(home / "local")
+    env["SPARK_WORKER_DIR"] = str(home / "work")
+    return env
+
+
+def _start_daemon(home: Path, main_class: str, *args: str) -> subprocess.Popen:
+    """Start a Spark daemon in its own session (process group), logging to <home>/daemon.log."""
+    home.mkdir(parents=True)
+    with open(home / "daemon.log", "wb") as log:
+        return subprocess.Popen(
+            [SPARK_CLASS, main_class, *args],
+            cwd=home,
+            env=_cluster_environment(home),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _stop_daemons(daemons: list[subprocess.Popen]) -> None:
+    """Stop each daemon's process group (a worker's executors and Python workers with it)."""
+    for daemon in reversed(daemons):
+        _signal_group(daemon, signal.SIGTERM)
+    for daemon in reversed(daemons):
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            _signal_group(daemon, signal.SIGKILL)
+            daemon.wait(timeout=30)
+
+
+def _signal_group(daemon: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(daemon.pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_for_workers(cluster: Cluster, daemons: list[subprocess.Popen], root: Path) -> None:
+    deadline = time.monotonic() + 120
+    alive = 0
+    while time.monotonic() < deadline:
+        exited = [d.args[1] for d in daemons if d.poll() is not None]
+        assert not exited, f"{exited} exited at start; logs under {root}"
+        try:
+            alive = cluster.state()["aliveworkers"]
+        except OSError:
+            alive = 0  # the master's web UI is not up yet
+        if alive == WORKERS:
+            return
+        time.sleep(1)
+    pytest.fail(f"{alive} of {WORKERS} workers registered in 120 s; logs under {root}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """A master and two workers of one core and 1 GiB; stopped by process group at the end."""
+    root = tmp_path_factory.mktemp("cluster")
+    port, webui_port = _free_port(), _free_port()
+    url = f"spark://127.0.0.1:{port}"
+    worker_homes = [root / f"worker{i}" for i in range(1, WORKERS + 1)]
+    daemons: list[subprocess.Popen] = []
+    try:
+        daemons.append(
+            _start_daemon(
+                root / "master",
+                "org.apache.spark.deploy.master.Master",
+                *("--host", "127.0.0.1", "--port", str(port), "--webui-port", str(webui_port)),
+            )
+        )
+        for home in worker_homes:
+            daemons.append(
+                _start_daemon(
+                    home,
+                    "org.apache.spark.deploy.worker.Worker",
+                    *(url, "--cores", "1", "--memory", "1g", "--host", "127.0.0.1"),
+                    *("--webui-port", str(_free_port())),
+                )
+            )
+        cluster = Cluster(url, f"http://127.0.0.1:{webui_port}", [h / "work" for h in worker_homes])
+        _wait_for_workers(cluster, daemons, root)
+        yield cluster
+    finally:
+        _stop_daemons(daemons)
+
+
+@pytest.fixture(scope="module")
+def crawl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    lines = [*planted_crawl(300, seed=7), *BAD_LINES]
+    return write_crawl(tmp_path_factory.mktemp("crawl") / "crawl.jsonl", lines)
+
+
+def _run_stages(workdir: Path, crawl: Path, *master: str) -> Path:
+    # The driver's JVM (spark-submit.sh reads `java -version`, which JAVA_TOOL_OPTIONS spoils).
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_SUBMIT_OPTS": FAST_JVM}
+    common = ("--workdir", str(workdir), *master, *SMALL, *SETTINGS)
+    for stage in STAGES:
+        extra = ("--input", str(crawl)) if stage == "ingest" else ()
+        result = subprocess.run(
+            [str(ROOT / "spark-submit.sh"), stage, *common, *extra],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert result.returncode == 0, f"{stage} {master}: {result.stderr[-3000:]}"
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def runs(
+    cluster: Cluster, crawl: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """The work directories of the cluster run and the local run, which go side by side
+    (they share nothing but the crawl, and each mostly waits on its JVM)."""
+    with ThreadPoolExecutor(2) as pool:
+        on_cluster = pool.submit(
+            _run_stages, tmp_path_factory.mktemp("on_cluster"), crawl, "--master", cluster.url
+        )
+        on_local = pool.submit(_run_stages, tmp_path_factory.mktemp("on_local"), crawl)
+        return on_cluster.result(), on_local.result()
+
+
+@pytest.fixture(scope="module")
+def on_cluster(runs: tuple[Path, Path]) -> Path:
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def on_local(runs: tuple[Path, Path]) -> Path:
+    return runs[1]
+
+
+def _table(spark: SparkSession, workdir: Path, name: str) -> DataFrame:
+    return spark.read.format("delta").load(str(workdir / "warehouse" / "skillrank.db" / name))
+
+
+def _rows(spark: SparkSession, workdir: Path, name: str, *columns: str) -> list[tuple]:
+    return sorted(tuple(r) for r in _table(spark, workdir, name).select(*columns).collect())
+
+
+def test_the_cluster_ran_every_stage_on_both_executors(cluster: Cluster, on_cluster: Path) -> None:
+    apps = {a["name"]: a for a in cluster.state()["completedapps"]}
+    assert sorted(apps) == sorted(f"skillrank-{stage}" for stage in STAGES)
+    for app in apps.values():
+        assert app["state"] == "FINISHED", app
+        for worker_dir in cluster.worker_dirs:
+            # An executor of the application ran on this worker and fetched the --py-files zip.
+            zips = list((worker_dir / app["id"]).glob("*/skillrank-*.zip"))
+            assert zips, f"no executor of {app['name']} fetched the zip in {worker_dir}"
+
+
+def test_same_vocabularies(spark: SparkSession, on_cluster: Path, on_local: Path) -> None:
+    for table, columns in (
+        ("job_vocab", ("job_id", "job_title")),
+        ("skill_vocab", ("skill_id", "skill_name")),
+    ):
+        cluster_rows = _rows(spark, on_cluster, table, *columns)
+        assert cluster_rows == _rows(spark, on_local, table, *columns), table
+        assert len(cluster_rows) == {"job_vocab": 4, "skill_vocab": 13}[table]
+
+
+def test_same_split_per_profile(spark: SparkSession, on_cluster: Path, on_local: Path) -> None:
+    cluster_split = _rows(spark, on_cluster, "profiles", "profile_id", "split")
+    assert cluster_split == _rows(spark, on_local, "profiles", "profile_id", "split")
+    assert len(cluster_split) == 300
+    assert {split for _, split in cluster_split} == {"train", "validation", "test"}
+
+
+def test_same_quarantine(spark: SparkSession, on_cluster: Path, on_local: Path) -> None:
+    columns = ("line_number", "reason", "reason_detail", "raw_bytes", "raw_text")
+    cluster_rows = _rows(spark, on_cluster, "quarantine", *columns)
+    assert cluster_rows == _rows(spark, on_local, "quarantine", *columns)
+    assert [(line, reason) for line, reason, *_ in cluster_rows] == [
+        (301, "invalid_json"),
+        (302, "not_an_object"),
+        (303, "missing_field"),
+        (304, "invalid_timestamp"),
+    ]
+
+
+def _phi(spark: SparkSession, workdir: Path) -> dict[tuple[int, int], float]:
+    return {(j, s): w for j, s, w in _rows(spark, workdir, "phi", "job_id", "skill_id", "weight")}
+
+
+def test_phi_within_tolerance(spark: SparkSession, on_cluster: Path, on_local: Path) -> None:
+    cluster_phi, local_phi = _phi(spark, on_cluster), _phi(spark, on_local)
+    assert sorted(cluster_phi) == sorted(local_phi) and len(cluster_phi) == 4 * 13
+    worst = max(abs(cluster_phi[k] - local_phi[k]) for k in cluster_phi)
+    assert worst <= PHI_TOLERANCE, f"largest difference in phi: {worst}"
+
+
+def _top10(spark: SparkSession, workdir: Path) -> dict[str, list[str]]:
+    ranks = _rows(spark, workdir, "job_skill_rank", "job_title", "rank", "skill_name")
+    top: dict[str, list[str]] = {}
+    for title, rank, skill in ranks:
+        if rank <= 10:
+            top.setdefault(title, []).append(skill)
+    return top
+
+
+def test_same_top10_skillrank(spark: SparkSession, on_cluster: Path, on_local: Path) -> None:
+    cluster_top = _top10(spark, on_cluster)
+    assert cluster_top == _top10(spark, on_local)
+    assert sorted(cluster_top) == ["accountant", "data scientist", "nurse", "welder"]
+    assert all(len(skills) == 10 for skills in cluster_top.values())
+
+
+def test_cluster_overlay_loads_with_object_store_and_external_metastore(tmp_path: Path) -> None:
+    config = load_config("cluster")
+    settings = spark_settings(config, tmp_path)
+    assert settings["spark.sql.warehouse.dir"] == "s3a://skillrank-warehouse/warehouse"
+    assert settings["spark.hadoop.hive.metastore.uris"].startswith("thrift://")
+    assert settings["spark.executor.memory"] == "8g"
+    assert config.spark.master.startswith("spark://")

@@ -1,0 +1,460 @@
+"""Analysts' SQL through the real Thrift server: its life cycle, every cookbook query of
+docs/sql.md checked against the tables, the views' comments, delta-rs reading the same rows,
+and queries that keep running while a new run publishes.
+
+One work directory, built by ./spark-submit.sh (the embedded metastore of the shared test
+session cannot be served): a crawl with planted answers, two train runs and their
+evaluation, then `thriftserver start` on free ports. Queries go over HiveServer2's protocol
+(impyla), as a JDBC/ODBC client's would.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from deltalake import DeltaTable
+from impala.dbapi import connect
+from pyspark.sql import Row, SparkSession
+
+from skillrank.config import Config
+from skillrank.servers import (
+    METASTORE,
+    THRIFTSERVER,
+    ServerState,
+    process_alive,
+    read_state,
+    write_state,
+)
+from skillrank.views import VIEWS
+from tests.conftest import write_crawl
+from tests.test_publish import SETTINGS, planted_crawl
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = str(ROOT / "spark-submit.sh")
+COOKBOOK = ROOT / "docs" / "sql.md"
+# The cookbook's literals ('data scientist', 'python', ...) name titles and skills that are
+# in the default demo run too; two titles share "statistics", two share "python".
+PLANTED = {
+    "data scientist": ["python", "statistics", "machine learning"],
+    "data analyst": ["sql", "statistics", "data visualisation"],
+    "software developer": ["python", "java", "git"],
+    "accountant": ["bookkeeping", "auditing", "tax law"],
+}
+MALFORMED = ["{this is not json", '["an array", "not an object"]']
+PROFILES = 500
+
+
+@dataclass(frozen=True)
+class Served:
+    workdir: Path
+    port: int
+    options: tuple[str, ...]  # --workdir and --conf options of every command
+
+    def submit(self, command: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+        """./spark-submit.sh <command> with the common options, then `args` (they win)."""
+        return subprocess.run(
+            [SCRIPT, command, *self.options, *args], capture_output=True, text=True,
+            timeout=timeout,
+            env=dict(os.environ),
+        )  # fmt: skip
+
+    def rows(self, spark: SparkSession, table: str) -> list[Row]:
+        return spark.read.format("delta").load(str(self.table_path(table))).collect()
+
+    def table_path(self, table: str) -> Path:
+        return self.workdir / "warehouse" / "skillrank.db" / table
+
+
+def _free_port() -> int:
+    with closing(socket.socket()) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, config: Config) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("sql")
+    crawl = write_crawl(tmp / "crawl.jsonl", [*planted_crawl(PROFILES, 17, PLANTED), *MALFORMED])
+    port = _free_port()
+    options = (
+        *("--workdir", str(tmp / "work"), *SETTINGS, "--conf", "spark.driver_memory=1g"),
+        *("--conf", f"sql.port={port}", "--conf", f"sql.metastore_port={_free_port()}"),
+    )
+    served = Served(tmp / "work", port, options)
+    # Run 1 (5 epochs) with its evaluation, then run 2 (the latest) and its evaluation.
+    for args in (
+        ("all", "--input", str(crawl), "--conf", "train.max_epochs=5"),
+        ("train",),
+        ("evaluate",),
+    ):
+        result = served.submit(*args)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # A server killed with its machine leaves pid files behind: they must not block a start.
+    for kind in (THRIFTSERVER, METASTORE):
+        stale = ServerState(kind, _dead_pid(), "127.0.0.1", 1, "gone.log", "2026-01-01T00:00:00Z")
+        write_state(config, served.workdir, stale)
+    started = served.submit("thriftserver", "start")
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert f"up at jdbc:hive2://127.0.0.1:{port}/skillrank" in started.stdout
+        yield served
+    finally:
+        served.submit("thriftserver", "stop")
+
+
+def _connect(served: Served) -> Any:
+    return connect(
+        host="127.0.0.1", port=served.port, auth_mechanism="PLAIN", user="analyst",
+        password="unused", database="skillrank", timeout=300,
+    )  # fmt: skip
+
+
+def _run_sql(served: Served, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run the statements of one cookbook block in one session; the last one's answer."""
+    statements = [s.strip() for s in re.split(r";\s*(?:\n|$)", sql) if s.strip()]
+    with closing(_connect(served)) as connection:
+        cursor = connection.cursor()
+        for statement in statements:
+            cursor.execute(statement)
+        return [d[0] for d in cursor.description], cursor.fetchall()
+
+
+# --- what the tables say (read by path with the shared session, not through the views) ---
+
+
+@dataclass(frozen=True)
+class Facts:
+    latest: str
+    previous: str
+    runs: dict[str, Row]
+    ranks: dict[str, list[Row]]  # run_id -> job_skill_rank rows
+    skill_ranks: list[Row]  # skill_job_rank, latest run
+    job_neighbors: list[Row]
+    skill_neighbors: list[Row]
+    evaluation: list[Row]
+    quarantine: list[Row]
+    profiles: list[Row]
+
+    def job(self, title: str, run: str | None = None) -> list[Row]:
+        rows = [r for r in self.ranks[run or self.latest] if r.job_title == title]
+        return sorted(rows, key=lambda r: r.rank)
+
+
+@pytest.fixture(scope="module")
+def facts(served: Served, spark: SparkSession) -> Facts:
+    runs = {r.run_id: r for r in served.rows(spark, "runs")}
+    succeeded = sorted(
+        (r for r in runs.values() if r.status == "succeeded"), key=lambda r: r.ended_at
+    )
+    latest = succeeded[-1].run_id
+
+    def of_latest(table: str) -> list[Row]:
+        return [r for r in served.rows(spark, table) if r.run_id == latest]
+
+    ranks: dict[str, list[Row]] = {}
+    for row in served.rows(spark, "job_skill_rank"):
+        ranks.setdefault(row.run_id, []).append(row)
+    return Facts(
+        latest=latest,
+        previous=succeeded[-2].run_id,
+        runs=runs,
+        ranks=ranks,
+        skill_ranks=of_latest("skill_job_rank"),
+        job_neighbors=of_latest("job_neighbors"),
+        skill_neighbors=of_latest("skill_neighbors"),
+        evaluation=of_latest("evaluation"),
+        quarantine=served.rows(spark, "quarantine"),
+        profiles=served.rows(spark, "profiles"),
+    )
+
+
+def _same(answer: list[tuple[Any, ...]], expected: list[tuple[Any, ...]]) -> None:
+    """Row by row; numbers rounded to 4 places by the query match to that precision."""
+    assert len(answer) == len(expected), (answer, expected)
+    for got, want in zip(answer, expected, strict=True):
+        assert len(got) == len(want), (got, want)
+        for g, w in zip(got, want, strict=True):
+            if isinstance(w, float):
+                assert g == pytest.approx(w, abs=1.01e-4), (got, want)
+            else:
+                assert g == w, (got, want)
+
+
+def _skills_of_data_scientist(f: Facts, rows: list[tuple[Any, ...]]) -> None:
+    expected = [(r.rank, r.skill_name, r.probability, r.support) for r in f.job("data scientist")]
+    _same(rows, expected[:10])
+    assert {r[1] for r in rows[:3]} == set(PLANTED["data scientist"])
+
+
+def _jobs_for_python(f: Facts, rows: list[tuple[Any, ...]]) -> None:
+    mine = sorted((r for r in f.skill_ranks if r.skill_name == "python"), key=lambda r: r.rank)
+    _same(rows, [(r.rank, r.job_title, r.probability, r.support) for r in mine][:10])
+    assert {r[1] for r in rows[:2]} == {"data scientist", "software developer"}
+
+
+def _similar_jobs(f: Facts, rows: list[tuple[Any, ...]]) -> None:
+    mine = sorted(
+        (r for r in f.job_neighbors if r.job_title == "data scientist"), key=lambda r: r.rank
+    )
+    _same(rows, [(r.rank, r.neighbor_job_title, r.similarity) for r in mine][:10])
+    assert rows and rows[0][1] != "accountant"  # shares no planted skill with it
+
+
+def _similar_skills(f: Facts, rows: list[tuple[Any, ...]]) -> None:
+    mine = sorted((r for r in f.skill_neighbors if r.skill_name == "python"), key=lambda r: r.rank)
+    _same(rows, [(r.rank, r.neighbor_skill_name, r.similarity) for r in mine][:10])
+
+
+def _skill_gap(f: Facts, rows: list[tuple[Any, ...]]) -> None:
+    held = ("python", "sql", "data engineering")
+    missing = [r for r in f.job("data scientist") if r.skill_name not in held]
+    expected = [(n, r.skill_name, r.rank, r.probability) for n, r in enumerate(missing, 1)]
+    _same(rows, expected[:10])
+    assert {r[1] for r in rows[:2]} == {"statistics", "machine learning"}
+
+
+def _upskilling(f: Facts, rows: list[tuple[Any, ...]]) -> None:
+    held = {r.skill_name: r.probability for r in f.job("data analyst")}
+    gains = [
+        (r.skill_name, r.rank, r.probability, held.get(r.skill_name, 0.0),
+         r.probability - held.get(r.skill_name, 0.0))
+        for r in f.job("data scientist")
+    ]  # fmt: skip
+    expected = sorted((g for g in gains if g[4] > 0), key=lambda g: -g[4])
+    _same(rows, expected[:10])
+    assert {r[0] for r in rows[:2]} == {"python", "machine learning"}
+
+
+def _run_changes(f: Facts, rows: list[tuple[Any, ...]]) -> None:
+    base = {r.skill_name: r.rank for r in f.job("data scientist", f.previous)}
+    new = {r.skill_name: r.rank for r in f.job("data scientist")}
+    expected = []
+    for skill in set(base) | set(new):
+        b, n = base.get(skill), new.get(skill)
+        if (b or 99) <= 10 or (n or 99) <= 10:
+            change = (
+                "new" if b is None else "dropped" if n is None
+                else "up" if n < b else "down" if n > b else "same"
+            )  # fmt: skip
+            expected.append((skill, b, n, change))
+    expected.sort(key=lambda e: (e[2] if e[2] is not None else 1000, e[1] or 0))
+    _same(rows, expected)
+    assert f.previous != f.latest and len(rows) >= 10
+
+
+def _current_run(f: Facts, rows: list[tuple[Any, ...]]) -> None:
+    r = f.runs[f.latest]
+    _same(rows, [(r.run_id, r.status, r.epochs_run, r.best_epoch, r.validation_loss,
+                  r.test_loss, r.jobs, r.skills)])  # fmt: skip
+    assert r.epochs_run > f.runs[f.previous].epochs_run == 5
+
+
+def _baselines(f: Facts, rows: list[tuple[Any, ...]]) -> None:
+    recall = [
+        (e.method, e.value) for e in f.evaluation
+        if e.metric == "recall" and e.k == 20 and e.segment == "all"
+    ]  # fmt: skip
+    _same(rows, sorted(recall, key=lambda m: (-m[1], m[0])))
+    assert {m for m, _ in recall} == {"model", "popularity", "cooccurrence", "pmi", "ppmi_svd"}
+
+
+def _common_skills(f: Facts, rows: list[tuple[Any, ...]]) -> None:
+    counts: dict[str, int] = {}
+    for r in f.ranks[f.latest]:
+        if r.rank <= 10:
+            counts[r.skill_name] = counts.get(r.skill_name, 0) + 1
+    _same(rows, sorted(counts.items(), key=lambda c: (-c[1], c[0]))[:10])
+
+
+def _jobs_for_skill_set(f: Facts, rows: list[tuple[Any, ...]]) -> None:
+    held = {"python", "statistics", "sql"}
+    totals: dict[str, tuple[float, int]] = {}
+    for r in f.ranks[f.latest]:
+        if r.skill_name in held:
+            p, n = totals.get(r.job_title, (0.0, 0))
+            totals[r.job_title] = (p + r.probability, n + 1)
+    expected = sorted(
+        ((j, p, n) for j, (p, n) in totals.items() if n >= 2), key=lambda t: (-t[1], t[0])
+    )
+    _same(rows, expected[:10])
+    assert {rows[0][0], rows[1][0]} == {"data scientist", "data analyst"}  # two of three each
+
+
+def _shared_top_skills(f: Facts, rows: list[tuple[Any, ...]]) -> None:
+    mine = {r.skill_name for r in f.job("data scientist") if r.rank <= 20}
+    shared: dict[str, int] = {}
+    for r in f.ranks[f.latest]:
+        if r.job_title != "data scientist" and r.rank <= 20 and r.skill_name in mine:
+            shared[r.job_title] = shared.get(r.job_title, 0) + 1
+    _same(rows, sorted(shared.items(), key=lambda s: (-s[1], s[0]))[:10])
+
+
+def _quarantine(f: Facts, rows: list[tuple[Any, ...]]) -> None:
+    counts: dict[str, int] = {}
+    for q in f.quarantine:
+        counts[q.reason] = counts.get(q.reason, 0) + 1
+    _same(rows, sorted(counts.items(), key=lambda c: (-c[1], c[0])))
+    assert sum(counts.values()) == len(MALFORMED)
+
+
+def _splits(f: Facts, rows: list[tuple[Any, ...]]) -> None:
+    counts: dict[str, int] = {}
+    for p in f.profiles:
+        counts[p.split] = counts.get(p.split, 0) + 1
+    _same(rows, sorted(counts.items()))
+    assert sum(counts.values()) == PROFILES
+
+
+CHECKS: dict[int, Callable[[Facts, list[tuple[Any, ...]]], None]] = {
+    1: _skills_of_data_scientist,
+    2: _jobs_for_python,
+    3: _similar_jobs,
+    4: _similar_skills,
+    5: _skill_gap,
+    6: _upskilling,
+    7: _run_changes,
+    8: _current_run,
+    9: _baselines,
+    10: _common_skills,
+    11: _jobs_for_skill_set,
+    12: _shared_top_skills,
+    13: _quarantine,
+    14: _splits,
+}
+
+
+def cookbook() -> dict[int, tuple[str, str]]:
+    """The cookbook of docs/sql.md: question number -> (question, SQL)."""
+    text = COOKBOOK.read_text(encoding="utf-8")
+    found = re.findall(r"^### (\d+)\. (.+?)\n[^#]*?```sql\n(.*?)```", text, flags=re.M | re.S)
+    return {int(n): (question, sql) for n, question, sql in found}
+
+
+def test_the_cookbook_has_a_checked_answer_for_every_question() -> None:
+    questions = cookbook()
+    assert len(questions) >= 12
+    assert sorted(questions) == sorted(CHECKS)
+
+
+@pytest.mark.parametrize("number", sorted(CHECKS))
+def test_cookbook_query_through_jdbc(served: Served, facts: Facts, number: int) -> None:
+    question, sql = cookbook()[number]
+    _, rows = _run_sql(served, sql)
+    assert rows, question
+    CHECKS[number](facts, rows)
+
+
+def test_every_view_and_column_is_described(served: Served) -> None:
+    for view in VIEWS:
+        _, rows = _run_sql(served, f"DESCRIBE TABLE EXTENDED skillrank.{view.name}")
+        columns = {r[0]: r[2] for r in rows[: len(view.columns)]}
+        assert columns == dict(view.columns), view.name
+        assert any(r[0] == "Comment" and r[1] == view.comment for r in rows), view.name
+    _, rows = _run_sql(served, "DESCRIBE FUNCTION EXTENDED skillrank.skill_gap")
+    assert any("Skill gap:" in str(r) for r in rows)
+
+
+def test_status_says_where_the_server_is(served: Served) -> None:
+    result = served.submit("thriftserver", "status", timeout=60)
+    assert result.returncode == 0
+    assert f"up at jdbc:hive2://127.0.0.1:{served.port}/skillrank" in result.stdout
+    again = served.submit("thriftserver", "start", timeout=120)
+    assert again.returncode == 0 and "already running" in again.stdout
+
+
+def test_delta_rs_reads_exactly_the_rows_spark_reads(served: Served, spark: SparkSession) -> None:
+    path = served.table_path("job_skill_rank")
+    by_spark = sorted(tuple(r) for r in served.rows(spark, "job_skill_rank"))
+    table = DeltaTable(str(path)).to_pyarrow_table()
+    by_delta_rs = sorted(tuple(r.values()) for r in table.to_pylist())
+    assert table.column_names == spark.read.format("delta").load(str(path)).columns
+    assert len(by_spark) > 0 and by_delta_rs == by_spark
+
+
+def test_queries_during_a_publish_see_one_complete_run(served: Served, spark: SparkSession) -> None:
+    query = (
+        "SELECT run_id, count(*), sum(probability) FROM skillrank.skills_for_job GROUP BY run_id"
+    )
+    answers: list[list[tuple[Any, ...]]] = []
+    errors: list[str] = []
+    done = threading.Event()
+
+    def keep_querying() -> None:
+        with closing(_connect(served)) as connection:
+            cursor = connection.cursor()
+            extra = 2  # a few answers after the run is published
+            while extra > 0:
+                extra -= done.is_set()
+                try:
+                    cursor.execute(query)
+                    answers.append(cursor.fetchall())
+                except Exception as exc:  # every failure is a finding
+                    errors.append(repr(exc))
+
+    reader = threading.Thread(target=keep_querying)
+    reader.start()
+    started = time.monotonic()
+    try:
+        result = served.submit("train")
+    finally:
+        done.set()
+        reader.join(timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert errors == []
+    expected = {}
+    for row in served.rows(spark, "job_skill_rank"):
+        n, total = expected.get(row.run_id, (0, 0.0))
+        expected[row.run_id] = (n + 1, total + row.probability)
+    seen = set()
+    for rows in answers:
+        assert len(rows) == 1, rows  # never two runs in one answer
+        run_id, count, total = rows[0]
+        assert count == expected[run_id][0], rows  # never part of a run
+        assert total == pytest.approx(expected[run_id][1], rel=1e-12)
+        seen.add(run_id)
+    runs = {r.run_id: r for r in served.rows(spark, "runs")}
+    newest = max((r for r in runs.values() if r.status == "succeeded"), key=lambda r: r.ended_at)
+    assert len(seen) == 2 and newest.run_id in seen, seen  # before and after the publish
+    print(f"{len(answers)} answers while train ran ({time.monotonic() - started:.0f} s)")
+
+
+def test_stop_leaves_nothing_running(served: Served, config: Config) -> None:
+    states = [read_state(config, served.workdir, kind) for kind in (THRIFTSERVER, METASTORE)]
+    pids = [state.pid for state in states if state is not None]
+    assert len(pids) == 2
+    result = served.submit("thriftserver", "stop", timeout=180)
+    assert result.returncode == 0 and "stopped" in result.stdout
+    assert not any(process_alive(state.pid, state.kind) for state in states if state)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", served.port), timeout=2).close()
+    status = served.submit("thriftserver", "status", timeout=60)
+    assert status.returncode == 3 and "not running" in status.stdout
+
+
+def test_an_open_bind_without_authentication_is_refused(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [SCRIPT, "thriftserver", "start", "--workdir", str(tmp_path / "w"),
+         "--conf", "sql.host=0.0.0.0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "refusing to bind the Thrift server to 0.0.0.0 without authentication" in line
+    assert not (tmp_path / "w").exists()
