@@ -30,6 +30,11 @@ ensure_venv() {
   local want
   want="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
   [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] && return 0
+  # One set-up at a time: a second invocation waits, then finds the stamp up to date.
+  mkdir -p "$(dirname "$STAMP")"
+  exec 9>"$STAMP.lock"
+  flock 9
+  [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]] && { flock -u 9; return 0; }
   local python="${PYTHON:-python3}"
   "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
     || die "Python 3.11 or newer is required as '$python' (set PYTHON=/path/to/python3.11)"
@@ -38,6 +43,7 @@ ensure_venv() {
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
   "$VENV/bin/python" -m pip install --quiet -e "$ROOT[dev]"
   echo "$want" >"$STAMP"
+  flock -u 9
 }
 
 check_java

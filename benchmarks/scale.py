@@ -2,11 +2,13 @@
 training epochs at several multiples of the paper's scale.
 
     .venv/bin/python benchmarks/scale.py [--sizes 1,4,10] [--epochs 2] [--workdir DIR] [--keep]
+        [--conf KEY=VALUE ...]
 
 Size 1 is the default generated crawl (generate.profiles people in generate.shards files:
 about 157k profiles pass prepare's filter, the paper's run); size k multiplies both. Each
 size runs in its own work directory, stage by stage through ./spark-submit.sh, training
-`--epochs` epochs (early stopping cannot end it sooner) and publishing as usual.
+`--epochs` epochs (early stopping cannot end it sooner) and publishing as usual. `--conf`
+settings go to every stage (e.g. prepare.max_jobs and prepare.max_skills, which bound phi).
 
 Printed per size and stage: wall time, throughput, the peak RSS of the stage's largest
 process (the driver JVM or the driver's Python, from wait4's rusage over the process tree)
@@ -68,6 +70,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=2, help="training epochs per size")
     parser.add_argument("--workdir", help="keep every size's work directory here (empty)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--conf", action="append", default=[], metavar="KEY=VALUE", help="for every stage"
+    )
     return parser.parse_args(argv)
 
 
@@ -101,7 +106,7 @@ def _count(stage: str, text: str) -> int | None:
     return int(found[-1]) if found else None
 
 
-def run_size(size: float, base: Path, epochs: int) -> dict[str, StageRun]:
+def run_size(size: float, base: Path, epochs: int, settings: list[str]) -> dict[str, StageRun]:
     config = load_config()
     workdir = base / f"size-{size:g}"
     workdir.mkdir(parents=True)
@@ -109,6 +114,7 @@ def run_size(size: float, base: Path, epochs: int) -> dict[str, StageRun]:
         *("--conf", f"generate.profiles={round(config.generate.profiles * size)}"),
         *("--conf", f"generate.shards={max(1, round(config.generate.shards * size))}"),
         *("--conf", f"train.max_epochs={epochs}", "--conf", f"train.patience={epochs + 1}"),
+        *(option for setting in settings for option in ("--conf", setting)),
     ]
     print(f"\n== size {size:g}: {round(config.generate.profiles * size):,} people", flush=True)
     runs = {stage: run_stage(stage, workdir, options, workdir / f"{stage}.log") for stage in STAGES}
@@ -168,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     with work_directory("scale", args.workdir, args.keep) as base:
         for size in sizes:
-            results[size] = run_size(size, base, args.epochs)
+            results[size] = run_size(size, base, args.epochs, args.conf)
             if not (args.workdir or args.keep):  # a few GB each: free them as we go
                 shutil.rmtree(base / f"size-{size:g}", ignore_errors=True)
         return print_report(results)

@@ -130,10 +130,10 @@ def run(ctx: StageContext) -> StageResult:
     with ctx.step("built the vocabularies from the training split"):
         train = kept.where(F.col("split") == "train")
         job_vocab = build_vocabulary(
-            train, "titles", "job_id", "job_title", params.min_job_profiles
+            train, "titles", "job_id", "job_title", params.min_job_profiles, params.max_jobs
         )
         skill_vocab = build_vocabulary(
-            train, "skills", "skill_id", "skill_name", params.min_skill_profiles
+            train, "skills", "skill_id", "skill_name", params.min_skill_profiles, params.max_skills
         )
         conform(job_vocab, "job_vocab").write.insertInto(ctx.table("job_vocab"), overwrite=True)
         conform(skill_vocab, "skill_vocab").write.insertInto(

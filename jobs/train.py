@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import sys
 from collections.abc import Iterator
@@ -25,7 +26,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+import torch
 from delta.tables import DeltaTable
+from pyspark.ml.torch.distributor import TorchDistributor
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
@@ -40,7 +43,7 @@ from skillrank.publish import (
 )
 from skillrank.session import resolve_path
 from skillrank.tables import SPECS, conform, declare_tables, table_version
-from skillrank.trainer import TrainResult, train
+from skillrank.trainer import TrainResult, train, train_process, with_best_phi
 from skillrank.views import declare_views
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -70,6 +73,15 @@ def check(args: argparse.Namespace, config: Config) -> None:
         raise StageError(f"no training shards: {manifest} does not exist (run prepare first)")
     if args.resume and not checkpoint.is_file():
         raise StageError(f"--resume: no checkpoint at {checkpoint}")
+    processes = config.train.num_processes
+    if processes > 1:
+        shards = len(json.loads(manifest.read_text(encoding="utf-8"))["splits"]["train"]["shards"])
+        if shards < processes:
+            raise StageError(
+                f"train.num_processes={processes}, but the train split has {shards} shard"
+                " files: each process needs at least one (lower prepare.rows_per_shard and"
+                " rerun prepare)"
+            )
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -113,18 +125,61 @@ def run(ctx: StageContext) -> StageResult:
 
 def _train(ctx: StageContext, manifest: Path, checkpoint: Path, device: str) -> TrainResult:
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    params = ctx.config.train
+    config_json = json.dumps(ctx.config.to_dict(), sort_keys=True)
+    if params.num_processes > 1:
+        return _train_distributed(ctx, manifest, checkpoint, device, config_json)
     try:
         return train(
             manifest,
-            ctx.config.train,
+            params,
             checkpoint,
             resume=ctx.args.resume,
             device=device,
-            config_json=json.dumps(ctx.config.to_dict(), sort_keys=True),
+            config_json=config_json,
             log=sys.stdout,
         )
     except ValueError as exc:
         raise StageError(str(exc)) from exc
+
+
+def _train_distributed(
+    ctx: StageContext, manifest: Path, checkpoint: Path, device: str, config_json: str
+) -> TrainResult:
+    """train.num_processes processes started by TorchDistributor (on the driver's machine
+    with train.local_mode, else in a barrier stage on the executors); rank 0 writes the
+    checkpoint, from which the best phi is read here for publishing."""
+    params = ctx.config.train
+    distributor = TorchDistributor(
+        num_processes=params.num_processes,
+        local_mode=params.local_mode,
+        use_gpu=torch.device(device).type == "cuda",
+    )
+    print(
+        f"[train]   {params.num_processes} processes"
+        f" ({'on this machine' if params.local_mode else 'on the executors'})",
+        flush=True,
+    )
+    try:
+        result = distributor.run(
+            train_process,
+            str(manifest),
+            params,
+            str(checkpoint),
+            bool(ctx.args.resume),
+            device,
+            config_json,
+        )
+    except RuntimeError as exc:
+        raise StageError(f"distributed training failed: {_worker_error(str(exc))}") from exc
+    return with_best_phi(result, checkpoint)
+
+
+def _worker_error(message: str) -> str:
+    """The last 'SomethingError: why' line of TorchDistributor's message (which holds the
+    tail of the processes' output), else its first line."""
+    errors = re.findall(r"^\w*(?:Error|Exception): .+$", message, re.MULTILINE)
+    return errors[-1] if errors else message.strip().splitlines()[0]
 
 
 def _publish(ctx: StageContext, result: TrainResult, manifest_path: Path, manifest: dict) -> None:

@@ -63,6 +63,8 @@ class PrepareConfig:
     industries: list[str]
     min_job_profiles: int
     min_skill_profiles: int
+    max_jobs: int
+    max_skills: int
     split_fractions: dict[str, float]
     split_salt: str
     job_weighting: Literal["uniform", "tenure"]
@@ -130,6 +132,8 @@ class TrainConfig:
     shuffle_buffer: int
     checkpoint_dir: str
     kernel: Literal["fused", "torch"]
+    num_processes: int
+    local_mode: bool
 
 
 @dataclass(frozen=True)
@@ -358,6 +362,11 @@ def _validate(config: Config) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"config key {key!r} must be >= 1, got {value}")
+    for key in ("max_jobs", "max_skills"):
+        if getattr(config.prepare, key) < 0:
+            raise ConfigError(
+                f"prepare.{key} must be >= 0 (0: no limit), got {getattr(config.prepare, key)}"
+            )
     if not config.evaluate.ks or min(config.evaluate.ks) < 1:
         raise ConfigError(f"evaluate.ks must list cut-offs >= 1, got {config.evaluate.ks}")
     if config.evaluate.smoothing <= 0:

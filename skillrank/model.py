@@ -15,7 +15,9 @@ skills::
 Over a batch of B profiles the loss is the mean of the per-profile KL. Its gradient with
 respect to the logits of profile i is (p_i - t_i) / B, and with respect to job row j it is
 sum over the (profile i, weight w) pairs holding j of w (p_i - t_i) / B. ``kl_loss_and_grad``
-computes that directly, without autograd; ``kl_loss_autograd`` is the plain reference path.
+computes that directly, without autograd, in two parts that distributed training uses
+apart: ``kl_loss_and_residual`` (the residuals p_i - t_i) and ``row_gradients`` (residuals to
+job rows); ``kl_loss_autograd`` is the plain reference path.
 
 A batch is in CSR form (``Batch``): the job ids and weights of all profiles flattened, with
 offsets marking where each profile starts, and the same for skill ids.
@@ -89,23 +91,49 @@ def kl_loss_and_grad(phi_t: Tensor, batch: Batch) -> tuple[Tensor, Tensor, Tenso
     to row rows[k] of phi_t; rows repeats when several profiles of the batch hold one job, and
     the full gradient is ``zeros_like(phi_t).index_add_(0, rows, row_grads)``.
     """
-    b = batch.size
+    loss, residual = kl_loss_and_residual(phi_t, batch)
+    rows, row_grads = row_gradients(
+        residual, batch.job_ids, batch.job_weights, batch.job_offsets, 1.0 / batch.size
+    )
+    return loss, rows, row_grads
+
+
+def kl_loss_and_residual(phi_t: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+    """The mean KL loss and the (B, S) residual softmax - target of every profile.
+
+    The residual is B times the gradient of the mean loss with respect to the logits; it is
+    computed in place on the log-probabilities, one (B, S) buffer.
+    """
     log_p = torch.log_softmax(compute_logits(phi_t, batch), dim=1)
     loss = _kl_from_log_probs(log_p, batch)
-    # d loss / d logits = (softmax - target) / B, computed in place on the log-probabilities.
-    g = log_p.exp_()
+    residual = log_p.exp_()
     counts = torch.diff(batch.skill_offsets)
-    profile_of_skill = torch.repeat_interleave(torch.arange(b, device=g.device), counts)
-    g.index_put_(
+    profile_of_skill = torch.repeat_interleave(
+        torch.arange(batch.size, device=residual.device), counts
+    )
+    residual.index_put_(
         (profile_of_skill, batch.skill_ids),
-        -(1.0 / counts.to(g.dtype)).repeat_interleave(counts),
+        -(1.0 / counts.to(residual.dtype)).repeat_interleave(counts),
         accumulate=True,
     )
-    g.div_(b)
-    job_counts = torch.diff(batch.job_offsets)
-    profile_of_job = torch.repeat_interleave(torch.arange(b, device=g.device), job_counts)
-    row_grads = g[profile_of_job] * batch.job_weights.to(g.dtype)[:, None]
-    return loss, batch.job_ids, row_grads
+    return loss, residual
+
+
+def row_gradients(
+    residual: Tensor, job_ids: Tensor, job_weights: Tensor, job_offsets: Tensor, scale: float
+) -> tuple[Tensor, Tensor]:
+    """The sparse gradient (rows, row_grads) of phi_t from the residuals of a batch's profiles
+    (job_ids, job_weights, job_offsets in the CSR form of ``Batch``): profile i's residual,
+    times each of its job weights and `scale`, goes to each of its job rows.
+
+    With scale 1/B this is the gradient of the batch's mean loss.
+    """
+    job_counts = torch.diff(job_offsets)
+    profile_of_job = torch.repeat_interleave(
+        torch.arange(job_counts.numel(), device=residual.device), job_counts
+    )
+    weights = job_weights.to(residual.dtype) * scale
+    return job_ids, residual[profile_of_job] * weights[:, None]
 
 
 def kl_loss_autograd(phi_t: Tensor, batch: Batch) -> Tensor:

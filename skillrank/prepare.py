@@ -152,9 +152,15 @@ def filter_profiles(profiles: DataFrame, cities: list[str], industries: list[str
 
 
 def build_vocabulary(
-    profiles: DataFrame, items_column: str, id_column: str, name_column: str, min_profiles: int
+    profiles: DataFrame,
+    items_column: str,
+    id_column: str,
+    name_column: str,
+    min_profiles: int,
+    max_size: int = 0,
 ) -> DataFrame:
-    """Dense vocabulary over an array column: items held by >= `min_profiles` profiles.
+    """Dense vocabulary over an array column: items held by >= `min_profiles` profiles, the
+    `max_size` most frequent of them when max_size > 0.
 
     Out: id_column (0..n-1, most frequent first, then by name), name_column, profile_count.
     """
@@ -165,11 +171,12 @@ def build_vocabulary(
         .where(F.col("profile_count") >= min_profiles)
     )
     order = Window.orderBy(F.col("profile_count").desc(), F.col(name_column))
-    return counts.select(
+    vocabulary = counts.select(
         (F.row_number().over(order) - 1).cast("int").alias(id_column),
         name_column,
         "profile_count",
     )
+    return vocabulary.where(F.col(id_column) < max_size) if max_size > 0 else vocabulary
 
 
 def _months(start: Column, end: Column) -> Column:

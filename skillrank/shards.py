@@ -69,6 +69,8 @@ def iterate_batches(
     seed: int = 0,
     epoch: int = 0,
     buffer_size: int = 0,
+    rank: int = 0,
+    world: int = 1,
 ) -> Iterator[tuple[list[str], Batch]]:
     """Yield (profile ids, Batch) of `batch_size` profiles (the last one may be smaller).
 
@@ -76,11 +78,21 @@ def iterate_batches(
     profiles are drawn from a generator seeded by (seed, epoch): the same seed and epoch give
     the same batches, another epoch another order. Without it, files are read in order.
     Every profile of `files` is yielded exactly once.
+
+    With `world` > 1 this process is `rank` of `world` processes reading the files together:
+    after the (seeded, common) file order is drawn, it reads every world-th file from its
+    rank on, so the processes read disjoint sets of files that cover `files`, each with its
+    own shuffle buffer order (seeded by seed, epoch and rank).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rng = np.random.default_rng([seed, epoch])
+    if not 0 <= rank < world:
+        raise ValueError(f"rank must be in [0, {world}), got {rank}")
     order = rng.permutation(len(files)) if shuffle else np.arange(len(files))
+    if world > 1:
+        order = order[rank::world]
+        rng = np.random.default_rng([seed, epoch, rank])
     # Keep at least two batches' worth so that each emitted batch mixes several reads.
     keep = max(buffer_size, 2 * batch_size) if shuffle else batch_size
     pending: list[pa.RecordBatch] = []

@@ -8,6 +8,13 @@ atomically after every epoch. The best epoch's phi lives on disk beside it
 ``train(..., resume=True)`` continues from the checkpoint and, on CPU, reaches bit for bit
 the phi of an uninterrupted run: the data order depends only on (seed, epoch), and the
 checkpoint holds everything else that changes between epochs.
+
+Data-parallel training: ``train_process`` is what each of the N processes that pyspark's
+TorchDistributor starts runs (``ranks``: this process's rank of N). Each rank reads a disjoint
+set of the train shards; every step, the ranks all-gather their profiles' residuals (the
+gradient with respect to the logits) and job rows, and each applies the same update, that of
+the union of their batches: the average of their gradients, weighted by profiles. Only rank 0
+logs and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -20,16 +27,25 @@ import pickle
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from skillrank.config import TrainConfig
 from skillrank.kernel import Kernel, KernelUnavailable, load_kernel
-from skillrank.model import Batch, init_phi, kl_loss, kl_loss_and_grad
+from skillrank.model import (
+    Batch,
+    init_phi,
+    kl_loss,
+    kl_loss_and_grad,
+    kl_loss_and_residual,
+    row_gradients,
+)
 from skillrank.shards import Manifest, iterate_batches, read_manifest
 
 CHECKPOINT_FORMAT = 3
@@ -49,8 +65,44 @@ _CHECKPOINT_KEYS = {
 }
 # Seconds between progress updates: redrawn in place on a terminal, a line in a log file.
 _PROGRESS_SECONDS = {True: 0.5, False: 30.0}
+# What a rank that has run out of train profiles contributes to a distributed step.
+_EMPTY_BATCH = Batch(
+    job_ids=torch.zeros(0, dtype=torch.int64),
+    job_weights=torch.zeros(0),
+    job_offsets=torch.zeros(1, dtype=torch.int64),
+    skill_ids=torch.zeros(0, dtype=torch.int64),
+    skill_offsets=torch.zeros(1, dtype=torch.int64),
+)
 # Settings that may change on resume; any other difference is an error.
-_RESUMABLE_CHANGES = {"device", "max_epochs", "patience", "min_improvement", "checkpoint_dir"}
+_RESUMABLE_CHANGES = {
+    "device",
+    "max_epochs",
+    "patience",
+    "min_improvement",
+    "checkpoint_dir",
+    "num_processes",
+    "local_mode",
+}
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the processes training together (torch.distributed)."""
+
+    rank: int = 0
+    world: int = 1
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def sum(self, values: list[float], device: torch.device) -> list[float]:
+        """Each value summed over the ranks."""
+        if self.world == 1:
+            return values
+        total = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(total)
+        return total.tolist()
 
 
 @dataclass(frozen=True)
@@ -82,6 +134,7 @@ def train(
     device: str | None = None,
     config_json: str | None = None,
     log: TextIO = sys.stderr,
+    ranks: Ranks = Ranks(),
 ) -> TrainResult:
     """Train phi on the manifest's train split; early stopping on its validation split.
 
@@ -89,7 +142,8 @@ def train(
     stored in the checkpoint; it defaults to the train section. With `resume`, training
     continues from `checkpoint_path`, which must come from the same settings (only device,
     max_epochs, patience, min_improvement and checkpoint_dir may differ). Returns the best
-    epoch's phi_t and its test loss.
+    epoch's phi_t and its test loss. With `ranks` of a world > 1, this is one process of
+    data-parallel training (see ``train_process``).
     """
     _check_params(params)
     manifest = read_manifest(manifest_path)
@@ -104,10 +158,27 @@ def train(
         raise ValueError("device cuda requested but torch sees no GPU")
     config_json = config_json or json.dumps(dataclasses.asdict(params), sort_keys=True)
 
-    kernel = _fused_kernel(params, target, log)
+    if ranks.world > len(manifest.shards["train"]):
+        raise ValueError(
+            f"the train split has {len(manifest.shards['train'])} shard files, fewer than the"
+            f" {ranks.world} training processes: lower prepare.rows_per_shard and rerun prepare"
+        )
+    if len(manifest.shards["train"]) % ranks.world:
+        print(
+            f"warning: the train split's {len(manifest.shards['train'])} shard files do not"
+            f" divide evenly among {ranks.world} processes: once the ranks with fewer run out,"
+            " steps take fewer profiles (see prepare.rows_per_shard)",
+            file=log,
+        )
+    # Distributed steps exchange residuals, which the fused kernel does not expose.
+    kernel = _fused_kernel(params, target, log) if ranks.world == 1 else None
     shards = _shard_set(manifest)
     if resume:
+        if ranks.rank > 0:  # rank 0 first: it may set an unreadable checkpoint aside
+            ranks.barrier()
         state = _load_checkpoint(checkpoint_path, params, log)
+        if ranks.rank == 0:
+            ranks.barrier()
         if state["shards"] != shards:
             raise ValueError(
                 f"checkpoint {checkpoint_path} was trained on other shards ({state['shards']},"
@@ -133,8 +204,12 @@ def train(
     while epoch < params.max_epochs and bad_epochs < params.patience:
         epoch += 1
         started = time.perf_counter()
-        train_loss = _train_epoch(phi_t, optimizer, kernel, manifest, params, epoch, log)
-        validation_loss = evaluate(phi_t, manifest, "validation", params.batch_size, kernel)
+        train_loss = _train_epoch(phi_t, optimizer, kernel, manifest, params, epoch, log, ranks)
+        if ranks.world > 1:
+            # Every rank applied the same updates; on GPU scatter-adds are not deterministic,
+            # so rank 0's phi, the one checkpointed, is made everyone's.
+            dist.broadcast(phi_t, 0)
+        validation_loss = evaluate(phi_t, manifest, "validation", params.batch_size, kernel, ranks)
         seconds = time.perf_counter() - started
         history.append(EpochRecord(epoch, train_loss, validation_loss, seconds))
         # The lowest validation loss is the best phi; only an improvement of more than
@@ -150,6 +225,8 @@ def train(
             file=log,
             flush=True,
         )
+        if ranks.rank > 0:
+            continue
         _save_checkpoint(
             checkpoint_path,
             {
@@ -178,8 +255,9 @@ def train(
         )
     # Free the last epoch's phi (and optimizer state) before loading the best one.
     del optimizer, phi_t
+    ranks.barrier()  # rank 0 has written the best epoch's file
     best_phi_t = _load_best(checkpoint_path, best_epoch).to(target)
-    test_loss = evaluate(best_phi_t, manifest, "test", params.batch_size, kernel)
+    test_loss = evaluate(best_phi_t, manifest, "test", params.batch_size, kernel, ranks)
     why = (
         f"validation loss improved by at most {params.min_improvement} for {params.patience} epochs"
         if bad_epochs >= params.patience
@@ -193,18 +271,71 @@ def train(
     return TrainResult(best_phi_t.cpu(), best_epoch, best_loss, test_loss, epoch, history)
 
 
+def train_process(
+    manifest_path: str,
+    params: TrainConfig,
+    checkpoint_path: str,
+    resume: bool,
+    device: str,
+    config_json: str,
+) -> TrainResult:
+    """One of the processes of data-parallel training, as TorchDistributor starts them
+    (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT).
+
+    Joins the process group (gloo on CPU, NCCL on GPU, one GPU per process), runs ``train``
+    as its rank, and returns the result without phi (an empty tensor; phi is in the best
+    epoch's checkpoint file, see ``with_best_phi``), so that nothing large is sent back.
+    """
+    cuda = torch.device(device).type == "cuda"
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        ranks = Ranks(dist.get_rank(), dist.get_world_size())
+        if cuda:
+            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+            torch.cuda.set_device(device)
+        with open(os.devnull, "w") if ranks.rank else nullcontext(sys.stdout) as log:
+            result = train(
+                Path(manifest_path),
+                params,
+                Path(checkpoint_path),
+                resume=resume,
+                device=device,
+                config_json=config_json,
+                log=log,
+                ranks=ranks,
+            )
+        return dataclasses.replace(result, phi_t=torch.empty(0))
+    finally:
+        dist.destroy_process_group()
+
+
+def with_best_phi(result: TrainResult, checkpoint_path: Path) -> TrainResult:
+    """`result` (of ``train_process``) with the best epoch's phi_t read from its file."""
+    return dataclasses.replace(result, phi_t=_load_best(checkpoint_path, result.best_epoch))
+
+
 def evaluate(
-    phi_t: Tensor, manifest: Manifest, split: str, batch_size: int, kernel: Kernel | None = None
+    phi_t: Tensor,
+    manifest: Manifest,
+    split: str,
+    batch_size: int,
+    kernel: Kernel | None = None,
+    ranks: Ranks = Ranks(),
 ) -> float:
-    """Mean KL loss over every profile of `split` (nan for an empty split)."""
+    """Mean KL loss over every profile of `split` (nan for an empty split); with several
+    ranks, each reads its share of the shards and the sums are added up."""
     total, count = 0.0, 0
+    files = manifest.shards[split]
     with torch.no_grad():
-        for _, batch in iterate_batches(manifest.shards[split], batch_size, shuffle=False):
+        for _, batch in iterate_batches(
+            files, batch_size, shuffle=False, rank=ranks.rank, world=ranks.world
+        ):
             if kernel is not None:
                 total += kernel.loss_sum(phi_t, batch)
             else:
                 total += kl_loss(phi_t, batch.to(phi_t.device, phi_t.dtype)).item() * batch.size
             count += batch.size
+    total, count = ranks.sum([total, count], phi_t.device)
     return total / count if count else math.nan
 
 
@@ -216,32 +347,121 @@ def _train_epoch(
     params: TrainConfig,
     epoch: int,
     log: TextIO,
+    ranks: Ranks,
 ) -> float:
-    """One pass over the train split; returns the mean of the batch losses per profile."""
+    """One pass over the train split; returns the mean of the batch losses per profile.
+
+    With several ranks, each reads its own shards in batches of batch_size / world profiles,
+    and steps go on, in lockstep, until every rank has run out (a rank that has contributes
+    an empty batch).
+    """
     progress = _Progress(f"epoch {epoch}", manifest.rows["train"], log)
     batches = iterate_batches(
         manifest.shards["train"],
-        params.batch_size,
+        -(-params.batch_size // ranks.world),
         shuffle=True,
         seed=params.seed,
         epoch=epoch,
         buffer_size=params.shuffle_buffer,
+        rank=ranks.rank,
+        world=ranks.world,
     )
-    for _, batch in batches:
-        if kernel is not None:
-            loss = kernel.sgd_step(phi_t, batch, params.learning_rate)
-        else:
-            loss = _torch_step(phi_t, optimizer, batch.to(phi_t.device, phi_t.dtype), params)
-        progress.update(batch.size, loss)
+    if ranks.world > 1:
+        while True:
+            _, batch = next(batches, ([], _EMPTY_BATCH))
+            profiles, loss = _distributed_step(phi_t, optimizer, batch, params)
+            if not profiles:
+                break
+            progress.update(profiles, loss)
+    else:
+        for _, batch in batches:
+            # The epoch's last, smaller batch is a smaller step: in every step each profile
+            # weighs 1 / batch_size, as in distributed steps.
+            weight = min(1.0, batch.size / params.batch_size)
+            if kernel is not None:
+                loss = kernel.sgd_step(phi_t, batch, params.learning_rate * weight)
+            else:
+                loss = _torch_step(
+                    phi_t, optimizer, batch.to(phi_t.device, phi_t.dtype), params, weight
+                )
+            progress.update(batch.size, loss)
     if not progress.count:
         raise ValueError("the train split holds no profiles")
     return progress.finish()
 
 
 def _torch_step(
-    phi_t: Tensor, optimizer: torch.optim.Optimizer, batch: Batch, params: TrainConfig
+    phi_t: Tensor,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    params: TrainConfig,
+    weight: float = 1.0,
 ) -> float:
+    """One step on the batch's mean loss times `weight`; returns the mean loss."""
     loss, rows, row_grads = kl_loss_and_grad(phi_t, batch)
+    if weight != 1.0:
+        row_grads.mul_(weight)
+    _apply_gradient(phi_t, optimizer, rows, row_grads, params)
+    return loss.item()
+
+
+def _distributed_step(
+    phi_t: Tensor, optimizer: torch.optim.Optimizer, batch: Batch, params: TrainConfig
+) -> tuple[int, float]:
+    """One step of every rank together on the union of their batches; returns the union's
+    profile count (0 when every rank has run out) and its mean loss.
+
+    Each rank computes its profiles' residuals (softmax - target, B_r x S), then all-gather
+    the residuals and the profiles' job rows and weights, and every rank applies the same
+    gradient: that of the union's mean loss, sum_r B_r * (rank r's mean gradient) / sum_r B_r
+    (divided by batch_size instead when the union is smaller). This moves B x S floats per
+    step instead of a dense J x S gradient.
+    """
+    device = phi_t.device
+    batch = batch.to(device, phi_t.dtype)
+    if batch.size:
+        loss, residual = kl_loss_and_residual(phi_t, batch)
+        loss_sum = loss.item() * batch.size
+    else:
+        loss_sum, residual = 0.0, phi_t.new_zeros(0, phi_t.shape[1])
+    local = torch.tensor(
+        [batch.size, batch.job_ids.numel(), loss_sum], dtype=torch.float64, device=device
+    )
+    sizes = _all_gather_padded(local[None], [1] * dist.get_world_size())
+    profiles = [int(n) for n in sizes[:, 0].tolist()]
+    jobs = [int(n) for n in sizes[:, 1].tolist()]
+    if not sum(profiles):
+        return 0, 0.0
+    residuals = _all_gather_padded(residual, profiles)
+    job_ids = _all_gather_padded(batch.job_ids, jobs)
+    job_weights = _all_gather_padded(batch.job_weights, jobs)
+    job_counts = _all_gather_padded(torch.diff(batch.job_offsets), profiles)
+    job_offsets = torch.cat([job_counts.new_zeros(1), job_counts.cumsum(0)])
+    # A step of fewer than batch_size profiles (the epoch's last, or once some ranks have run
+    # out) is a smaller step: each profile weighs 1 / batch_size, as in every full step.
+    scale = 1 / max(sum(profiles), params.batch_size)
+    rows, row_grads = row_gradients(residuals, job_ids, job_weights, job_offsets, scale)
+    _apply_gradient(phi_t, optimizer, rows, row_grads, params)
+    return sum(profiles), float(sizes[:, 2].sum()) / sum(profiles)
+
+
+def _all_gather_padded(tensor: Tensor, counts: list[int]) -> Tensor:
+    """Every rank's `tensor` (rank r's has counts[r] rows), concatenated in rank order."""
+    padded = tensor.new_zeros(max(counts), *tensor.shape[1:])
+    padded[: tensor.shape[0]] = tensor
+    gathered = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(gathered, padded)
+    return torch.cat([part[:count] for part, count in zip(gathered, counts, strict=True)])
+
+
+def _apply_gradient(
+    phi_t: Tensor,
+    optimizer: torch.optim.Optimizer,
+    rows: Tensor,
+    row_grads: Tensor,
+    params: TrainConfig,
+) -> None:
+    """One optimizer step with the sparse gradient (rows, row_grads) of phi_t."""
     if params.optimizer == "sgd":
         # Only the batch's job rows change: a sparse gradient keeps SGD's cost per batch
         # proportional to the rows touched, not to all of phi.
@@ -252,7 +472,6 @@ def _torch_step(
         phi_t.grad = torch.zeros_like(phi_t).index_add_(0, rows, row_grads)
     optimizer.step()
     phi_t.grad = None
-    return loss.item()
 
 
 class _Progress:
@@ -297,7 +516,7 @@ def _make_optimizer(phi_t: Tensor, params: TrainConfig) -> torch.optim.Optimizer
 
 
 def _check_params(params: TrainConfig) -> None:
-    for key in ("batch_size", "max_epochs", "patience", "shuffle_buffer"):
+    for key in ("batch_size", "max_epochs", "patience", "shuffle_buffer", "num_processes"):
         if getattr(params, key) < 1:
             raise ValueError(f"train.{key} must be >= 1, got {getattr(params, key)}")
     if not params.learning_rate > 0:

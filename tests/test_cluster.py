@@ -25,15 +25,20 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 
 from skillrank.config import load_config
+from skillrank.publish import RUN_TABLES
 from skillrank.session import spark_settings
 from tests.conftest import write_crawl
+from tests.test_distributed import VALIDATION_LOSS_TOLERANCE
 from tests.test_publish import SETTINGS, planted_crawl
 
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 SPARK_CLASS = str(Path(pyspark.__file__).parent / "bin" / "spark-class")
+# Shards of at most 70 rows: the train split (267 profiles) has four, two per process when
+# two train together.
 SMALL = ("--conf", "spark.driver_memory=1g", "--conf", "spark.shuffle_partitions=2")
+SMALL += ("--conf", "prepare.rows_per_shard=70")
 WORKERS = 2
 # Every JVM here lives a minute or two, in which the C2 JIT compiler burns about half the
 # CPU time of a stage on the 2-core test machine: C1 alone is enough (results don't change).
@@ -168,20 +173,26 @@ def crawl(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run_stages(workdir: Path, crawl: Path, *master: str) -> Path:
-    # The driver's JVM (spark-submit.sh reads `java -version`, which JAVA_TOOL_OPTIONS spoils).
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_SUBMIT_OPTS": FAST_JVM}
-    common = ("--workdir", str(workdir), *master, *SMALL, *SETTINGS)
     for stage in STAGES:
         extra = ("--input", str(crawl)) if stage == "ingest" else ()
-        result = subprocess.run(
-            [str(ROOT / "spark-submit.sh"), stage, *common, *extra],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=600,
-        )
-        assert result.returncode == 0, f"{stage} {master}: {result.stderr[-3000:]}"
+        _submit(stage, workdir, *master, *extra)
     return workdir
+
+
+def _submit(stage: str, workdir: Path, *options: str) -> str:
+    """Run one stage through ./spark-submit.sh; its standard output."""
+    # The driver's JVM (spark-submit.sh reads `java -version`, which JAVA_TOOL_OPTIONS spoils).
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_SUBMIT_OPTS": FAST_JVM}
+    result = subprocess.run(
+        [str(ROOT / "spark-submit.sh"), stage, "--workdir", str(workdir), *SMALL, *SETTINGS]
+        + list(options),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, f"{stage} {options}: {result.stderr[-3000:]}"
+    return result.stdout
 
 
 @pytest.fixture(scope="module")
@@ -290,3 +301,67 @@ def test_cluster_overlay_loads_with_object_store_and_external_metastore(tmp_path
     assert settings["spark.hadoop.hive.metastore.uris"].startswith("thrift://")
     assert settings["spark.executor.memory"] == "8g"
     assert config.spark.master.startswith("spark://")
+
+
+# --- distributed training (last in the module: it adds a train application to the cluster) --
+
+
+@pytest.fixture(scope="module")
+def distributed(cluster: Cluster, on_cluster: Path, on_local: Path) -> tuple[str, str]:
+    """train again with two processes, in both work directories side by side: on the
+    cluster's executors (one per worker), and on this machine (TorchDistributor's local
+    mode, torchrun under the driver). Their standard outputs."""
+    two = ("--conf", "train.num_processes=2")
+    with ThreadPoolExecutor(2) as pool:
+        on_executors = pool.submit(
+            _submit,
+            "train",
+            on_cluster,
+            *("--master", cluster.url, *two, "--conf", "train.local_mode=false"),
+        )
+        on_driver = pool.submit(_submit, "train", on_local, *two)
+        return on_executors.result(), on_driver.result()
+
+
+def _compare_runs(spark: SparkSession, workdir: Path) -> None:
+    """The work directory's two train runs (one process, then two) both succeeded, reach the
+    same validation loss within the tolerance and publish the same tables."""
+    runs = _table(spark, workdir, "runs").orderBy("started_at").collect()
+    assert [r.status for r in runs] == ["succeeded", "succeeded"]
+    single, distributed = runs
+    assert json.loads(distributed.config_json)["train"]["num_processes"] == 2
+    assert distributed.validation_loss == pytest.approx(
+        single.validation_loss, rel=VALIDATION_LOSS_TOLERANCE
+    )
+    for table in ("training_history", *RUN_TABLES):
+        counts = _table(spark, workdir, table).groupBy("run_id").count().collect()
+        rows = {r.run_id: r["count"] for r in counts}
+        assert rows[single.run_id] == rows[distributed.run_id] > 0, table
+    ranked = _rows(spark, workdir, "job_skill_rank", "run_id", "job_title", "rank", "skill_name")
+    top = {
+        run.run_id: [(t, r, k) for i, t, r, k in ranked if i == run.run_id and r <= 3]
+        for run in runs
+    }
+    assert top[single.run_id] == top[distributed.run_id]
+    assert len(top[single.run_id]) == 4 * 3
+
+
+def test_training_with_a_process_on_each_worker(
+    spark: SparkSession, cluster: Cluster, on_cluster: Path, distributed: tuple[str, str]
+) -> None:
+    assert "2 processes (on the executors)" in distributed[0]
+    _compare_runs(spark, on_cluster)
+    trains = [a for a in cluster.state()["completedapps"] if a["name"] == "skillrank-train"]
+    assert len(trains) == 2 and all(a["state"] == "FINISHED" for a in trains)
+    latest = max(trains, key=lambda a: a["starttime"])
+    for worker_dir in cluster.worker_dirs:
+        # Each worker's executor ran one task of TorchDistributor's barrier stage.
+        logs = "".join(p.read_text() for p in (worker_dir / latest["id"]).glob("*/stderr"))
+        assert "finished global sync successfully" in logs, worker_dir
+
+
+def test_two_processes_on_the_driver_machine(
+    spark: SparkSession, on_local: Path, distributed: tuple[str, str]
+) -> None:
+    assert "2 processes (on this machine)" in distributed[1]
+    _compare_runs(spark, on_local)

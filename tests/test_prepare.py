@@ -176,6 +176,13 @@ def test_vocabulary_ids_are_dense_by_count_then_name(spark: SparkSession) -> Non
     )
     vocab = build_vocabulary(frame, "titles", "job_id", "job_title", min_profiles=2)
     assert [tuple(r) for r in vocab.orderBy("job_id").collect()] == [(0, "a", 3), (1, "c", 2)]
+    # A size limit keeps the most frequent; ties broken by name, as the ids are.
+    capped = build_vocabulary(frame, "titles", "job_id", "job_title", min_profiles=1, max_size=3)
+    assert [tuple(r) for r in capped.orderBy("job_id").collect()] == [
+        (0, "a", 3),
+        (1, "c", 2),
+        (2, "b", 1),
+    ]
 
 
 def _cleaned(spark: SparkSession, rows: list[tuple]):  # noqa: ANN202 - DataFrame

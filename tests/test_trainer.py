@@ -177,7 +177,9 @@ def _planted_profiles(
     return rows
 
 
-def _planted_case(tmp_path: Path, train_rows: int = 3000) -> tuple[Path, np.ndarray]:
+def _planted_case(
+    tmp_path: Path, train_rows: int = 3000, shards: int = 3
+) -> tuple[Path, np.ndarray]:
     rng = np.random.default_rng(11)
     jobs, skills = 20, 50
     planted = np.stack([rng.choice(skills, size=3, replace=False) for _ in range(jobs)])
@@ -186,7 +188,7 @@ def _planted_case(tmp_path: Path, train_rows: int = 3000) -> tuple[Path, np.ndar
         "validation": _planted_profiles(rng, 300, planted, skills, "v"),
         "test": _planted_profiles(rng, 300, planted, skills, "x"),
     }
-    return _write_shards(tmp_path / "shards", splits, jobs, skills), planted
+    return _write_shards(tmp_path / "shards", splits, jobs, skills, shards), planted
 
 
 def _params(**changes: object) -> TrainConfig:

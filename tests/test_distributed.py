@@ -1,0 +1,229 @@
+"""Data-parallel training: disjoint shards per rank, the distributed step, and two processes
+against one (real torch.distributed process groups over gloo, started here without Spark;
+tests/test_cluster.py runs the train stage through TorchDistributor, on the driver's machine
+and on a cluster's executors)."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from skillrank.config import TrainConfig
+from skillrank.model import Batch
+from skillrank.shards import iterate_batches, read_manifest
+from skillrank.trainer import (
+    Ranks,
+    _distributed_step,
+    _make_optimizer,
+    _torch_step,
+    train,
+    train_process,
+    with_best_phi,
+)
+from tests.conftest import profile_batch
+from tests.test_trainer import _params, _planted_case, _simple_profiles, _write_shards
+
+# Two processes may differ from one in the order of the data they see, not in what they learn.
+VALIDATION_LOSS_TOLERANCE = 0.01  # relative
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _as_rank(rank: int, world: int, port: int, fn: Callable[..., Any], *args: Any) -> None:
+    """Run fn(*args) with the environment torchrun gives rank `rank` of `world`."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+    )
+    torch.set_num_threads(1)
+    fn(*args)
+
+
+def _run_ranks(world: int, fn: Callable[..., Any], *args: Any) -> None:
+    """fn(*args) in `world` fresh processes that form one torch.distributed group."""
+    port = _free_port()
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_as_rank, args=(rank, world, port, fn, *args))
+        for rank in range(world)
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=300)
+    assert [p.exitcode for p in processes] == [0] * world
+
+
+# --- disjoint shards --------------------------------------------------------------------------
+
+
+def _ids_of(files: list[Path], **kwargs: Any) -> list[str]:
+    return [i for ids, _ in iterate_batches(files, batch_size=40, **kwargs) for i in ids]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_ranks_read_disjoint_whole_shards_that_cover_the_split(tmp_path: Path, world: int) -> None:
+    profiles = _simple_profiles(500, "p")
+    manifest = read_manifest(_write_shards(tmp_path, {"train": profiles}, 7, 8, shards=5))
+    files = manifest.shards["train"]
+    file_of = {i: f for f in files for i in _ids_of([f], shuffle=False)}
+    for epoch in (1, 2):
+        seen = [
+            _ids_of(files, shuffle=True, seed=3, epoch=epoch, buffer_size=100, rank=r, world=world)
+            for r in range(world)
+        ]
+        everyone = [i for ids in seen for i in ids]
+        assert sorted(everyone) == sorted(p[0] for p in profiles)  # each profile exactly once
+        read_by = [{file_of[i] for i in ids} for ids in seen]
+        assert sum(len(files) for files in read_by) == len(files)  # whole, disjoint files
+        assert sorted(len(files) for files in read_by)[-1] - sorted(map(len, read_by))[0] <= 1
+    with pytest.raises(ValueError, match="rank must be in"):
+        _ids_of(files, shuffle=False, rank=2, world=2)
+
+
+# --- one distributed step ---------------------------------------------------------------------
+
+PHI_SHAPE = (6, 9)
+
+
+def _parts() -> list[Batch]:
+    """Rank 0's 3 profiles and rank 1's 2 (uneven on purpose)."""
+    jobs = [[0, 2], [5], [1, 2, 4], [3], [0, 5]]
+    weights = [[0.5, 0.5], [1.0], [0.2, 0.3, 0.5], [1.0], [0.75, 0.25]]
+    skills = [[1, 7], [0], [2, 3, 8], [4, 5], [6]]
+    return [
+        profile_batch(list(zip(jobs[a:b], weights[a:b], skills[a:b], strict=True)), torch.float64)
+        for a, b in ((0, 3), (3, 5))
+    ]
+
+
+def _initial_phi() -> torch.Tensor:
+    return torch.randn(*PHI_SHAPE, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+
+
+def _step_as_rank(params: TrainConfig, out: Path) -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    phi_t = _initial_phi()
+    batch = _parts()[rank]
+    optimizer = _make_optimizer(phi_t, params)
+    profiles, loss = _distributed_step(phi_t, optimizer, batch, params)
+    after_union = phi_t.clone()
+    # Rank 1 has run out: it takes part with an empty batch.
+    _distributed_step(phi_t, optimizer, batch if rank == 0 else _empty_like(batch), params)
+    # Once all have, the step says so.
+    done = _distributed_step(phi_t, optimizer, _empty_like(batch), params)
+    torch.save(
+        {"phi_t": after_union, "tail": phi_t, "profiles": profiles, "loss": loss, "done": done},
+        out / f"{rank}",
+    )
+    dist.barrier()  # no rank leaves while another still talks to it
+    dist.destroy_process_group()
+
+
+def _empty_like(batch: Batch) -> Batch:
+    none = batch.job_ids[:0]
+    return Batch(none, batch.job_weights[:0], none.new_zeros(1), none, none.new_zeros(1))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_distributed_step_is_the_step_on_the_union_of_the_batches(
+    tmp_path: Path, optimizer: str
+) -> None:
+    params = _params(optimizer=optimizer, learning_rate=0.5, batch_size=5)
+    _run_ranks(2, _step_as_rank, params, tmp_path)
+
+    union = profile_batch(
+        [
+            (jobs, weights, skills)
+            for part in _parts()
+            for jobs, weights, skills in _profiles_of(part)
+        ],
+        torch.float64,
+    )
+    phi_t = _initial_phi()
+    loss = _torch_step(phi_t, _make_optimizer(phi_t, params), union, params)
+    # The step of rank 0's 3 profiles alone: 3 of batch_size 5, so 3/5 of their mean gradient.
+    tail = phi_t.clone()
+    smaller = dataclasses.replace(params, learning_rate=params.learning_rate * 3 / 5)
+    _torch_step(tail, _make_optimizer(tail, smaller), _parts()[0], smaller)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"{rank}", weights_only=True)
+        assert got["profiles"] == 5
+        assert got["loss"] == pytest.approx(loss, rel=1e-12)
+        assert torch.allclose(got["phi_t"], phi_t, rtol=0, atol=1e-12)
+        if optimizer == "sgd":  # (Adam's steps do not scale with the gradient)
+            assert torch.allclose(got["tail"], tail, rtol=0, atol=1e-12)
+            assert not torch.equal(tail, phi_t)
+        assert got["done"] == (0, 0.0)
+    assert not torch.equal(phi_t, _initial_phi())
+
+
+def _profiles_of(batch: Batch) -> list[tuple[list[int], list[float], list[int]]]:
+    j, s = batch.job_offsets.tolist(), batch.skill_offsets.tolist()
+    return [
+        (
+            batch.job_ids[j[i] : j[i + 1]].tolist(),
+            batch.job_weights[j[i] : j[i + 1]].tolist(),
+            batch.skill_ids[s[i] : s[i + 1]].tolist(),
+        )
+        for i in range(batch.size)
+    ]
+
+
+# --- training with two processes --------------------------------------------------------------
+
+
+def _train_as_rank(manifest: Path, params: TrainConfig, checkpoint: Path, out: Path) -> None:
+    result = train_process(str(manifest), params, str(checkpoint), False, "cpu", "{}")
+    torch.save(result, out / f"result-{os.environ['RANK']}.pt")
+
+
+def test_two_processes_reach_the_validation_loss_of_one(tmp_path: Path) -> None:
+    manifest, planted = _planted_case(tmp_path, shards=4)  # two shards per rank
+    with open(os.devnull, "w") as quiet:
+        one = train(manifest, _params(), tmp_path / "one" / "ckpt.pt", log=quiet)
+
+    checkpoint = tmp_path / "two" / "ckpt.pt"
+    _run_ranks(2, _train_as_rank, manifest, _params(num_processes=2), checkpoint, tmp_path)
+    results = [torch.load(tmp_path / f"result-{r}.pt", weights_only=False) for r in (0, 1)]
+    # Both ranks saw the same losses (summed over the ranks) and sent no phi back.
+    assert [(e.train_loss, e.validation_loss) for e in results[0].history] == [
+        (e.train_loss, e.validation_loss) for e in results[1].history
+    ]
+    assert results[0].phi_t.numel() == 0
+    two = with_best_phi(results[0], checkpoint)
+    assert two.phi_t.shape == one.phi_t.shape
+    assert two.best_validation_loss == pytest.approx(
+        one.best_validation_loss, rel=VALIDATION_LOSS_TOLERANCE
+    )
+    assert two.test_loss == pytest.approx(one.test_loss, rel=VALIDATION_LOSS_TOLERANCE)
+    top = two.phi_t.argmax(dim=1)
+    assert all(top[j] in planted[j] for j in range(len(planted)))
+    print(
+        f"validation loss: one process {one.best_validation_loss:.6f} (epoch {one.best_epoch}),"
+        f" two {two.best_validation_loss:.6f} (epoch {two.best_epoch})"
+    )
+
+
+def test_fewer_train_shards_than_processes_is_refused(tmp_path: Path) -> None:
+    manifest, _ = _planted_case(tmp_path)
+    with pytest.raises(ValueError, match="3 shard files, fewer than the 4 training processes"):
+        train(manifest, _params(), tmp_path / "ckpt.pt", ranks=Ranks(0, 4))
