@@ -304,6 +304,7 @@ def train_process(
                 log=log,
                 ranks=ranks,
             )
+        ranks.barrier()  # leave together: gloo may abort a process whose peer has gone
         return dataclasses.replace(result, phi_t=torch.empty(0))
     finally:
         dist.destroy_process_group()
