@@ -8,7 +8,8 @@ Size 1 is the default generated crawl (generate.profiles people in generate.shar
 about 157k profiles pass prepare's filter, the paper's run); size k multiplies both. Each
 size runs in its own work directory, stage by stage through ./spark-submit.sh, training
 `--epochs` epochs (early stopping cannot end it sooner) and publishing as usual. `--conf`
-settings go to every stage (e.g. prepare.max_jobs and prepare.max_skills, which bound phi).
+settings go to every stage (e.g. prepare.max_jobs=0 and prepare.max_skills=0 lift the default
+cap on the vocabularies, the paper's sizes, and let phi grow with the data).
 
 Printed per size and stage: wall time, throughput, the peak RSS of the stage's largest
 process (the driver JVM or the driver's Python, from wait4's rusage over the process tree)

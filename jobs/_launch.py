@@ -11,12 +11,14 @@ exits with code 75 naming the holder) and the process becomes spark-submit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import hashlib
 import importlib
 import io
 import os
 import sys
+import time
 import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,6 +43,9 @@ USAGE = (
 # The project's packages that executors import, zipped for --py-files (git-ignored cache).
 PYFILES_PACKAGES = ("skillrank", "jobs")
 PYFILES_DIR = PROJECT_ROOT / ".cache" / "pyfiles"
+# A zip no launch has used for this long is removed (a run in flight serves its own zip to
+# executors that start late, so zips are not removed as soon as the sources change).
+PYFILES_UNUSED_SECONDS = 7 * 24 * 3600
 
 # Exit code when the work directory is busy: EX_TEMPFAIL, "try again later".
 EXIT_BUSY = 75
@@ -90,17 +95,18 @@ def _spark_args(settings: dict[str, str], master: str) -> list[str]:
     return args
 
 
-def python_files_zip() -> Path:
+def python_files_zip(directory: Path = PYFILES_DIR) -> Path:
     """The zip of the skillrank and jobs sources that stages pass to --py-files; its path.
 
-    Built when the sources change: the name carries a hash of the contents (entries have a
-    fixed date, so the same sources give the same bytes), and a run in flight keeps serving
-    its own zip to executors that start late. The packages' (empty) top-level __init__.py
-    stay out: in the zip each package is then a namespace portion, which the regular package
-    of the source tree overrides (PEP 420). spark-submit puts --py-files ahead of PYTHONPATH
-    on the driver too, and the driver must import the source tree, since the configuration,
-    the taxonomy and the kernel's C source are found next to the modules. Executors, which
-    have only the zip, import from it.
+    Built in `directory` when the sources change: the name carries a hash of the contents
+    (entries have a fixed date, so the same sources give the same bytes), and a run in flight
+    keeps serving its own zip to executors that start late. Each launch touches its zip;
+    zips (and partial files) unused for PYFILES_UNUSED_SECONDS are removed. The packages'
+    (empty) top-level __init__.py stay out: in the zip each package is then a namespace
+    portion, which the regular package of the source tree overrides (PEP 420).
+    spark-submit puts --py-files ahead of PYTHONPATH on the driver too, and the driver must
+    import the source tree, since the configuration, the taxonomy and the kernel's C source
+    are found next to the modules. Executors, which have only the zip, import from it.
     """
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -115,12 +121,19 @@ def python_files_zip() -> Path:
                 entry.compress_type = zipfile.ZIP_DEFLATED
                 archive.writestr(entry, source.read_bytes())
     data = buffer.getvalue()
-    target = PYFILES_DIR / f"skillrank-{hashlib.sha256(data).hexdigest()[:16]}.zip"
-    if not target.is_file():
-        PYFILES_DIR.mkdir(parents=True, exist_ok=True)
+    target = directory / f"skillrank-{hashlib.sha256(data).hexdigest()[:16]}.zip"
+    try:
+        os.utime(target)  # in use again
+    except FileNotFoundError:
+        directory.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
         partial.write_bytes(data)
         partial.replace(target)  # atomic: a concurrent launch never sees half a zip
+    unused_since = time.time() - PYFILES_UNUSED_SECONDS
+    for old in directory.glob("skillrank-*"):
+        with contextlib.suppress(FileNotFoundError):  # a concurrent launch removed it first
+            if old != target and old.stat().st_mtime < unused_since:
+                old.unlink()
     return target
 
 

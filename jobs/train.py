@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import resource
 import sys
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 from delta.tables import DeltaTable
+from py4j.protocol import Py4JJavaError
 from pyspark.ml.torch.distributor import TorchDistributor
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
@@ -43,7 +43,14 @@ from skillrank.publish import (
 )
 from skillrank.session import resolve_path
 from skillrank.tables import SPECS, conform, declare_tables, table_version
-from skillrank.trainer import TrainResult, train, train_process, with_best_phi
+from skillrank.trainer import (
+    TrainResult,
+    clear_process_errors,
+    process_errors,
+    train,
+    train_process,
+    with_best_phi,
+)
 from skillrank.views import declare_views
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -160,6 +167,7 @@ def _train_distributed(
         f" ({'on this machine' if params.local_mode else 'on the executors'})",
         flush=True,
     )
+    clear_process_errors(checkpoint)
     try:
         result = distributor.run(
             train_process,
@@ -170,16 +178,12 @@ def _train_distributed(
             device,
             config_json,
         )
-    except RuntimeError as exc:
-        raise StageError(f"distributed training failed: {_worker_error(str(exc))}") from exc
+    except (RuntimeError, Py4JJavaError) as exc:  # local mode; the executors' barrier stage
+        errors = process_errors(checkpoint)
+        where = "above" if params.local_mode else "in the executors' stdout logs"
+        cause = errors[0] if errors else f"{str(exc).strip().splitlines()[0]} (output {where})"
+        raise StageError(f"distributed training failed: {cause}") from exc
     return with_best_phi(result, checkpoint)
-
-
-def _worker_error(message: str) -> str:
-    """The last 'SomethingError: why' line of TorchDistributor's message (which holds the
-    tail of the processes' output), else its first line."""
-    errors = re.findall(r"^\w*(?:Error|Exception): .+$", message, re.MULTILINE)
-    return errors[-1] if errors else message.strip().splitlines()[0]
 
 
 def _publish(ctx: StageContext, result: TrainResult, manifest_path: Path, manifest: dict) -> None:

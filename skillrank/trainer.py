@@ -285,11 +285,14 @@ def train_process(
     Joins the process group (gloo on CPU, NCCL on GPU, one GPU per process), runs ``train``
     as its rank, and returns the result without phi (an empty tensor; phi is in the best
     epoch's checkpoint file, see ``with_best_phi``), so that nothing large is sent back.
+    A process that fails leaves its error in one line beside the checkpoint (see
+    ``process_errors``): on the executors, TorchDistributor tells the driver only that
+    training failed.
     """
     cuda = torch.device(device).type == "cuda"
     dist.init_process_group("nccl" if cuda else "gloo")
+    ranks = Ranks(dist.get_rank(), dist.get_world_size())
     try:
-        ranks = Ranks(dist.get_rank(), dist.get_world_size())
         if cuda:
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
             torch.cuda.set_device(device)
@@ -306,8 +309,30 @@ def train_process(
             )
         ranks.barrier()  # leave together: gloo may abort a process whose peer has gone
         return dataclasses.replace(result, phi_t=torch.empty(0))
+    except Exception as exc:
+        error = _error_path(Path(checkpoint_path), ranks.rank)
+        error.parent.mkdir(parents=True, exist_ok=True)
+        error.write_text(f"rank {ranks.rank}: {type(exc).__name__}: {exc}".splitlines()[0])
+        raise
     finally:
         dist.destroy_process_group()
+
+
+def process_errors(checkpoint_path: Path) -> list[str]:
+    """The one-line errors that the processes of a distributed run left, first written
+    first: the process that failed first holds the cause, the others see it go."""
+    files = checkpoint_path.parent.glob(f"{checkpoint_path.name}.rank-*.error")
+    return [f.read_text() for f in sorted(files, key=lambda f: f.stat().st_mtime_ns)]
+
+
+def clear_process_errors(checkpoint_path: Path) -> None:
+    """Remove the errors an earlier distributed run left (before a new one starts)."""
+    for path in checkpoint_path.parent.glob(f"{checkpoint_path.name}.rank-*.error"):
+        path.unlink(missing_ok=True)
+
+
+def _error_path(checkpoint_path: Path, rank: int) -> Path:
+    return checkpoint_path.with_name(f"{checkpoint_path.name}.rank-{rank}.error")
 
 
 def with_best_phi(result: TrainResult, checkpoint_path: Path) -> TrainResult:

@@ -6,10 +6,12 @@ import fcntl
 import os
 import subprocess
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
 
+from jobs._launch import PYFILES_UNUSED_SECONDS, python_files_zip
 from tests.conftest import profile, write_crawl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -161,3 +163,24 @@ def test_all_then_sql_through_spark_submit(tmp_path: Path) -> None:
         ["software engineer", "2", "sql"],
     ]
     assert int(rows[0][3]) == train and 0 < int(rows[1][3]) < train
+
+
+def test_the_py_files_zip_is_reused_and_zips_unused_for_a_week_are_removed(
+    tmp_path: Path,
+) -> None:
+    stale, recent = tmp_path / "skillrank-stale.zip", tmp_path / "skillrank-recent.zip"
+    for path in (stale, recent):
+        path.write_bytes(b"an older build")
+    week_ago = time.time() - PYFILES_UNUSED_SECONDS - 60
+    os.utime(stale, (week_ago, week_ago))
+
+    built = python_files_zip(tmp_path)
+    assert sorted(tmp_path.iterdir()) == sorted([built, recent])
+    names = zipfile.ZipFile(built).namelist()
+    assert "skillrank/trainer.py" in names and "jobs/train.py" in names
+    assert "skillrank/__init__.py" not in names  # a namespace portion on the executors
+
+    os.utime(built, (week_ago, week_ago))  # an old zip, used again: kept and touched
+    assert python_files_zip(tmp_path) == built
+    assert built.stat().st_mtime > week_ago + 60
+    assert sorted(tmp_path.iterdir()) == sorted([built, recent])

@@ -22,9 +22,12 @@ from skillrank.model import Batch
 from skillrank.shards import iterate_batches, read_manifest
 from skillrank.trainer import (
     Ranks,
+    TrainResult,
     _distributed_step,
     _make_optimizer,
     _torch_step,
+    clear_process_errors,
+    process_errors,
     train,
     train_process,
     with_best_phi,
@@ -56,8 +59,9 @@ def _as_rank(rank: int, world: int, port: int, fn: Callable[..., Any], *args: An
     fn(*args)
 
 
-def _run_ranks(world: int, fn: Callable[..., Any], *args: Any) -> None:
-    """fn(*args) in `world` fresh processes that form one torch.distributed group."""
+def _run_ranks(world: int, fn: Callable[..., Any], *args: Any) -> list[int | None]:
+    """fn(*args) in `world` fresh processes that form one torch.distributed group; their exit
+    codes."""
     port = _free_port()
     context = multiprocessing.get_context("spawn")
     processes = [
@@ -68,7 +72,7 @@ def _run_ranks(world: int, fn: Callable[..., Any], *args: Any) -> None:
         process.start()
     for process in processes:
         process.join(timeout=300)
-    assert [p.exitcode for p in processes] == [0] * world
+    return [p.exitcode for p in processes]
 
 
 # --- disjoint shards --------------------------------------------------------------------------
@@ -148,7 +152,7 @@ def test_a_distributed_step_is_the_step_on_the_union_of_the_batches(
     tmp_path: Path, optimizer: str
 ) -> None:
     params = _params(optimizer=optimizer, learning_rate=0.5, batch_size=5)
-    _run_ranks(2, _step_as_rank, params, tmp_path)
+    assert _run_ranks(2, _step_as_rank, params, tmp_path) == [0, 0]
 
     union = profile_batch(
         [
@@ -191,8 +195,10 @@ def _profiles_of(batch: Batch) -> list[tuple[list[int], list[float], list[int]]]
 # --- training with two processes --------------------------------------------------------------
 
 
-def _train_as_rank(manifest: Path, params: TrainConfig, checkpoint: Path, out: Path) -> None:
-    result = train_process(str(manifest), params, str(checkpoint), False, "cpu", "{}")
+def _train_as_rank(
+    manifest: Path, params: TrainConfig, checkpoint: Path, out: Path, resume: bool = False
+) -> None:
+    result = train_process(str(manifest), params, str(checkpoint), resume, "cpu", "{}")
     torch.save(result, out / f"result-{os.environ['RANK']}.pt")
 
 
@@ -202,7 +208,9 @@ def test_two_processes_reach_the_validation_loss_of_one(tmp_path: Path) -> None:
         one = train(manifest, _params(), tmp_path / "one" / "ckpt.pt", log=quiet)
 
     checkpoint = tmp_path / "two" / "ckpt.pt"
-    _run_ranks(2, _train_as_rank, manifest, _params(num_processes=2), checkpoint, tmp_path)
+    assert _run_ranks(
+        2, _train_as_rank, manifest, _params(num_processes=2), checkpoint, tmp_path
+    ) == [0, 0]
     results = [torch.load(tmp_path / f"result-{r}.pt", weights_only=False) for r in (0, 1)]
     # Both ranks saw the same losses (summed over the ranks) and sent no phi back.
     assert [(e.train_loss, e.validation_loss) for e in results[0].history] == [
@@ -221,6 +229,60 @@ def test_two_processes_reach_the_validation_loss_of_one(tmp_path: Path) -> None:
         f"validation loss: one process {one.best_validation_loss:.6f} (epoch {one.best_epoch}),"
         f" two {two.best_validation_loss:.6f} (epoch {two.best_epoch})"
     )
+
+
+def test_a_resumed_two_process_run_ends_where_an_uninterrupted_one_does(tmp_path: Path) -> None:
+    manifest, _ = _planted_case(tmp_path, shards=2)
+    params = _params(num_processes=2, max_epochs=4, patience=10)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    whole.mkdir()
+    cut.mkdir()
+    assert _run_ranks(2, _train_as_rank, manifest, params, whole / "ckpt.pt", whole) == [0, 0]
+    stopped = dataclasses.replace(params, max_epochs=2)  # as if killed after epoch 2
+    assert _run_ranks(2, _train_as_rank, manifest, stopped, cut / "ckpt.pt", cut) == [0, 0]
+    assert _run_ranks(2, _train_as_rank, manifest, params, cut / "ckpt.pt", cut, True) == [0, 0]
+
+    def result(directory: Path) -> TrainResult:
+        got = torch.load(directory / "result-0.pt", weights_only=False)
+        return with_best_phi(got, directory / "ckpt.pt")
+
+    uninterrupted, resumed = result(whole), result(cut)
+    losses = [(e.epoch, e.train_loss, e.validation_loss) for e in uninterrupted.history]
+    assert [e.epoch for e in uninterrupted.history] == [1, 2, 3, 4]
+    assert [(e.epoch, e.train_loss, e.validation_loss) for e in resumed.history] == losses
+    assert resumed.best_epoch == uninterrupted.best_epoch
+    assert torch.equal(resumed.phi_t, uninterrupted.phi_t)  # bit for bit on CPU
+    assert resumed.test_loss == uninterrupted.test_loss
+
+    # One process may carry on from the two processes' checkpoint.
+    with open(os.devnull, "w") as quiet:
+        one = train(
+            manifest,
+            dataclasses.replace(params, num_processes=1, max_epochs=5),
+            cut / "ckpt.pt",
+            resume=True,
+            log=quiet,
+        )
+    assert [(e.epoch, e.train_loss, e.validation_loss) for e in one.history[:4]] == losses
+    assert [e.epoch for e in one.history] == [1, 2, 3, 4, 5]
+
+
+def test_a_failing_process_leaves_its_error_for_the_driver(tmp_path: Path) -> None:
+    manifest, _ = _planted_case(tmp_path, shards=2)
+    lost = read_manifest(manifest).shards["train"][1]
+    lost.unlink()  # one rank's shard is gone: that rank fails, the other loses its peer
+    checkpoint = tmp_path / "ckpt.pt"
+    (tmp_path / "ckpt.pt.rank-5.error").write_text("rank 5: an earlier run's error")
+    clear_process_errors(checkpoint)
+    assert process_errors(checkpoint) == []
+
+    codes = _run_ranks(2, _train_as_rank, manifest, _params(num_processes=2), checkpoint, tmp_path)
+    assert 0 not in codes
+    errors = process_errors(checkpoint)
+    assert len(errors) == 2
+    assert errors[0].startswith(("rank 0: FileNotFoundError: ", "rank 1: FileNotFoundError: "))
+    assert lost.name in errors[0]
+    assert "\n" not in errors[0]
 
 
 def test_fewer_train_shards_than_processes_is_refused(tmp_path: Path) -> None:
