@@ -321,18 +321,22 @@ def train_process(
 def process_errors(checkpoint_path: Path) -> list[str]:
     """The one-line errors that the processes of a distributed run left, first written
     first: the process that failed first holds the cause, the others see it go."""
-    files = checkpoint_path.parent.glob(f"{checkpoint_path.name}.rank-*.error")
-    return [f.read_text() for f in sorted(files, key=lambda f: f.stat().st_mtime_ns)]
+    files = sorted(_error_files(checkpoint_path), key=lambda f: f.stat().st_mtime_ns)
+    return [f.read_text() for f in files]
 
 
 def clear_process_errors(checkpoint_path: Path) -> None:
     """Remove the errors an earlier distributed run left (before a new one starts)."""
-    for path in checkpoint_path.parent.glob(f"{checkpoint_path.name}.rank-*.error"):
+    for path in _error_files(checkpoint_path):
         path.unlink(missing_ok=True)
 
 
 def _error_path(checkpoint_path: Path, rank: int) -> Path:
     return checkpoint_path.with_name(f"{checkpoint_path.name}.rank-{rank}.error")
+
+
+def _error_files(checkpoint_path: Path) -> list[Path]:
+    return list(checkpoint_path.parent.glob(f"{checkpoint_path.name}.rank-*.error"))
 
 
 def with_best_phi(result: TrainResult, checkpoint_path: Path) -> TrainResult:
