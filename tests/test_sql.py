@@ -129,8 +129,9 @@ def _connect(served: Served) -> Any:
 def _run_sql(served: Served, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Run the statements of one cookbook block in one session; the last one's answer."""
     statements = [s.strip() for s in re.split(r";\s*(?:\n|$)", sql) if s.strip()]
-    with closing(_connect(served)) as connection:
-        cursor = connection.cursor()
+    # The cursor is closed here too: left to the garbage collector, it would try to close its
+    # operation after the test, reconnecting to a server that may have stopped.
+    with closing(_connect(served)) as connection, closing(connection.cursor()) as cursor:
         for statement in statements:
             cursor.execute(statement)
         return [d[0] for d in cursor.description], cursor.fetchall()
@@ -397,8 +398,7 @@ def test_queries_during_a_publish_see_one_complete_run(served: Served, spark: Sp
     done = threading.Event()
 
     def keep_querying() -> None:
-        with closing(_connect(served)) as connection:
-            cursor = connection.cursor()
+        with closing(_connect(served)) as connection, closing(connection.cursor()) as cursor:
             extra = 2  # a few answers after the run is published
             while extra > 0:
                 extra -= done.is_set()
