@@ -14,12 +14,12 @@ import json
 import numpy as np
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import torch
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
 from jobs._cli import StageContext, StageError
+from skillrank.evaluate import Method, model_method
 from skillrank.shards import Manifest, manifest_from_json
 from skillrank.tables import conform, table_version
 
@@ -59,18 +59,6 @@ def run_manifest(ctx: StageContext, run: Row) -> Manifest:
             " train again to evaluate on the current data"
         )
     return manifest
-
-
-def read_vocabulary(manifest: Manifest, kind: str) -> tuple[list[str], np.ndarray]:
-    """Names and training-profile counts of the run's job titles (kind 'job') or skills
-    ('skill'), both indexed by id."""
-    key, name = ("job_id", "job_title") if kind == "job" else ("skill_id", "skill_name")
-    files = [manifest.root / f["path"] for f in manifest.raw["vocabulary"][f"{kind}_vocab"]]
-    table = pq.ParquetDataset(files).read(columns=[key, name, "profile_count"]).sort_by(key)
-    ids = table.column(key).to_numpy()
-    if not np.array_equal(ids, np.arange(len(ids))):
-        raise StageError(f"{kind}_vocab of {manifest.raw.get('prepare_run_id')} is not dense")
-    return table.column(name).to_pylist(), table.column("profile_count").to_numpy()
 
 
 def test_segments(ctx: StageContext, manifest: Manifest) -> dict[str, tuple[str, ...]]:
@@ -133,3 +121,45 @@ def load_phi(ctx: StageContext, run: Row) -> torch.Tensor:
             f" expected {run.jobs} x {run.skills} distinct entries"
         )
     return torch.from_numpy(phi_t)
+
+
+def load_model(ctx: StageContext, run: Row, name: str = "model") -> tuple[Method, Method]:
+    """The run's model as two evaluation methods named `name`: its predictions of a profile
+    (``skillrank.evaluate.model_method``: phi, the background from `skill_background`, the
+    family and background weight from `runs`), and the ranking SkillRank publishes (phi's
+    rows as they are). A run published before model families existed is the paper's softmax
+    without a background (no skill_background rows: zeros)."""
+    phi_t = load_phi(ctx, run)
+    rows = (
+        ctx.spark.table(ctx.table("skill_background"))
+        .where(F.col("run_id") == run.run_id)
+        .select("skill_id", "weight")
+        .collect()
+    )
+    background = torch.zeros(run.skills, dtype=torch.float32)
+    if rows:
+        if len(rows) != run.skills:
+            raise StageError(
+                f"{ctx.table('skill_background')} holds {len(rows)} rows for run {run.run_id},"
+                f" expected {run.skills}"
+            )
+        ids, weights = zip(*((r.skill_id, r.weight) for r in rows), strict=True)
+        background[list(ids)] = torch.tensor(weights, dtype=torch.float32)
+    lam = float((run.hyperparameters or {}).get("background_weight", 0.0))
+    prediction = model_method(run.model or "softmax", phi_t, background, lam, name)
+    return prediction, Method(name, phi_t, "sum")
+
+
+def sibling_runs(ctx: StageContext, run: Row) -> list[Row]:
+    """The latest succeeded run of each other model family trained on the same shard set as
+    `run` (same prepare run), to be scored beside it."""
+    prepare_run = json.loads(run.input_manifest).get("prepare_run_id")
+    runs = ctx.spark.table(ctx.table("runs")).where(
+        (F.col("status") == "succeeded") & F.col("model").isNotNull()
+    )
+    latest: dict[str, Row] = {}
+    for row in runs.orderBy("ended_at").collect():
+        same_shards = json.loads(row.input_manifest).get("prepare_run_id") == prepare_run
+        if same_shards and row.model != (run.model or "softmax"):
+            latest[row.model] = row
+    return [latest[model] for model in sorted(latest)]

@@ -6,15 +6,16 @@ Evaluates the latest succeeded train run (or --run-id) on the test split it was 
 beside, and the baselines of skillrank.evaluate, computed from its training split only and
 fed exactly the same test profiles. Against the crawl generator's planted truth
 (<workdir>/<catalog.crawl_dir>/truth, or --truth; skipped when absent) and against the ESCO
-and O*NET taxonomies shipped in skillrank/taxonomy/. Writes the Delta table `evaluation`
-(the run's rows are replaced in one commit, so a rerun is idempotent) and prints the model
-against the best baseline on the headline metrics. docs/evaluation.md defines every metric.
+and O*NET taxonomies shipped in skillrank/taxonomy/. Every mean gets a 95% bootstrap
+interval, and the model's difference from each baseline a row of its own with a paired one.
+Writes the Delta table `evaluation` (the run's rows are replaced in one commit, so a rerun is
+idempotent) and prints the model against the best baseline on the headline metrics, with the
+interval of their difference. docs/evaluation.md defines every metric.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,33 +26,38 @@ from pyspark.sql import Row
 from jobs._cli import Stage, StageContext, StageError, StageResult, run_stages
 from jobs._runs import (
     add_run_argument,
-    load_phi,
-    read_vocabulary,
+    load_model,
     replace_run_rows,
     resolve_run,
     run_manifest,
+    sibling_runs,
     test_segments,
 )
 from skillrank.config import Config, load_aliases
 from skillrank.evaluate import (
+    BASELINES,
+    DIFFERENCE,
+    Bootstrap,
     EvaluationRow,
-    Method,
     baseline_methods,
     count_cooccurrences,
-    model_method,
     planted_relevance,
     profile_metrics,
     taxonomy_relevance,
-    title_truth_metrics,
+    title_buckets,
+    title_rows,
 )
 from skillrank.generate import load_taxonomy
 from skillrank.prepare import alias_lookup
-from skillrank.shards import iterate_batches
+from skillrank.shards import iterate_batches, read_vocabulary
 from skillrank.tables import SPECS, declare_tables
 
 # Training profiles per batch while counting co-occurrences (memory: a few MB per batch).
 _COUNT_BATCH = 8192
-# (metric, k, segment) printed in the closing summary: k None means the evaluate.* cut-off.
+# The method compared with the baselines: the run's model (model_method's default name).
+_MODEL = "model"
+# (metric, k, segment) printed in the closing summary: k "title_k" means evaluate.title_k;
+# segment "buckets" stands for each bucket of titles by training profiles, in order.
 _HEADLINES = (
     ("kl", None, "all"),
     ("recall", 20, "all"),
@@ -60,7 +66,7 @@ _HEADLINES = (
     ("map", 10, "all"),
     ("planted_precision", "title_k", "titles"),
     ("planted_ndcg", "title_k", "titles"),
-    ("planted_precision", "title_k", "titles_min_profiles"),
+    ("planted_precision", "title_k", "buckets"),
     ("taxonomy_precision", "title_k", "esco_essential"),
 )
 _LOWER_IS_BETTER = ("kl", "cross_entropy")
@@ -85,17 +91,30 @@ def run(ctx: StageContext) -> StageResult:
     train_run = resolve_run(ctx)
     manifest = run_manifest(ctx, train_run)
     print(f"[evaluate]   train run {train_run.run_id} ({manifest.raw['prepare_run_id']})")
-    with ctx.step("read phi"):
-        phi_t = load_phi(ctx, train_run)
+    siblings = sibling_runs(ctx, train_run)
+    with ctx.step(f"read the model and {len(siblings)} other families' runs on its shards"):
+        # Each as (its predictions of a profile, the ranking SkillRank publishes).
+        models = [load_model(ctx, train_run, _MODEL)]
+        models += [load_model(ctx, run, run.model) for run in siblings]
     with ctx.step("counted training co-occurrences (baselines)"):
         train_batches = iterate_batches(manifest.shards["train"], _COUNT_BATCH, shuffle=False)
         counts = count_cooccurrences(
             (batch for _, batch in train_batches), manifest.jobs, manifest.skills
         )
-        methods = [model_method(phi_t), *baseline_methods(counts, params.smoothing)]
-    with ctx.step(f"scored {manifest.rows['test']} test profiles with {len(methods)} methods"):
+        baselines = baseline_methods(counts, params.smoothing)
+    methods = [prediction for prediction, _ in models] + baselines
+    title_methods = [ranking for _, ranking in models] + baselines
+    names = [m.name for m in methods]
+    # Every method is scored; only the run's model is compared with the count baselines.
+    pairs = tuple((_MODEL, b) for b in BASELINES if _MODEL in names and b in names)
+    bootstrap = Bootstrap(params.bootstrap_samples, params.bootstrap_seed, pairs)
+    with ctx.step(
+        f"scored {manifest.rows['test']} test profiles with {len(methods)} methods"
+        f" ({params.bootstrap_samples} bootstrap resamples)"
+    ):
         test_batches = iterate_batches(manifest.shards["test"], params.batch_size, shuffle=False)
-        rows = profile_metrics(methods, test_batches, test_segments(ctx, manifest), params.ks)
+        segments_of = test_segments(ctx, manifest)
+        rows = profile_metrics(methods, test_batches, segments_of, params.ks, bootstrap)
 
     job_titles, job_counts = read_vocabulary(manifest, "job")
     skill_names, _ = read_vocabulary(manifest, "skill")
@@ -112,18 +131,23 @@ def run(ctx: StageContext) -> StageResult:
                 pq.read_table(truth_dir / "occupation_skills.parquet").to_pydict(),
                 *lookups,
             )
-            segments = {"titles": relevant}
-            if params.title_min_profiles > 0:
-                segments[f"titles_min_{params.title_min_profiles}_profiles"] = {
-                    j: s for j, s in relevant.items() if job_counts[j] >= params.title_min_profiles
-                }
-            rows += _title_rows(methods, segments, generic, params.title_k, "planted")
+            segments = {
+                "titles": np.fromiter(relevant, dtype=np.int64),
+                **title_buckets(job_counts, params.title_buckets),
+            }
+            rows += title_rows(
+                title_methods, relevant, generic, params.title_k, "planted", segments, bootstrap
+            )
     else:
         print(f"[evaluate]   no planted truth at {truth_dir}: planted_* metrics skipped")
     with ctx.step("checked SkillRank against the ESCO and O*NET taxonomies"):
         taxonomy = taxonomy_relevance(job_titles, skill_names, load_taxonomy(), *lookups)
-        # Judged as they come, on any crawl: no skill is set aside as generic.
-        rows += _title_rows(methods, taxonomy, nothing, params.title_k, "taxonomy")
+        for label, sets in taxonomy.items():
+            # Judged as they come, on any crawl: no skill is set aside as generic.
+            segment = {label: np.fromiter(sets, dtype=np.int64)}
+            rows += title_rows(
+                title_methods, sets, nothing, params.title_k, "taxonomy", segment, bootstrap
+            )
 
     name = ctx.table("evaluation")
     frame = ctx.spark.createDataFrame(
@@ -138,57 +162,57 @@ def run(ctx: StageContext) -> StageResult:
         summary=[
             f"evaluated train run {train_run.run_id}:"
             f" SELECT * FROM {name} WHERE run_id = '{train_run.run_id}'",
-            *summarize(rows, params.title_k, params.title_min_profiles),
+            *summarize(rows, params.title_k),
         ],
     )
 
 
-def _title_rows(
-    methods: Sequence[Method],
-    segments: dict[str, dict[int, np.ndarray]],
-    exclude: np.ndarray,
-    k: int,
-    prefix: str,
-) -> list[EvaluationRow]:
-    """Mean per-title precision, recall and NDCG@k of every method, per segment of titles."""
-    rows = []
-    for segment, relevant in segments.items():
-        for method in methods:
-            if not relevant:
-                continue
-            per_title = title_truth_metrics(method, relevant, exclude, k)
-            titles = len(per_title["job_id"])
-            rows.append(EvaluationRow(method.name, "titles", None, segment, float(titles)))
-            for metric in ("precision", "recall", "ndcg"):
-                value = float(np.mean(per_title[metric])) if titles else math.nan
-                rows.append(EvaluationRow(method.name, f"{prefix}_{metric}", k, segment, value))
-    return rows
-
-
-def summarize(rows: Sequence[EvaluationRow], title_k: int, min_profiles: int) -> list[str]:
-    """One line per headline metric: the model's value against the best baseline's."""
-    index = {(r.method, r.metric, r.k, r.segment): r.value for r in rows}
-    methods = sorted({r.method for r in rows} - {"model"})
-    lines = ["model against the best baseline (docs/evaluation.md):"]
+def summarize(rows: Sequence[EvaluationRow], title_k: int) -> list[str]:
+    """One line per headline metric, and per bucket of titles for planted precision: the
+    model's value, the best baseline's, their difference with its 95% bootstrap interval, and
+    a verdict when that interval excludes 0 ("within noise" when it does not)."""
+    index = {(r.method, r.metric, r.k, r.segment): r for r in rows}
+    baselines = [b for b in BASELINES if any(r.method == b for r in rows)]
+    buckets = dict.fromkeys(
+        r.segment for r in rows if r.metric.startswith("planted_") and r.segment != "titles"
+    )
+    lines = [
+        "model against the best baseline, difference with its 95% interval (docs/evaluation.md):"
+    ]
     for metric, k, segment in _HEADLINES:
         k = title_k if k == "title_k" else k
-        if segment == "titles_min_profiles":
-            segment = f"titles_min_{min_profiles}_profiles"
-        model = index.get(("model", metric, k, segment))
-        scored = [
-            (index[m, metric, k, segment], m) for m in methods if (m, metric, k, segment) in index
-        ]
-        if model is None or not scored:
-            continue
-        lower = metric in _LOWER_IS_BETTER
-        best, best_method = min(scored) if lower else max(scored)
-        wins = model < best if lower else model > best
-        label = f"{metric}@{k}" if k is not None else metric
-        lines.append(
-            f"  {label:<22} {segment:<28} model {model:.4f}   best baseline {best_method}"
-            f" {best:.4f}   {'model better' if wins else 'baseline better'}"
-        )
+        for label in buckets if segment == "buckets" else [segment]:
+            model = index.get((_MODEL, metric, k, label))
+            scored = [
+                index[b, metric, k, label] for b in baselines if (b, metric, k, label) in index
+            ]
+            if model is None or not scored:
+                continue
+            lower = metric in _LOWER_IS_BETTER
+            choose = min if lower else max
+            best = choose(scored, key=lambda r: r.value)
+            difference = index[f"{_MODEL}{DIFFERENCE}{best.method}", metric, k, label]
+            unit = "titles" if metric.startswith(("planted_", "taxonomy_")) else "profiles"
+            count = index[_MODEL, unit, None, label].value
+            name = f"{metric}@{k}" if k is not None else metric
+            lines.append(
+                f"  {name:<21} {label:<22} {count:>7,.0f} {unit:<8}  model {model.value:.4f}"
+                f"   {best.method} {best.value:.4f}   {_comparison(difference, lower)}"
+            )
     return lines
+
+
+def _comparison(difference: EvaluationRow, lower_is_better: bool) -> str:
+    """Model minus baseline, its interval, and which is better when the interval excludes 0."""
+    low, high = difference.ci_low, difference.ci_high
+    text = f"difference {difference.value:+.4f}"
+    if low is None or high is None:
+        return f"{text} (no interval)"
+    if low <= 0 <= high:
+        verdict = "within noise"
+    else:
+        verdict = "model better" if (high < 0) == lower_is_better else "baseline better"
+    return f"{text} [{low:+.4f}, {high:+.4f}]   {verdict}"
 
 
 STAGE = Stage(name="evaluate", add_arguments=add_arguments, run=run, check=check)

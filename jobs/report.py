@@ -25,12 +25,12 @@ from jobs._cli import Stage, StageContext, StageResult, run_stages
 from jobs._runs import (
     add_run_argument,
     load_phi,
-    read_vocabulary,
     replace_run_rows,
     resolve_run,
     run_manifest,
 )
 from skillrank import report
+from skillrank.shards import read_vocabulary
 from skillrank.tables import SPECS, declare_tables
 
 # t-SNE needs a few points to place: a map of fewer is left out.

@@ -15,6 +15,7 @@ it wrote and is marked 'failed', so the views never show it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import sys
@@ -34,7 +35,9 @@ from pyspark.sql import functions as F
 
 from jobs._cli import Stage, StageContext, StageError, StageResult, run_stages
 from skillrank import rankings
-from skillrank.config import Config
+from skillrank.config import Config, TrainConfig
+from skillrank.evaluate import model_method
+from skillrank.families import FAMILIES
 from skillrank.publish import (
     RUN_TABLES,
     named_neighbors,
@@ -42,12 +45,14 @@ from skillrank.publish import (
     ranked_pairs,
 )
 from skillrank.session import resolve_path
+from skillrank.shards import read_manifest
 from skillrank.tables import SPECS, conform, declare_tables, table_version
 from skillrank.trainer import (
+    SELECTION_K,
     TrainResult,
     clear_process_errors,
     process_errors,
-    train,
+    score_split,
     train_process,
     with_best_phi,
 )
@@ -75,6 +80,12 @@ def _paths(workdir: Path, config: Config) -> tuple[Path, Path]:
 
 def check(args: argparse.Namespace, config: Config) -> None:
     """Fail fast, before Spark starts, when there is nothing to train on or resume from."""
+    if config.train.model == "mixture":
+        device = args.device or config.train.device
+        if args.resume:
+            raise StageError("--resume applies to train.model=softmax; a mixture fit starts over")
+        if device != "cpu":
+            raise StageError(f"train.model=mixture runs on cpu, not {device} (its EM is sparse)")
     manifest, checkpoint = _paths(Path(args.workdir).resolve(), config)
     if not manifest.is_file():
         raise StageError(f"no training shards: {manifest} does not exist (run prepare first)")
@@ -101,11 +112,13 @@ def run(ctx: StageContext) -> StageResult:
     _discard_interrupted(ctx)
     _insert_run(ctx, device, manifest, manifest_text)
     try:
-        with ctx.step("trained (epochs, checkpoints, test loss)"):
+        with ctx.step("trained (epochs, checkpoints)"):
             result = _train(ctx, manifest_path, checkpoint, device)
+        with ctx.step("scored the test split (test loss)"):
+            test_loss = _test_loss(ctx.config.train, manifest_path, result)
         with ctx.step("published phi and rankings"):
             _publish(ctx, result, manifest_path, manifest)
-        _update_run(ctx, _run_outcome(result))
+        _update_run(ctx, _run_outcome(result, test_loss))
     except BaseException as exc:
         _discard(ctx, str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
         raise
@@ -118,9 +131,11 @@ def run(ctx: StageContext) -> StageResult:
             key: table_version(ctx.spark, ctx.table(key)) for key in ("runs", *RUN_TABLES)
         },
         summary=[
-            f"phi: {skills} skills x {jobs} jobs; {result.epochs_run} epochs,"
-            f" best epoch {result.best_epoch}",
-            f"validation loss {result.best_validation_loss:.6f}, test loss {result.test_loss:.6f}",
+            f"phi ({ctx.config.train.model}): {skills} skills x {jobs} jobs;"
+            f" {result.epochs_run} epochs, best epoch {result.best_epoch}",
+            f"validation NDCG@{SELECTION_K} {result.best_validation_ndcg:.6f},"
+            f" validation loss {result.best_validation_loss:.6f},"
+            f" test loss {test_loss:.6f}",
             f"checkpoint: {checkpoint}",
             "peak memory of this Python process (training and publishing):"
             f" {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB",
@@ -137,7 +152,7 @@ def _train(ctx: StageContext, manifest: Path, checkpoint: Path, device: str) -> 
     if params.num_processes > 1:
         return _train_distributed(ctx, manifest, checkpoint, device, config_json)
     try:
-        return train(
+        return FAMILIES[params.model](
             manifest,
             params,
             checkpoint,
@@ -171,6 +186,7 @@ def _train_distributed(
     try:
         result = distributor.run(
             train_process,
+            FAMILIES[params.model],
             str(manifest),
             params,
             str(checkpoint),
@@ -194,6 +210,7 @@ def _publish(ctx: StageContext, result: TrainResult, manifest_path: Path, manife
     fs, root = pafs.FileSystem.from_uri(staging)
     staged = {
         "phi": rankings.phi_blocks(phi_t, _PHI_BLOCK_JOBS),
+        "skill_background": iter([rankings.background_columns(result.background)]),
         "job_skill_rank": rankings.top_skills_per_job(phi_t, k.top_k, _RANK_BLOCK),
         "skill_job_rank": rankings.top_jobs_per_skill(phi_t, k.top_k, _RANK_BLOCK),
         "job_neighbors": rankings.job_neighbors(phi_t, k.neighbors_k, _RANK_BLOCK),
@@ -220,6 +237,9 @@ def _publish(ctx: StageContext, result: TrainResult, manifest_path: Path, manife
                 [Row(run_id=ctx.run_id, **vars(r)) for r in result.history]
             ),
             "phi": read("phi"),
+            "skill_background": read("skill_background").join(
+                F.broadcast(skill_vocab.select("skill_id", "skill_name")), "skill_id"
+            ),
             "job_skill_rank": ranked_pairs(read("job_skill_rank"), support, job_vocab, skill_vocab),
             "skill_job_rank": ranked_pairs(read("skill_job_rank"), support, job_vocab, skill_vocab),
             "job_neighbors": named_neighbors(read("job_neighbors"), job_vocab, "job"),
@@ -267,6 +287,8 @@ def _insert_run(ctx: StageContext, device: str, manifest: dict, manifest_text: s
         "status": "running",
         "started_at": datetime.now(UTC),
         "device": device,
+        "model": ctx.config.train.model,
+        "hyperparameters": {k: str(v) for k, v in dataclasses.asdict(ctx.config.train).items()},
         "jobs": int(manifest["vocabulary"]["jobs"]),
         "skills": int(manifest["vocabulary"]["skills"]),
         "train_profiles": int(manifest["splits"]["train"]["rows"]),
@@ -278,7 +300,15 @@ def _insert_run(ctx: StageContext, device: str, manifest: dict, manifest_text: s
     ctx.spark.createDataFrame([row], schema).write.insertInto(ctx.table("runs"))
 
 
-def _run_outcome(result: TrainResult) -> dict:
+def _test_loss(params: TrainConfig, manifest_path: Path, result: TrainResult) -> float:
+    """Mean KL of the published model on the test split: the one read of the test split,
+    after training chose everything on the validation split."""
+    method = model_method(params.model, result.phi_t, result.background, params.background_weight)
+    test_loss, _ = score_split(method, read_manifest(manifest_path), "test", params.batch_size)
+    return test_loss
+
+
+def _run_outcome(result: TrainResult, test_loss: float) -> dict:
     best = result.history[result.best_epoch - 1] if result.history else None
     return {
         "status": "succeeded",
@@ -286,7 +316,8 @@ def _run_outcome(result: TrainResult) -> dict:
         "best_epoch": result.best_epoch,
         "train_loss": best.train_loss if best else None,
         "validation_loss": result.best_validation_loss,
-        "test_loss": result.test_loss,
+        "validation_ndcg": result.best_validation_ndcg,
+        "test_loss": test_loss,
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import typing
 from dataclasses import dataclass
@@ -120,6 +121,7 @@ class GenerateConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    model: Literal["mixture", "softmax"]
     device: str
     seed: int
     batch_size: int
@@ -134,6 +136,12 @@ class TrainConfig:
     kernel: Literal["fused", "torch"]
     num_processes: int
     local_mode: bool
+    skill_bias: bool
+    l2: float
+    background_weight: float
+    prior_strength: float
+    title_prior: Literal["words", "popularity"]
+    word_prior_strength: float
 
 
 @dataclass(frozen=True)
@@ -147,8 +155,10 @@ class EvaluateConfig:
     ks: list[int]
     smoothing: float
     title_k: int
-    title_min_profiles: int
+    title_buckets: list[int]
     batch_size: int
+    bootstrap_samples: int
+    bootstrap_seed: int
 
 
 @dataclass(frozen=True)
@@ -350,6 +360,7 @@ def _validate(config: Config) -> None:
         "publish.neighbors_k": config.publish.neighbors_k,
         "evaluate.title_k": config.evaluate.title_k,
         "evaluate.batch_size": config.evaluate.batch_size,
+        "evaluate.bootstrap_samples": config.evaluate.bootstrap_samples,
         "report.coclusters": config.report.coclusters,
         "report.cocluster_jobs": config.report.cocluster_jobs,
         "report.cocluster_skills": config.report.cocluster_skills,
@@ -367,10 +378,29 @@ def _validate(config: Config) -> None:
             raise ConfigError(
                 f"prepare.{key} must be >= 0 (0: no limit), got {getattr(config.prepare, key)}"
             )
+    train = config.train
+    if not 0.0 <= train.background_weight < 1.0:
+        raise ConfigError(
+            f"train.background_weight must be in [0, 1), got {train.background_weight}"
+        )
+    for key in ("prior_strength", "word_prior_strength"):
+        if not getattr(train, key) > 0:
+            raise ConfigError(f"train.{key} must be > 0, got {getattr(train, key)}")
+    if not train.l2 >= 0:
+        raise ConfigError(f"train.l2 must be >= 0, got {train.l2}")
     if not config.evaluate.ks or min(config.evaluate.ks) < 1:
         raise ConfigError(f"evaluate.ks must list cut-offs >= 1, got {config.evaluate.ks}")
     if config.evaluate.smoothing <= 0:
         raise ConfigError(f"evaluate.smoothing must be > 0, got {config.evaluate.smoothing}")
+    edges = config.evaluate.title_buckets
+    if not edges or edges[0] < 2 or any(b <= a for a, b in itertools.pairwise(edges)):
+        raise ConfigError(
+            f"evaluate.title_buckets must list strictly increasing edges >= 2, got {edges}"
+        )
+    if config.evaluate.bootstrap_seed < 0:
+        raise ConfigError(
+            f"evaluate.bootstrap_seed must be >= 0, got {config.evaluate.bootstrap_seed}"
+        )
     aliases = load_aliases(config)
     for key, chosen, known in (
         ("prepare.cities", config.prepare.cities, aliases["cities"]),

@@ -6,9 +6,15 @@ split (``count_cooccurrences`` then ``baseline_methods``). Two kinds of evaluati
 
 - ``profile_metrics``: on held-out profiles, the truth is the profile's own skill set. KL and
   cross-entropy against the uniform distribution over that set (the training loss), and
-  precision, recall, NDCG and MAP at k, averaged per segment (all, a city, an industry...).
+  precision, recall, NDCG and MAP at k, per profile (``score_profiles``), then averaged per
+  segment (all, a city, an industry...).
 - ``title_truth_metrics``: per title, against a known relevant skill set: the generator's
-  planted truth (``planted_relevance``) or the real taxonomies (``taxonomy_relevance``).
+  planted truth (``planted_relevance``) or the real taxonomies (``taxonomy_relevance``);
+  ``title_rows`` averages them per segment of titles (e.g. ``title_buckets``).
+
+Every mean comes with a 95% percentile bootstrap interval (``segment_rows``): the profiles (or
+titles) of the segment are resampled with replacement, the same resamples for every method,
+so that the interval of a difference between two methods (rows "a - b") is a paired one.
 
 Rankings break ties in score by skill id, lowest first, so every figure is deterministic.
 Everything here is numpy/torch on the CPU's side of the file contract; the stage does the I/O.
@@ -22,9 +28,11 @@ took 6.0 s, the truncated SVD and its reconstruction 5.0 s of it, well under the
 from __future__ import annotations
 
 import math
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,6 +47,15 @@ if TYPE_CHECKING:
     from skillrank.generate import Taxonomy
 
 COMBINES = ("softmax", "mixture", "sum")
+# Names of the count baselines, as baseline_methods returns them.
+BASELINES = ("popularity", "cooccurrence", "pmi", "ppmi_svd")
+# The method name of the difference "a minus b": f"{a}{DIFFERENCE}{b}".
+DIFFERENCE = " - "
+# Percentiles bounding the bootstrap intervals: a 95% interval.
+_INTERVAL = (2.5, 97.5)
+# Resamples x units drawn at once by mean_intervals, whatever the number of resamples: each
+# of its few temporaries (draws, counts) is then 16 MB.
+_BOOTSTRAP_CELLS = 1 << 21
 # Rank of the ppmi_svd baseline (capped by the matrix shape) and the seed of its random
 # projection, so that two runs on the same counts give the same scores.
 SVD_RANK = 100
@@ -92,14 +109,47 @@ class Method:
 
 @dataclass(frozen=True)
 class EvaluationRow:
-    """One figure: `metric` (at cut-off `k`, None for kl/cross_entropy/profiles) of `method`,
-    averaged over the profiles of `segment` (the count of them for metric "profiles")."""
+    """One figure: `metric` (at cut-off `k`, None for kl/cross_entropy/profiles/titles) of
+    `method`, averaged over the profiles (or titles) of `segment` (the count of them for
+    metric "profiles" or "titles"), with its 95% bootstrap interval [ci_low, ci_high] (None
+    for counts, without resamples, or for an empty segment). A method "a - b" is the paired
+    difference of a and b over the same profiles or titles."""
 
     method: str
     metric: str
     k: int | None
     segment: str
     value: float
+    ci_low: float | None = None
+    ci_high: float | None = None
+
+
+@dataclass(frozen=True)
+class Bootstrap:
+    """How ``segment_rows`` draws intervals: `samples` resamples (0: no intervals), drawn from
+    `seed`; `pairs` (a, b) of methods whose paired differences a - b get rows of their own."""
+
+    samples: int = 0
+    seed: int = 0
+    pairs: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.samples < 0:
+            raise ValueError(f"bootstrap samples must be >= 0, got {self.samples}")
+
+
+@dataclass(frozen=True)
+class ProfileScores:
+    """Every method's metrics for each scored profile (``score_profiles``).
+
+    segments: label -> rows of its profiles (ascending), "all" first, holding every row;
+    metrics: method name -> its columns (metric, k); values: method name -> (profiles,
+    columns) float64, row i the i-th profile scored.
+    """
+
+    segments: dict[str, np.ndarray]
+    metrics: dict[str, list[tuple[str, int | None]]]
+    values: dict[str, np.ndarray]
 
 
 def count_cooccurrences(batches: Iterable[Batch], jobs: int, skills: int) -> CoCounts:
@@ -137,9 +187,24 @@ def count_cooccurrences(batches: Iterable[Batch], jobs: int, skills: int) -> CoC
     return CoCounts(pair.view(jobs, skills), job, skill, profiles)
 
 
-def model_method(phi_t: Tensor) -> Method:
-    """The trained model as a method: rows of phi_t (J x S) are logits, combined by softmax."""
-    return Method("model", phi_t, "softmax")
+def model_method(
+    model: str, phi_t: Tensor, background: Tensor, background_weight: float, name: str = "model"
+) -> Method:
+    """A trained model (a train run's phi_t, J x S, and background, S) as a method.
+
+    softmax: a title's row is phi_t[j] + background, logits combined by softmax (the job
+    weights sum to 1, so the bias counts once: softmax(b + sum_k w_k phi_t[k])). mixture: a
+    title's row is lam * p0 + (1 - lam) * theta_j, with p0 = softmax(background), theta_j =
+    exp(phi_t[j]) (phi_t is log theta: its rows are distributions already) and lam =
+    `background_weight`, distributions combined as a mixture.
+    """
+    if model == "softmax":
+        return Method(name, phi_t + background[None, :], "softmax")
+    if model == "mixture":
+        rows = phi_t.exp().mul_(1.0 - background_weight)
+        rows.add_(background_weight * torch.softmax(background, dim=0)[None, :])
+        return Method(name, rows, "mixture")
+    raise ValueError(f"unknown model family {model!r}")
 
 
 def baseline_methods(counts: CoCounts, smoothing: float) -> list[Method]:
@@ -168,20 +233,20 @@ def baseline_methods(counts: CoCounts, smoothing: float) -> list[Method]:
     return [popularity, cooccurrence, pmi, ppmi_svd]
 
 
-def profile_metrics(
+def score_profiles(
     methods: Sequence[Method],
     batches: Iterable[tuple[list[str], Batch]],
     segments_of: Mapping[str, Sequence[str]],
     ks: Sequence[int],
-) -> list[EvaluationRow]:
-    """Score every test profile with every method and average the metrics per segment.
+) -> ProfileScores:
+    """Score every profile with every method: each profile's metrics, and its segments.
 
     `batches` are (profile ids, Batch) as ``iterate_batches`` yields them; a profile belongs to
-    segment "all" plus the labels ``segments_of[profile_id]`` (none when absent). The truth is
-    the profile's skill set (skill ids distinct, as the shard contract guarantees). Returns, per
-    method and segment (in order of first appearance, "all" first), a "profiles" row (the
-    count), "kl" and "cross_entropy" for methods with a distribution, then precision, recall,
-    ndcg and map for each k. A segment's value is the mean over its profiles (nan if none).
+    segment "all" plus the labels ``segments_of[profile_id]`` (none when absent; segments in
+    order of first appearance). The truth is the profile's skill set (skill ids distinct, as
+    the shard contract guarantees). A method's columns are "kl" and "cross_entropy" when it has
+    a distribution, then precision, recall, ndcg and map for each k. Memory: profiles x
+    columns floats per method; no score matrix outlives its batch.
     """
     ks = list(ks)
     if not ks or min(ks) < 1 or len(set(ks)) != len(ks):
@@ -190,34 +255,100 @@ def profile_metrics(
     if len(set(names)) != len(names):
         raise ValueError(f"method names must be unique, got {names}")
     metrics = {m.name: _metric_names(m, ks) for m in methods}
-    segments: dict[str, int] = {"all": 0}
-    counts = np.zeros(1, dtype=np.int64)
-    sums = {m.name: np.zeros((1, len(metrics[m.name]))) for m in methods}
-
+    labels: dict[str, int] = {"all": 0}
+    entry_segments: list[np.ndarray] = []
+    entry_rows: list[np.ndarray] = []
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    scored = 0
     for ids, batch in batches:
         if len(ids) != batch.size:
             raise ValueError(f"{len(ids)} profile ids for a batch of {batch.size} profiles")
         if batch.size == 0:
             continue
-        seg_of_entry, profile_of_entry = _segment_entries(ids, segments_of, segments)
-        counts = _grow(counts, len(segments))
-        counts += np.bincount(seg_of_entry, minlength=len(segments))
+        seg_of_entry, profile_of_entry = _segment_entries(ids, segments_of, labels)
+        entry_segments.append(seg_of_entry)
+        entry_rows.append(profile_of_entry + scored)
+        scored += batch.size
         for method in methods:
-            values = _profile_values(method, batch, ks)
-            grown = _grow(sums[method.name], len(segments))
-            np.add.at(grown, seg_of_entry, values[profile_of_entry])
-            sums[method.name] = grown
+            parts[method.name].append(_profile_values(method, batch, ks))
+    seg = np.concatenate(entry_segments) if entry_segments else np.zeros(0, dtype=np.int64)
+    rows = np.concatenate(entry_rows) if entry_rows else np.zeros(0, dtype=np.int64)
+    values = {
+        name: np.concatenate(parts[name]) if parts[name] else np.zeros((0, len(metrics[name])))
+        for name in names
+    }
+    segments = {label: rows[seg == index] for label, index in labels.items()}
+    return ProfileScores(segments, metrics, values)
 
+
+def profile_metrics(
+    methods: Sequence[Method],
+    batches: Iterable[tuple[list[str], Batch]],
+    segments_of: Mapping[str, Sequence[str]],
+    ks: Sequence[int],
+    bootstrap: Bootstrap = Bootstrap(),
+) -> list[EvaluationRow]:
+    """Score every test profile with every method and average the metrics per segment.
+
+    Inputs as ``score_profiles``; intervals and differences as ``segment_rows`` says (none by
+    default). Returns, per segment (in order of first appearance, "all" first) and method, a
+    "profiles" row (the count), then a row per column of ``score_profiles``: the mean over the
+    segment's profiles (nan if none) and its interval; then the rows of the differences.
+    """
+    scores = score_profiles(methods, batches, segments_of, ks)
     rows: list[EvaluationRow] = []
-    for method in methods:
-        means = sums[method.name] / np.maximum(counts, 1)[:, None]
-        means[counts == 0] = math.nan
-        for label, index in segments.items():
-            rows.append(EvaluationRow(method.name, "profiles", None, label, float(counts[index])))
-            for column, (metric, k) in enumerate(metrics[method.name]):
-                rows.append(
-                    EvaluationRow(method.name, metric, k, label, float(means[index, column]))
-                )
+    for label, members in scores.segments.items():
+        values = {
+            name: dict(zip(scores.metrics[name], scores.values[name][members].T, strict=True))
+            for name in scores.values
+        }
+        rows += segment_rows(label, "profiles", len(members), values, bootstrap)
+    return rows
+
+
+def segment_rows(
+    segment: str,
+    unit: str,
+    units: int,
+    values: Mapping[str, Mapping[tuple[str, int | None], np.ndarray]],
+    bootstrap: Bootstrap,
+) -> list[EvaluationRow]:
+    """The rows of one segment: means over its units with bootstrap intervals, and differences.
+
+    `values`: method name -> (metric, k) -> that metric's value for each of the segment's
+    `units` profiles or titles (float arrays of that length, the same units in the same order
+    for every method). Per method, a row `unit` ("profiles" or "titles") holding the count,
+    then a row per metric: the mean and the 2.5 and 97.5 percentiles of the means of
+    `bootstrap.samples` resamples of the units with replacement. The resamples are drawn from
+    `bootstrap.seed` and the segment's name, and are the same for every method: for each pair
+    (a, b) of `bootstrap.pairs`, a row "a - b" per metric both have holds the mean of the
+    paired differences (mean(a) - mean(b)) and its interval, so a method against itself gives
+    exactly 0 in [0, 0]. No interval (None) without samples or units (means nan then).
+    """
+    for a, b in bootstrap.pairs:
+        if a not in values or b not in values:
+            raise ValueError(f"pair ({a!r}, {b!r}) names a method without values")
+    keys: list[tuple[str, str, int | None]] = []
+    columns: list[np.ndarray] = []
+    for name, metrics in values.items():
+        for (metric, k), column in metrics.items():
+            keys.append((name, metric, k))
+            columns.append(np.asarray(column, dtype=np.float64))
+    for a, b in bootstrap.pairs:
+        for (metric, k), column in values[a].items():
+            if (metric, k) in values[b]:
+                keys.append((f"{a}{DIFFERENCE}{b}", metric, k))
+                columns.append(column - np.asarray(values[b][(metric, k)], dtype=np.float64))
+    if any(column.shape != (units,) for column in columns):
+        raise ValueError(f"segment {segment!r}: every method needs {units} values per metric")
+    matrix = np.stack(columns, axis=1) if columns else np.zeros((units, 0))
+    rng = np.random.default_rng([bootstrap.seed, zlib.crc32(segment.encode())])
+    means, bounds = mean_intervals(matrix, bootstrap.samples, rng)
+
+    rows = [EvaluationRow(name, unit, None, segment, float(units)) for name in values]
+    for index, (name, metric, k) in enumerate(keys):
+        low, high = (None, None) if bounds is None else bounds[:, index].tolist()
+        rows.append(EvaluationRow(name, metric, k, segment, float(means[index]), low, high))
     return rows
 
 
@@ -280,6 +411,58 @@ def title_truth_metrics(
         "ndcg": np.concatenate(out["ndcg"]) if job_ids else empty,
         "relevant": np.asarray([ids.size for ids in sets], dtype=np.int64),
     }
+
+
+def title_rows(
+    methods: Sequence[Method],
+    relevant: Mapping[int, np.ndarray],
+    exclude: np.ndarray,
+    k: int,
+    prefix: str,
+    segments: Mapping[str, np.ndarray],
+    bootstrap: Bootstrap = Bootstrap(),
+) -> list[EvaluationRow]:
+    """Mean per-title precision, recall and NDCG@k of every method, per segment of titles.
+
+    Each method ranks the titles of `relevant` once (``title_truth_metrics`` with `exclude`
+    and `k`); `segments` maps a label to the job ids it covers, and its rows (``segment_rows``
+    with unit "titles", metrics <prefix>_precision, <prefix>_recall and <prefix>_ndcg at k, and
+    `bootstrap`) average the judged titles among them. A segment holding no judged title gets
+    no rows.
+    """
+    per_method = {m.name: title_truth_metrics(m, relevant, exclude, k) for m in methods}
+    rows: list[EvaluationRow] = []
+    for label, members in segments.items():
+        inside = {name: np.isin(result["job_id"], members) for name, result in per_method.items()}
+        titles = max((int(mask.sum()) for mask in inside.values()), default=0)
+        if titles == 0:
+            continue
+        values = {
+            name: {
+                (f"{prefix}_{metric}", k): per_method[name][metric][mask]
+                for metric in ("precision", "recall", "ndcg")
+            }
+            for name, mask in inside.items()
+        }
+        rows += segment_rows(label, "titles", titles, values, bootstrap)
+    return rows
+
+
+def title_buckets(profile_counts: np.ndarray, edges: Sequence[int]) -> dict[str, np.ndarray]:
+    """Job ids grouped by how many training profiles hold the title.
+
+    `profile_counts[j]`: training profiles of job j (at least 1 for a vocabulary title);
+    `edges`: strictly increasing, >= 2. [5, 20, 50] gives "titles_1_4_profiles" (counts below
+    5), "titles_5_19_profiles", "titles_20_49_profiles" and "titles_min_50_profiles" (50 or
+    more), in that order; each maps to its job ids, ascending (possibly none).
+    """
+    edges = list(edges)
+    if not edges or edges[0] < 2 or any(b <= a for a, b in pairwise(edges)):
+        raise ValueError(f"bucket edges must be strictly increasing and >= 2, got {edges}")
+    bucket = np.searchsorted(edges, np.asarray(profile_counts), side="right")
+    labels = [f"titles_{low}_{high - 1}_profiles" for low, high in pairwise([1, *edges])]
+    labels.append(f"titles_min_{edges[-1]}_profiles")
+    return {label: np.flatnonzero(bucket == index) for index, label in enumerate(labels)}
 
 
 def planted_relevance(
@@ -420,12 +603,33 @@ def _segment_entries(
     return np.asarray(seg_of_entry, dtype=np.int64), np.asarray(profile_of_entry, dtype=np.int64)
 
 
-def _grow(array: np.ndarray, rows: int) -> np.ndarray:
-    """`array` with zero rows appended up to `rows` rows."""
-    if array.shape[0] >= rows:
-        return array
-    extra = np.zeros((rows - array.shape[0], *array.shape[1:]), dtype=array.dtype)
-    return np.concatenate([array, extra])
+def mean_intervals(
+    values: np.ndarray, samples: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Column means of `values` (units x columns) and their percentile bootstrap intervals,
+    (2, columns): low, high (None without samples or units), from `samples` resamples of the
+    units with replacement, each the same for every column."""
+    units = values.shape[0]
+    if units == 0:
+        return np.full(values.shape[1], math.nan), None
+    # Shifted by the first unit, so that a constant column (a method against itself gives
+    # zeros) has exactly its value as mean and as both ends of its interval, with no rounding.
+    shift = values[0]
+    centered = values - shift
+    means = shift + centered.mean(axis=0)
+    if samples == 0:
+        return means, None
+    resampled = np.empty((samples, values.shape[1]))
+    chunk = max(1, _BOOTSTRAP_CELLS // units)
+    for start in range(0, samples, chunk):
+        size = min(chunk, samples - start)
+        # How often each unit is drawn in each resample: a (size x units) count matrix, so the
+        # resampled means of every column are one matrix product.
+        draws = rng.integers(0, units, size=(size, units))
+        cells = (np.arange(size)[:, None] * units + draws).ravel()
+        times = np.bincount(cells, minlength=size * units).reshape(size, units)
+        resampled[start : start + size] = shift + times.astype(np.float64) @ centered / units
+    return means, np.percentile(resampled, _INTERVAL, axis=0)
 
 
 def _profile_values(method: Method, batch: Batch, ks: Sequence[int]) -> np.ndarray:
@@ -478,15 +682,27 @@ def _top_k(scores: Tensor, k: int) -> Tensor:
     if torch.isnan(scores).any():
         # nan compares false with everything: the selection below would come out short.
         raise ValueError("scores hold nan: cannot rank")
-    threshold = torch.topk(scores, k, dim=1).values[:, -1:]
+    values, ids = torch.topk(scores, k, dim=1)
+    threshold = values[:, -1:]
+    # Where more skills tie at the k-th score than the top k holds, which of them topk took
+    # is arbitrary: those rows (rare with real-valued scores) take the lowest ids instead.
+    ambiguous = ((scores == threshold).sum(dim=1) > (values == threshold).sum(dim=1)).nonzero()
+    if ambiguous.numel():
+        rows = ambiguous[:, 0]
+        ids[rows] = _lowest_ids_at_threshold(scores[rows], threshold[rows], k)
+    ids = ids.sort(dim=1).values  # ascending id, so that the stable sort breaks ties by id
+    order = torch.sort(scores.gather(1, ids), dim=1, descending=True, stable=True).indices
+    return ids.gather(1, order)
+
+
+def _lowest_ids_at_threshold(scores: Tensor, threshold: Tensor, k: int) -> Tensor:
+    """(R, k) ids of each row's scores above `threshold`, then of those equal to it, lowest
+    ids first, up to k in all (ascending id order)."""
     above = scores > threshold
     tied = scores == threshold
     room = k - above.sum(dim=1, keepdim=True)
-    # Of the skills tied at the k-th score, take as many as fit, lowest ids first.
     chosen = above | (tied & (tied.to(torch.int32).cumsum(dim=1) <= room))
-    ids = chosen.nonzero()[:, 1].view(b, k)  # ascending id within each row
-    order = torch.sort(scores.gather(1, ids), dim=1, descending=True, stable=True).indices
-    return ids.gather(1, order)
+    return chosen.nonzero()[:, 1].view(scores.shape[0], k)
 
 
 def _ranking_values(hits: Tensor, sizes: Tensor, k: int) -> dict[str, Tensor]:

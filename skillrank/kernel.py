@@ -68,9 +68,6 @@ class Kernel:
         self._sgd_step = library.skr_sgd_step
         self._sgd_step.argtypes = [*batch_args, ctypes.c_float, ptr, i64, ctypes.c_int, ptr]
         self._sgd_step.restype = ctypes.c_int
-        self._loss_sum = library.skr_loss_sum
-        self._loss_sum.argtypes = [*batch_args, ptr, i64, ctypes.c_int, ptr]
-        self._loss_sum.restype = ctypes.c_int
         self._work = torch.empty(0, dtype=torch.float32)
         self._lock = threading.Lock()
 
@@ -84,12 +81,6 @@ class Kernel:
         loss = ctypes.c_double()
         self._call(self._sgd_step, phi_t, batch, [ctypes.c_float(learning_rate)], loss)
         return loss.value
-
-    def loss_sum(self, phi_t: Tensor, batch: Batch) -> float:
-        """Sum over the batch of each profile's KL (``batch.size * kl_loss``); phi_t unchanged."""
-        total = ctypes.c_double()
-        self._call(self._loss_sum, phi_t, batch, [], total)
-        return total.value
 
     def _call(
         self,

@@ -19,6 +19,10 @@ computes that directly, without autograd, in two parts that distributed training
 apart: ``kl_loss_and_residual`` (the residuals p_i - t_i) and ``row_gradients`` (residuals to
 job rows); ``kl_loss_autograd`` is the plain reference path.
 
+The trainer's per-skill bias b (logits = b + sum_k w_k phi_t[job_k]) is one more row of
+phi_t that every profile holds (``append_job``), so none of this, nor the fused kernel, needs
+to know about it.
+
 A batch is in CSR form (``Batch``): the job ids and weights of all profiles flattened, with
 offsets marking where each profile starts, and the same for skill ids.
 """
@@ -61,6 +65,22 @@ class Batch:
             skill_ids=self.skill_ids.to(device),
             skill_offsets=self.skill_offsets.to(device),
         )
+
+
+def append_job(batch: Batch, job: int, weight: float) -> Batch:
+    """The same profiles, each with one more job `job` of weight `weight`, after its own.
+
+    The trainer's skill bias is such a job: a row of phi_t that every profile holds.
+    """
+    profiles = torch.arange(batch.size + 1, device=batch.job_offsets.device)
+    job_offsets = batch.job_offsets + profiles
+    own = torch.ones(batch.job_ids.numel() + batch.size, dtype=torch.bool, device=profiles.device)
+    own[job_offsets[1:] - 1] = False  # each profile's last slot: the appended job
+    job_ids = torch.full(own.shape, job, dtype=batch.job_ids.dtype, device=own.device)
+    job_ids[own] = batch.job_ids
+    job_weights = torch.full(own.shape, weight, dtype=batch.job_weights.dtype, device=own.device)
+    job_weights[own] = batch.job_weights
+    return Batch(job_ids, job_weights, job_offsets, batch.skill_ids, batch.skill_offsets)
 
 
 def init_phi(jobs: int, skills: int, std: float, generator: torch.Generator) -> Tensor:

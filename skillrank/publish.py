@@ -15,6 +15,7 @@ from pyspark.sql import functions as F
 RUN_TABLES = (
     "training_history",
     "phi",
+    "skill_background",
     "job_skill_rank",
     "skill_job_rank",
     "job_neighbors",

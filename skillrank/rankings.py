@@ -36,6 +36,15 @@ def phi_blocks(phi_t: Tensor, block_jobs: int) -> Iterator[Columns]:
         }
 
 
+def background_columns(background: Tensor) -> Columns:
+    """The model's background (S,) as (skill_id, weight, probability = softmax of weight)."""
+    return {
+        "skill_id": np.arange(background.numel(), dtype=np.int32),
+        "weight": background.numpy().astype(np.float32),
+        "probability": torch.softmax(background.double(), dim=0).numpy(),
+    }
+
+
 def top_skills_per_job(phi_t: Tensor, k: int, block: int) -> Iterator[Columns]:
     """SkillRank: each job's k highest-weight skills with their job2vec probability."""
     for start in range(0, phi_t.shape[0], block):

@@ -35,6 +35,8 @@ from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
 from torch import Tensor
 
+from skillrank.evaluate import BASELINES, DIFFERENCE
+
 DPI = 110
 # Entries per block of phi_t: small enough that torch.histc's float32 counts stay exact
 # (float32 holds every integer up to 2**24) and a block's temporaries stay a few MiB.
@@ -356,18 +358,20 @@ def map_figure(
 def evaluation_figure(out_dir: Path, rows: Sequence[Mapping[str, object]]) -> Figure:
     """The evaluation table as bars: one subplot per metric over k, one bar per method.
 
-    Takes rows with keys method, metric, k, segment, value; draws segment "all" and, when
-    present, the planted-truth rows (segment "titles") in a last subplot. Rows without a k
-    (kl, cross_entropy, counts), of other segments, or whose value is None are left out.
-    Writes ``evaluation.png``.
+    Takes rows with keys method, metric, k, segment, value and optionally ci_low, ci_high;
+    draws segment "all" and, when present, the planted-truth rows (segment "titles") in a last
+    subplot, each bar with its interval as an error bar when the row has both ends. Rows
+    without a k (kl, cross_entropy, counts), of other segments, of differences between methods
+    ("model - cooccurrence") or whose value is None are left out. Writes ``evaluation.png``.
     """
     scores: dict[tuple[str, str, int], float] = {}
     planted: dict[tuple[str, str, int], float] = {}
+    intervals: dict[tuple[str, str, int], tuple[float, float]] = {}
     methods: list[str] = []
     for row in rows:
         segment, metric, method = str(row["segment"]), str(row["metric"]), str(row["method"])
         # A null k marks a loss or a count, not a ranking metric at a cut-off.
-        if row["value"] is None or row.get("k") is None:
+        if row["value"] is None or row.get("k") is None or DIFFERENCE in method:
             continue
         if segment == "all" and metric not in PLANTED_METRICS:
             target = scores
@@ -375,7 +379,10 @@ def evaluation_figure(out_dir: Path, rows: Sequence[Mapping[str, object]]) -> Fi
             target = planted
         else:
             continue
-        target[(method, metric, int(_number(row, "k")))] = _number(row, "value")
+        key = (method, metric, int(_number(row, "k")))
+        target[key] = _number(row, "value")
+        if row.get("ci_low") is not None and row.get("ci_high") is not None:
+            intervals[key] = (_number(row, "ci_low"), _number(row, "ci_high"))
         if method not in methods:
             methods.append(method)
     if not scores and not planted:
@@ -399,14 +406,14 @@ def evaluation_figure(out_dir: Path, rows: Sequence[Mapping[str, object]]) -> Fi
     axes = fig.subplots(grid_rows, columns, squeeze=False).ravel()
     for ax, metric in zip(axes, metrics, strict=False):
         groups = sorted({k for _, m, k in scores if m == metric})
-        _grouped_bars(ax, scores, methods, colours, [(metric, k) for k in groups])
+        _grouped_bars(ax, scores, intervals, methods, colours, [(metric, k) for k in groups])
         ax.set_xticks(range(len(groups)), [str(k) for k in groups])
         ax.set_xlabel("k")
         ax.set_title(f"{metric}@k (segment: all)", fontsize=10)
     if planted:
         ax = axes[len(metrics)]
         groups_planted = sorted({(m, k) for _, m, k in planted})
-        _grouped_bars(ax, planted, methods, colours, groups_planted)
+        _grouped_bars(ax, planted, intervals, methods, colours, groups_planted)
         names = [f"{m.removeprefix('planted_')}@{k}" for m, k in groups_planted]
         ax.set_xticks(range(len(names)), names, fontsize=8)
         ax.set_title("planted truth (titles)", fontsize=10)
@@ -419,7 +426,7 @@ def evaluation_figure(out_dir: Path, rows: Sequence[Mapping[str, object]]) -> Fi
     fig.legend(handles, methods, loc="outside upper center", ncols=min(len(methods), 6))
 
     key = "evaluation"
-    caption = _evaluation_caption(scores, planted, methods)
+    caption = _evaluation_caption(scores, planted, intervals, methods)
     return Figure(key, "Evaluation: model against baselines", caption, _save(fig, out_dir, key))
 
 
@@ -582,16 +589,35 @@ def _number(row: Mapping[str, object], key: str) -> float:
 def _grouped_bars(
     ax: Axes,
     values: Mapping[tuple[str, str, int], float],
+    intervals: Mapping[tuple[str, str, int], tuple[float, float]],
     methods: Sequence[str],
     colours: Mapping[str, ColorType],
     groups: Sequence[tuple[str, int]],
 ) -> None:
-    """Bars for each (metric, k) group at x = 0, 1, ..., one bar per method in each group."""
+    """Bars for each (metric, k) group at x = 0, 1, ..., one bar per method in each group,
+    with an error bar from low to high where `intervals` holds the bar's (low, high)."""
     width = 0.8 / max(1, len(methods))
     for index, method in enumerate(methods):
         offset = (index - (len(methods) - 1) / 2) * width
         xs = [x + offset for x, (m, k) in enumerate(groups) if (method, m, k) in values]
         heights = [values[(method, m, k)] for m, k in groups if (method, m, k) in values]
+        spans = [intervals.get((method, m, k)) for m, k in groups if (method, m, k) in values]
+        bars = [(x, h, span) for x, h, span in zip(xs, heights, spans, strict=True) if span]
+        if bars:
+            # max(0, ...): rounding may leave a value a hair outside its own interval.
+            ax.errorbar(
+                [x for x, _, _ in bars],
+                [h for _, h, _ in bars],
+                yerr=[
+                    [max(0.0, h - lo) for _, h, (lo, _) in bars],
+                    [max(0.0, hi - h) for _, h, (_, hi) in bars],
+                ],
+                fmt="none",
+                ecolor="black",
+                elinewidth=0.8,
+                capsize=2.0,
+                zorder=4,
+            )
         is_model = method == MODEL_METHOD
         ax.bar(
             xs,
@@ -609,9 +635,15 @@ def _grouped_bars(
 def _evaluation_caption(
     scores: Mapping[tuple[str, str, int], float],
     planted: Mapping[tuple[str, str, int], float],
+    intervals: Mapping[tuple[str, str, int], tuple[float, float]],
     methods: Sequence[str],
 ) -> str:
-    """One or two sentences: the model against the best baseline at the headline metric."""
+    """One or two sentences: the model against the best count baseline at the headline
+    metric, with their intervals when known."""
+
+    def interval(key: tuple[str, str, int]) -> str:
+        return f" [{intervals[key][0]:.3f}, {intervals[key][1]:.3f}]" if key in intervals else ""
+
     sentences = []
     for values, metric, what in (
         (scores, "ndcg", "ndcg"),
@@ -621,15 +653,18 @@ def _evaluation_caption(
         if not ks:
             continue
         k = ks[-1]
-        sentence = f"Model {what}@{k}: {values[(MODEL_METHOD, metric, k)]:.3f}"
+        model = (MODEL_METHOD, metric, k)
+        sentence = f"Model {what}@{k}: {values[model]:.3f}{interval(model)}"
         baselines = [
             (values[(method, metric, k)], method)
             for method in methods
-            if method != MODEL_METHOD and (method, metric, k) in values
+            if method in BASELINES and (method, metric, k) in values
         ]
         if baselines:
             best, name = max(baselines)
-            sentence += f", best baseline {name} {best:.3f}"
+            sentence += f", best baseline {name} {best:.3f}{interval((name, metric, k))}"
         sentences.append(sentence + ".")
     sentences.append(f"Methods: {', '.join(methods)}.")
+    if intervals:
+        sentences.append("Error bars: 95% bootstrap intervals.")
     return " ".join(sentences)

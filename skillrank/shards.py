@@ -143,3 +143,15 @@ def _flatten(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return values, offsets
+
+
+def read_vocabulary(manifest: Manifest, kind: str) -> tuple[list[str], np.ndarray]:
+    """Names and training-profile counts of the run's job titles (kind 'job') or skills
+    ('skill'), both indexed by id."""
+    key, name = ("job_id", "job_title") if kind == "job" else ("skill_id", "skill_name")
+    files = [manifest.root / f["path"] for f in manifest.raw["vocabulary"][f"{kind}_vocab"]]
+    table = pq.ParquetDataset(files).read(columns=[key, name, "profile_count"]).sort_by(key)
+    ids = table.column(key).to_numpy()
+    if not np.array_equal(ids, np.arange(len(ids))):
+        raise ValueError(f"{kind}_vocab of {manifest.raw.get('prepare_run_id')} is not dense")
+    return table.column(name).to_pylist(), table.column("profile_count").to_numpy()

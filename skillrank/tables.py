@@ -229,6 +229,17 @@ SPECS: dict[str, TableSpec] = {
                     _col("started_at", TimestampType(), "start (UTC)", False),
                     _col("ended_at", TimestampType(), "end (UTC); null while running"),
                     _col("device", StringType(), "cpu or cuda", False),
+                    _col(
+                        "model",
+                        StringType(),
+                        "model family (train.model): mixture (EM) or softmax (the paper's)",
+                    ),
+                    _col(
+                        "hyperparameters",
+                        MapType(StringType(), StringType()),
+                        "every train.* setting of the run, as text (e.g."
+                        " hyperparameters['prior_strength'])",
+                    ),
                     _col("jobs", IntegerType(), "job titles in the vocabulary (J)", False),
                     _col("skills", IntegerType(), "skills in the vocabulary (S)", False),
                     _col("train_profiles", LongType(), "profiles in the train split", False),
@@ -239,6 +250,12 @@ SPECS: dict[str, TableSpec] = {
                         "validation_loss",
                         DoubleType(),
                         "mean KL on the validation split at best_epoch; lower is better",
+                    ),
+                    _col(
+                        "validation_ndcg",
+                        DoubleType(),
+                        "NDCG@10 on the validation split at best_epoch (the selection metric);"
+                        " higher is better",
                     ),
                     _col(
                         "test_loss",
@@ -271,6 +288,12 @@ SPECS: dict[str, TableSpec] = {
                         "mean KL on the validation split after the epoch; lower is better",
                         False,
                     ),
+                    _col(
+                        "validation_ndcg",
+                        DoubleType(),
+                        "NDCG@10 on the validation split after the epoch (the selection"
+                        " metric); higher is better",
+                    ),
                     _col("seconds", DoubleType(), "wall time of the epoch", False),
                 ]
             ),
@@ -293,6 +316,33 @@ SPECS: dict[str, TableSpec] = {
                 ]
             ),
             partition_by=("run_id",),
+        ),
+        TableSpec(
+            "skill_background",
+            "train",
+            "What every profile lists whatever its jobs: the background of each run's model"
+            " (docs/tables.md), one row per skill.",
+            StructType(
+                [
+                    _RUN_ID,
+                    _col("skill_id", IntegerType(), "skill (skill_vocab.skill_id)", False),
+                    _col("skill_name", StringType(), "skill", False),
+                    _col(
+                        "weight",
+                        FloatType(),
+                        "log-scale background: mixture log p0(skill), softmax the skill's bias",
+                        False,
+                    ),
+                    _col(
+                        "probability",
+                        DoubleType(),
+                        "softmax of weight over all skills: the mixture's p0, the share of skill"
+                        " mentions a profile makes whatever its jobs; higher is more generic",
+                        False,
+                    ),
+                ]
+            ),
+            checks=(("probability_in_0_1", "probability >= 0 AND probability <= 1"),),
         ),
         TableSpec(
             "job_skill_rank",
@@ -399,8 +449,9 @@ SPECS: dict[str, TableSpec] = {
                     _col(
                         "method",
                         StringType(),
-                        "model (the run's phi) or a baseline: popularity, cooccurrence, pmi,"
-                        " ppmi_svd",
+                        "model (the run's phi), another trained model, or a baseline:"
+                        " popularity, cooccurrence, pmi, ppmi_svd; model - <baseline>: the"
+                        " difference model minus that baseline on the same profiles or titles",
                         False,
                     ),
                     _col(
@@ -416,11 +467,23 @@ SPECS: dict[str, TableSpec] = {
                         "segment",
                         StringType(),
                         "all, city=<code>, industry=<code> (test profiles); titles,"
-                        " titles_min_<n>_profiles (planted truth); esco_essential,"
-                        " onet_technology (taxonomies)",
+                        " titles_<a>_<b>_profiles, titles_min_<n>_profiles (planted truth, titles"
+                        " by training profiles); esco_essential, onet_technology (taxonomies)",
                         False,
                     ),
                     _col("value", DoubleType(), "mean over the segment (or the count)", False),
+                    _col(
+                        "ci_low",
+                        DoubleType(),
+                        "lower end of the 95% percentile bootstrap interval of value (profiles"
+                        " or titles resampled, the same resamples for every method); null for"
+                        " counts",
+                    ),
+                    _col(
+                        "ci_high",
+                        DoubleType(),
+                        "upper end of the 95% bootstrap interval of value; null for counts",
+                    ),
                 ]
             ),
         ),
@@ -483,6 +546,7 @@ def declare_tables(spark: SparkSession, config: Config, keys: list[str]) -> None
             .partitionedBy(*spec.partition_by)
             .execute()
         )
+        _add_missing_columns(spark, table_name(config, key), spec.schema)
         if spec.checks:
             properties = spark.sql(f"SHOW TBLPROPERTIES {table_name(config, key)}").collect()
             present = {r.key for r in properties}
@@ -492,6 +556,24 @@ def declare_tables(spark: SparkSession, config: Config, keys: list[str]) -> None
                         f"ALTER TABLE {table_name(config, key)}"
                         f" ADD CONSTRAINT {name} CHECK ({condition})"
                     )
+
+
+def _add_missing_columns(spark: SparkSession, name: str, schema: StructType) -> None:
+    """Add the declared columns that a table created by an older version lacks (nullable,
+    with their comments, each after its declared predecessor, since writes go by position):
+    its old rows read null there."""
+    present = {f.name for f in spark.table(name).schema}
+    missing = [(i, f) for i, f in enumerate(schema) if f.name not in present]
+    if not missing:
+        return
+    if any(not f.nullable or i == 0 for i, f in missing):
+        raise ConfigError(f"{name} lacks the column(s) {', '.join(f.name for _, f in missing)}")
+    for i, field in missing:
+        comment = field.metadata["comment"].replace("'", "\\'")
+        spark.sql(
+            f"ALTER TABLE {name} ADD COLUMNS ({field.name} {field.dataType.simpleString()}"
+            f" COMMENT '{comment}' AFTER {schema[i - 1].name})"
+        )
 
 
 def _clear_unregistered_location(spark: SparkSession, config: Config, key: str) -> None:

@@ -1,10 +1,35 @@
-"""The training loop: learn phi from the shards with early stopping, checkpoint every epoch.
+"""The training loop of the softmax family: learn phi (and a per-skill bias) from the shards
+with early stopping on validation NDCG@10, checkpoint every epoch.
 
 Reads only the shard manifest and its Parquet files (skillrank.shards), computes the loss
 and its gradient with skillrank.model (or, for SGD on CPU, the fused kernel of
 skillrank.kernel, which computes the same step), and writes one checkpoint file, replaced
 atomically after every epoch. The best epoch's phi lives on disk beside it
 (``best-epoch-<N>.pt``), not in memory, so training holds one copy of phi.
+
+The model: a profile's logits are b + sum_k w_k phi_t[job_k] (job weights summing to 1).
+With train.skill_bias, the bias b (S,) starts at log p0, the log of each skill's smoothed
+share of the train split's skill mentions (``skillrank.trainer.popularity``), so that phi's
+rows learn deviations from the background; without it b = 0. Training keeps b as one more
+row of phi_t, row J, holding b / v, and every profile holds that row as one more job of
+weight v = 1 / sqrt(batch_size) (``skillrank.model.append_job``): the loss, its gradient and
+the fused kernel stay those of plain phi. Why v: SGD moves b by learning_rate * v^2 times the
+gradient, here (learning_rate / batch_size) times the batch's mean residual, the step of a
+title that one profile of the batch holds. With v = 1 the step would be batch_size times
+that, and at a learning rate of 10,000 the bias of any skill whose mean predicted
+probability exceeds 2 / 10,000 (the loss's curvature along b_s) would oscillate and diverge.
+
+L2 (train.l2 = lambda >= 0): decoupled weight decay of phi_t's J rows, never of b. After each
+epoch's n optimizer steps, phi_t[:J] *= (1 - learning_rate * lambda)^n: the shrinkage that
+decaying every row by (1 - learning_rate * lambda) at every step (SGD on the loss plus
+(lambda / 2) |phi|^2, the decay applied apart from the loss's gradient as in AdamW) gives over
+the epoch, applied at once after the epoch's gradient steps rather than between them; one
+pass over phi per epoch instead of one per step.
+
+Selection: after every epoch the validation split is scored with ``score_split`` (the model as
+``skillrank.evaluate.model_method("softmax", phi_t, b, 0)``): mean KL and NDCG@10. The epoch
+of the highest NDCG@10 is the best; training stops after train.patience epochs without an
+improvement of more than train.min_improvement, or after train.max_epochs.
 ``train(..., resume=True)`` continues from the checkpoint and, on CPU, reaches bit for bit
 the phi of an uninterrupted run: the data order depends only on (seed, epoch), and the
 checkpoint holds everything else that changes between epochs.
@@ -27,6 +52,7 @@ import pickle
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,24 +63,30 @@ import torch.distributed as dist
 from torch import Tensor
 
 from skillrank.config import TrainConfig
+from skillrank.evaluate import Method, model_method, profile_metrics
 from skillrank.kernel import Kernel, KernelUnavailable, load_kernel
 from skillrank.model import (
     Batch,
+    append_job,
     init_phi,
-    kl_loss,
     kl_loss_and_grad,
     kl_loss_and_residual,
     row_gradients,
 )
 from skillrank.shards import Manifest, iterate_batches, read_manifest
 
-CHECKPOINT_FORMAT = 3
+CHECKPOINT_FORMAT = 4
+# Cut-off of the selection metric: the best epoch has the highest validation NDCG@10.
+SELECTION_K = 10
 _CHECKPOINT_KEYS = {
     "format",
+    "parameters",
     "phi_t",
+    "background",
     "optimizer",
     "epoch",
     "best_validation_loss",
+    "best_validation_ndcg",
     "best_epoch",
     "bad_epochs",
     "rng_state",
@@ -107,20 +139,27 @@ class Ranks:
 
 @dataclass(frozen=True)
 class EpochRecord:
+    """One epoch (an EM iteration for the mixture): the mean KL on the train split, and the
+    mean KL and NDCG@10 (the selection metric) on the validation split."""
+
     epoch: int
     train_loss: float
     validation_loss: float
+    validation_ndcg: float
     seconds: float
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """phi_t of the best epoch (jobs x skills, on CPU) and how training went."""
+    """What every model family returns: phi_t of the best epoch (jobs x skills, on CPU), the
+    background (S,; the softmax's skill bias, the mixture's log p0: see
+    ``skillrank.evaluate.model_method``) and how training went."""
 
     phi_t: Tensor
+    background: Tensor
     best_epoch: int
     best_validation_loss: float
-    test_loss: float
+    best_validation_ndcg: float
     epochs_run: int
     history: list[EpochRecord]
 
@@ -136,22 +175,24 @@ def train(
     log: TextIO = sys.stderr,
     ranks: Ranks = Ranks(),
 ) -> TrainResult:
-    """Train phi on the manifest's train split; early stopping on its validation split.
+    """Train the softmax family on the manifest's train split; early stopping on validation
+    NDCG@10.
 
     `device` overrides params.device. `config_json` (the whole configuration, as JSON) is
     stored in the checkpoint; it defaults to the train section. With `resume`, training
     continues from `checkpoint_path`, which must come from the same settings (only device,
     max_epochs, patience, min_improvement and checkpoint_dir may differ). Returns the best
-    epoch's phi_t and its test loss. With `ranks` of a world > 1, this is one process of
-    data-parallel training (see ``train_process``).
+    epoch's phi_t (J x S) and skill bias (`background`, S; zeros without params.skill_bias),
+    and its validation KL and NDCG@10; it never reads the test split. With `ranks` of a world
+    > 1, this is one process of data-parallel training (see ``train_process``).
     """
     _check_params(params)
     manifest = read_manifest(manifest_path)
-    for split in ("train", "validation", "test"):
+    for split in ("train", "validation"):
         if split not in manifest.shards:
             raise ValueError(f"manifest {manifest_path} has no {split!r} split")
     if manifest.rows["validation"] == 0:
-        # Early stopping needs a validation loss; without one no epoch could ever be best.
+        # Early stopping needs a validation score; without one no epoch could ever be best.
         raise ValueError(f"manifest {manifest_path}: the validation split is empty")
     target = torch.device(device or params.device)
     if target.type == "cuda" and not torch.cuda.is_available():
@@ -173,6 +214,7 @@ def train(
     # Distributed steps exchange residuals, which the fused kernel does not expose.
     kernel = _fused_kernel(params, target, log) if ranks.world == 1 else None
     shards = _shard_set(manifest)
+    jobs, bias_weight = manifest.jobs, _bias_weight(params)
     if resume:
         if ranks.rank > 0:  # rank 0 first: it may set an unreadable checkpoint aside
             ranks.barrier()
@@ -184,57 +226,78 @@ def train(
                 f"checkpoint {checkpoint_path} was trained on other shards ({state['shards']},"
                 f" now {shards}); train without --resume"
             )
-        phi_t = state["phi_t"].to(target)
-        optimizer = _make_optimizer(phi_t, params)
+        phi_bias = state["parameters"].to(target)
+        optimizer = _make_optimizer(phi_bias, params)
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_state"])
-        epoch = state["epoch"]
-        best_loss, best_epoch = state["best_validation_loss"], state["best_epoch"]
-        bad_epochs = state["bad_epochs"]
+        epoch, best_epoch, bad_epochs = state["epoch"], state["best_epoch"], state["bad_epochs"]
+        best_loss, best_ndcg = state["best_validation_loss"], state["best_validation_ndcg"]
         history = [EpochRecord(**r) for r in json.loads(state["history"])]
         del state
         print(f"resumed from {checkpoint_path} after epoch {epoch}", file=log)
     else:
+        # phi_bias: phi_t's J rows and the bias row b / bias_weight (see the module docstring).
         generator = torch.Generator().manual_seed(params.seed)
-        phi_t = init_phi(manifest.jobs, manifest.skills, params.init_std, generator).to(target)
-        optimizer = _make_optimizer(phi_t, params)
-        epoch, best_loss, best_epoch, bad_epochs = 0, math.inf, 0, 0
+        phi_bias = init_phi(jobs + 1, manifest.skills, params.init_std, generator)
+        if params.skill_bias:
+            phi_bias[jobs] = skill_popularity(manifest, params.batch_size, ranks).log()
+            phi_bias[jobs] /= bias_weight
+        else:
+            phi_bias[jobs] = 0.0
+        phi_bias = phi_bias.to(target)
+        optimizer = _make_optimizer(phi_bias, params)
+        epoch, best_epoch, bad_epochs = 0, 0, 0
+        best_loss, best_ndcg = math.nan, -math.inf
         history = []
 
     while epoch < params.max_epochs and bad_epochs < params.patience:
         epoch += 1
         started = time.perf_counter()
-        train_loss = _train_epoch(phi_t, optimizer, kernel, manifest, params, epoch, log, ranks)
+        train_loss, steps = _train_epoch(
+            phi_bias, optimizer, kernel, manifest, params, epoch, log, ranks
+        )
+        if params.l2:
+            # Decoupled weight decay, all of the epoch's steps at once; never on the bias.
+            phi_bias[:jobs].mul_((1.0 - params.learning_rate * params.l2) ** steps)
         if ranks.world > 1:
             # Every rank applied the same updates; on GPU scatter-adds are not deterministic,
             # so rank 0's phi, the one checkpointed, is made everyone's.
-            dist.broadcast(phi_t, 0)
-        validation_loss = evaluate(phi_t, manifest, "validation", params.batch_size, kernel, ranks)
+            dist.broadcast(phi_bias, 0)
+        validation_loss, validation_ndcg = _validation_scores(
+            phi_bias, bias_weight, manifest, params.batch_size, ranks
+        )
         seconds = time.perf_counter() - started
-        history.append(EpochRecord(epoch, train_loss, validation_loss, seconds))
-        # The lowest validation loss is the best phi; only an improvement of more than
-        # min_improvement resets the patience count.
-        bad_epochs = 0 if validation_loss < best_loss - params.min_improvement else bad_epochs + 1
-        improved = validation_loss < best_loss
+        history.append(EpochRecord(epoch, train_loss, validation_loss, validation_ndcg, seconds))
+        # The highest validation NDCG is the best phi (nan, of a diverged phi, never is); only
+        # an improvement of more than min_improvement resets the patience count.
+        bad_epochs = 0 if validation_ndcg > best_ndcg + params.min_improvement else bad_epochs + 1
+        improved = validation_ndcg > best_ndcg
         previous_best_epoch = best_epoch  # the best of the checkpoint about to be replaced
         if improved:
-            best_loss, best_epoch = validation_loss, epoch
+            best_loss, best_ndcg, best_epoch = validation_loss, validation_ndcg, epoch
         print(
             f"epoch {epoch} train_loss={train_loss:.6f} validation_loss={validation_loss:.6f}"
-            f" seconds={seconds:.2f}" + (" (best)" if improved else ""),
+            f" validation_ndcg@{SELECTION_K}={validation_ndcg:.6f} seconds={seconds:.2f}"
+            + (" (best)" if improved else ""),
             file=log,
             flush=True,
         )
         if ranks.rank > 0:
             continue
+        saved = phi_bias.cpu()
         _save_checkpoint(
             checkpoint_path,
             {
                 "format": CHECKPOINT_FORMAT,
-                "phi_t": phi_t.cpu(),
+                # What training resumes from; phi_t (a view of it: on disk once) and the
+                # bias b are what ``with_best_phi`` reads, as from the mixture's best file.
+                "parameters": saved,
+                "phi_t": saved[:jobs],
+                "background": saved[jobs] * bias_weight,
                 "optimizer": optimizer.state_dict(),
                 "epoch": epoch,
                 "best_validation_loss": best_loss,
+                "best_validation_ndcg": best_ndcg,
                 "best_epoch": best_epoch,
                 "bad_epochs": bad_epochs,
                 "rng_state": torch.get_rng_state(),
@@ -251,27 +314,28 @@ def train(
 
     if not best_epoch:
         raise ValueError(
-            f"the validation loss was never finite ({best_loss}); lower train.learning_rate"
+            "the validation NDCG was never a number (phi diverged); lower train.learning_rate"
         )
     # Free the last epoch's phi (and optimizer state) before loading the best one.
-    del optimizer, phi_t
+    del optimizer, phi_bias
     ranks.barrier()  # rank 0 has written the best epoch's file
-    best_phi_t = _load_best(checkpoint_path, best_epoch).to(target)
-    test_loss = evaluate(best_phi_t, manifest, "test", params.batch_size, kernel, ranks)
+    best_phi_t, background = _load_best(checkpoint_path, best_epoch)
     why = (
-        f"validation loss improved by at most {params.min_improvement} for {params.patience} epochs"
+        f"validation NDCG@{SELECTION_K} improved by at most {params.min_improvement}"
+        f" for {params.patience} epochs"
         if bad_epochs >= params.patience
         else "max_epochs reached"
     )
     print(
         f"stopped after epoch {epoch} ({why}); best epoch {best_epoch}"
-        f" validation_loss={best_loss:.6f} test_loss={test_loss:.6f}",
+        f" validation_ndcg@{SELECTION_K}={best_ndcg:.6f} validation_loss={best_loss:.6f}",
         file=log,
     )
-    return TrainResult(best_phi_t.cpu(), best_epoch, best_loss, test_loss, epoch, history)
+    return TrainResult(best_phi_t, background, best_epoch, best_loss, best_ndcg, epoch, history)
 
 
 def train_process(
+    family: Callable[..., TrainResult],
     manifest_path: str,
     params: TrainConfig,
     checkpoint_path: str,
@@ -282,8 +346,9 @@ def train_process(
     """One of the processes of data-parallel training, as TorchDistributor starts them
     (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT).
 
-    Joins the process group (gloo on CPU, NCCL on GPU, one GPU per process), runs ``train``
-    as its rank, and returns the result without phi (an empty tensor; phi is in the best
+    Joins the process group (gloo on CPU, NCCL on GPU, one GPU per process), runs `family`
+    (a training function of skillrank.families, ``train`` for the softmax) as its rank, and
+    returns the result without phi (an empty tensor; phi is in the best
     epoch's checkpoint file, see ``with_best_phi``), so that nothing large is sent back.
     A process that fails leaves its error in one line beside the checkpoint (see
     ``process_errors``): on the executors, TorchDistributor tells the driver only that
@@ -297,7 +362,7 @@ def train_process(
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
             torch.cuda.set_device(device)
         with open(os.devnull, "w") if ranks.rank else nullcontext(sys.stdout) as log:
-            result = train(
+            result = family(
                 Path(manifest_path),
                 params,
                 Path(checkpoint_path),
@@ -340,33 +405,30 @@ def _error_files(checkpoint_path: Path) -> list[Path]:
 
 
 def with_best_phi(result: TrainResult, checkpoint_path: Path) -> TrainResult:
-    """`result` (of ``train_process``) with the best epoch's phi_t read from its file."""
-    return dataclasses.replace(result, phi_t=_load_best(checkpoint_path, result.best_epoch))
+    """`result` (of ``train_process``) with the best epoch's phi_t and background read from
+    its file."""
+    phi_t, background = _load_best(checkpoint_path, result.best_epoch)
+    return dataclasses.replace(result, phi_t=phi_t, background=background)
 
 
-def evaluate(
-    phi_t: Tensor,
-    manifest: Manifest,
-    split: str,
-    batch_size: int,
-    kernel: Kernel | None = None,
-    ranks: Ranks = Ranks(),
-) -> float:
-    """Mean KL loss over every profile of `split` (nan for an empty split); with several
-    ranks, each reads its share of the shards and the sums are added up."""
-    total, count = 0.0, 0
-    files = manifest.shards[split]
-    with torch.no_grad():
-        for _, batch in iterate_batches(
-            files, batch_size, shuffle=False, rank=ranks.rank, world=ranks.world
-        ):
-            if kernel is not None:
-                total += kernel.loss_sum(phi_t, batch)
-            else:
-                total += kl_loss(phi_t, batch.to(phi_t.device, phi_t.dtype)).item() * batch.size
-            count += batch.size
-    total, count = ranks.sum([total, count], phi_t.device)
-    return total / count if count else math.nan
+def score_split(
+    method: Method, manifest: Manifest, split: str, batch_size: int, ranks: Ranks = Ranks()
+) -> tuple[float, float]:
+    """Mean KL and NDCG@SELECTION_K of `method` over the profiles of `split` (nan for an
+    empty split), scored as the evaluate stage scores test profiles; with several ranks, each
+    scores its share of the shards and the sums are added up."""
+    batches = iterate_batches(
+        manifest.shards[split], batch_size, shuffle=False, rank=ranks.rank, world=ranks.world
+    )
+    values = {
+        r.metric: r.value
+        for r in profile_metrics([method], batches, {}, [SELECTION_K])
+        if r.segment == "all"
+    }
+    count = values["profiles"]
+    sums = [values["kl"] * count, values["ndcg"] * count] if count else [0.0, 0.0]
+    kl, ndcg, count = ranks.sum([*sums, count], method.title_scores.device)
+    return (kl / count, ndcg / count) if count else (math.nan, math.nan)
 
 
 def _train_epoch(
@@ -378,12 +440,14 @@ def _train_epoch(
     epoch: int,
     log: TextIO,
     ranks: Ranks,
-) -> float:
-    """One pass over the train split; returns the mean of the batch losses per profile.
+) -> tuple[float, int]:
+    """One pass over the train split; returns the mean of the batch losses per profile and
+    the number of optimizer steps.
 
-    With several ranks, each reads its own shards in batches of batch_size / world profiles,
-    and steps go on, in lockstep, until every rank has run out (a rank that has contributes
-    an empty batch).
+    phi_t holds a row per job and, last, the bias row, which every profile holds with
+    train.skill_bias. With several ranks, each reads its own shards in batches of
+    batch_size / world profiles, and steps go on, in lockstep, until every rank has run out
+    (a rank that has contributes an empty batch).
     """
     progress = _Progress(f"epoch {epoch}", manifest.rows["train"], log)
     batches = iterate_batches(
@@ -396,28 +460,79 @@ def _train_epoch(
         rank=ranks.rank,
         world=ranks.world,
     )
+    steps = 0
     if ranks.world > 1:
         while True:
             _, batch = next(batches, ([], _EMPTY_BATCH))
-            profiles, loss = _distributed_step(phi_t, optimizer, batch, params)
+            profiles, loss = _distributed_step(
+                phi_t, optimizer, _with_bias(batch, manifest.jobs, params), params
+            )
             if not profiles:
                 break
+            steps += 1
             progress.update(profiles, loss)
     else:
         for _, batch in batches:
             # The epoch's last, smaller batch is a smaller step: in every step each profile
             # weighs 1 / batch_size, as in distributed steps.
             weight = min(1.0, batch.size / params.batch_size)
+            batch = _with_bias(batch, manifest.jobs, params)
             if kernel is not None:
                 loss = kernel.sgd_step(phi_t, batch, params.learning_rate * weight)
             else:
                 loss = _torch_step(
                     phi_t, optimizer, batch.to(phi_t.device, phi_t.dtype), params, weight
                 )
+            steps += 1
             progress.update(batch.size, loss)
     if not progress.count:
         raise ValueError("the train split holds no profiles")
-    return progress.finish()
+    return progress.finish(), steps
+
+
+def _with_bias(batch: Batch, bias_row: int, params: TrainConfig) -> Batch:
+    """`batch` with the bias row held by every profile; unchanged without train.skill_bias."""
+    return append_job(batch, bias_row, _bias_weight(params)) if params.skill_bias else batch
+
+
+def _bias_weight(params: TrainConfig) -> float:
+    """The weight of the bias row in every profile, so that b = bias row * this weight (see
+    the module docstring)."""
+    return params.batch_size**-0.5
+
+
+def popularity(skill_mentions: Tensor) -> Tensor:
+    """p0: each skill's share of the training skill mentions, add-one smoothed (S,): the
+    background of both families (the mixture's p0, the softmax's starting bias log p0)."""
+    mentions = skill_mentions.double()
+    return ((mentions + 1.0) / (mentions.sum() + mentions.numel())).to(torch.float32)
+
+
+def skill_popularity(manifest: Manifest, batch_size: int, ranks: Ranks = Ranks()) -> Tensor:
+    """``popularity`` of the train split's skill mentions (S,); with several ranks each
+    counts its share of the shards and the counts are summed."""
+    mentions = torch.zeros(manifest.skills, dtype=torch.float64)
+    batches = iterate_batches(
+        manifest.shards["train"], batch_size, shuffle=False, rank=ranks.rank, world=ranks.world
+    )
+    for _, batch in batches:
+        mentions += torch.bincount(batch.skill_ids, minlength=manifest.skills)
+    summed = ranks.sum(mentions.tolist(), torch.device("cpu"))
+    return popularity(torch.tensor(summed, dtype=torch.float64))
+
+
+def _validation_scores(
+    phi_bias: Tensor, bias_weight: float, manifest: Manifest, batch_size: int, ranks: Ranks
+) -> tuple[float, float]:
+    """Validation KL and NDCG@SELECTION_K of phi_bias (phi_t's rows, then the bias row);
+    nan for both when it holds an inf or nan (a diverging learning rate): no ranking then."""
+    # One pass without a J x S temporary; finite values whose float32 sum overflows would be
+    # logits far beyond any sane model too.
+    if not math.isfinite(phi_bias.sum().item()):
+        return math.nan, math.nan
+    jobs = phi_bias.shape[0] - 1
+    method = model_method("softmax", phi_bias[:jobs], phi_bias[jobs] * bias_weight, 0.0)
+    return score_split(method, manifest, "validation", batch_size, ranks)
 
 
 def _torch_step(
@@ -546,6 +661,8 @@ def _make_optimizer(phi_t: Tensor, params: TrainConfig) -> torch.optim.Optimizer
 
 
 def _check_params(params: TrainConfig) -> None:
+    if params.model != "softmax":
+        raise ValueError(f"train() trains train.model=softmax, got {params.model!r}")
     for key in ("batch_size", "max_epochs", "patience", "shuffle_buffer", "num_processes"):
         if getattr(params, key) < 1:
             raise ValueError(f"train.{key} must be >= 1, got {getattr(params, key)}")
@@ -555,6 +672,11 @@ def _check_params(params: TrainConfig) -> None:
         raise ValueError(f"train.min_improvement must be >= 0, got {params.min_improvement}")
     if params.init_std < 0:
         raise ValueError(f"train.init_std must be >= 0, got {params.init_std}")
+    if not 0 <= params.learning_rate * params.l2 < 1:
+        # The decay factor of a step, 1 - learning_rate * l2, must be in (0, 1].
+        raise ValueError(
+            f"train.l2 must be >= 0 and below 1 / train.learning_rate, got {params.l2}"
+        )
 
 
 def _fused_kernel(params: TrainConfig, device: torch.device, log: TextIO) -> Kernel | None:
@@ -580,7 +702,19 @@ def _remove_stale_best(checkpoint_path: Path, best_epochs: set[int]) -> None:
             path.unlink()
 
 
-def _load_best(checkpoint_path: Path, epoch: int) -> Tensor:
+def save_best(checkpoint_path: Path, epoch: int, phi_t: Tensor, background: Tensor) -> None:
+    """Write a best epoch's file beside `checkpoint_path` (for ``with_best_phi``), replacing
+    other best files: how a family without checkpoints hands its result to the driver."""
+    path = _best_path(checkpoint_path, epoch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"epoch": epoch, "phi_t": phi_t, "background": background}, tmp)
+    os.replace(tmp, path)
+    _remove_stale_best(checkpoint_path, {epoch})
+
+
+def _load_best(checkpoint_path: Path, epoch: int) -> tuple[Tensor, Tensor]:
+    """phi_t and background of a best epoch's file (a softmax checkpoint or the mixture's)."""
     path = _best_path(checkpoint_path, epoch)
     if not path.is_file():
         raise ValueError(f"the best phi of epoch {epoch} is missing: {path}")
@@ -589,7 +723,7 @@ def _load_best(checkpoint_path: Path, epoch: int) -> Tensor:
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     if state["epoch"] != epoch:
         raise ValueError(f"{path} holds epoch {state['epoch']}, expected {epoch}")
-    return state["phi_t"]
+    return state["phi_t"], state["background"]
 
 
 def _save_checkpoint(

@@ -36,6 +36,11 @@ def _run(
         (["prepare", "--conf", "prepare.cities=[GOTHAM]"], "prepare.cities: unknown GOTHAM"),
         (["ingest", "--input", "/nonexistent/crawl"], "input '/nonexistent/crawl' does not exist"),
         (["ingest", "--bogus-option"], "unrecognized arguments: --bogus-option"),
+        (["train", "--conf", "train.model=foo"], "'train.model' must be one of"),
+        (["train", "--conf", "train.prior_strength=0"], "train.prior_strength must be > 0"),
+        (["all", "--conf", "train.background_weight=1.5"], "must be in [0, 1)"),
+        (["train", "--resume"], "--resume applies to train.model=softmax"),
+        (["train", "--device", "cuda"], "train.model=mixture runs on cpu, not cuda"),
     ],
 )
 def test_bad_arguments_fail_fast_with_one_line(

@@ -33,6 +33,13 @@ def test_overrides_are_typed_and_change_the_fingerprint() -> None:
     assert load_config().fingerprint() == base.fingerprint()
 
 
+def test_evaluate_defaults_bootstrap_and_bucket_titles() -> None:
+    evaluate = load_config().evaluate
+    assert (evaluate.bootstrap_samples, evaluate.title_buckets) == (1000, [5, 20, 50])
+    changed = load_config(overrides=["evaluate.title_buckets=[2, 100]"]).evaluate
+    assert changed.title_buckets == [2, 100]
+
+
 def test_extra_spark_conf_takes_free_form_keys() -> None:
     config = load_config(
         overrides=[
@@ -59,6 +66,23 @@ def test_extra_spark_conf_takes_free_form_keys() -> None:
         ("prepare.split_fractions.train=0.8", "must be >= 0 and sum to 1"),
         ("prepare.cities=SEATTLE", "'prepare.cities' must be a list"),
         ("novalue", "--conf expects key=value"),
+        ("evaluate.bootstrap_samples=0", "'evaluate.bootstrap_samples' must be >= 1"),
+        ("evaluate.bootstrap_samples=1.5", "'evaluate.bootstrap_samples' must be an integer"),
+        ("evaluate.bootstrap_seed=-1", "evaluate.bootstrap_seed must be >= 0"),
+        ("evaluate.title_buckets=[5, 5, 50]", "evaluate.title_buckets must list strictly"),
+        ("evaluate.title_buckets=[20, 5]", "evaluate.title_buckets must list strictly"),
+        ("evaluate.title_buckets=[1, 20]", "evaluate.title_buckets must list strictly"),
+        ("evaluate.title_buckets=[]", "evaluate.title_buckets must list strictly"),
+        ("evaluate.title_buckets=5", "'evaluate.title_buckets' must be a list"),
+        ("evaluate.title_min_profiles=50", "unknown config key 'evaluate.title_min_profiles'"),
+        ("train.model=foo", "'train.model' must be one of mixture, softmax"),
+        ("train.prior_strength=0", "train.prior_strength must be > 0"),
+        ("train.prior_strength=-3.5", "train.prior_strength must be > 0"),
+        ("train.word_prior_strength=0", "train.word_prior_strength must be > 0"),
+        ("train.background_weight=1", "train.background_weight must be in [0, 1)"),
+        ("train.background_weight=-0.1", "train.background_weight must be in [0, 1)"),
+        ("train.title_prior=letters", "'train.title_prior' must be one of words, popularity"),
+        ("train.l2=-1.0", "train.l2 must be >= 0"),
     ],
 )
 def test_bad_overrides_name_the_problem(override: str, message: str) -> None:

@@ -14,15 +14,21 @@ import torch
 
 from skillrank import evaluate
 from skillrank.evaluate import (
+    BASELINES,
+    Bootstrap,
     CoCounts,
     EvaluationRow,
     Method,
+    _top_k,
     baseline_methods,
     count_cooccurrences,
     model_method,
     planted_relevance,
     profile_metrics,
+    segment_rows,
     taxonomy_relevance,
+    title_buckets,
+    title_rows,
     title_truth_metrics,
 )
 from skillrank.generate import Taxonomy
@@ -107,7 +113,8 @@ def test_model_kl_equals_training_loss() -> None:
     first = random_batch(rng, profiles=9, jobs=jobs, skills=skills)
     second = random_batch(rng, profiles=4, jobs=jobs, skills=skills)
     batches = [([f"a{i}" for i in range(9)], first), ([f"b{i}" for i in range(4)], second)]
-    table = as_table(profile_metrics([model_method(phi_t)], batches, {}, ks=[3]))
+    model = model_method("softmax", phi_t, torch.zeros(phi_t.shape[1]), 0.0)
+    table = as_table(profile_metrics([model], batches, {}, ks=[3]))
 
     # The mean per profile over both batches = the batch means weighted by batch size.
     expected_kl = (9 * kl_loss(phi_t, first).item() + 4 * kl_loss(phi_t, second).item()) / 13
@@ -178,7 +185,8 @@ def test_segment_means_equal_means_over_their_profiles() -> None:
     # so the tie-breaking of the topk path is compared with a plain sort.
     integers = torch.tensor(rng.integers(0, 3, size=(jobs, skills)), dtype=torch.float32)
     tied = Method("tied", integers, "sum")
-    model = model_method(torch.tensor(rng.normal(size=(jobs, skills)), dtype=torch.float64))
+    phi_t = torch.tensor(rng.normal(size=(jobs, skills)), dtype=torch.float64)
+    model = model_method("softmax", phi_t, torch.zeros(phi_t.shape[1]), 0.0)
     profiles, ids = [], []
     for i in range(23):
         held = sorted(rng.choice(jobs, size=rng.integers(1, 3), replace=False).tolist())
@@ -262,6 +270,7 @@ def test_baselines_by_hand() -> None:
     a = 1.0
     methods = {m.name: m for m in baseline_methods(hand_counts(), smoothing=a)}
     assert list(methods) == ["popularity", "cooccurrence", "pmi", "ppmi_svd"]
+    assert tuple(methods) == BASELINES
     assert [m.combine for m in methods.values()] == ["mixture", "mixture", "sum", "sum"]
 
     # popularity: (count + a) / (113 + 3a) per skill.
@@ -504,7 +513,8 @@ def test_model_untangles_companion_jobs_that_cooccurrence_confuses() -> None:
         torch.set_num_threads(threads)
 
     counts = count_cooccurrences([batch], jobs, skills)
-    methods = {m.name: m for m in [model_method(phi_t), *baseline_methods(counts, 1.0)]}
+    model_scores = model_method("softmax", phi_t, torch.zeros(phi_t.shape[1]), 0.0)
+    methods = {m.name: m for m in [model_scores, *baseline_methods(counts, 1.0)]}
     relevant = {j: np.arange(j * per_job, (j + 1) * per_job) for j in range(jobs)}
     precision = {
         name: title_truth_metrics(m, relevant, NO_EXCLUDE, k=per_job)["precision"]
@@ -518,3 +528,176 @@ def test_model_untangles_companion_jobs_that_cooccurrence_confuses() -> None:
     assert cooccurrence.mean() <= 0.7, precision
     assert cooccurrence[[0, 2, 4]].max() <= 0.4, precision
     assert model.mean() - cooccurrence.mean() >= 0.3, precision
+
+
+# --- bootstrap intervals, paired differences, title buckets ----------------------------------
+
+
+def planted_profiles(
+    rng: np.random.Generator, count: int, jobs: int = 20, per_job: int = 4, noise: int = 20
+) -> list[tuple[list[int], list[int]]]:
+    """Profiles of one or two titles listing each planted skill of their titles (job j's are
+    per_job * j ...) with probability 0.8, plus one of `noise` skills shared by everyone."""
+    profiles = []
+    for _ in range(count):
+        held = sorted(rng.choice(jobs, size=rng.integers(1, 3), replace=False).tolist())
+        listed = {
+            s for j in held for s in range(j * per_job, (j + 1) * per_job) if rng.random() < 0.8
+        }
+        listed.add(jobs * per_job + int(rng.integers(noise)))
+        profiles.append((held, sorted(listed)))
+    return profiles
+
+
+def planted_methods(seed: int) -> tuple[list[Method], list[tuple[list[str], Batch]]]:
+    """The count baselines of 2,000 planted training profiles and 300 test profiles in three
+    batches, every other one in segment city=A."""
+    rng = np.random.default_rng(seed)
+    counts = count_cooccurrences([make_batch(planted_profiles(rng, 2000))], jobs=20, skills=100)
+    test = planted_profiles(rng, 300)
+    batches = [
+        ([f"p{i}" for i in range(start, start + 100)], make_batch(test[start : start + 100]))
+        for start in range(0, 300, 100)
+    ]
+    return baseline_methods(counts, smoothing=1.0), batches
+
+
+def test_a_clearly_better_method_has_an_interval_excluding_zero() -> None:
+    methods, batches = planted_methods(seed=4)
+    segments_of = {f"p{i}": ["city=A"] for i in range(0, 300, 2)}
+    pairs = (("cooccurrence", "popularity"), ("cooccurrence", "cooccurrence"))
+    rows = profile_metrics(methods, batches, segments_of, [5], Bootstrap(500, 1, pairs))
+    table = {(r.method, r.metric, r.k, r.segment): r for r in rows}
+
+    for segment, profiles in (("all", 300), ("city=A", 150)):
+        # Every method row carries its value inside its interval, counts none.
+        for method in BASELINES:
+            count = table[(method, "profiles", None, segment)]
+            assert (count.value, count.ci_low, count.ci_high) == (profiles, None, None)
+        for r in rows:
+            if r.segment == segment and " - " not in r.method and r.metric != "profiles":
+                assert r.ci_low is not None and r.ci_high is not None, r
+                assert r.ci_low <= r.value <= r.ci_high, r
+                assert r.ci_high - r.ci_low > 0, r  # profiles differ: a real interval
+        # Co-occurrence knows each title's planted skills, popularity does not: the paired
+        # interval of the difference lies clearly on one side of 0.
+        better = table[("cooccurrence - popularity", "precision", 5, segment)]
+        plain = [table[(m, "precision", 5, segment)].value for m in ("cooccurrence", "popularity")]
+        assert better.value == pytest.approx(plain[0] - plain[1], abs=1e-12)
+        assert better.value > 0.3 and better.ci_low is not None and better.ci_low > 0.2, better
+        lower_kl = table[("cooccurrence - popularity", "kl", None, segment)]
+        assert lower_kl.ci_high is not None and lower_kl.ci_high < 0, lower_kl
+        # A method against itself: exactly 0, in the degenerate interval [0, 0].
+        for metric, k in (("kl", None), ("cross_entropy", None), ("precision", 5), ("map", 5)):
+            same = table[("cooccurrence - cooccurrence", metric, k, segment)]
+            assert (same.value, same.ci_low, same.ci_high) == (0.0, 0.0, 0.0), same
+    # Differences only for metrics both methods have (pmi has no kl), and no count rows.
+    assert ("cooccurrence - popularity", "profiles", None, "all") not in table
+    rows_pmi = profile_metrics(
+        methods, batches, {}, [5], Bootstrap(10, 1, (("pmi", "popularity"),))
+    )
+    assert {r.metric for r in rows_pmi if r.method == "pmi - popularity"} == {
+        "precision",
+        "recall",
+        "ndcg",
+        "map",
+    }
+
+
+def test_planted_title_intervals_are_paired_and_deterministic_for_a_seed() -> None:
+    methods, _ = planted_methods(seed=4)
+    relevant = {j: np.arange(4 * j, 4 * j + 4) for j in range(20)}
+    segments = {"titles": np.arange(20), "even": np.arange(0, 20, 2), "none": np.array([99])}
+    pairs = (("cooccurrence", "popularity"), ("popularity", "popularity"))
+
+    def run(seed: int) -> list[EvaluationRow]:
+        return title_rows(
+            methods, relevant, NO_EXCLUDE, 4, "planted", segments, Bootstrap(1000, seed, pairs)
+        )
+
+    rows = run(seed=3)
+    table = {(r.method, r.metric, r.k, r.segment): r for r in rows}
+    assert {r.segment for r in rows} == {"titles", "even"}  # "none" judges no title
+    assert table[("pmi", "titles", None, "even")].value == 10
+    better = table[("cooccurrence - popularity", "planted_precision", 4, "titles")]
+    assert better.ci_low is not None and better.ci_low > 0, better
+    same = table[("popularity - popularity", "planted_ndcg", 4, "titles")]
+    assert (same.value, same.ci_low, same.ci_high) == (0.0, 0.0, 0.0)
+    # The same seed gives the same intervals; another seed other intervals, the same means.
+    assert run(seed=3) == rows
+    other = run(seed=4)
+    assert [r.value for r in other] == [r.value for r in rows]
+    assert [(r.ci_low, r.ci_high) for r in other] != [(r.ci_low, r.ci_high) for r in rows]
+
+
+def test_bootstrap_interval_of_a_mean_matches_normal_theory() -> None:
+    # 400 draws of N(0, 1): the 95% interval of the mean is about mean +- 1.96 sd / 20; the
+    # bootstrap's own noise at 2,000 resamples is a few thousandths.
+    values = np.random.default_rng(0).normal(size=400)
+    count, row = segment_rows("s", "profiles", 400, {"m": {("x", None): values}}, Bootstrap(2000))
+    assert (count.metric, count.value) == ("profiles", 400)
+    half = 1.96 * values.std(ddof=1) / 20
+    assert row.value == pytest.approx(values.mean(), abs=1e-12)
+    assert row.ci_low == pytest.approx(values.mean() - half, abs=0.015), (row, half)
+    assert row.ci_high == pytest.approx(values.mean() + half, abs=0.015), (row, half)
+    # A constant column resamples to itself exactly; without resamples there is no interval.
+    (_, flat) = segment_rows("s", "titles", 3, {"m": {("x", 1): np.full(3, 0.1)}}, Bootstrap(50))
+    assert (flat.value, flat.ci_low, flat.ci_high) == (0.1, 0.1, 0.1)
+    (_, bare) = segment_rows("s", "titles", 3, {"m": {("x", 1): np.arange(3.0)}}, Bootstrap())
+    assert (bare.value, bare.ci_low, bare.ci_high) == (1.0, None, None)
+
+
+def test_segment_rows_reject_bad_input() -> None:
+    values = {"m": {("x", None): np.zeros(3)}}
+    with pytest.raises(ValueError, match="without values"):
+        segment_rows("s", "profiles", 3, values, Bootstrap(10, 0, (("m", "other"),)))
+    with pytest.raises(ValueError, match="3 values per metric"):
+        segment_rows("s", "profiles", 3, {"m": {("x", None): np.zeros(4)}}, Bootstrap(10))
+    with pytest.raises(ValueError, match="samples"):
+        Bootstrap(-1)
+
+
+def test_title_buckets_hold_exactly_the_titles_of_their_range() -> None:
+    counts = np.array([1, 4, 5, 19, 20, 49, 50, 51, 1000, 3, 7])
+    buckets = title_buckets(counts, [5, 20, 50])
+    assert {label: ids.tolist() for label, ids in buckets.items()} == {
+        "titles_1_4_profiles": [0, 1, 9],
+        "titles_5_19_profiles": [2, 3, 10],
+        "titles_20_49_profiles": [4, 5],
+        "titles_min_50_profiles": [6, 7, 8],
+    }
+    assert list(buckets) == [  # in this order, which summaries follow
+        "titles_1_4_profiles",
+        "titles_5_19_profiles",
+        "titles_20_49_profiles",
+        "titles_min_50_profiles",
+    ]
+    assert list(title_buckets(counts, [2])) == ["titles_1_1_profiles", "titles_min_2_profiles"]
+    for edges in ([], [1, 5], [5, 5], [20, 5]):
+        with pytest.raises(ValueError, match="strictly increasing"):
+            title_buckets(counts, edges)
+
+    # Per bucket, title_rows averages exactly the judged titles in it. Title j's relevant skill
+    # is j % 5: skill 3 is excluded, so titles 3 and 8 are judged in no bucket.
+    method = Method("m", torch.zeros(len(counts), 6), "sum")
+    relevant = {j: np.array([j % 5]) for j in range(len(counts))}
+    rows = title_rows([method], relevant, np.array([3]), 2, "planted", buckets)
+    titles = {r.segment: r.value for r in rows if r.metric == "titles"}
+    assert titles == {
+        "titles_1_4_profiles": 3,
+        "titles_5_19_profiles": 2,  # 2 and 10, not 3
+        "titles_20_49_profiles": 2,
+        "titles_min_50_profiles": 2,  # 6 and 7, not 8
+    }
+
+
+def test_top_k_ranks_by_score_then_lowest_id() -> None:
+    # Scores from {0, 1, 2, 3}: ties at the k-th score in most rows, and inside the top k.
+    rng = np.random.default_rng(8)
+    scores = torch.tensor(rng.integers(0, 4, size=(60, 25)), dtype=torch.float32)
+    for k in (1, 4, 10, 25, 40):
+        expected = [
+            sorted(range(25), key=lambda s, row=row: (-float(scores[row, s]), s))[:k]
+            for row in range(60)
+        ]
+        assert _top_k(scores, k).tolist() == expected, k

@@ -13,14 +13,17 @@ import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from skillrank.evaluate import BASELINES
 from tests.conftest import Pipeline, write_crawl
 from tests.test_publish import PLANTED, SETTINGS, planted_crawl
 
 PLACES = [("Greater Seattle Area", "SEATTLE"), ("New York, New York", "NEW_YORK_METROPOLITAN_AREA")]
 INDUSTRIES = [("Computer Software", "COMPUTER_SOFTWARE"), ("Research", "RESEARCH")]
 GENERIC = "microsoft excel"
-# Three planted skills per title: judge the top 3 (the default cut-off is 10).
-EVALUATE = ("--conf", "evaluate.title_k=3", "--conf", "evaluate.title_min_profiles=100")
+# Three planted skills per title: judge the top 3 (the default cut-off is 10). The four titles
+# have 169 (welder), 180, 181 and 189 (nurse) training profiles: these bucket edges put one
+# title in each bucket (the test counts them whatever the edges).
+EVALUATE = ("--conf", "evaluate.title_k=3", "--conf", "evaluate.title_buckets=[170, 181, 189]")
 
 
 def _crawl(count: int, seed: int) -> list[dict[str, Any]]:
@@ -91,7 +94,8 @@ def test_model_kl_is_the_test_loss_and_every_method_is_scored(evaluated: Pipelin
     assert {r.run_id for r in rows} == {run.run_id}
     values = _evaluation(evaluated)
     assert values[("model", "kl", None, "all")] == pytest.approx(run.test_loss, rel=1e-5)
-    methods = {r.method for r in rows}
+    # Difference rows (model - <baseline>) are checked below.
+    methods = {r.method for r in rows if " - " not in r.method}
     assert {"model", "popularity", "cooccurrence", "pmi"} <= methods
     for method in methods:
         for metric in ("recall", "precision", "ndcg", "map"):
@@ -135,10 +139,52 @@ def test_planted_truth_precision_matches_the_published_skillrank(evaluated: Pipe
     )
     assert values[("model", "planted_precision", 3, "titles")] == 1.0
     assert values[("model", "planted_ndcg", 3, "titles")] == pytest.approx(1.0)
-    # Titles held by at least 100 training profiles: a subset of the four.
+
+
+def test_planted_buckets_hold_the_titles_of_their_training_counts(evaluated: Pipeline) -> None:
     counts = {r.job_title: r.profile_count for r in evaluated.table("job_vocab").collect()}
-    frequent = sum(1 for t in PLANTED if counts[t] >= 100)
-    assert values.get(("model", "titles", None, "titles_min_100_profiles"), 0) == frequent
+    expected = {
+        "titles_1_169_profiles": sum(1 for t in PLANTED if counts[t] < 170),
+        "titles_170_180_profiles": sum(1 for t in PLANTED if 170 <= counts[t] < 181),
+        "titles_181_188_profiles": sum(1 for t in PLANTED if 181 <= counts[t] < 189),
+        "titles_min_189_profiles": sum(1 for t in PLANTED if counts[t] >= 189),
+    }
+    assert sum(expected.values()) == len(PLANTED)
+    values = _evaluation(evaluated)
+    for method in ("model", "popularity"):
+        got = {
+            segment: value
+            for (m, metric, _, segment), value in values.items()
+            if m == method and metric == "titles" and segment.startswith("titles_")
+        }
+        # An empty bucket gets no rows.
+        assert got == {s: n for s, n in expected.items() if n}, (method, counts)
+
+
+def test_every_mean_has_an_interval_and_the_model_a_difference_per_baseline(
+    evaluated: Pipeline,
+) -> None:
+    rows = evaluated.table("evaluation").collect()
+    index = {(r.method, r.metric, r.k, r.segment): r for r in rows}
+    methods = {r.method for r in rows if " - " not in r.method}
+    assert methods == {"model", *BASELINES}
+    assert {r.method for r in rows} - methods == {f"model - {b}" for b in BASELINES}
+    for r in rows:
+        if r.metric in ("profiles", "titles"):
+            assert (r.ci_low, r.ci_high) == (None, None), r
+        elif r.method in methods:
+            assert r.ci_low is not None and r.ci_high is not None, r
+            assert r.ci_low <= r.value <= r.ci_high, r
+        else:
+            # model - <baseline>: the difference of the two means, with a paired interval.
+            baseline = r.method.removeprefix("model - ")
+            model = index["model", r.metric, r.k, r.segment].value
+            other = index[baseline, r.metric, r.k, r.segment].value
+            assert r.value == pytest.approx(model - other, abs=1e-12), r
+            assert r.ci_low is not None and r.ci_high is not None and r.ci_low <= r.ci_high, r
+    # The model finds the planted skills, popularity ranks the same skills for everyone.
+    better = index["model - popularity", "planted_precision", 3, "titles"]
+    assert better.value > 0 and better.ci_low > 0, better
 
 
 def test_rerunning_evaluate_replaces_the_runs_rows(evaluated: Pipeline, tmp_path: Path) -> None:

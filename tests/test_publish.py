@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import random
 import uuid
 from dataclasses import replace
@@ -15,7 +16,8 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 import jobs.train
-from skillrank.config import Config
+from skillrank.config import Config, load_config
+from skillrank.mixture import train_mixture
 from skillrank.publish import RUN_TABLES
 from skillrank.views import declare_views, view_statements
 from tests.conftest import Pipeline, profile, write_crawl
@@ -79,25 +81,73 @@ def test_runs_and_history_describe_the_training(published: Pipeline) -> None:
     assert run.status == "succeeded" and run.error is None and run.ended_at >= run.started_at
     assert (run.jobs, run.skills) == (4, 13)
     assert run.input_manifest == (published.workdir / "shards" / "manifest.json").read_text()
+    assert run.model == "mixture" and run.hyperparameters["prior_strength"] == str(
+        load_config(overrides=_overrides()).train.prior_strength
+    )
     history = sorted(_rows(published, "training_history"), key=lambda r: r.epoch)
     assert [h.epoch for h in history] == list(range(1, run.epochs_run + 1))
-    best = min(history, key=lambda h: h.validation_loss)
-    assert (run.best_epoch, run.validation_loss, run.train_loss) == (
+    best = max(history, key=lambda h: h.validation_ndcg)  # the first of the highest
+    assert (run.best_epoch, run.validation_ndcg, run.validation_loss, run.train_loss) == (
         best.epoch,
+        best.validation_ndcg,
         best.validation_loss,
         best.train_loss,
     )
     assert 0 < run.test_loss < history[0].validation_loss
 
 
-def test_phi_table_holds_the_best_epochs_phi(published: Pipeline) -> None:
+def _overrides(*more: str) -> list[str]:
+    """The --conf settings of SETTINGS (and `more`), as load_config takes them."""
+    return [*SETTINGS[1::2], *more]
+
+
+def _published_arrays(p: Pipeline, run_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """phi_t (J x S) and the background (S,) of a run, from the tables `phi` and
+    `skill_background`."""
+    phi_t = np.full((4, 13), np.nan, dtype=np.float32)
+    for row in p.table("phi").where(F.col("run_id") == run_id).collect():
+        phi_t[row.job_id, row.skill_id] = row.weight
+    background = np.full(13, np.nan, dtype=np.float32)
+    for row in p.table("skill_background").where(F.col("run_id") == run_id).collect():
+        background[row.skill_id] = row.weight
+    return phi_t, background
+
+
+def test_phi_and_background_tables_hold_the_fits_own_values(published: Pipeline) -> None:
     (run,) = _rows(published, "runs")
-    best_file = published.workdir / "checkpoints" / f"checkpoint.best-epoch-{run.best_epoch}.pt"
-    phi_t = torch.load(best_file, weights_only=True)["phi_t"].numpy()
-    table = np.full_like(phi_t, np.nan)
-    for row in _rows(published, "phi"):
-        table[row.job_id, row.skill_id] = row.weight
-    np.testing.assert_array_equal(table, phi_t)
+    # The mixture's fit is deterministic: fitted again on the same shards, bit for bit.
+    fit = train_mixture(
+        published.workdir / "shards" / "manifest.json",
+        load_config(overrides=_overrides()).train,
+        published.workdir / "refit" / "ckpt.pt",
+        log=io.StringIO(),
+    )
+    phi_t, background = _published_arrays(published, run.run_id)
+    assert fit.best_epoch == run.best_epoch
+    np.testing.assert_array_equal(phi_t, fit.phi_t.numpy())
+    np.testing.assert_array_equal(background, fit.background.numpy())
+    # The mixture's phi is log theta and its background log p0: both rows are distributions.
+    np.testing.assert_allclose(np.exp(phi_t.astype(np.float64)).sum(axis=1), 1.0, rtol=1e-5)
+    probability = {r.skill_id: r.probability for r in _rows(published, "skill_background")}
+    np.testing.assert_allclose([probability[s] for s in range(13)], np.exp(background), 1e-6)
+
+
+def test_the_softmax_family_publishes_its_best_epoch_and_bias(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    crawl = write_crawl(tmp_path / "crawl.jsonl", planted_crawl(400, seed=5))
+    assert pipeline.run(["ingest", "prepare"], "--input", str(crawl), *SETTINGS) == 0
+    assert pipeline.run(["train"], *SETTINGS, "--conf", "train.model=softmax") == 0
+    (run,) = _rows(pipeline, "runs")
+    assert (run.model, run.hyperparameters["skill_bias"]) == ("softmax", "True")
+    best_file = pipeline.workdir / "checkpoints" / f"checkpoint.best-epoch-{run.best_epoch}.pt"
+    best = torch.load(best_file, weights_only=True)
+    phi_t, background = _published_arrays(pipeline, run.run_id)
+    np.testing.assert_array_equal(phi_t, best["phi_t"].numpy())
+    np.testing.assert_array_equal(background, best["background"].numpy())
+    assert np.isfinite(background).all() and np.ptp(background) > 0  # a learned bias
+    top = {r.job_title: r.skill_name for r in _rows(pipeline, "job_skill_rank") if r.rank == 1}
+    assert all(skill in PLANTED[title] for title, skill in top.items()), top
 
 
 def test_skillrank_finds_the_planted_skills_and_agrees_with_phi(published: Pipeline) -> None:

@@ -272,6 +272,46 @@ def test_evaluation_figure_compares_model_with_best_baseline(tmp_path: Path) -> 
     assert evaluation_figure(tmp_path / "with_k", with_k).png == figure.png
 
 
+def _with_intervals(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """The rows with an interval around each value of a ranking metric, and the difference
+    rows evaluate writes beside them (a wild value, which would show if drawn)."""
+    out: list[dict[str, object]] = []
+    for row in rows:
+        value = row["value"]
+        assert isinstance(value, int | float)
+        if row["k"] is None:
+            out.append({**row, "ci_low": None, "ci_high": None})
+            continue
+        out.append({**row, "ci_low": value - 0.05, "ci_high": value + 0.02})
+        if row["method"] == "model":
+            difference = {**row, "method": "model - cooccurrence", "value": -9.0}
+            out.append({**difference, "ci_low": -9.5, "ci_high": -8.5})
+    return out
+
+
+def test_evaluation_figure_draws_intervals_as_error_bars(tmp_path: Path) -> None:
+    rows = _with_intervals(_evaluation_rows())
+
+    figure = evaluation_figure(tmp_path, rows)
+
+    _check_png(tmp_path, figure)
+    # The same bars, now with error bars: another picture.
+    plain = evaluation_figure(tmp_path / "plain", _evaluation_rows())
+    assert figure.png != plain.png
+    # Difference rows are not bars of their own: the chart is the same without them.
+    methods_only = [r for r in rows if " - " not in str(r["method"])]
+    assert evaluation_figure(tmp_path / "methods", methods_only).png == figure.png
+    assert "model - cooccurrence" not in figure.caption and "-9.0" not in figure.caption
+    # The caption gives the model's and the best baseline's intervals.
+    assert "ndcg@20: 0.440 [0.390, 0.460]" in figure.caption, figure.caption
+    assert "best baseline cooccurrence 0.340 [0.290, 0.360]" in figure.caption, figure.caption
+    assert "95% bootstrap intervals" in figure.caption
+    # Rounding can leave a value a hair outside its interval: drawn all the same (matplotlib
+    # refuses negative error bars).
+    outside = [{**r, "ci_low": r["ci_high"]} for r in rows]
+    _check_png(tmp_path / "outside", evaluation_figure(tmp_path / "outside", outside))
+
+
 def test_evaluation_figure_without_planted_rows_or_model(tmp_path: Path) -> None:
     rows = [r for r in _evaluation_rows() if r["segment"] == "all" and r["method"] != "model"]
 

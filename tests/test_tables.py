@@ -82,3 +82,21 @@ def test_a_location_left_by_a_killed_create_is_cleared_but_data_is_kept(
     with pytest.raises(ConfigError, match="holds a Delta table with data"):
         declare_tables(spark, local, ["skill_vocab"])
     assert spark.read.format("delta").load(f"{root}/skill_vocab").count() == 3
+
+
+def test_a_table_of_an_older_version_gains_the_new_columns_in_place(
+    spark: SparkSession, config: Config
+) -> None:
+    local = replace(config, catalog=replace(config.catalog, database="t_evolve"))
+    declare_tables(spark, local, [])
+    table = table_name(local, "runs")
+    old = [f for f in SPECS["runs"].schema if f.name not in ("model", "validation_ndcg")]
+    columns = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in old)
+    spark.sql(f"CREATE TABLE {table} ({columns}) USING delta")
+    values = {"run_id": "'r1'", "status": "'succeeded'", "started_at": "current_timestamp()"}
+    row = ", ".join(values.get(f.name, "NULL") for f in old)
+    spark.sql(f"INSERT INTO {table} VALUES ({row})")
+    declare_tables(spark, local, ["runs"])
+    assert spark.table(table).columns == [f.name for f in SPECS["runs"].schema]
+    kept = spark.table(table).select("run_id", "status", "model", "validation_ndcg").collect()
+    assert [tuple(r) for r in kept] == [("r1", "succeeded", None, None)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from skillrank.config import SPLITS, TrainConfig, load_config
-from skillrank.model import Batch, kl_loss, kl_loss_and_grad, kl_loss_autograd
+from skillrank.model import Batch, append_job, kl_loss, kl_loss_and_grad, kl_loss_autograd
 from skillrank.shards import iterate_batches, read_manifest
 from skillrank.trainer import train
 from tests.conftest import random_batch
@@ -151,6 +151,22 @@ def test_batches_carry_each_profiles_jobs_and_skills(tmp_path: Path) -> None:
     assert batch.skill_offsets.tolist() == [0, 1, 4, 6]
 
 
+def test_append_job_gives_every_profile_one_more_job_after_its_own() -> None:
+    batch = Batch(
+        job_ids=torch.tensor([0, 3, 2, 1, 2, 3]),
+        job_weights=torch.tensor([0.25, 0.75, 1.0, 0.5, 0.25, 0.25]),
+        job_offsets=torch.tensor([0, 2, 3, 6]),
+        skill_ids=torch.tensor([1, 0, 4]),
+        skill_offsets=torch.tensor([0, 1, 2, 3]),
+    )
+    got = append_job(batch, 4, 0.5)
+    assert got.job_ids.tolist() == [0, 3, 4, 2, 4, 1, 2, 3, 4]
+    assert got.job_weights.tolist() == [0.25, 0.75, 0.5, 1.0, 0.5, 0.5, 0.25, 0.25, 0.5]
+    assert got.job_offsets.tolist() == [0, 3, 5, 9]
+    assert got.skill_ids is batch.skill_ids and got.skill_offsets is batch.skill_offsets
+    assert batch.job_ids.numel() == 6, "append_job changed its input"
+
+
 def test_a_manifest_without_vocabulary_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "manifest.json"
     path.write_text(json.dumps({"splits": {}}))
@@ -196,8 +212,10 @@ def _params(**changes: object) -> TrainConfig:
     return dataclasses.replace(
         base,
         **{
+            "model": "softmax",
             # The small planted data here wants a smaller step than the paper-scale default.
             "learning_rate": 50.0,
+            "l2": 0.0,  # the default suits the default learning rate, not 50
             "min_improvement": 0.0,
             "batch_size": 100,
             "shuffle_buffer": 500,
@@ -208,10 +226,13 @@ def _params(**changes: object) -> TrainConfig:
     )
 
 
-def test_planted_skills_are_found_and_the_loss_goes_down(tmp_path: Path) -> None:
+@pytest.mark.parametrize("skill_bias", [True, False])
+def test_planted_skills_are_found_and_the_loss_goes_down(tmp_path: Path, skill_bias: bool) -> None:
     manifest, planted = _planted_case(tmp_path)
     log = io.StringIO()
-    result = train(manifest, _params(), tmp_path / "ckpt.pt", log=log)
+    result = train(manifest, _params(skill_bias=skill_bias), tmp_path / "ckpt.pt", log=log)
+    # With the bias, phi's rows are deviations from the background: a title's planted skills
+    # still stand out in its own row.
     top = result.phi_t.argmax(dim=1).numpy()
     missed = {
         j: (int(top[j]), sorted(planted[j].tolist()))
@@ -221,19 +242,80 @@ def test_planted_skills_are_found_and_the_loss_goes_down(tmp_path: Path) -> None
     assert not missed, f"job -> (top skill, planted skills): {missed}"
     losses = [r.train_loss for r in result.history]
     assert losses[-1] < losses[0] * 0.8, losses
-    assert result.best_validation_loss < result.history[0].validation_loss
-    assert math.isfinite(result.test_loss)
-    assert "validation_loss=" in log.getvalue() and "profiles/s" in log.getvalue()
+    # 1-3 titles of 3 planted skills each, each listed with probability 0.8, plus noise: the
+    # planted skills ranked first give an NDCG@10 of about 0.85 (popularity alone: 0.2).
+    assert result.best_validation_ndcg > 0.8, result.history
+    assert torch.any(result.background != 0) == skill_bias
+    assert "validation_ndcg@10=" in log.getvalue() and "profiles/s" in log.getvalue()
 
 
-def test_early_stopping_stops_when_validation_loss_stops_improving(tmp_path: Path) -> None:
-    # Training teaches job 0 -> skill 0; validation says job 0 -> skill 1, so validation loss
-    # rises from the first epoch on: the best epoch is 1 and training stops `patience` later.
-    train_rows = [(f"t{i:04d}", [0], [1.0], [0]) for i in range(400)]
-    validation_rows = [(f"v{i:04d}", [0], [1.0], [1]) for i in range(50)]
+def _mentions(manifest: Path, skills: int) -> torch.Tensor:
+    """Each skill's number of mentions in the train split, counted here from the shards."""
+    files = read_manifest(manifest).shards["train"]
+    ids = [s for _, batch in iterate_batches(files, 64, shuffle=False) for s in batch.skill_ids]
+    return torch.bincount(torch.stack(ids), minlength=skills).double()
+
+
+def test_the_bias_starts_at_log_popularity_and_is_not_part_of_phi(tmp_path: Path) -> None:
+    manifest, planted = _planted_case(tmp_path)
+    jobs, skills = planted.shape[0], 50
+    # A step too small to move anything visibly: the result is the starting point.
+    params = _params(learning_rate=1e-6, max_epochs=1)
+    result = train(manifest, params, tmp_path / "c.pt", log=io.StringIO())
+
+    mentions = _mentions(manifest, skills)
+    log_popularity = ((mentions + 1) / (mentions.sum() + skills)).log().float()
+    assert torch.allclose(result.background, log_popularity, atol=1e-5), (
+        (result.background - log_popularity).abs().max()
+    )
+    # phi_t holds the J titles' rows only, still at their normal(0, init_std) start.
+    assert result.phi_t.shape == (jobs, skills)
+    assert result.phi_t.std().item() == pytest.approx(params.init_std, rel=0.1)
+    # The checkpoint's trained rows are phi_t's rows, then the bias row (b / weight).
+    state = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert state["parameters"].shape == (jobs + 1, skills)
+    assert torch.equal(state["parameters"][:jobs], result.phi_t)
+    weight = params.batch_size**-0.5
+    assert torch.equal(state["parameters"][jobs] * weight, result.background)
+
+    without = train(
+        manifest,
+        _params(learning_rate=1e-6, max_epochs=1, skill_bias=False),
+        tmp_path / "d.pt",
+        log=io.StringIO(),
+    )
+    assert torch.equal(without.background, torch.zeros(skills))
+
+
+def test_l2_decays_the_rows_of_phi_but_not_the_bias(tmp_path: Path) -> None:
+    manifest, _ = _planted_case(tmp_path)
+    l2 = 1e-4  # with learning rate 50: a factor 0.995 per step
+    # One epoch: the decay is the factor of its 30 steps (3000 profiles, 100 a batch), applied
+    # to phi's rows after the epoch's steps; the steps, and so the bias, are those without it.
+    plain = train(manifest, _params(max_epochs=1), tmp_path / "a.pt", log=io.StringIO())
+    decayed = train(manifest, _params(max_epochs=1, l2=l2), tmp_path / "b.pt", log=io.StringIO())
+    factor = (1 - 50.0 * l2) ** 30
+    assert torch.allclose(decayed.phi_t, plain.phi_t * factor, rtol=1e-6, atol=1e-7)
+    assert torch.equal(decayed.background, plain.background)
+    # Over several epochs (each last checkpoint's phi: the same number of epochs) the decay
+    # keeps phi smaller.
+    norms = {}
+    for name, value in (("plain", 0.0), ("decayed", l2)):
+        checkpoint = tmp_path / f"{name}.pt"
+        train(manifest, _params(max_epochs=4, patience=10, l2=value), checkpoint, log=io.StringIO())
+        norms[name] = torch.load(checkpoint, weights_only=True)["phi_t"].norm().item()
+    assert norms["decayed"] < 0.9 * norms["plain"], norms
+
+
+def test_early_stopping_follows_validation_ndcg_not_the_loss(tmp_path: Path) -> None:
+    # Training and validation agree: job 0 -> skill 0. Skill 0 is ranked first from the first
+    # epoch on (NDCG 1, which cannot improve) while the validation loss keeps falling: the
+    # best epoch is 1 and training stops `patience` epochs later.
+    rows = [(f"t{i:04d}", [0], [1.0], [0]) for i in range(400)]
+    validation_rows = [(f"v{i:04d}", [0], [1.0], [0]) for i in range(50)]
     manifest = _write_shards(
         tmp_path / "shards",
-        {"train": train_rows, "validation": validation_rows, "test": validation_rows},
+        {"train": rows, "validation": validation_rows, "test": validation_rows},
         jobs=2,
         skills=4,
     )
@@ -241,32 +323,41 @@ def test_early_stopping_stops_when_validation_loss_stops_improving(tmp_path: Pat
         manifest, _params(max_epochs=50, patience=2), tmp_path / "c.pt", log=io.StringIO()
     )
     assert (result.best_epoch, result.epochs_run) == (1, 3), result.history
+    assert [r.validation_ndcg for r in result.history] == [1.0] * 3
     validation = [r.validation_loss for r in result.history]
-    assert validation == sorted(validation), validation
-    assert result.best_validation_loss == validation[0]
+    assert validation == sorted(validation, reverse=True) and validation[2] < validation[0]
+    assert (result.best_validation_loss, result.best_validation_ndcg) == (validation[0], 1.0)
 
 
-def test_small_improvements_do_not_reset_patience_but_the_lowest_loss_wins(
+def test_small_improvements_do_not_reset_patience_and_the_highest_ndcg_wins(
     tmp_path: Path,
 ) -> None:
     manifest, _ = _planted_case(tmp_path, train_rows=600)
     checkpoint = tmp_path / "c.pt"
-    # After the first epoch no improvement can exceed 10 nats: training stops `patience`
-    # epochs later, while the result is the epoch of the lowest validation loss (kept on
-    # disk, one file).
+    # No NDCG improvement can exceed 10: training stops `patience` epochs after the first,
+    # while the result is the epoch of the highest validation NDCG (kept on disk, one file).
     result = train(
         manifest, _params(min_improvement=10.0, patience=3), checkpoint, log=io.StringIO()
     )
+    ndcg = [r.validation_ndcg for r in result.history]
     validation = [r.validation_loss for r in result.history]
-    assert result.epochs_run == 1 + 3 and validation[-1] < validation[0], validation
-    assert result.best_epoch == 1 + validation.index(min(validation))
+    assert result.epochs_run == 1 + 3 and max(ndcg) > ndcg[0], ndcg
+    assert result.best_epoch == 1 + ndcg.index(max(ndcg)), ndcg
+    # Here the lowest validation loss is another epoch's: the selection is not by the loss.
+    assert result.best_epoch != 1 + validation.index(min(validation)), validation
+    best = result.history[result.best_epoch - 1]
+    assert (result.best_validation_ndcg, result.best_validation_loss) == (
+        best.validation_ndcg,
+        best.validation_loss,
+    )
     # Best files kept: the one of the last checkpoint and the one of the previous checkpoint.
     previous = torch.load(tmp_path / "c.previous.pt", weights_only=True)
     assert previous["epoch"] == result.epochs_run - 1
     kept = {p.name for p in tmp_path.glob("c.best-epoch-*.pt")}
     assert kept == {f"c.best-epoch-{e}.pt" for e in (result.best_epoch, previous["best_epoch"])}
-    best_file = tmp_path / f"c.best-epoch-{result.best_epoch}.pt"
-    assert torch.equal(torch.load(best_file, weights_only=True)["phi_t"], result.phi_t)
+    best_file = torch.load(tmp_path / f"c.best-epoch-{result.best_epoch}.pt", weights_only=True)
+    assert torch.equal(best_file["phi_t"], result.phi_t)
+    assert torch.equal(best_file["background"], result.background)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -292,9 +383,10 @@ def test_resume_reaches_the_phi_of_an_uninterrupted_run(tmp_path: Path, optimize
         for r, s in zip(straight.history, resumed.history, strict=True)
     ]
     assert torch.equal(resumed.phi_t, straight.phi_t)
+    assert torch.equal(resumed.background, straight.background)
     last_straight = torch.load(straight_ckpt, weights_only=True)
     last_resumed = torch.load(split_ckpt, weights_only=True)
-    assert torch.equal(last_resumed["phi_t"], last_straight["phi_t"])
+    assert torch.equal(last_resumed["parameters"], last_straight["parameters"])
     assert last_resumed["epoch"] == 4
     assert json.loads(last_resumed["config"])["optimizer"] == optimizer
 
@@ -317,8 +409,9 @@ def test_resume_from_an_unreadable_checkpoint_uses_the_previous_one(
     assert "resuming from the previous checkpoint (epoch 2)" in log.getvalue()
     assert (tmp_path / "c.unreadable.pt").read_bytes() != data
     assert resumed.epochs_run == 4 and torch.equal(resumed.phi_t, straight.phi_t)
-    assert [r.validation_loss for r in resumed.history] == [
-        r.validation_loss for r in straight.history
+    assert torch.equal(resumed.background, straight.background)
+    assert [(r.validation_loss, r.validation_ndcg) for r in resumed.history] == [
+        (r.validation_loss, r.validation_ndcg) for r in straight.history
     ]
 
 
@@ -344,4 +437,22 @@ def test_training_without_validation_profiles_is_refused(tmp_path: Path) -> None
     )
     with pytest.raises(ValueError, match="the validation split is empty"):
         train(manifest, _params(), tmp_path / "c.pt", log=io.StringIO())
+    assert not (tmp_path / "c.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"model": "mixture"}, "train.model=softmax, got 'mixture'"),
+        ({"l2": -1e-6}, "train.l2 must be >= 0 and below 1 / train.learning_rate, got -1e-06"),
+        # A step's decay factor 1 - 50 * 0.02 would be 0: every row wiped out.
+        ({"l2": 0.02}, "train.l2 must be >= 0 and below 1 / train.learning_rate, got 0.02"),
+    ],
+)
+def test_settings_outside_the_softmax_family_are_refused(
+    tmp_path: Path, changes: dict, message: str
+) -> None:
+    manifest, _ = _planted_case(tmp_path, train_rows=100)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train(manifest, _params(**changes), tmp_path / "c.pt", log=io.StringIO())
     assert not (tmp_path / "c.pt").exists()

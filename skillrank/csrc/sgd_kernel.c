@@ -219,21 +219,6 @@ static void update_rows(float *phi, int64_t skills, int64_t stride, const float 
     }
 }
 
-/* Sum over the batch of the per-profile KL, phi_t unchanged. Returns an SKR_* status. */
-int skr_loss_sum(const float *phi, int64_t jobs, int64_t skills, const int64_t *job_ids,
-                 const float *job_weights, const int64_t *job_offsets, const int64_t *skill_ids,
-                 const int64_t *skill_offsets, int64_t size, int64_t n_jobs, int64_t n_skills,
-                 float *work, int64_t stride, int threads, double *loss_sum) {
-    const Batch b = {job_ids, job_weights, job_offsets, skill_ids, skill_offsets, size};
-    const int status = check_batch(&b, jobs, skills, n_jobs, n_skills);
-    if (status != SKR_OK) return status;
-    double *losses = malloc(size * sizeof *losses);
-    if (!losses) return SKR_NO_MEMORY;
-    *loss_sum = forward_batch(phi, skills, stride, &b, work, threads, 0, losses);
-    free(losses);
-    return SKR_OK;
-}
-
 /* One SGD step on phi_t in place; *loss = the batch's mean KL before the step. Returns an
  * SKR_* status; phi_t is untouched unless it is SKR_OK. */
 int skr_sgd_step(float *phi, int64_t jobs, int64_t skills, const int64_t *job_ids,

@@ -1,0 +1,331 @@
+"""The mixture family's math: a profile's skills as the union of its jobs' skills.
+
+A profile with job distribution w (its titles' weights, summing to 1) lists skill s with
+
+    p(s | profile) = lam * p0(s) + (1 - lam) * sum_j w_j theta_j(s)
+
+p0 is the background: the share of training skill mentions that are s (what every profile
+lists, whatever its jobs); theta_j is title j's own skill distribution. EM fits theta: the
+E-step splits the credit for every listed skill between the background and the profile's
+titles in proportion to the terms above; the M-step sets
+
+    theta_j = (c_j + alpha * m_j) / (n_j + alpha)
+
+with c_j the credit title j received (its expected counts), n_j = sum_s c_j(s), and m_j the
+title's prior, a distribution with strength alpha (pseudo-counts). This is MAP-EM: every
+iteration raises (never lowers) the training log-likelihood plus sum_j alpha m_j . log theta_j
+(``objective``). Everything works on the sparse (profile, title, skill) triples of a batch;
+theta is never needed beyond the entries the triples name.
+
+Priors: p0 for every title (``skillrank.trainer.popularity``), or, for titles sharing a word
+with other titles ("senior java developer", "java developer"), ``word_prior``: the credit
+pooled over those other titles, so that a title seen twice borrows what its relatives are
+known for.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from skillrank.config import TrainConfig
+from skillrank.evaluate import model_method
+from skillrank.model import Batch
+from skillrank.shards import iterate_batches, read_manifest, read_vocabulary
+from skillrank.trainer import (
+    SELECTION_K,
+    EpochRecord,
+    Ranks,
+    TrainResult,
+    save_best,
+    score_split,
+    skill_popularity,
+)
+
+# Profiles per batch of an EM pass: the triples of one batch (a few MB) are all it holds.
+_PASS_BATCH = 16384
+# A process training alone.
+_ALONE = Ranks()
+# Words of a title that say nothing about the job's skills.
+_STOP_WORDS = frozenset(
+    "a an and at for from in of on or the to with senior junior lead head chief assistant"
+    " trainee apprentice associate principal".split()
+)
+
+
+@dataclass(frozen=True)
+class Triples:
+    """The (profile, title, skill) triples of a batch, one per listed skill and title.
+
+    entry (T,): index of the (profile, skill) entry, 0..E-1 in the batch's skill order;
+    flat (T,): j * S + s, the triple's cell of a J x S matrix; weight (T,): the title's w_j;
+    job (T,) and skill (E,) ids; profile (E,): the profile of each entry; sizes (B,): skills
+    per profile.
+    """
+
+    entry: Tensor
+    flat: Tensor
+    weight: Tensor
+    job: Tensor
+    skill: Tensor
+    profile: Tensor
+    sizes: Tensor
+
+
+@dataclass(frozen=True)
+class EStep:
+    """What one pass of the E-step adds up: the credit per (title, skill) cell, the log
+    likelihood, and the per-profile KL (the training loss of the softmax family)."""
+
+    counts: Tensor
+    log_likelihood: float
+    kl_sum: float
+    profiles: int
+
+
+def batch_triples(batch: Batch, skills: int) -> Triples:
+    """The triples of a batch: every listed skill paired with every title of its profile."""
+    sizes = torch.diff(batch.skill_offsets)
+    jobs_per_profile = torch.diff(batch.job_offsets)
+    profile = torch.repeat_interleave(torch.arange(batch.size), sizes)
+    reps = jobs_per_profile[profile]
+    entry = torch.repeat_interleave(torch.arange(profile.numel()), reps)
+    first = torch.cumsum(reps, 0) - reps
+    within = torch.arange(entry.numel()) - torch.repeat_interleave(first, reps)
+    position = batch.job_offsets[profile[entry]] + within
+    job = batch.job_ids[position]
+    return Triples(
+        entry=entry,
+        flat=job * skills + batch.skill_ids[entry],
+        weight=batch.job_weights[position],
+        job=job,
+        skill=batch.skill_ids,
+        profile=profile,
+        sizes=sizes,
+    )
+
+
+def theta_at(counts: Tensor, totals: Tensor, prior: Tensor, alpha: float, t: Triples) -> Tensor:
+    """theta_j(s) at the triples' cells, from the credit `counts` (J x S), its row sums
+    `totals` (J,) and `prior` (J x S, or 1 x S for one prior shared by every title)."""
+    skills = counts.shape[1]
+    prior_at = prior.view(-1)[t.flat] if prior.shape[0] > 1 else prior[0, t.flat % skills]
+    dtype = counts.dtype  # float32 in training, float64 where a test wants exact sums
+    return (counts.view(-1)[t.flat] + alpha * prior_at.to(dtype)) / (
+        totals[t.job].to(dtype) + alpha
+    )
+
+
+def e_step(t: Triples, theta: Tensor, background: Tensor, lam: float) -> tuple[Tensor, Tensor]:
+    """Credit of each triple (the share of its skill mention given to its title) and the
+    predictive probability p(s | profile) of each (profile, skill) entry."""
+    share = (1.0 - lam) * t.weight.to(theta.dtype) * theta
+    p = (lam * background[t.skill].to(theta.dtype)).index_add_(0, t.entry, share)
+    return share.div_(p[t.entry]), p
+
+
+def accumulate(
+    batches: Iterable[Batch],
+    counts: Tensor,
+    totals: Tensor,
+    prior: Tensor,
+    alpha: float,
+    background: Tensor,
+    lam: float,
+) -> EStep:
+    """One E-step pass over `batches` with the current (counts, prior): the new credit
+    (J x S, of counts' dtype), and the log-likelihood and summed per-profile KL of the
+    current theta."""
+    jobs, skills = counts.shape
+    new = torch.zeros(jobs * skills, dtype=counts.dtype)
+    log_likelihood, kl_sum, profiles = 0.0, 0.0, 0
+    for batch in batches:
+        if batch.size == 0:
+            continue
+        t = batch_triples(batch, skills)
+        credit, p = e_step(t, theta_at(counts, totals, prior, alpha, t), background, lam)
+        new.index_add_(0, t.flat, credit)
+        log_p = p.log().double()
+        log_likelihood += float(log_p.sum())
+        mean_log_p = torch.zeros(batch.size, dtype=torch.float64).index_add_(0, t.profile, log_p)
+        sizes = t.sizes.double()
+        kl_sum += float((-sizes.log() - mean_log_p / sizes).sum())
+        profiles += batch.size
+    return EStep(new.view(jobs, skills), log_likelihood, kl_sum, profiles)
+
+
+def theta_matrix(counts: Tensor, totals: Tensor, prior: Tensor, alpha: float) -> Tensor:
+    """Every theta_j (J x S, float32; rows sum to 1)."""
+    return (counts + alpha * prior).div_((totals + alpha)[:, None])
+
+
+def objective(
+    log_likelihood: float, counts: Tensor, totals: Tensor, prior: Tensor, alpha: float
+) -> float:
+    """What MAP-EM raises: the log-likelihood (at theta of `counts`) plus the log prior
+    sum_j sum_s alpha m_j(s) log theta_j(s) (the Dirichlet's, up to a constant)."""
+    theta = theta_matrix(counts.double(), totals.double(), prior.double(), alpha)
+    return log_likelihood + float((alpha * prior.double() * theta.log()).sum())
+
+
+def title_words(titles: Sequence[str]) -> list[list[str]]:
+    """The informative words of each title: lower-case alphanumeric runs, stop words and
+    seniority markers left out, each word once."""
+    out = []
+    for title in titles:
+        words = re.findall(r"[^\W_]+", title.lower())
+        out.append(list(dict.fromkeys(w for w in words if w not in _STOP_WORDS and len(w) > 1)))
+    return out
+
+
+def word_prior(counts: Tensor, titles: Sequence[str], base: Tensor, beta: float) -> Tensor:
+    """Each title's prior (J x S, float32, rows sum to 1) from the titles that share its words.
+
+    For a word w held by at least two titles, P_w^(-j) is the credit pooled over the titles
+    holding w other than j itself, smoothed toward `base` (S,) with strength `beta`; title
+    j's prior is the mean of P_w^(-j) over its words, each weighted by log(J / titles with w)
+    (a rarer word is a closer relative). A title sharing no word has prior `base`.
+    """
+    jobs, skills = counts.shape
+    words = title_words(titles)
+    holders: dict[str, list[int]] = defaultdict(list)
+    for j, ws in enumerate(words):
+        for w in ws:
+            holders[w].append(j)
+    shared = {w: js for w, js in holders.items() if len(js) >= 2}
+    index = {w: i for i, w in enumerate(sorted(shared))}
+    totals = counts.double().sum(dim=1)
+    pool = torch.zeros(len(index), skills, dtype=torch.float64)
+    pool_total = torch.zeros(len(index), dtype=torch.float64)
+    for w, i in index.items():
+        rows = torch.tensor(shared[w])
+        pool[i] = counts[rows].double().sum(dim=0)
+        pool_total[i] = totals[rows].sum()
+    idf = {w: math.log(jobs / len(js)) for w, js in shared.items()}
+    base64 = base.double()
+    prior = base[None, :].repeat(jobs, 1)
+    for j, title_words_j in enumerate(words):
+        ws = [w for w in title_words_j if w in index]
+        if not ws:
+            continue
+        a = torch.tensor([idf[w] for w in ws], dtype=torch.float64)
+        a = a / a.sum() if a.sum() > 0 else torch.full_like(a, 1.0 / len(ws))
+        rows = torch.tensor([index[w] for w in ws])
+        others = (pool[rows] - counts[j].double()).clamp_min(0.0)
+        others_total = (pool_total[rows] - totals[j]).clamp_min(0.0)
+        prior[j] = (a @ ((others + beta * base64) / (others_total + beta)[:, None])).float()
+    return prior
+
+
+def train_mixture(
+    manifest_path: Path,
+    params: TrainConfig,
+    checkpoint_path: Path,
+    *,
+    resume: bool = False,
+    device: str | None = None,
+    config_json: str | None = None,
+    log: TextIO = sys.stderr,
+    ranks: Ranks = _ALONE,
+) -> TrainResult:
+    """Fit the mixture by EM on the manifest's train split, one streamed pass per iteration.
+
+    Iterations (epochs) run until validation NDCG@10 has not improved by more than
+    params.min_improvement for params.patience iterations, or params.max_epochs. With
+    title_prior "words" a first phase uses the popularity prior and ends at its first
+    iteration that does not improve validation NDCG@10; then each title's prior becomes
+    ``word_prior`` of the credit so far and EM goes on, with the stopping rule above.
+    The iteration with the best validation NDCG@10 is returned: phi_t = log theta (J x S),
+    background = log p0; the test split is never read. With several ranks each reads its
+    share of the shards and the credit is summed across them; rank 0 writes the best
+    iteration's file for the driver (``with_best_phi``). The fit is deterministic and takes
+    about a minute at paper scale, so there is nothing to resume: `resume` is refused.
+    """
+    if resume:
+        raise ValueError("--resume applies to train.model=softmax; a mixture fit starts over")
+    if (device or params.device) != "cpu":
+        raise ValueError("train.model=mixture runs on cpu (its EM passes are sparse)")
+    manifest = read_manifest(manifest_path)
+    if manifest.rows.get("validation", 0) == 0:
+        raise ValueError(f"manifest {manifest_path}: the validation split is empty")
+    jobs, skills = manifest.jobs, manifest.skills
+    lam, alpha = params.background_weight, params.prior_strength
+
+    def train_batches() -> Iterator[Batch]:
+        batches = iterate_batches(
+            manifest.shards["train"], _PASS_BATCH, shuffle=False, rank=ranks.rank, world=ranks.world
+        )
+        return (batch for _, batch in batches)
+
+    p0 = skill_popularity(manifest, _PASS_BATCH, ranks)
+    background = p0.log()
+    counts = torch.zeros(jobs, skills, dtype=torch.float32)
+    totals = torch.zeros(jobs, dtype=torch.float64)
+    prior, phase = p0[None, :], "popularity"
+    history: list[EpochRecord] = []
+    best: tuple[float, int, float, Tensor | None] = (-math.inf, 0, math.nan, None)
+    bad_epochs, epoch = 0, 0
+    while epoch < params.max_epochs:
+        epoch += 1
+        started = time.perf_counter()
+        step = accumulate(train_batches(), counts, totals, prior, alpha, p0, lam)
+        counts = step.counts
+        if ranks.world > 1:
+            dist.all_reduce(counts)
+        kl_sum, profiles = ranks.sum([step.kl_sum, float(step.profiles)], counts.device)
+        totals = counts.double().sum(dim=1)
+        phi_t = theta_matrix(counts, totals.float(), prior, alpha).log_()
+        method = model_method("mixture", phi_t, background, lam)
+        validation_loss, ndcg = score_split(
+            method, manifest, "validation", params.batch_size, ranks
+        )
+        del method
+        seconds = time.perf_counter() - started
+        history.append(EpochRecord(epoch, kl_sum / profiles, validation_loss, ndcg, seconds))
+        improved = ndcg > best[0]
+        bad_epochs = 0 if ndcg > best[0] + params.min_improvement else bad_epochs + 1
+        if improved:
+            best = (ndcg, epoch, validation_loss, phi_t)
+        print(
+            f"iteration {epoch} ({phase} prior) train_loss={kl_sum / profiles:.6f}"
+            f" validation_loss={validation_loss:.6f} validation_ndcg@{SELECTION_K}={ndcg:.6f}"
+            f" seconds={seconds:.2f}" + (" (best)" if improved else ""),
+            file=log,
+            flush=True,
+        )
+        del phi_t
+        if phase == "popularity" and params.title_prior == "words" and not improved:
+            # This phase only has to attribute the credit that the word priors pool.
+            base = (counts.double().sum(dim=0) + params.word_prior_strength * p0.double()) / (
+                totals.sum() + params.word_prior_strength
+            )
+            titles, _ = read_vocabulary(manifest, "job")
+            prior = word_prior(counts, titles, base.float(), params.word_prior_strength)
+            phase, bad_epochs = "words", 0
+            print(f"iteration {epoch}: each title's prior is now its words'", file=log)
+        elif bad_epochs >= params.patience:
+            break
+    best_ndcg, best_epoch, best_loss, best_phi = best
+    if best_phi is None:
+        raise ValueError("the validation NDCG was never a number")
+    if ranks.world > 1 and ranks.rank == 0:
+        save_best(checkpoint_path, best_epoch, best_phi, background.float())
+    print(
+        f"stopped after iteration {epoch}; best iteration {best_epoch}"
+        f" validation_ndcg@{SELECTION_K}={best_ndcg:.6f} validation_loss={best_loss:.6f}",
+        file=log,
+    )
+    return TrainResult(
+        best_phi, background.float(), best_epoch, best_loss, best_ndcg, epoch, history
+    )
