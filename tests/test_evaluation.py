@@ -78,10 +78,18 @@ def evaluated(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> 
     pipeline = Pipeline(spark, tmp_path / "work", f"t_evaluate_{uuid.uuid4().hex[:6]}")
     crawl = write_crawl(tmp_path / "crawl.jsonl", _crawl(600, seed=11))
     assert pipeline.run(["ingest", "prepare"], "--input", str(crawl), *SETTINGS) == 0
+    # The softmax first, on the same shards: the default mixture, trained last, is the run
+    # evaluated, and the softmax run is scored beside it.
+    assert pipeline.run(["train"], *SETTINGS, "--conf", "train.model=softmax") == 0
     assert pipeline.run(["train"], *SETTINGS) == 0
     truth = _write_truth(tmp_path / "truth")
     assert pipeline.run(["evaluate"], "--truth", str(truth), *SETTINGS, *EVALUATE) == 0
     return pipeline
+
+
+def _latest_run(p: Pipeline) -> Any:
+    """The runs row of the evaluated run: the latest, the mixture."""
+    return p.table("runs").orderBy(F.desc("ended_at")).first()
 
 
 def _evaluation(p: Pipeline) -> dict[tuple[str, str, int | None, str], float]:
@@ -89,14 +97,18 @@ def _evaluation(p: Pipeline) -> dict[tuple[str, str, int | None, str], float]:
 
 
 def test_model_kl_is_the_test_loss_and_every_method_is_scored(evaluated: Pipeline) -> None:
-    (run,) = evaluated.table("runs").collect()
+    run = _latest_run(evaluated)
     rows = evaluated.table("evaluation").collect()
     assert {r.run_id for r in rows} == {run.run_id}
     values = _evaluation(evaluated)
     assert values[("model", "kl", None, "all")] == pytest.approx(run.test_loss, rel=1e-5)
     # Difference rows (model - <baseline>) are checked below.
     methods = {r.method for r in rows if " - " not in r.method}
-    assert {"model", "popularity", "cooccurrence", "pmi"} <= methods
+    assert methods == {"model", "softmax", *BASELINES}
+    assert run.model == "mixture"
+    # The softmax run on the same shards is scored as it predicts: its KL is its test loss.
+    softmax = evaluated.table("runs").where("model = 'softmax'").first()
+    assert values[("softmax", "kl", None, "all")] == pytest.approx(softmax.test_loss, rel=1e-5)
     for method in methods:
         for metric in ("recall", "precision", "ndcg", "map"):
             for k in (5, 10, 20, 50):
@@ -127,7 +139,12 @@ def test_segments_count_the_test_profiles_of_each_city_and_industry(
 
 def test_planted_truth_precision_matches_the_published_skillrank(evaluated: Pipeline) -> None:
     """The model's top 3 skills per title (Excel, generic, left out) against the planted ones."""
-    ranks = evaluated.table("job_skill_rank").where(F.col("skill_name") != GENERIC).collect()
+    run_id = _latest_run(evaluated).run_id
+    ranks = (
+        evaluated.table("job_skill_rank")
+        .where((F.col("run_id") == run_id) & (F.col("skill_name") != GENERIC))
+        .collect()
+    )
     hits = []
     for title, skills in PLANTED.items():
         top = sorted((r for r in ranks if r.job_title == title), key=lambda r: r.rank)[:3]
@@ -167,7 +184,7 @@ def test_every_mean_has_an_interval_and_the_model_a_difference_per_baseline(
     rows = evaluated.table("evaluation").collect()
     index = {(r.method, r.metric, r.k, r.segment): r for r in rows}
     methods = {r.method for r in rows if " - " not in r.method}
-    assert methods == {"model", *BASELINES}
+    assert methods == {"model", "softmax", *BASELINES}
     assert {r.method for r in rows} - methods == {f"model - {b}" for b in BASELINES}
     for r in rows:
         if r.metric in ("profiles", "titles"):
@@ -204,7 +221,7 @@ def test_evaluate_names_a_run_that_does_not_exist(evaluated: Pipeline) -> None:
 
 def test_report_writes_every_figure_and_the_coclusters(evaluated: Pipeline) -> None:
     assert evaluated.run(["report"], *SETTINGS, "--conf", "report.coclusters=2") == 0
-    (run,) = evaluated.table("runs").collect()
+    run = _latest_run(evaluated)
     directory = evaluated.workdir / "reports" / run.run_id
     page = (directory / "report.html").read_text(encoding="utf-8")
     pngs = sorted(re.findall(r'href="([\w.]+\.png)"', page))
