@@ -147,8 +147,9 @@ def test_failed_stage_exits_1_and_records_why(
 def test_train_stage_learns_from_the_shards_and_resumes(pipeline: Pipeline, tmp_path: Path) -> None:
     crawl = write_crawl(tmp_path / "c.jsonl", _crawl(300))
     assert pipeline.run(["ingest", "prepare"], "--input", str(crawl), *SMALL) == 0
-    fast = ("--conf", "train.max_epochs=2", "--conf", "train.batch_size=50")
-    fast += ("--conf", "train.learning_rate=1.0")
+    # The softmax family: the one with checkpoints to resume from.
+    fast = ("--conf", "train.model=softmax", "--conf", "train.max_epochs=2")
+    fast += ("--conf", "train.batch_size=50", "--conf", "train.learning_rate=1.0")
     assert pipeline.run(["train"], *fast) == 0
     checkpoint = pipeline.workdir / "checkpoints" / "checkpoint.pt"
     assert checkpoint.is_file()
@@ -158,8 +159,8 @@ def test_train_stage_learns_from_the_shards_and_resumes(pipeline: Pipeline, tmp_
     vocab = manifest["vocabulary"]
     assert run.rows_out == vocab["jobs"] * vocab["skills"]
 
-    longer = ("--conf", "train.max_epochs=3", "--conf", "train.batch_size=50")
-    longer += ("--conf", "train.learning_rate=1.0")
+    longer = ("--conf", "train.model=softmax", "--conf", "train.max_epochs=3")
+    longer += ("--conf", "train.batch_size=50", "--conf", "train.learning_rate=1.0")
     assert pipeline.run(["train"], "--resume", *longer) == 0
     assert pipeline.table("stage_runs").where("stage = 'train'").count() == 2
 
