@@ -140,7 +140,7 @@ class TrainConfig:
     l2: float
     background_weight: float
     prior_strength: float
-    title_prior: Literal["words", "popularity"]
+    title_prior: Literal["neighbours", "words", "popularity"]
     word_prior_strength: float
 
 

@@ -17,10 +17,11 @@ iteration raises (never lowers) the training log-likelihood plus sum_j alpha m_j
 (``objective``). Everything works on the sparse (profile, title, skill) triples of a batch;
 theta is never needed beyond the entries the triples name.
 
-Priors: p0 for every title (``skillrank.trainer.popularity``), or, for titles sharing a word
-with other titles ("senior java developer", "java developer"), ``word_prior``: the credit
-pooled over those other titles, so that a title seen twice borrows what its relatives are
-known for.
+Priors: p0 for every title (``skillrank.trainer.popularity``); ``word_prior``: for titles
+sharing a word with other titles ("senior java developer", "java developer"), the credit
+pooled over those other titles; or ``neighbour_prior``: the theta of the titles whose skills
+best explain the title's own credit ("flight lieutenant" -> "air force officer", words or
+not). Either way a title seen twice borrows what its relatives are known for.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ from skillrank.trainer import (
 _PASS_BATCH = 16384
 # A process training alone.
 _ALONE = Ranks()
+# Titles whose theta a title's neighbour prior mixes: the nearest few in skill space.
+_NEIGHBOURS = 5
+# Titles per block of the neighbour search: each block scores its titles against every title.
+_NEIGHBOUR_BLOCK = 1024
 # Words of a title that say nothing about the job's skills.
 _STOP_WORDS = frozenset(
     "a an and at for from in of on or the to with senior junior lead head chief assistant"
@@ -228,6 +233,35 @@ def word_prior(counts: Tensor, titles: Sequence[str], base: Tensor, beta: float)
     return prior
 
 
+def neighbour_prior(counts: Tensor, theta: Tensor, base: Tensor) -> Tensor:
+    """Each title's prior (J x S, float32, rows sum to 1) from the titles nearest in skill space.
+
+    Title k's score for title j is sum_s c_j(s) log theta_k(s): the log-likelihood of the
+    credit j received (`counts`, J x S) under k's skill distribution (`theta`, J x S, every
+    entry > 0). j's prior mixes the theta_k of the _NEIGHBOURS highest-scoring titles k other
+    than j, weighted by the softmax of their scores (in practice the best one nearly always).
+    A title with no credit (and the one title of a one-title vocabulary) has prior `base`
+    (S,). The credit is sparse: each block of titles is
+    scored as a sparse x dense product against the transposed log theta.
+    """
+    jobs = counts.shape[0]
+    prior = base[None, :].repeat(jobs, 1)
+    if jobs < 2:
+        return prior
+    log_theta_t = theta.log().t().contiguous()  # S x J
+    for lo in range(0, jobs, _NEIGHBOUR_BLOCK):
+        hi = min(lo + _NEIGHBOUR_BLOCK, jobs)
+        scores = torch.sparse.mm(counts[lo:hi].to_sparse(), log_theta_t)  # (hi - lo) x J
+        rows = torch.arange(hi - lo)
+        scores[rows, rows + lo] = -math.inf  # never itself
+        top = scores.topk(min(_NEIGHBOURS, jobs - 1), dim=1)
+        weights = torch.softmax(top.values, dim=1)
+        mixed = torch.einsum("bn,bns->bs", weights, theta[top.indices])
+        credited = counts[lo:hi].sum(dim=1) > 0
+        prior[lo:hi][credited] = mixed[credited]
+    return prior
+
+
 def train_mixture(
     manifest_path: Path,
     params: TrainConfig,
@@ -243,9 +277,10 @@ def train_mixture(
 
     Iterations (epochs) run until validation NDCG@10 has not improved by more than
     params.min_improvement for params.patience iterations, or params.max_epochs. With
-    title_prior "words" a first phase uses the popularity prior and ends at its first
-    iteration that does not improve validation NDCG@10; then each title's prior becomes
-    ``word_prior`` of the credit so far and EM goes on, with the stopping rule above.
+    title_prior "neighbours" or "words" a first phase uses the popularity prior and ends at its
+    first iteration that does not improve validation NDCG@10; then each title's prior becomes
+    ``neighbour_prior`` (or ``word_prior``) of the credit so far and EM goes on, with the
+    stopping rule above.
     The iteration with the best validation NDCG@10 is returned: phi_t = log theta (J x S),
     background = log p0; the test split is never read. With several ranks each reads its
     share of the shards and the credit is summed across them; rank 0 writes the best
@@ -305,15 +340,25 @@ def train_mixture(
             flush=True,
         )
         del phi_t
-        if phase == "popularity" and params.title_prior == "words" and not improved:
-            # This phase only has to attribute the credit that the word priors pool.
+        if phase == "popularity" and params.title_prior != "popularity" and not improved:
+            # This phase only has to attribute the credit that the title priors pool.
+            switched = time.perf_counter()
             base = (counts.double().sum(dim=0) + params.word_prior_strength * p0.double()) / (
                 totals.sum() + params.word_prior_strength
             )
-            titles, _ = read_vocabulary(manifest, "job")
-            prior = word_prior(counts, titles, base.float(), params.word_prior_strength)
-            phase, bad_epochs = "words", 0
-            print(f"iteration {epoch}: each title's prior is now its words'", file=log)
+            if params.title_prior == "words":
+                titles, _ = read_vocabulary(manifest, "job")
+                prior = word_prior(counts, titles, base.float(), params.word_prior_strength)
+            else:
+                theta = theta_matrix(counts, totals.float(), prior, alpha)
+                prior = neighbour_prior(counts, theta, base.float())
+                del theta
+            phase, bad_epochs = params.title_prior, 0
+            print(
+                f"iteration {epoch}: each title's prior is now its {phase}'"
+                f" ({time.perf_counter() - switched:.1f} s)",
+                file=log,
+            )
         elif bad_epochs >= params.patience:
             break
     best_ndcg, best_epoch, best_loss, best_phi = best

@@ -81,7 +81,10 @@ def test_extra_spark_conf_takes_free_form_keys() -> None:
         ("train.word_prior_strength=0", "train.word_prior_strength must be > 0"),
         ("train.background_weight=1", "train.background_weight must be in [0, 1)"),
         ("train.background_weight=-0.1", "train.background_weight must be in [0, 1)"),
-        ("train.title_prior=letters", "'train.title_prior' must be one of words, popularity"),
+        (
+            "train.title_prior=letters",
+            "'train.title_prior' must be one of neighbours, words, popularity",
+        ),
         ("train.l2=-1.0", "train.l2 must be >= 0"),
     ],
 )

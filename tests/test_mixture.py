@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from skillrank import mixture
 from skillrank.config import TrainConfig, load_config
 from skillrank.evaluate import baseline_methods, count_cooccurrences
 from skillrank.mixture import (
     accumulate,
+    neighbour_prior,
     objective,
     theta_matrix,
     title_words,
@@ -146,6 +148,36 @@ def test_word_prior_borrows_from_titles_sharing_a_word_never_from_itself() -> No
     # "developer" and "java" are both held by exactly titles 0 and 1: title 1's prior is
     # title 0's counts smoothed by beta toward the base.
     torch.testing.assert_close(prior[1], (counts[0] + 1.0 * base) / (50.0 + 1.0))
+
+
+def test_neighbour_prior_borrows_from_the_title_whose_skills_explain_its_credit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 0 "air force officer" (well seen) and 1 "flight lieutenant" (seen little) share no word
+    # but the same skills 0-2; 2 "nurse" needs 3-4; 3 "pilot" has no credit at all.
+    counts = torch.zeros(4, 6)
+    counts[0, :3] = torch.tensor([40.0, 30.0, 20.0])
+    counts[1, [0, 2]] = torch.tensor([8.0, 4.0])
+    counts[2, 3:5] = torch.tensor([25.0, 15.0])
+    theta = theta_matrix(counts, counts.sum(dim=1), torch.full((1, 6), 1 / 6), 1.0)
+    base = torch.full((6,), 1 / 6)
+    # Reference: every other title's log-likelihood of j's credit, softmax over the best 3.
+    expected = base[None, :].repeat(4, 1)
+    for j in range(3):
+        others = [k for k in range(4) if k != j]
+        scores = torch.stack([(counts[j] * theta[k].log()).sum() for k in others])
+        weights = torch.softmax(scores, dim=0)
+        expected[j] = sum(w * theta[k] for w, k in zip(weights, others, strict=True))
+    monkeypatch.setattr(mixture, "_NEIGHBOUR_BLOCK", 3)  # two blocks, split inside the titles
+    prior = neighbour_prior(counts, theta, base)
+    torch.testing.assert_close(prior, expected)
+    torch.testing.assert_close(prior.sum(dim=1), torch.ones(4))
+    torch.testing.assert_close(prior[1], theta[0], atol=1e-3, rtol=0)  # lieutenant <- officer
+    # The nurse has no relative: the nearest is the pilot's uninformed theta, not its own.
+    torch.testing.assert_close(prior[2], theta[3], atol=1e-3, rtol=0)
+    assert float((prior[0] - theta[0]).abs().max()) > 0.1  # the officer's is not its own
+    torch.testing.assert_close(prior[3], base)
+    torch.testing.assert_close(neighbour_prior(counts[:1], theta[:1], base), base[None, :])
 
 
 def _params(**changes: object) -> TrainConfig:
