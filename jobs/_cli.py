@@ -90,38 +90,56 @@ def common_parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
+@dataclass(frozen=True)
+class StageRange:
+    """A command that runs some of `stages`, in order, chosen by its own options (`all`)."""
+
+    name: str
+    stages: list[Stage]
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    select: Callable[[argparse.Namespace], list[Stage]]
+
+
 def parse_stage_args(
-    stages: list[Stage], argv: list[str] | None
-) -> tuple[argparse.Namespace, Config]:
-    """Parse the command line of one or more stages and load the configuration."""
-    parser = common_parser(f"spark-submit.sh {stages[-1].name}")
+    command: list[Stage] | StageRange, argv: list[str] | None
+) -> tuple[argparse.Namespace, Config, list[Stage]]:
+    """Parse the command line of one or more stages (or of a range) and load the configuration;
+    the stages to run, each one's check passed."""
+    stages = command.stages if isinstance(command, StageRange) else command
+    name = command.name if isinstance(command, StageRange) else stages[-1].name
+    parser = common_parser(f"spark-submit.sh {name}")
     for stage in stages:
         stage.add_arguments(parser)
+    if isinstance(command, StageRange):
+        command.add_arguments(parser)
     args = parser.parse_args(argv)
     config = load_config(args.env, args.conf)
-    for stage in stages:
+    chosen = command.select(args) if isinstance(command, StageRange) else stages
+    for stage in chosen:
         stage.check(args, config)
-    return args, config
+    return args, config, chosen
 
 
 def run_stages(
-    stages: list[Stage],
+    command: list[Stage] | StageRange,
     argv: list[str] | None = None,
     epilogue: Callable[[StageContext], list[str]] | None = None,
 ) -> int:
-    """Run stages in order in one SparkSession, recording each in stage_runs.
+    """Run stages (or the stages a range picks) in order in one SparkSession, recording each
+    in stage_runs.
 
     `epilogue`, when given, prints a closing summary after the last stage. Returns the exit code.
     """
-    prog = f"skillrank {stages[-1].name}"
+    name = command.name if isinstance(command, StageRange) else command[-1].name
+    prog = f"skillrank {name}"
     try:
-        args, config = parse_stage_args(stages, argv)
+        args, config, stages = parse_stage_args(command, argv)
     except (ConfigError, StageError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     workdir = Path(args.workdir).resolve()
     master = args.master or config.spark.master
-    spark = build_spark(config, workdir, master, app_name=f"skillrank-{stages[-1].name}")
+    spark = build_spark(config, workdir, master, app_name=f"skillrank-{name}")
     declare_tables(spark, config, ["stage_runs"])
     cleared = clear_staging(spark, resolve_path(workdir, config.catalog.staging_dir))
     if cleared:
@@ -140,6 +158,9 @@ def run_stages(
             log.write_text(traceback.format_exc())
             _record(ctx, stage.name, started, clock, None, message)
             print(f"{prog}: error: {stage.name} failed: {message} (trace: {log})", file=sys.stderr)
+            if isinstance(command, StageRange) and stage is not stages[0]:
+                print(f"{prog}: the stages before {stage.name} succeeded: rerun from it with"
+                      f" `{name} --from {stage.name}`", file=sys.stderr)  # fmt: skip
             return 1
         _record(ctx, stage.name, started, clock, result, None)
         for line in result.summary:

@@ -184,8 +184,9 @@ def main(argv: list[str]) -> int:
     try:
         if command in STAGE_NAMES:
             module = importlib.import_module(f"jobs.{command}")
-            stages = module.STAGES if command == "all" else [module.STAGE]
-            args, config = parse_stage_args(stages, rest)
+            args, config, _ = parse_stage_args(
+                module.ALL if command == "all" else [module.STAGE], rest
+            )
             passthrough = rest
         elif command == "thriftserver":
             parser = common_parser(prog)

@@ -61,7 +61,7 @@ def run_manifest(ctx: StageContext, run: Row) -> Manifest:
     return manifest
 
 
-def test_segments(ctx: StageContext, manifest: Manifest) -> dict[str, tuple[str, ...]]:
+def segments_of_test_profiles(ctx: StageContext, manifest: Manifest) -> dict[str, tuple[str, ...]]:
     """profile_id -> ('city=<code>', 'industry=<code>') of every test profile of the run.
 
     Read from `profiles` at the Delta version the run's shards were written from.

@@ -1,10 +1,14 @@
-"""all: every stage in order, in one Spark session, ending with a summary of the tables.
+"""all: the stages in order, in one Spark application, ending with a summary of the tables.
 
-    ./spark-submit.sh all [--input PATH] [--workdir DIR] [--conf key=value ...]
+    ./spark-submit.sh all [--input PATH] [--from STAGE] [--to STAGE] [--workdir DIR]
+                          [--conf key=value ...]
 
 Without --input, `generate` first writes the default crawl into <workdir>/<catalog.crawl_dir>
 (skipped when the same crawl is already there) and `ingest` reads it. Then prepare; train,
 which publishes phi and the rankings; evaluate and report, on the run train just published.
+`--from` and `--to` run a range of these (both ends included), still in one application:
+`all --from prepare --to train` after a new ingest, or `all --from train` to go on after a
+failed train (a failing `all` names the `--from` that resumes it).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import dataclasses
 import sys
 
 from jobs import evaluate, generate, ingest, prepare, report, train
-from jobs._cli import StageContext, run_stages
+from jobs._cli import Stage, StageContext, StageError, StageRange, run_stages
 from skillrank.tables import SPECS
 
 
@@ -23,15 +27,44 @@ def _latest_run(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run_id=None, truth=None)
 
 
-# train's own check wants the shards already there; here prepare writes them first.
 STAGES = [
     generate.STAGE,
     ingest.STAGE,
     prepare.STAGE,
-    dataclasses.replace(train.STAGE, check=lambda args, config: None),
+    train.STAGE,
     dataclasses.replace(evaluate.STAGE, add_arguments=_latest_run, check=lambda a, c: None),
     dataclasses.replace(report.STAGE, add_arguments=_latest_run),
 ]
+NAMES = [stage.name for stage in STAGES]
+# train's own check wants the shards already there: not when prepare writes them first.
+_TRAIN_AFTER_PREPARE = dataclasses.replace(train.STAGE, check=train.check_options)
+
+
+def _range_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="first", choices=NAMES, default=NAMES[0],
+                        help="first stage to run (default: generate)")  # fmt: skip
+    parser.add_argument("--to", dest="last", choices=NAMES, default=NAMES[-1],
+                        help="last stage to run (default: report)")  # fmt: skip
+
+
+def select(args: argparse.Namespace) -> list[Stage]:
+    """The stages from --from to --to; generate only without --input, ingest only with one
+    or after generate."""
+    first, last = NAMES.index(args.first), NAMES.index(args.last)
+    if first > last:
+        raise StageError(f"--from {args.first} comes after --to {args.last} ({' < '.join(NAMES)})")
+    chosen = STAGES[first : last + 1]
+    if args.input is not None:
+        if not first <= NAMES.index("ingest") <= last:
+            raise StageError("--input is read by ingest, which --from/--to leave out")
+        chosen = [s for s in chosen if s.name != "generate"]
+    names = [s.name for s in chosen]
+    if "prepare" in names and "train" in names:
+        chosen[names.index("train")] = _TRAIN_AFTER_PREPARE
+    return chosen
+
+
+ALL = StageRange("all", STAGES, _range_arguments, select)
 
 
 def summarize(ctx: StageContext) -> list[str]:
@@ -53,9 +86,7 @@ def summarize(ctx: StageContext) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    given_input = any(a == "--input" or a.startswith("--input=") for a in argv)
-    raise SystemExit(run_stages(STAGES[1:] if given_input else STAGES, argv, summarize))
+    raise SystemExit(run_stages(ALL, sys.argv[1:] if argv is None else argv, summarize))
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ from jobs._runs import (
     replace_run_rows,
     resolve_run,
     run_manifest,
+    segments_of_test_profiles,
     sibling_runs,
-    test_segments,
 )
 from skillrank.config import Config, load_aliases
 from skillrank.evaluate import (
@@ -113,7 +113,7 @@ def run(ctx: StageContext) -> StageResult:
         f" ({params.bootstrap_samples} bootstrap resamples)"
     ):
         test_batches = iterate_batches(manifest.shards["test"], params.batch_size, shuffle=False)
-        segments_of = test_segments(ctx, manifest)
+        segments_of = segments_of_test_profiles(ctx, manifest)
         rows = profile_metrics(methods, test_batches, segments_of, params.ks, bootstrap)
 
     job_titles, job_counts = read_vocabulary(manifest, "job")

@@ -78,14 +78,20 @@ def _paths(workdir: Path, config: Config) -> tuple[Path, Path]:
     return manifest, checkpoint
 
 
-def check(args: argparse.Namespace, config: Config) -> None:
-    """Fail fast, before Spark starts, when there is nothing to train on or resume from."""
+def check_options(args: argparse.Namespace, config: Config) -> None:
+    """Fail fast, before Spark starts, on options the model family does not take."""
     if config.train.model == "mixture":
         device = args.device or config.train.device
         if args.resume:
             raise StageError("--resume applies to train.model=softmax; a mixture fit starts over")
         if device != "cpu":
             raise StageError(f"train.model=mixture runs on cpu, not {device} (its EM is sparse)")
+
+
+def check(args: argparse.Namespace, config: Config) -> None:
+    """Fail fast, before Spark starts, on bad options or when there is nothing to train on or
+    resume from."""
+    check_options(args, config)
     manifest, checkpoint = _paths(Path(args.workdir).resolve(), config)
     if not manifest.is_file():
         raise StageError(f"no training shards: {manifest} does not exist (run prepare first)")

@@ -5,16 +5,20 @@ from __future__ import annotations
 import gzip
 import importlib
 import json
+import random
 import re
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 
 from jobs._cli import run_stages
 from skillrank.config import Config, load_config
@@ -119,3 +123,132 @@ class Pipeline:
 def pipeline(spark: SparkSession, tmp_path: Path, request: pytest.FixtureRequest) -> Pipeline:
     name = re.sub(r"\W+", "_", request.node.name.lower())[:40]
     return Pipeline(spark, tmp_path / "work", f"t_{name}_{uuid.uuid4().hex[:6]}")
+
+
+# --- planted crawls: titles with their own skills, and a published, evaluated run of one ---
+
+# Each title's own skills; every profile also shows "Microsoft Excel" now and then.
+PLANTED = {
+    "data scientist": ["python", "statistics", "machine learning"],
+    "nurse": ["triage", "patient care", "phlebotomy"],
+    "accountant": ["bookkeeping", "auditing", "tax law"],
+    "welder": ["welding", "blueprints", "metal fabrication"],
+}
+SETTINGS = (
+    *("--conf", "prepare.min_job_profiles=1", "--conf", "prepare.min_skill_profiles=1"),
+    *("--conf", "train.max_epochs=60", "--conf", "train.batch_size=50"),
+    *("--conf", "train.learning_rate=2.0", "--conf", "publish.neighbors_k=2"),
+)
+
+
+def planted_crawl(
+    count: int, seed: int, planted: dict[str, list[str]] = PLANTED
+) -> list[dict[str, Any]]:
+    """Profiles holding one or two planted titles and (90% each) their planted skills."""
+    rng = random.Random(seed)
+    titles = sorted(planted)
+    records = []
+    for i in range(count):
+        held = rng.sample(titles, rng.choice([1, 1, 2]))
+        skills = {s for t in held for s in planted[t] if rng.random() < 0.9}
+        if rng.random() < 0.3 or not skills:
+            skills.add("microsoft excel")
+        positions = [
+            {"title": t.title(), "company": "X", "start": f"20{10 + k}-01", "end": None}
+            for k, t in enumerate(held)
+        ]
+        records.append(profile(f"p{i:04d}", positions=positions, skills=sorted(skills)))
+    return records
+
+
+PLACES = [("Greater Seattle Area", "SEATTLE"), ("New York, New York", "NEW_YORK_METROPOLITAN_AREA")]
+INDUSTRIES = [("Computer Software", "COMPUTER_SOFTWARE"), ("Research", "RESEARCH")]
+GENERIC = "microsoft excel"
+# Three planted skills per title: judge the top 3 (the default cut-off is 10). The four titles
+# have 169 (welder), 180, 181 and 189 (nurse) training profiles: these bucket edges put one
+# title in each bucket (the test counts them whatever the edges).
+EVALUATE = ("--conf", "evaluate.title_k=3", "--conf", "evaluate.title_buckets=[170, 181, 189]")
+
+
+def spread_crawl(count: int, seed: int) -> list[dict[str, Any]]:
+    """planted_crawl, spread over two cities and two industries."""
+    records = planted_crawl(count, seed)
+    for i, record in enumerate(records):
+        record["location"] = PLACES[i % 2][0]
+        record["industry"] = INDUSTRIES[(i // 2) % 2][0]
+    return records
+
+
+def write_planted_truth(directory: Path) -> Path:
+    """Planted truth in the generator's layout: one occupation per title, Excel generic."""
+    occupations = {title: f"occ-{n}" for n, title in enumerate(sorted(PLANTED))}
+    directory.mkdir(parents=True)
+    pq.write_table(
+        pa.table(
+            {
+                "title": [t.title() for t in occupations],
+                "title_key": list(occupations),
+                "occupation_id": list(occupations.values()),
+                "probability": [1.0] * len(occupations),
+            }
+        ),
+        directory / "titles.parquet",
+    )
+    skills: dict[str, list[Any]] = {
+        "occupation_id": [],
+        "skill": [],
+        "skill_key": [],
+        "relation": [],
+        "is_generic": [],
+        "probability": [],
+    }
+    for title, occupation in occupations.items():
+        for skill, relation, generic in [
+            *((s, "essential", False) for s in PLANTED[title]),
+            (GENERIC, None, True),
+        ]:
+            for key, value in zip(
+                skills, (occupation, skill.title(), skill, relation, generic, 0.9), strict=True
+            ):
+                skills[key].append(value)
+    pq.write_table(pa.table(skills), directory / "occupation_skills.parquet")
+    return directory
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """A work directory with two train runs on the same shards, the softmax family's and
+    then the default mixture's, the mixture's evaluated against its planted truth."""
+
+    pipeline: Pipeline
+    mixture: str  # run_id
+    softmax: str  # run_id
+    truth: Path
+
+    def run(self, run_id: str) -> Row:
+        (row,) = self.pipeline.table("runs").where(f"run_id = '{run_id}'").collect()
+        return row
+
+    def rows(self, table: str, run_id: str) -> list[Row]:
+        """One run's rows of a run table."""
+        return self.pipeline.table(table).where(f"run_id = '{run_id}'").collect()
+
+
+@pytest.fixture(scope="session")
+def evaluated_runs(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Evaluated:
+    """Shared by test_publish and test_evaluation, which read it; tests that add runs to it
+    name the runs they look at."""
+    tmp_path = tmp_path_factory.mktemp("evaluated")
+    pipeline = Pipeline(spark, tmp_path / "work", f"t_evaluated_{uuid.uuid4().hex[:6]}")
+    crawl = write_crawl(tmp_path / "crawl.jsonl", spread_crawl(600, seed=11))
+    assert pipeline.run(["ingest", "prepare"], "--input", str(crawl), *SETTINGS) == 0
+    run_ids = []
+    for family in ("softmax", "mixture"):
+        assert pipeline.run(["train"], *SETTINGS, "--conf", f"train.model={family}") == 0
+        latest = pipeline.table("runs").orderBy("started_at").collect()[-1]
+        assert latest.model == family
+        run_ids.append(latest.run_id)
+    truth = write_planted_truth(tmp_path / "truth")
+    run = ("--run-id", run_ids[1], "--truth", str(truth))
+    assert pipeline.run(["evaluate"], *run, *SETTINGS, *EVALUATE) == 0
+    return Evaluated(pipeline, mixture=run_ids[1], softmax=run_ids[0], truth=truth)

@@ -1,4 +1,7 @@
-"""./spark-submit.sh itself: one-line errors and exit codes, and one real end-to-end run."""
+"""./spark-submit.sh itself: one-line errors and exit codes, Java, the lock, the py-files zip.
+
+The one end-to-end run of the script (`all`, then `sql`) is test_sql.py's work directory.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from jobs._launch import PYFILES_UNUSED_SECONDS, python_files_zip
-from tests.conftest import profile, write_crawl
+from jobs._launch import main as launch
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = str(ROOT / "spark-submit.sh")
@@ -41,16 +44,37 @@ def _run(
         (["all", "--conf", "train.background_weight=1.5"], "must be in [0, 1)"),
         (["train", "--resume"], "--resume applies to train.model=softmax"),
         (["train", "--device", "cuda"], "train.model=mixture runs on cpu, not cuda"),
+        (["all", "--device", "cuda"], "train.model=mixture runs on cpu, not cuda"),
+        (["all", "--from", "train", "--to", "prepare"], "--from train comes after --to prepare"),
+        (["all", "--from", "bogus"], "argument --from: invalid choice: 'bogus'"),
+        (["all", "--to", "prepare", "--from", "train"], "--from train comes after --to prepare"),
+        (["all", "--from", "prepare", "--input", "/tmp"], "--input is read by ingest, which"),
+        (["all", "--from", "train"], "no training shards: "),
     ],
 )
 def test_bad_arguments_fail_fast_with_one_line(
-    tmp_path: Path, args: list[str], message: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
-    result = _run(*args, "--workdir", str(tmp_path / "w"), timeout=60)
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], result.stderr
+    # In this process: the launcher's checks are the same code ./spark-submit.sh runs (one
+    # case goes through the script, below).
+    try:
+        code = launch([*args, "--workdir", str(tmp_path / "w")])
+    except SystemExit as exit:  # argparse's usage errors
+        code = exit.code
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], lines
     assert not (tmp_path / "w").exists()  # nothing was touched
+
+
+def test_the_script_fails_fast_with_one_line(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = _run("train", "--conf", "train.model=foo", "--workdir", str(tmp_path / "w"))
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("spark-submit.sh train: error: config key 'train.model' must be one of")
+    assert not (tmp_path / "w").exists()
+    print(f"./spark-submit.sh refused a bad setting in {time.monotonic() - started:.1f} s")
 
 
 def test_an_input_without_crawl_files_fails_before_spark(tmp_path: Path) -> None:
@@ -127,47 +151,6 @@ def test_a_second_process_on_a_busy_work_directory_is_refused(tmp_path: Path) ->
     # Released when the holder ends, however it ends: the lock can be taken again.
     with open(workdir / ".skillrank.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-
-@pytest.mark.slow
-def test_all_then_sql_through_spark_submit(tmp_path: Path) -> None:
-    crawl = write_crawl(
-        tmp_path / "crawl.jsonl",
-        [profile(f"p{i}", skills=["Java", "SQL"][: 1 + i % 2]) for i in range(200)] + ["{oops"],
-    )
-    workdir = str(tmp_path / "w")
-    small = ["--conf", "prepare.min_job_profiles=1", "--conf", "prepare.min_skill_profiles=1"]
-    small += ["--conf", "train.learning_rate=1.0"]
-    result = _run("all", "--input", str(crawl), "--workdir", workdir, *small)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "[ingest] raw lines 201 = accepted 200 + quarantined 1 (invalid_json=1)" in result.stdout
-    assert "skillrank.profiles" in result.stdout and "200 rows" in result.stdout
-    assert "[train] published run train-" in result.stdout
-    # evaluate and report ran on that run: no planted truth here (--input), one title.
-    assert "no planted truth at" in result.stdout
-    (page,) = (Path(workdir) / "reports").glob("train-*/report.html")
-    assert 'href="fig2_loss.png"' in page.read_text(encoding="utf-8")
-
-    query = "SELECT skill_name, profile_count FROM skillrank.skill_vocab ORDER BY skill_id"
-    sql = _run("sql", "--workdir", workdir, "-e", query)
-    assert sql.returncode == 0, sql.stderr[-3000:]
-    rows = [line.split("\t") for line in sql.stdout.strip().splitlines()]
-    train = int(rows[0][1])
-    assert rows[0][0] == "java" and rows[1][0] == "sql" and 0 < int(rows[1][1]) < train <= 200
-
-    # Every profile holds Java, half of them SQL: Java is the job's first skill.
-    query = (
-        "SELECT job_title, rank, skill_name, support FROM skillrank.current_job_skill_rank"
-        " ORDER BY rank"
-    )
-    sql = _run("sql", "--workdir", workdir, "-e", query)
-    assert sql.returncode == 0, sql.stderr[-3000:]
-    rows = [line.split("\t") for line in sql.stdout.strip().splitlines()]
-    assert [r[:3] for r in rows] == [
-        ["software engineer", "1", "java"],
-        ["software engineer", "2", "sql"],
-    ]
-    assert int(rows[0][3]) == train and 0 < int(rows[1][3]) < train
 
 
 def test_the_py_files_zip_is_reused_and_zips_unused_for_a_week_are_removed(

@@ -1,8 +1,9 @@
 """A real Spark standalone cluster runs the stages: the same tables as a local run.
 
 A master and two workers (one core, 1 GiB each) from pyspark's own distribution, on
-127.0.0.1; ingest, prepare and train run through ./spark-submit.sh with --master spark://...
-in one work directory, and with the default local master in another, on the same crawl.
+127.0.0.1; ingest, prepare and train run through ./spark-submit.sh (`all --from ingest --to
+train`, one application) with --master spark://... in one work directory, and with the default
+local master in another, on the same crawl.
 """
 
 from __future__ import annotations
@@ -24,12 +25,9 @@ import pyspark
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
-from skillrank.config import load_config
 from skillrank.publish import RUN_TABLES
-from skillrank.session import spark_settings
-from tests.conftest import write_crawl
+from tests.conftest import SETTINGS, planted_crawl, write_crawl
 from tests.test_distributed import VALIDATION_LOSS_TOLERANCE
-from tests.test_publish import SETTINGS, planted_crawl
 
 pytestmark = pytest.mark.cluster
 
@@ -173,9 +171,8 @@ def crawl(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run_stages(workdir: Path, crawl: Path, *master: str) -> Path:
-    for stage in STAGES:
-        extra = ("--input", str(crawl)) if stage == "ingest" else ()
-        _submit(stage, workdir, *master, *extra)
+    range_ = ("--from", STAGES[0], "--to", STAGES[-1])
+    _submit("all", workdir, *master, *range_, "--input", str(crawl))
     return workdir
 
 
@@ -227,15 +224,19 @@ def _rows(spark: SparkSession, workdir: Path, name: str, *columns: str) -> list[
     return sorted(tuple(r) for r in _table(spark, workdir, name).select(*columns).collect())
 
 
-def test_the_cluster_ran_every_stage_on_both_executors(cluster: Cluster, on_cluster: Path) -> None:
-    apps = {a["name"]: a for a in cluster.state()["completedapps"]}
-    assert sorted(apps) == sorted(f"skillrank-{stage}" for stage in STAGES)
-    for app in apps.values():
-        assert app["state"] == "FINISHED", app
-        for worker_dir in cluster.worker_dirs:
-            # An executor of the application ran on this worker and fetched the --py-files zip.
-            zips = list((worker_dir / app["id"]).glob("*/skillrank-*.zip"))
-            assert zips, f"no executor of {app['name']} fetched the zip in {worker_dir}"
+def test_the_cluster_ran_every_stage_on_both_executors(
+    spark: SparkSession, cluster: Cluster, on_cluster: Path
+) -> None:
+    (app,) = cluster.state()["completedapps"]
+    assert app["name"] == "skillrank-all" and app["state"] == "FINISHED", app
+    for worker_dir in cluster.worker_dirs:
+        # An executor of the application ran on this worker and fetched the --py-files zip.
+        zips = list((worker_dir / app["id"]).glob("*/skillrank-*.zip"))
+        assert zips, f"no executor of {app['name']} fetched the zip in {worker_dir}"
+    stages = _rows(spark, on_cluster, "stage_runs", "started_at", "stage", "status")
+    assert [(stage, status) for _, stage, status in stages] == [
+        (stage, "succeeded") for stage in STAGES
+    ]
 
 
 def test_same_vocabularies(spark: SparkSession, on_cluster: Path, on_local: Path) -> None:
@@ -294,15 +295,6 @@ def test_same_top10_skillrank(spark: SparkSession, on_cluster: Path, on_local: P
     assert all(len(skills) == 10 for skills in cluster_top.values())
 
 
-def test_cluster_overlay_loads_with_object_store_and_external_metastore(tmp_path: Path) -> None:
-    config = load_config("cluster")
-    settings = spark_settings(config, tmp_path)
-    assert settings["spark.sql.warehouse.dir"] == "s3a://skillrank-warehouse/warehouse"
-    assert settings["spark.hadoop.hive.metastore.uris"].startswith("thrift://")
-    assert settings["spark.executor.memory"] == "8g"
-    assert config.spark.master.startswith("spark://")
-
-
 # --- distributed training (last in the module: it adds a train application to the cluster) --
 
 
@@ -351,9 +343,8 @@ def test_training_with_a_process_on_each_worker(
 ) -> None:
     assert "2 processes (on the executors)" in distributed[0]
     _compare_runs(spark, on_cluster)
-    trains = [a for a in cluster.state()["completedapps"] if a["name"] == "skillrank-train"]
-    assert len(trains) == 2 and all(a["state"] == "FINISHED" for a in trains)
-    latest = max(trains, key=lambda a: a["starttime"])
+    (latest,) = [a for a in cluster.state()["completedapps"] if a["name"] == "skillrank-train"]
+    assert latest["state"] == "FINISHED"
     for worker_dir in cluster.worker_dirs:
         # Each worker's executor ran one task of TorchDistributor's barrier stage.
         logs = "".join(p.read_text() for p in (worker_dir / latest["id"]).glob("*/stderr"))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from skillrank.config import ConfigError, load_config
+from skillrank.session import spark_settings
 
 
 def test_defaults_hold_the_papers_six_cities_and_industries() -> None:
@@ -98,3 +101,12 @@ def test_bad_overrides_name_the_problem(override: str, message: str) -> None:
 def test_unknown_environment_lists_the_known_ones() -> None:
     with pytest.raises(ConfigError, match=r"unknown environment 'mars' \(known: .*local"):
         load_config("mars")
+
+
+def test_cluster_overlay_loads_with_object_store_and_external_metastore(tmp_path: Path) -> None:
+    config = load_config("cluster")
+    settings = spark_settings(config, tmp_path)
+    assert settings["spark.sql.warehouse.dir"] == "s3a://skillrank-warehouse/warehouse"
+    assert settings["spark.hadoop.hive.metastore.uris"].startswith("thrift://")
+    assert settings["spark.executor.memory"] == "8g"
+    assert config.spark.master.startswith("spark://")

@@ -1,103 +1,36 @@
-"""The evaluate and report stages on a small published run with known planted truth."""
+"""The evaluate and report stages on a small published run with known planted truth
+(conftest's evaluated_runs)."""
 
 from __future__ import annotations
 
 import re
-import uuid
-from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from skillrank.evaluate import BASELINES
-from tests.conftest import Pipeline, write_crawl
-from tests.test_publish import PLANTED, SETTINGS, planted_crawl
-
-PLACES = [("Greater Seattle Area", "SEATTLE"), ("New York, New York", "NEW_YORK_METROPOLITAN_AREA")]
-INDUSTRIES = [("Computer Software", "COMPUTER_SOFTWARE"), ("Research", "RESEARCH")]
-GENERIC = "microsoft excel"
-# Three planted skills per title: judge the top 3 (the default cut-off is 10). The four titles
-# have 169 (welder), 180, 181 and 189 (nurse) training profiles: these bucket edges put one
-# title in each bucket (the test counts them whatever the edges).
-EVALUATE = ("--conf", "evaluate.title_k=3", "--conf", "evaluate.title_buckets=[170, 181, 189]")
-
-
-def _crawl(count: int, seed: int) -> list[dict[str, Any]]:
-    """test_publish's planted crawl, spread over two cities and two industries."""
-    records = planted_crawl(count, seed)
-    for i, record in enumerate(records):
-        record["location"] = PLACES[i % 2][0]
-        record["industry"] = INDUSTRIES[(i // 2) % 2][0]
-    return records
-
-
-def _write_truth(directory: Path) -> Path:
-    """Planted truth in the generator's layout: one occupation per title, Excel generic."""
-    occupations = {title: f"occ-{n}" for n, title in enumerate(sorted(PLANTED))}
-    directory.mkdir(parents=True)
-    pq.write_table(
-        pa.table(
-            {
-                "title": [t.title() for t in occupations],
-                "title_key": list(occupations),
-                "occupation_id": list(occupations.values()),
-                "probability": [1.0] * len(occupations),
-            }
-        ),
-        directory / "titles.parquet",
-    )
-    skills: dict[str, list[Any]] = {
-        "occupation_id": [],
-        "skill": [],
-        "skill_key": [],
-        "relation": [],
-        "is_generic": [],
-        "probability": [],
-    }
-    for title, occupation in occupations.items():
-        for skill, relation, generic in [
-            *((s, "essential", False) for s in PLANTED[title]),
-            (GENERIC, None, True),
-        ]:
-            for key, value in zip(
-                skills, (occupation, skill.title(), skill, relation, generic, 0.9), strict=True
-            ):
-                skills[key].append(value)
-    pq.write_table(pa.table(skills), directory / "occupation_skills.parquet")
-    return directory
+from tests.conftest import EVALUATE, GENERIC, PLANTED, SETTINGS, Evaluated, Pipeline
 
 
 @pytest.fixture(scope="module")
-def evaluated(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
-    """A published run, evaluated against its planted truth."""
-    tmp_path = tmp_path_factory.mktemp("evaluated")
-    pipeline = Pipeline(spark, tmp_path / "work", f"t_evaluate_{uuid.uuid4().hex[:6]}")
-    crawl = write_crawl(tmp_path / "crawl.jsonl", _crawl(600, seed=11))
-    assert pipeline.run(["ingest", "prepare"], "--input", str(crawl), *SETTINGS) == 0
-    # The softmax first, on the same shards: the default mixture, trained last, is the run
-    # evaluated, and the softmax run is scored beside it.
-    assert pipeline.run(["train"], *SETTINGS, "--conf", "train.model=softmax") == 0
-    assert pipeline.run(["train"], *SETTINGS) == 0
-    truth = _write_truth(tmp_path / "truth")
-    assert pipeline.run(["evaluate"], "--truth", str(truth), *SETTINGS, *EVALUATE) == 0
-    return pipeline
+def evaluated(evaluated_runs: Evaluated) -> Pipeline:
+    return evaluated_runs.pipeline
 
 
-def _latest_run(p: Pipeline) -> Any:
-    """The runs row of the evaluated run: the latest, the mixture."""
-    return p.table("runs").orderBy(F.desc("ended_at")).first()
+def _evaluated_run(evaluated_runs: Evaluated) -> Any:
+    """The runs row of the evaluated run: the mixture, trained after the softmax."""
+    return evaluated_runs.run(evaluated_runs.mixture)
 
 
 def _evaluation(p: Pipeline) -> dict[tuple[str, str, int | None, str], float]:
     return {(r.method, r.metric, r.k, r.segment): r.value for r in p.table("evaluation").collect()}
 
 
-def test_model_kl_is_the_test_loss_and_every_method_is_scored(evaluated: Pipeline) -> None:
-    run = _latest_run(evaluated)
+def test_model_kl_is_the_test_loss_and_every_method_is_scored(
+    evaluated: Pipeline, evaluated_runs: Evaluated
+) -> None:
+    run = _evaluated_run(evaluated_runs)
     rows = evaluated.table("evaluation").collect()
     assert {r.run_id for r in rows} == {run.run_id}
     values = _evaluation(evaluated)
@@ -107,7 +40,7 @@ def test_model_kl_is_the_test_loss_and_every_method_is_scored(evaluated: Pipelin
     assert methods == {"model", "softmax", *BASELINES}
     assert run.model == "mixture"
     # The softmax run on the same shards is scored as it predicts: its KL is its test loss.
-    softmax = evaluated.table("runs").where("model = 'softmax'").first()
+    softmax = evaluated_runs.run(evaluated_runs.softmax)
     assert values[("softmax", "kl", None, "all")] == pytest.approx(softmax.test_loss, rel=1e-5)
     for method in methods:
         for metric in ("recall", "precision", "ndcg", "map"):
@@ -137,9 +70,11 @@ def test_segments_count_the_test_profiles_of_each_city_and_industry(
         assert got == expected, method
 
 
-def test_planted_truth_precision_matches_the_published_skillrank(evaluated: Pipeline) -> None:
+def test_planted_truth_precision_matches_the_published_skillrank(
+    evaluated: Pipeline, evaluated_runs: Evaluated
+) -> None:
     """The model's top 3 skills per title (Excel, generic, left out) against the planted ones."""
-    run_id = _latest_run(evaluated).run_id
+    run_id = evaluated_runs.mixture
     ranks = (
         evaluated.table("job_skill_rank")
         .where((F.col("run_id") == run_id) & (F.col("skill_name") != GENERIC))
@@ -204,10 +139,12 @@ def test_every_mean_has_an_interval_and_the_model_a_difference_per_baseline(
     assert better.value > 0 and better.ci_low > 0, better
 
 
-def test_rerunning_evaluate_replaces_the_runs_rows(evaluated: Pipeline, tmp_path: Path) -> None:
+def test_rerunning_evaluate_replaces_the_runs_rows(
+    evaluated: Pipeline, evaluated_runs: Evaluated
+) -> None:
     before = _evaluation(evaluated)
-    truth = _write_truth(tmp_path / "truth")
-    assert evaluated.run(["evaluate"], "--truth", str(truth), *SETTINGS, *EVALUATE) == 0
+    run = ("--run-id", evaluated_runs.mixture, "--truth", str(evaluated_runs.truth))
+    assert evaluated.run(["evaluate"], *run, *SETTINGS, *EVALUATE) == 0
     assert evaluated.table("evaluation").count() == len(before)
     assert _evaluation(evaluated) == before
 
@@ -219,9 +156,12 @@ def test_evaluate_names_a_run_that_does_not_exist(evaluated: Pipeline) -> None:
     assert row.error == f"--run-id train-nope: no such run in {evaluated.database}.runs"
 
 
-def test_report_writes_every_figure_and_the_coclusters(evaluated: Pipeline) -> None:
-    assert evaluated.run(["report"], *SETTINGS, "--conf", "report.coclusters=2") == 0
-    run = _latest_run(evaluated)
+def test_report_writes_every_figure_and_the_coclusters(
+    evaluated: Pipeline, evaluated_runs: Evaluated
+) -> None:
+    run = _evaluated_run(evaluated_runs)
+    options = ("--run-id", run.run_id, *SETTINGS, "--conf", "report.coclusters=2")
+    assert evaluated.run(["report"], *options) == 0
     directory = evaluated.workdir / "reports" / run.run_id
     page = (directory / "report.html").read_text(encoding="utf-8")
     pngs = sorted(re.findall(r'href="([\w.]+\.png)"', page))
@@ -238,6 +178,6 @@ def test_report_writes_every_figure_and_the_coclusters(evaluated: Pipeline) -> N
     )
     assert {r.cocluster for r in members} == {0, 1}
     # A rerun replaces the report and the run's memberships.
-    assert evaluated.run(["report"], *SETTINGS, "--conf", "report.coclusters=2") == 0
+    assert evaluated.run(["report"], *options) == 0
     assert evaluated.table("coclusters").count() == len(members)
     assert sorted(p.name for p in directory.parent.iterdir()) == [run.run_id]

@@ -1,10 +1,11 @@
-"""train publishes phi and its rankings to Delta: the tables agree with phi and with the data."""
+"""train publishes phi and its rankings to Delta: the tables agree with phi and with the data.
+
+Read on conftest's evaluated_runs (two runs, softmax then mixture, on one set of shards).
+"""
 
 from __future__ import annotations
 
 import io
-import random
-import uuid
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 import jobs.train
@@ -20,71 +20,26 @@ from skillrank.config import Config, load_config
 from skillrank.mixture import train_mixture
 from skillrank.publish import RUN_TABLES
 from skillrank.views import declare_views, view_statements
-from tests.conftest import Pipeline, profile, write_crawl
-
-# Each title's own skills; every profile also shows "Microsoft Excel" now and then.
-PLANTED = {
-    "data scientist": ["python", "statistics", "machine learning"],
-    "nurse": ["triage", "patient care", "phlebotomy"],
-    "accountant": ["bookkeeping", "auditing", "tax law"],
-    "welder": ["welding", "blueprints", "metal fabrication"],
-}
-SETTINGS = (
-    *("--conf", "prepare.min_job_profiles=1", "--conf", "prepare.min_skill_profiles=1"),
-    *("--conf", "train.max_epochs=60", "--conf", "train.batch_size=50"),
-    *("--conf", "train.learning_rate=2.0", "--conf", "publish.neighbors_k=2"),
-)
-
-
-def planted_crawl(
-    count: int, seed: int, planted: dict[str, list[str]] = PLANTED
-) -> list[dict[str, Any]]:
-    """Profiles holding one or two planted titles and (90% each) their planted skills."""
-    rng = random.Random(seed)
-    titles = sorted(planted)
-    records = []
-    for i in range(count):
-        held = rng.sample(titles, rng.choice([1, 1, 2]))
-        skills = {s for t in held for s in planted[t] if rng.random() < 0.9}
-        if rng.random() < 0.3 or not skills:
-            skills.add("microsoft excel")
-        positions = [
-            {"title": t.title(), "company": "X", "start": f"20{10 + k}-01", "end": None}
-            for k, t in enumerate(held)
-        ]
-        records.append(profile(f"p{i:04d}", positions=positions, skills=sorted(skills)))
-    return records
-
-
-def _publish(pipeline: Pipeline, tmp_path: Path) -> Pipeline:
-    crawl = write_crawl(tmp_path / "crawl.jsonl", planted_crawl(400, seed=5))
-    assert pipeline.run(["ingest", "prepare"], "--input", str(crawl), *SETTINGS) == 0
-    assert pipeline.run(["train"], *SETTINGS) == 0
-    return pipeline
+from tests.conftest import PLANTED, SETTINGS, Evaluated, Pipeline
 
 
 @pytest.fixture(scope="module")
-def published(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
-    """One trained and published run, shared by the tests that only read it."""
-    tmp_path = tmp_path_factory.mktemp("published")
-    return _publish(
-        Pipeline(spark, tmp_path / "work", f"t_publish_{uuid.uuid4().hex[:6]}"), tmp_path
-    )
+def published(evaluated_runs: Evaluated) -> Evaluated:
+    """conftest's published runs, read here: the mixture's (the default family) and, trained
+    before it on the same shards, the softmax's."""
+    return evaluated_runs
 
 
-def _rows(p: Pipeline, table: str) -> list[Any]:
-    return p.table(table).collect()
-
-
-def test_runs_and_history_describe_the_training(published: Pipeline) -> None:
-    (run,) = _rows(published, "runs")
+def test_runs_and_history_describe_the_training(published: Evaluated) -> None:
+    run = published.run(published.mixture)
     assert run.status == "succeeded" and run.error is None and run.ended_at >= run.started_at
     assert (run.jobs, run.skills) == (4, 13)
-    assert run.input_manifest == (published.workdir / "shards" / "manifest.json").read_text()
+    manifest = published.pipeline.workdir / "shards" / "manifest.json"
+    assert run.input_manifest == manifest.read_text()
     assert run.model == "mixture" and run.hyperparameters["prior_strength"] == str(
         load_config(overrides=_overrides()).train.prior_strength
     )
-    history = sorted(_rows(published, "training_history"), key=lambda r: r.epoch)
+    history = sorted(published.rows("training_history", run.run_id), key=lambda r: r.epoch)
     assert [h.epoch for h in history] == list(range(1, run.epochs_run + 1))
     best = max(history, key=lambda h: h.validation_ndcg)  # the first of the highest
     assert (run.best_epoch, run.validation_ndcg, run.validation_loss, run.train_loss) == (
@@ -93,7 +48,13 @@ def test_runs_and_history_describe_the_training(published: Pipeline) -> None:
         best.validation_loss,
         best.train_loss,
     )
-    assert 0 < run.test_loss < history[0].validation_loss
+    # The test loss is the model's KL on the test profiles: below the popularity baseline's.
+    (popularity,) = [
+        r.value
+        for r in published.rows("evaluation", run.run_id)
+        if (r.method, r.metric, r.segment) == ("popularity", "kl", "all")
+    ]
+    assert 0 < run.test_loss < popularity
 
 
 def _overrides(*more: str) -> list[str]:
@@ -113,46 +74,47 @@ def _published_arrays(p: Pipeline, run_id: str) -> tuple[np.ndarray, np.ndarray]
     return phi_t, background
 
 
-def test_phi_and_background_tables_hold_the_fits_own_values(published: Pipeline) -> None:
-    (run,) = _rows(published, "runs")
+def test_phi_and_background_tables_hold_the_fits_own_values(
+    published: Evaluated, tmp_path: Path
+) -> None:
+    run = published.run(published.mixture)
     # The mixture's fit is deterministic: fitted again on the same shards, bit for bit.
     fit = train_mixture(
-        published.workdir / "shards" / "manifest.json",
+        published.pipeline.workdir / "shards" / "manifest.json",
         load_config(overrides=_overrides()).train,
-        published.workdir / "refit" / "ckpt.pt",
+        tmp_path / "refit" / "ckpt.pt",
         log=io.StringIO(),
     )
-    phi_t, background = _published_arrays(published, run.run_id)
+    phi_t, background = _published_arrays(published.pipeline, run.run_id)
     assert fit.best_epoch == run.best_epoch
     np.testing.assert_array_equal(phi_t, fit.phi_t.numpy())
     np.testing.assert_array_equal(background, fit.background.numpy())
     # The mixture's phi is log theta and its background log p0: both rows are distributions.
     np.testing.assert_allclose(np.exp(phi_t.astype(np.float64)).sum(axis=1), 1.0, rtol=1e-5)
-    probability = {r.skill_id: r.probability for r in _rows(published, "skill_background")}
+    rows = published.rows("skill_background", run.run_id)
+    probability = {r.skill_id: r.probability for r in rows}
     np.testing.assert_allclose([probability[s] for s in range(13)], np.exp(background), 1e-6)
 
 
-def test_the_softmax_family_publishes_its_best_epoch_and_bias(
-    pipeline: Pipeline, tmp_path: Path
-) -> None:
-    crawl = write_crawl(tmp_path / "crawl.jsonl", planted_crawl(400, seed=5))
-    assert pipeline.run(["ingest", "prepare"], "--input", str(crawl), *SETTINGS) == 0
-    assert pipeline.run(["train"], *SETTINGS, "--conf", "train.model=softmax") == 0
-    (run,) = _rows(pipeline, "runs")
+def test_the_softmax_family_publishes_its_best_epoch_and_bias(published: Evaluated) -> None:
+    run = published.run(published.softmax)
     assert (run.model, run.hyperparameters["skill_bias"]) == ("softmax", "True")
-    best_file = pipeline.workdir / "checkpoints" / f"checkpoint.best-epoch-{run.best_epoch}.pt"
-    best = torch.load(best_file, weights_only=True)
-    phi_t, background = _published_arrays(pipeline, run.run_id)
+    checkpoints = published.pipeline.workdir / "checkpoints"
+    best = torch.load(checkpoints / f"checkpoint.best-epoch-{run.best_epoch}.pt", weights_only=True)
+    phi_t, background = _published_arrays(published.pipeline, run.run_id)
     np.testing.assert_array_equal(phi_t, best["phi_t"].numpy())
     np.testing.assert_array_equal(background, best["background"].numpy())
     assert np.isfinite(background).all() and np.ptp(background) > 0  # a learned bias
-    top = {r.job_title: r.skill_name for r in _rows(pipeline, "job_skill_rank") if r.rank == 1}
+    ranks = published.rows("job_skill_rank", run.run_id)
+    top = {r.job_title: r.skill_name for r in ranks if r.rank == 1}
+    assert sorted(top) == sorted(PLANTED)
     assert all(skill in PLANTED[title] for title, skill in top.items()), top
 
 
-def test_skillrank_finds_the_planted_skills_and_agrees_with_phi(published: Pipeline) -> None:
-    phi = {(r.job_id, r.skill_id): r.weight for r in _rows(published, "phi")}
-    ranks = _rows(published, "job_skill_rank")
+def test_skillrank_finds_the_planted_skills_and_agrees_with_phi(published: Evaluated) -> None:
+    run_id = published.mixture
+    phi = {(r.job_id, r.skill_id): r.weight for r in published.rows("phi", run_id)}
+    ranks = published.rows("job_skill_rank", run_id)
     by_job: dict[str, list[Any]] = {}
     for row in ranks:
         by_job.setdefault(row.job_title, []).append(row)
@@ -171,7 +133,7 @@ def test_skillrank_finds_the_planted_skills_and_agrees_with_phi(published: Pipel
         assert abs(sum(r.probability for r in rows) - 1.0) < 1e-9
 
     by_skill: dict[str, list[Any]] = {}
-    for row in _rows(published, "skill_job_rank"):
+    for row in published.rows("skill_job_rank", run_id):
         by_skill.setdefault(row.skill_name, []).append(row)
     for title, skills in PLANTED.items():
         for skill in skills:
@@ -180,8 +142,8 @@ def test_skillrank_finds_the_planted_skills_and_agrees_with_phi(published: Pipel
             assert abs(sum(r.probability for r in rows) - 1.0) < 1e-9  # over all 4 jobs
 
 
-def test_support_matches_a_count_over_training_profiles(published: Pipeline) -> None:
-    training = published.table("profiles").where("split = 'train'")
+def test_support_matches_a_count_over_training_profiles(published: Evaluated) -> None:
+    training = published.pipeline.table("profiles").where("split = 'train'")
     pairs = (
         training.select(
             "profile_id",
@@ -194,7 +156,7 @@ def test_support_matches_a_count_over_training_profiles(published: Pipeline) -> 
         .count()
     )
     expected = {(r.job_title, r.skill_name): r["count"] for r in pairs.collect()}
-    ranks = _rows(published, "job_skill_rank")
+    ranks = published.rows("job_skill_rank", published.mixture)
     assert {(r.job_title, r.skill_name): r.support for r in ranks} == {
         (r.job_title, r.skill_name): expected.get((r.job_title, r.skill_name), 0) for r in ranks
     }
@@ -203,9 +165,9 @@ def test_support_matches_a_count_over_training_profiles(published: Pipeline) -> 
     assert min(planted) > max(other) > 0, (planted, other)
 
 
-def test_neighbors_are_the_most_cosine_similar_vectors(published: Pipeline) -> None:
+def test_neighbors_are_the_most_cosine_similar_vectors(published: Evaluated) -> None:
     phi_t = np.zeros((4, 13))
-    for row in _rows(published, "phi"):
+    for row in published.rows("phi", published.mixture):
         phi_t[row.job_id, row.skill_id] = row.weight
     job2vec = np.exp(phi_t) / np.exp(phi_t).sum(axis=1, keepdims=True)
     skill2vec = (np.exp(phi_t) / np.exp(phi_t).sum(axis=0, keepdims=True)).T
@@ -215,7 +177,7 @@ def test_neighbors_are_the_most_cosine_similar_vectors(published: Pipeline) -> N
     ):
         unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
         cosine = unit @ unit.T
-        rows = _rows(published, table)
+        rows = published.rows(table, published.mixture)
         assert len(rows) == 2 * len(vectors), table
         for row in rows:
             i, j = row[key], row[other]
@@ -226,59 +188,61 @@ def test_neighbors_are_the_most_cosine_similar_vectors(published: Pipeline) -> N
 
 
 def test_views_show_the_latest_succeeded_run_and_a_failed_run_leaves_nothing(
-    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    published: Evaluated, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    published = _publish(pipeline, tmp_path)
-    (first,) = _rows(published, "runs")
+    pipeline = published.pipeline
+    (first,) = pipeline.table("current_runs").collect()  # the latest succeeded run so far
+    ranked_before = pipeline.table("job_skill_rank").count()
 
     def broken(*args: Any) -> None:
         raise RuntimeError("injected failure while publishing")
 
     monkeypatch.setattr(jobs.train, "named_neighbors", broken)
-    assert published.run(["train"], *SETTINGS) == 1
-    failed = published.table("runs").where(F.col("run_id") != first.run_id).first()
+    assert pipeline.run(["train"], *SETTINGS) == 1
+    failed = pipeline.table("runs").orderBy(F.desc("started_at")).first()
     assert (failed.status, failed.error) == ("failed", "injected failure while publishing")
     for table in RUN_TABLES:
-        assert published.table(table).where(F.col("run_id") == failed.run_id).count() == 0
-        current = {r.run_id for r in published.table(f"current_{table}").collect()}
+        assert pipeline.table(table).where(F.col("run_id") == failed.run_id).count() == 0
+        current = {r.run_id for r in pipeline.table(f"current_{table}").collect()}
         assert current == {first.run_id}, table
 
     # A run killed while publishing: still 'running', some rows written. The next run
     # (the only process on the work directory) deletes them and marks it failed.
     killed = F.lit("train-killed")
     for table in ("runs", "job_skill_rank"):
-        rows = published.table(table).where(F.col("run_id") == first.run_id)
+        rows = pipeline.table(table).where(F.col("run_id") == first.run_id)
         rows = rows.withColumn("run_id", killed)
         if table == "runs":
             rows = rows.withColumn("status", F.lit("running")).withColumn("ended_at", F.lit(None))
-        rows.write.insertInto(f"{published.database}.{table}")
+        rows.write.insertInto(f"{pipeline.database}.{table}")
 
     monkeypatch.undo()
-    assert published.run(["train"], *SETTINGS) == 0
-    cleaned = published.table("runs").where("run_id = 'train-killed'").first()
+    assert pipeline.run(["train"], *SETTINGS) == 0
+    cleaned = pipeline.table("runs").where("run_id = 'train-killed'").first()
     assert cleaned.status == "failed" and cleaned.error.startswith("interrupted:")
-    assert published.table("job_skill_rank").where("run_id = 'train-killed'").count() == 0
-    latest = published.table("runs").where("status = 'succeeded'").orderBy("ended_at").collect()
-    assert [r.run_id for r in latest][0] == first.run_id and len(latest) == 2
-    current = published.table("current_job_skill_rank")
-    assert {r.run_id for r in current.collect()} == {latest[1].run_id}
+    assert pipeline.table("job_skill_rank").where("run_id = 'train-killed'").count() == 0
+    latest = pipeline.table("runs").where("status = 'succeeded'").orderBy("ended_at").collect()
+    assert latest[-2].run_id == first.run_id
+    current = pipeline.table("current_job_skill_rank")
+    assert {r.run_id for r in current.collect()} == {latest[-1].run_id}
     assert current.count() == 4 * 13
-    assert published.table("job_skill_rank").count() == 2 * 4 * 13
+    assert pipeline.table("job_skill_rank").count() == ranked_before + 4 * 13
 
 
 def test_views_are_recreated_only_when_missing_or_defined_differently(
-    published: Pipeline, config: Config
+    published: Evaluated, config: Config
 ) -> None:
-    mine = replace(config, catalog=replace(config.catalog, database=published.database))
+    pipeline = published.pipeline
+    mine = replace(config, catalog=replace(config.catalog, database=pipeline.database))
     names = list(view_statements(mine))
-    assert declare_views(published.spark, mine) == []  # train created them all
-    published.spark.sql(f"DROP VIEW {published.database}.upskilling")
-    published.spark.sql(
-        f"ALTER VIEW {published.database}.similar_jobs SET TBLPROPERTIES"
+    assert declare_views(pipeline.spark, mine) == []  # train created them all
+    pipeline.spark.sql(f"DROP VIEW {pipeline.database}.upskilling")
+    pipeline.spark.sql(
+        f"ALTER VIEW {pipeline.database}.similar_jobs SET TBLPROPERTIES"
         " ('skillrank.definition' = 'older')"
     )
-    assert declare_views(published.spark, mine) == ["similar_jobs", "upskilling"]
-    assert declare_views(published.spark, mine) == []
+    assert declare_views(pipeline.spark, mine) == ["similar_jobs", "upskilling"]
+    assert declare_views(pipeline.spark, mine) == []
     assert {f"current_{t}" for t in ("runs", *RUN_TABLES)} | {"skill_gap"} <= set(names)
-    rows = published.table("upskilling").where("from_job = 'nurse' AND to_job = 'welder'")
+    rows = pipeline.table("upskilling").where("from_job = 'nurse' AND to_job = 'welder'")
     assert {r.skill_name for r in rows.collect()} >= set(PLANTED["welder"])

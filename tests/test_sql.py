@@ -3,9 +3,10 @@ docs/sql.md checked against the tables, the views' comments, delta-rs reading th
 and queries that keep running while a new run publishes.
 
 One work directory, built by ./spark-submit.sh (the embedded metastore of the shared test
-session cannot be served): a crawl with planted answers, two train runs and their
-evaluation, then `thriftserver start` on free ports. Queries go over HiveServer2's protocol
-(impyla), as a JDBC/ODBC client's would.
+session cannot be served): `all` on a crawl with planted answers (the suite's one end-to-end
+run of the script), `thriftserver start` on free ports, then a second train run, published
+while a client keeps querying, and its evaluation. Queries go over HiveServer2's protocol
+(impyla), as a JDBC/ODBC client's would, and through `./spark-submit.sh sql`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,9 @@ from skillrank.servers import (
     write_state,
 )
 from skillrank.views import VIEWS
-from tests.conftest import write_crawl
-from tests.test_publish import SETTINGS, planted_crawl
+from tests.conftest import SETTINGS, planted_crawl, write_crawl
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = str(ROOT / "spark-submit.sh")
@@ -55,11 +57,15 @@ MALFORMED = ["{this is not json", '["an array", "not an object"]']
 PROFILES = 500
 
 
-@dataclass(frozen=True)
+@dataclass
 class Served:
     workdir: Path
     port: int
     options: tuple[str, ...]  # --workdir and --conf options of every command
+    all_output: str = ""  # standard output of `all`
+    # What a client querying through the server saw while the second run was published.
+    answers: list[list[tuple[Any, ...]]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
 
     def submit(self, command: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
         """./spark-submit.sh <command> with the common options, then `args` (they win)."""
@@ -88,6 +94,45 @@ def _dead_pid() -> int:
     return process.pid
 
 
+def _succeeded(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+PUBLISH_QUERY = (
+    "SELECT run_id, count(*), sum(probability) FROM skillrank.skills_for_job GROUP BY run_id"
+)
+
+
+def _train_while_querying(served: Served) -> None:
+    """`train` (the second run) while a client keeps running PUBLISH_QUERY through the server;
+    its answers and errors go into `served`."""
+    done = threading.Event()
+
+    def keep_querying() -> None:
+        with closing(_connect(served)) as connection, closing(connection.cursor()) as cursor:
+            extra = 2  # a few answers after the run is published
+            while extra > 0:
+                extra -= done.is_set()
+                try:
+                    cursor.execute(PUBLISH_QUERY)
+                    served.answers.append(cursor.fetchall())
+                except Exception as exc:  # every failure is a finding
+                    served.errors.append(repr(exc))
+                time.sleep(0.2)  # leave the 2 cores mostly to train
+
+    reader = threading.Thread(target=keep_querying)
+    reader.start()
+    started = time.monotonic()
+    try:
+        result = served.submit("train")
+    finally:
+        done.set()
+        reader.join(timeout=600)
+    _succeeded(result)
+    print(f"{len(served.answers)} answers while train ran ({time.monotonic() - started:.0f} s)")
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, config: Config) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("sql")
@@ -98,14 +143,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, config: Config) -> Iterator
         *("--conf", f"sql.port={port}", "--conf", f"sql.metastore_port={_free_port()}"),
     )
     served = Served(tmp / "work", port, options)
-    # Run 1 (5 epochs) with its evaluation, then run 2 (the latest) and its evaluation.
-    for args in (
-        ("all", "--input", str(crawl), "--conf", "train.max_epochs=5"),
-        ("train",),
-        ("evaluate",),
-    ):
-        result = served.submit(*args)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # Run 1 (5 epochs), its evaluation and report.
+    ran = _succeeded(served.submit("all", "--input", str(crawl), "--conf", "train.max_epochs=5"))
+    served.all_output = ran.stdout
     # A server killed with its machine leaves pid files behind: they must not block a start.
     for kind in (THRIFTSERVER, METASTORE):
         stale = ServerState(kind, _dead_pid(), "127.0.0.1", 1, "gone.log", "2026-01-01T00:00:00Z")
@@ -114,6 +154,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, config: Config) -> Iterator
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"up at jdbc:hive2://127.0.0.1:{port}/skillrank" in started.stdout
+        # Run 2 (the latest), published under a client's queries, and its evaluation.
+        _train_while_querying(served)
+        _succeeded(served.submit("evaluate"))
         yield served
     finally:
         served.submit("thriftserver", "stop")
@@ -390,40 +433,13 @@ def test_delta_rs_reads_exactly_the_rows_spark_reads(served: Served, spark: Spar
 
 
 def test_queries_during_a_publish_see_one_complete_run(served: Served, spark: SparkSession) -> None:
-    query = (
-        "SELECT run_id, count(*), sum(probability) FROM skillrank.skills_for_job GROUP BY run_id"
-    )
-    answers: list[list[tuple[Any, ...]]] = []
-    errors: list[str] = []
-    done = threading.Event()
-
-    def keep_querying() -> None:
-        with closing(_connect(served)) as connection, closing(connection.cursor()) as cursor:
-            extra = 2  # a few answers after the run is published
-            while extra > 0:
-                extra -= done.is_set()
-                try:
-                    cursor.execute(query)
-                    answers.append(cursor.fetchall())
-                except Exception as exc:  # every failure is a finding
-                    errors.append(repr(exc))
-
-    reader = threading.Thread(target=keep_querying)
-    reader.start()
-    started = time.monotonic()
-    try:
-        result = served.submit("train")
-    finally:
-        done.set()
-        reader.join(timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert errors == []
+    assert served.errors == []
     expected = {}
     for row in served.rows(spark, "job_skill_rank"):
         n, total = expected.get(row.run_id, (0, 0.0))
         expected[row.run_id] = (n + 1, total + row.probability)
     seen = set()
-    for rows in answers:
+    for rows in served.answers:
         assert len(rows) == 1, rows  # never two runs in one answer
         run_id, count, total = rows[0]
         assert count == expected[run_id][0], rows  # never part of a run
@@ -432,7 +448,34 @@ def test_queries_during_a_publish_see_one_complete_run(served: Served, spark: Sp
     runs = {r.run_id: r for r in served.rows(spark, "runs")}
     newest = max((r for r in runs.values() if r.status == "succeeded"), key=lambda r: r.ended_at)
     assert len(seen) == 2 and newest.run_id in seen, seen  # before and after the publish
-    print(f"{len(answers)} answers while train ran ({time.monotonic() - started:.0f} s)")
+
+
+def test_all_reports_each_stage_of_the_run(served: Served) -> None:
+    out = served.all_output
+    quarantined = "quarantined 2 (invalid_json=1, not_an_object=1)"
+    assert f"[ingest] raw lines {PROFILES + 2} = accepted {PROFILES} + {quarantined}" in out
+    assert re.search(rf"skillrank\.profiles +{PROFILES} rows", out), out
+    assert "[train] published run train-" in out
+    # evaluate and report ran on that run: no planted truth here (--input).
+    assert "no planted truth at" in out
+    (page,) = (served.workdir / "reports").glob("train-*/report.html")
+    assert 'href="fig2_loss.png"' in page.read_text(encoding="utf-8")
+
+
+def test_the_sql_command_reads_the_tables_the_server_serves(
+    served: Served, facts: Facts, spark: SparkSession
+) -> None:
+    queries = (
+        "SELECT skill_name, profile_count FROM skillrank.skill_vocab ORDER BY skill_id;"
+        " SELECT rank, skill_name, support FROM skillrank.current_job_skill_rank"
+        " WHERE job_title = 'data scientist' ORDER BY rank"
+    )
+    result = _succeeded(served.submit("sql", "-e", queries, timeout=300))
+    rows = [line.split("\t") for line in result.stdout.strip().splitlines()]
+    vocab = sorted(served.rows(spark, "skill_vocab"), key=lambda r: r.skill_id)
+    expected = [[r.skill_name, str(r.profile_count)] for r in vocab]
+    expected += [[str(r.rank), r.skill_name, str(r.support)] for r in facts.job("data scientist")]
+    assert rows == expected
 
 
 def test_stop_leaves_nothing_running(served: Served, config: Config) -> None:
