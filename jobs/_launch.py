@@ -26,7 +26,13 @@ from pathlib import Path
 from jobs import thriftserver
 from jobs._cli import StageError, common_parser, parse_stage_args
 from skillrank.config import PROJECT_ROOT, Config, ConfigError, load_config
-from skillrank.session import build_spark, package_jars, repair_metastore, spark_settings
+from skillrank.session import (
+    build_spark,
+    driver_environment,
+    package_jars,
+    repair_metastore,
+    spark_settings,
+)
 
 STAGE_NAMES = ("generate", "ingest", "prepare", "train", "evaluate", "report", "all")
 TOOLS = ("setup", "sql", "thriftserver")
@@ -137,8 +143,8 @@ def python_files_zip(directory: Path = PYFILES_DIR) -> Path:
     return target
 
 
-def _environment() -> dict[str, str]:
-    env = dict(os.environ)
+def _environment(master: str) -> dict[str, str]:
+    env = driver_environment(master, os.environ)
     env["PYSPARK_PYTHON"] = sys.executable
     env["PYSPARK_DRIVER_PYTHON"] = sys.executable
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
@@ -150,7 +156,6 @@ def _resolve_jars(config: Config, workdir: Path, master: str) -> None:
     spark = build_spark(config, workdir, master, "skillrank-setup")
     spark.range(1).count()
     spark.stop()
-    print(f"setup: JARs cached: {', '.join(Path(j).name for j in package_jars(config))}")
 
 
 def _thriftserver(
@@ -165,7 +170,7 @@ def _thriftserver(
         return [_spark_bin("spark-submit"), *_spark_args(settings, master), *tail]
 
     try:
-        return thriftserver.start(args, config, workdir, submit, _environment())
+        return thriftserver.start(args, config, workdir, submit, _environment(master))
     except thriftserver.ServerError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
@@ -210,9 +215,10 @@ def main(argv: list[str]) -> int:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_BUSY
 
-    if command == "setup" or (command == "thriftserver" and not package_jars(config)):
+    if command in ("setup", "thriftserver") and not package_jars(config):
         _resolve_jars(config, workdir, master)
     if command == "setup":
+        print(f"setup: JARs cached: {', '.join(Path(j).name for j in package_jars(config))}")
         return 0
     if command == "thriftserver":
         return _thriftserver(args, config, workdir, master, prog)
@@ -232,7 +238,7 @@ def main(argv: list[str]) -> int:
             script,
             *passthrough,
         ]
-    os.execve(cmd[0], cmd, _environment())
+    os.execve(cmd[0], cmd, _environment(master))
     return 0  # not reached: execve replaces the process
 
 

@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
 
@@ -152,11 +153,27 @@ def repair_metastore(config: Config, workdir: Path) -> bool:
     return True
 
 
+def driver_environment(master: str, env: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a driver JVM for `master`, from `env`.
+
+    A local master runs everything on this machine, so its driver, block manager and web UI
+    listen on the loopback address only (SPARK_LOCAL_IP: Spark binds the UI to it, or to
+    every interface without it), unless `env` already names an address. A cluster's
+    executors must reach the driver, so other masters keep Spark's choice.
+    """
+    chosen = dict(env)
+    if master.startswith("local"):
+        chosen.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    return chosen
+
+
 def build_spark(
     config: Config, workdir: Path, master: str, app_name: str, extra: dict[str, str] | None = None
 ) -> SparkSession:
     """Build (or join) the SparkSession with Delta, the warehouse and the metastore of `workdir`."""
     workdir.mkdir(parents=True, exist_ok=True)
+    # pyspark starts the JVM (when none runs yet) with this process's environment.
+    os.environ.update(driver_environment(master, os.environ))
     if repair_metastore(config, workdir):
         print(
             f"warning: removed the half-created metastore {config.catalog.metastore_dir} of a"

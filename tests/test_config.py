@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from skillrank.config import ConfigError, load_config
-from skillrank.session import spark_settings
+from skillrank.session import driver_environment, spark_settings
 
 
 def test_defaults_hold_the_papers_six_cities_and_industries() -> None:
@@ -110,3 +110,14 @@ def test_cluster_overlay_loads_with_object_store_and_external_metastore(tmp_path
     assert settings["spark.hadoop.hive.metastore.uris"].startswith("thrift://")
     assert settings["spark.executor.memory"] == "8g"
     assert config.spark.master.startswith("spark://")
+
+
+def test_a_local_driver_listens_on_loopback_unless_told_otherwise() -> None:
+    assert driver_environment("local[*]", {"PATH": "/bin"}) == {
+        "PATH": "/bin",
+        "SPARK_LOCAL_IP": "127.0.0.1",
+    }
+    assert driver_environment("local[2]", {"SPARK_LOCAL_IP": "10.0.0.5"}) == {
+        "SPARK_LOCAL_IP": "10.0.0.5"
+    }
+    assert driver_environment("spark://10.0.0.1:7077", {"PATH": "/bin"}) == {"PATH": "/bin"}

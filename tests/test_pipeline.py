@@ -89,27 +89,25 @@ def test_pipeline_writes_profiles_vocabularies_and_shards(
     assert run.input_versions["profiles_raw"] == manifest["delta_versions"]["profiles_raw"]
 
 
-def test_rerun_leaves_tables_and_split_unchanged(pipeline: Pipeline, tmp_path: Path) -> None:
-    crawl = write_crawl(tmp_path / "c1.jsonl", _crawl(40))
-    assert pipeline.run(["ingest", "prepare"], "--input", str(crawl), *SMALL) == 0
-    tables, shards = _tables(pipeline), _shard_rows(pipeline)
-    # What a run killed outright leaves in staging goes at the next start.
-    stale = pipeline.workdir / "staging" / "ingest-20260101T000000Z-deadbeef"
-    stale.mkdir(parents=True)
-    (stale / "part-00000.parquet").write_bytes(b"half written")
-    assert pipeline.run(["ingest", "prepare"], "--input", str(crawl), *SMALL) == 0
-    assert _tables(pipeline) == tables
-    assert _shard_rows(pipeline) == shards
-    assert list((pipeline.workdir / "staging").iterdir()) == []
-
-
-def test_appended_crawl_updates_profiles_and_keeps_splits(
+def test_rerun_changes_nothing_and_an_appended_crawl_updates_profiles_keeping_splits(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
     first = write_crawl(tmp_path / "crawl" / "c1.jsonl", _crawl(40))
     assert pipeline.run(["ingest", "prepare"], "--input", str(first.parent), *SMALL) == 0
+    tables, shards = _tables(pipeline), _shard_rows(pipeline)
     before = {r.profile_id: r for r in pipeline.table("profiles").collect()}
 
+    # The same crawl again: tables and shards unchanged. What a run killed outright left in
+    # staging goes at the next start.
+    stale = pipeline.workdir / "staging" / "ingest-20260101T000000Z-deadbeef"
+    stale.mkdir(parents=True)
+    (stale / "part-00000.parquet").write_bytes(b"half written")
+    assert pipeline.run(["ingest", "prepare"], "--input", str(first.parent), *SMALL) == 0
+    assert _tables(pipeline) == tables
+    assert _shard_rows(pipeline) == shards
+    assert list((pipeline.workdir / "staging").iterdir()) == []
+
+    # A second file in the crawl directory: new snapshots win, older ones are ignored.
     later = "2026-11-01T00:00:00Z"
     earlier = "2026-09-01T00:00:00Z"
     update = [
