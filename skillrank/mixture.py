@@ -30,6 +30,7 @@ import math
 import re
 import sys
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -241,8 +242,8 @@ def neighbour_prior(counts: Tensor, theta: Tensor, base: Tensor) -> Tensor:
     entry > 0). j's prior mixes the theta_k of the _NEIGHBOURS highest-scoring titles k other
     than j, weighted by the softmax of their scores (in practice the best one nearly always).
     A title with no credit (and the one title of a one-title vocabulary) has prior `base`
-    (S,). The credit is sparse: each block of titles is
-    scored as a sparse x dense product against the transposed log theta.
+    (S,). The credit is sparse: each block of titles is scored as a sparse (CSR) x dense
+    product against the transposed log theta.
     """
     jobs = counts.shape[0]
     prior = base[None, :].repeat(jobs, 1)
@@ -251,7 +252,10 @@ def neighbour_prior(counts: Tensor, theta: Tensor, base: Tensor) -> Tensor:
     log_theta_t = theta.log().t().contiguous()  # S x J
     for lo in range(0, jobs, _NEIGHBOUR_BLOCK):
         hi = min(lo + _NEIGHBOUR_BLOCK, jobs)
-        scores = torch.sparse.mm(counts[lo:hi].to_sparse(), log_theta_t)  # (hi - lo) x J
+        with warnings.catch_warnings():  # CSR is "in beta state"; its product is exact here
+            warnings.filterwarnings("ignore", "Sparse CSR tensor support", UserWarning)
+            block = counts[lo:hi].to_sparse_csr()
+        scores = torch.sparse.mm(block, log_theta_t)  # (hi - lo) x J
         rows = torch.arange(hi - lo)
         scores[rows, rows + lo] = -math.inf  # never itself
         top = scores.topk(min(_NEIGHBOURS, jobs - 1), dim=1)
