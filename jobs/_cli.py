@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pyspark.sql import Row, SparkSession
 
-from skillrank.config import Config, ConfigError, load_config
+from skillrank.config import PROJECT_ROOT, Config, ConfigError, load_config
 from skillrank.session import build_spark, resolve_path
 from skillrank.tables import SPECS, conform, declare_tables, table_name
 
@@ -80,7 +80,9 @@ def common_parser(prog: str) -> argparse.ArgumentParser:
     """The options every stage takes (see README: spark-submit.sh)."""
     parser = _OneLineParser(prog=prog)
     parser.add_argument(
-        "--workdir", default="var", help="everything the run writes (default ./var)"
+        "--workdir",
+        default=str(PROJECT_ROOT / "var"),
+        help="everything the run writes (default: var/ in the project, wherever it is run from)",
     )
     parser.add_argument("--env", default="local", help="configuration overlay conf/env/<env>.yml")
     parser.add_argument(

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import re
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,9 +223,15 @@ def load_config(env: str = "local", overrides: list[str] | None = None) -> Confi
     _merge(raw, _read_yaml(env_file) or {}, prefix="")
     for item in overrides or []:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise ConfigError(f"--conf expects key=value, got {item!r}")
-        _set_dotted(raw, key.strip(), yaml.safe_load(value) if value.strip() else "")
+        if _is_spark_setting(key, raw):  # as spark-submit's --conf: to Spark, as written
+            _set_dotted(raw, f"spark.extra_conf.{key}", value)
+        elif any(f".{section}." in key for section in _FREE_FORM_SECTIONS):
+            _set_dotted(raw, key, value)  # other systems' settings keep their spelling
+        else:
+            _set_dotted(raw, key, yaml.safe_load(value) if value.strip() else "")
     config = _build(Config, raw, prefix="")
     _validate(config)
     return config
@@ -269,6 +276,13 @@ def _merge(base: dict[str, Any], overlay: dict[str, Any], prefix: str) -> None:
 _FREE_FORM_SECTIONS = ("extra_conf", "hive_conf")
 
 
+def _is_spark_setting(key: str, raw: dict[str, Any]) -> bool:
+    """A `spark.*` key that is not one of the spark section's own (spark.executor.memory):
+    Spark's setting, which `--conf` passes through."""
+    parts = key.split(".")
+    return len(parts) > 1 and parts[0] == "spark" and parts[1] not in raw["spark"]
+
+
 def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     node: Any = raw
     parts = key.split(".")
@@ -299,6 +313,10 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     return cls(**values)
 
 
+# A decimal number in any usual spelling: 3, -0.5, .5, 1e-3, 1E5, 2.5e+2.
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
@@ -327,6 +345,8 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
         return value
     if hint is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-3 (no dot in the mantissa) as text
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
         return float(value)

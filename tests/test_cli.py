@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs._cli import common_parser
 from jobs._launch import PYFILES_UNUSED_SECONDS, python_files_zip
 from jobs._launch import main as launch
 
@@ -75,6 +76,13 @@ def test_the_script_fails_fast_with_one_line(tmp_path: Path) -> None:
     assert line.startswith("spark-submit.sh train: error: config key 'train.model' must be one of")
     assert not (tmp_path / "w").exists()
     print(f"./spark-submit.sh refused a bad setting in {time.monotonic() - started:.1f} s")
+
+
+def test_the_default_work_directory_does_not_depend_on_where_the_command_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # as cron, which starts in $HOME
+    assert Path(common_parser("spark-submit.sh prepare").parse_args([]).workdir) == ROOT / "var"
 
 
 def test_an_input_without_crawl_files_fails_before_spark(tmp_path: Path) -> None:

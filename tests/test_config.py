@@ -56,9 +56,41 @@ def test_extra_spark_conf_takes_free_form_keys() -> None:
     }
 
 
+def test_spark_settings_pass_through_as_written() -> None:
+    # As spark-submit's own --conf: a spark.* key that is not the spark section's own goes
+    # to Spark with its text unchanged (YAML would have made "true" a boolean, "010" 10).
+    config = load_config(
+        overrides=[
+            "spark.executor.memory=4g",
+            "spark.sql.adaptive.enabled=true",
+            "spark.extra_conf.spark.task.cpus=010",
+            "spark.driver_memory=2g",  # the section's own key
+        ]
+    )
+    assert config.spark.extra_conf == {
+        "spark.executor.memory": "4g",
+        "spark.sql.adaptive.enabled": "true",
+        "spark.task.cpus": "010",
+    }
+    assert config.spark.driver_memory == "2g"
+    settings = spark_settings(config, Path("/tmp/w"))
+    assert (settings["spark.executor.memory"], settings["spark.driver.memory"]) == ("4g", "2g")
+
+
+@pytest.mark.parametrize(
+    ("text", "number"),
+    [("1e-3", 0.001), ("1E5", 100000.0), ("2.5e+2", 250.0), (".5", 0.5), ("+3", 3.0)],
+)
+def test_numbers_are_read_in_every_usual_spelling(text: str, number: float) -> None:
+    # PyYAML (YAML 1.1) reads 1e-3 and 1E5 as text: the number keys take them all the same.
+    assert load_config(overrides=[f"train.learning_rate={text}"]).train.learning_rate == number
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
+        ("train.learning_rate=1e", "'train.learning_rate' must be a number, got '1e'"),
+        ("train.learning_rate=fast", "'train.learning_rate' must be a number, got 'fast'"),
         ("prepare.min_job_profile=3", "unknown config key 'prepare.min_job_profile'"),
         ("nosuch.key=1", "unknown config key 'nosuch.key'"),
         ("prepare.min_job_profiles=three", "'prepare.min_job_profiles' must be an integer"),
