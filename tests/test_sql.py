@@ -105,8 +105,8 @@ PUBLISH_QUERY = (
 
 
 def _train_while_querying(served: Served) -> None:
-    """`train` (the second run) while a client keeps running PUBLISH_QUERY through the server;
-    its answers and errors go into `served`."""
+    """train and evaluate the second run (one application) while a client keeps running
+    PUBLISH_QUERY through the server; its answers and errors go into `served`."""
     done = threading.Event()
 
     def keep_querying() -> None:
@@ -125,12 +125,12 @@ def _train_while_querying(served: Served) -> None:
     reader.start()
     started = time.monotonic()
     try:
-        result = served.submit("train")
+        result = served.submit("all", "--from", "train", "--to", "evaluate")
     finally:
         done.set()
         reader.join(timeout=600)
     _succeeded(result)
-    print(f"{len(served.answers)} answers while train ran ({time.monotonic() - started:.0f} s)")
+    print(f"{len(served.answers)} answers while run 2 ran ({time.monotonic() - started:.0f} s)")
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, config: Config) -> Iterator
         assert f"up at jdbc:hive2://127.0.0.1:{port}/skillrank" in started.stdout
         # Run 2 (the latest), published under a client's queries, and its evaluation.
         _train_while_querying(served)
-        _succeeded(served.submit("evaluate"))
         yield served
     finally:
         served.submit("thriftserver", "stop")
