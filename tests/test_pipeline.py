@@ -8,6 +8,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from jobs._cli import run_stages
+from jobs.all import ALL
 from tests.conftest import Pipeline, profile, write_crawl
 
 SMALL = ("--conf", "prepare.min_job_profiles=1", "--conf", "prepare.min_skill_profiles=1")
@@ -140,6 +142,27 @@ def test_failed_stage_exits_1_and_records_why(
         "profiles_raw is empty: run ingest first",
     )
     assert (pipeline.workdir / "logs" / f"{run.run_id}.log").is_file()
+
+
+def test_a_failing_range_names_the_stage_to_resume_from(
+    pipeline: Pipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Profiles outside the configured cities only: ingest succeeds, prepare has nothing to
+    # train on. `all --from ingest --to train` runs both in one application and stops there.
+    outside = [profile(f"x{i}", location="Paris, France") for i in range(5)]
+    crawl = write_crawl(tmp_path / "c.jsonl", outside)
+    common = ["--workdir", str(pipeline.workdir), "--master", "local[2]"]
+    common += ["--conf", f"catalog.database={pipeline.database}", *SMALL]
+    code = run_stages(ALL, [*common, "--from", "ingest", "--to", "train", "--input", str(crawl)])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "prepare failed: no usable training profiles" in err[0]
+    assert err[-1] == (
+        "skillrank all: the stages before prepare succeeded: rerun from it with"
+        " `all --from prepare`"
+    )
+    runs = pipeline.table("stage_runs").orderBy("started_at").collect()
+    assert [(r.stage, r.status) for r in runs] == [("ingest", "succeeded"), ("prepare", "failed")]
 
 
 def test_train_stage_learns_from_the_shards_and_resumes(pipeline: Pipeline, tmp_path: Path) -> None:
