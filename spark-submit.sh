@@ -2,7 +2,8 @@
 # SkillRank entry point for scheduled batches and data engineers.
 #
 #   ./spark-submit.sh <stage> [--workdir DIR] [--env NAME] [--conf KEY=VALUE]... [--master URL] [options]
-#   stages: generate, ingest, prepare, all;  tools: setup, sql
+#   stages: generate, ingest, prepare, train, evaluate, report, all [--from S] [--to S]
+#   tools: setup, sql, thriftserver start|stop|status
 #
 # On first use it creates the virtual environment .venv from pyproject.toml (and again
 # whenever pyproject.toml changes); the Delta Lake JARs are resolved by Ivy on the first

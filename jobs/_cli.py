@@ -1,8 +1,9 @@
 """What every stage shares at the edge: arguments, configuration, session, stage_runs, errors.
 
 A stage module defines ``add_arguments(parser)``, optionally ``check(args, config)`` (fast
-validation before Spark starts) and ``run(ctx) -> StageResult``; its ``main()`` calls
-``run_stage``. Errors end the process with one line on stderr and a non-zero exit code.
+validation before Spark starts) and ``run(ctx) -> StageResult``, as its ``STAGE``; its
+``main()`` calls ``run_stages([STAGE])`` (``all`` passes a ``StageRange``). Errors end the
+process with one line on stderr and a non-zero exit code.
 """
 
 from __future__ import annotations

@@ -252,9 +252,11 @@ def run(ctx: StageContext) -> StageResult:
             f"field ({longest} characters): valid profiles would be quarantined"
         )
     output.parent.mkdir(parents=True, exist_ok=True)
-    # Left by a generate run killed before its swap (one process per work directory).
-    for stale in output.parent.glob(f".{output.name}.generate-*.tmp"):
-        shutil.rmtree(stale)
+    # Left by a generate run killed before its swap (.tmp) or inside it (.old, the crawl it
+    # was replacing); one process per work directory, so no run of now owns them.
+    for suffix in ("tmp", "old"):
+        for stale in output.parent.glob(f".{output.name}.generate-*.{suffix}"):
+            shutil.rmtree(stale)
     staging = output.parent / f".{output.name}.{ctx.run_id}.tmp"
     staging.mkdir()
     try:

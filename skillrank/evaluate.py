@@ -42,6 +42,7 @@ from torch import Tensor
 
 from skillrank.model import Batch
 from skillrank.prepare import normalize_text
+from skillrank.rankings import top_k
 
 if TYPE_CHECKING:
     from skillrank.generate import Taxonomy
@@ -394,7 +395,7 @@ def title_truth_metrics(
         scores = scores_all.index_select(0, rows).index_select(1, keep_t)
         # Columns are the kept skills in ascending id order, so breaking ties by column
         # breaks them by skill id.
-        top = keep_t[_top_k(scores, k)]
+        top = keep_t[top_k(scores, k)]
         truth = torch.zeros(len(chunk_jobs), skills, dtype=torch.bool)
         for row, ids in enumerate(chunk_sets):
             truth[row, torch.from_numpy(ids)] = True
@@ -666,43 +667,12 @@ def _profile_values(method: Method, batch: Batch, ks: Sequence[int]) -> np.ndarr
         columns += [-sizes.log() - mean_log_p, -mean_log_p]
     truth = torch.zeros_like(scores, dtype=torch.bool)
     truth[rows, batch.skill_ids] = True
-    top = _top_k(scores, max(ks))
+    top = top_k(scores, max(ks))
     hits = truth.gather(1, top).to(torch.float64)
     for k in ks:
         values = _ranking_values(hits, sizes, k)
         columns += [values["precision"], values["recall"], values["ndcg"], values["map"]]
     return torch.stack(columns, dim=1).cpu().numpy()
-
-
-def _top_k(scores: Tensor, k: int) -> Tensor:
-    """(B, min(k, S)) column ids of the highest scores per row, best first; ties go to the
-    lower column id, which ``torch.topk`` does not promise."""
-    b, width = scores.shape
-    k = min(k, width)
-    if torch.isnan(scores).any():
-        # nan compares false with everything: the selection below would come out short.
-        raise ValueError("scores hold nan: cannot rank")
-    values, ids = torch.topk(scores, k, dim=1)
-    threshold = values[:, -1:]
-    # Where more skills tie at the k-th score than the top k holds, which of them topk took
-    # is arbitrary: those rows (rare with real-valued scores) take the lowest ids instead.
-    ambiguous = ((scores == threshold).sum(dim=1) > (values == threshold).sum(dim=1)).nonzero()
-    if ambiguous.numel():
-        rows = ambiguous[:, 0]
-        ids[rows] = _lowest_ids_at_threshold(scores[rows], threshold[rows], k)
-    ids = ids.sort(dim=1).values  # ascending id, so that the stable sort breaks ties by id
-    order = torch.sort(scores.gather(1, ids), dim=1, descending=True, stable=True).indices
-    return ids.gather(1, order)
-
-
-def _lowest_ids_at_threshold(scores: Tensor, threshold: Tensor, k: int) -> Tensor:
-    """(R, k) ids of each row's scores above `threshold`, then of those equal to it, lowest
-    ids first, up to k in all (ascending id order)."""
-    above = scores > threshold
-    tied = scores == threshold
-    room = k - above.sum(dim=1, keepdim=True)
-    chosen = above | (tied & (tied.to(torch.int32).cumsum(dim=1) <= room))
-    return chosen.nonzero()[:, 1].view(scores.shape[0], k)
 
 
 def _ranking_values(hits: Tensor, sizes: Tensor, k: int) -> dict[str, Tensor]:

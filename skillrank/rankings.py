@@ -78,9 +78,11 @@ def skill_neighbors(phi_t: Tensor, k: int, block: int) -> Iterator[Columns]:
 
 
 def _top_k(rows: Tensor, first_id: int, k: int, row_key: str, item_key: str) -> Columns:
-    """The k largest entries of each row, ranked from 1, with their softmax over the row."""
+    """The k largest entries of each row, ranked from 1 (ties: lower id first), with their
+    softmax over the row."""
     k = min(k, rows.shape[1])
-    weights, items = torch.topk(rows, k, dim=1, sorted=True)
+    items = top_k(rows, k)
+    weights = rows.gather(1, items)
     log_total = torch.logsumexp(rows.double(), dim=1, keepdim=True)
     probability = torch.exp(weights.double() - log_total)
     ids = torch.arange(first_id, first_id + rows.shape[0], dtype=torch.int32)
@@ -111,3 +113,34 @@ def _cosine_neighbors(
             neighbor_key: neighbors.reshape(-1).to(torch.int32).numpy(),
             "similarity": values.reshape(-1).double().clamp(-1.0, 1.0).numpy(),
         }
+
+
+def top_k(scores: Tensor, k: int) -> Tensor:
+    """(B, min(k, S)) column ids of the highest scores per row, best first; ties go to the
+    lower column id, which ``torch.topk`` does not promise."""
+    b, width = scores.shape
+    k = min(k, width)
+    if torch.isnan(scores).any():
+        # nan compares false with everything: the selection below would come out short.
+        raise ValueError("scores hold nan: cannot rank")
+    values, ids = torch.topk(scores, k, dim=1)
+    threshold = values[:, -1:]
+    # Where more skills tie at the k-th score than the top k holds, which of them topk took
+    # is arbitrary: those rows (rare with real-valued scores) take the lowest ids instead.
+    ambiguous = ((scores == threshold).sum(dim=1) > (values == threshold).sum(dim=1)).nonzero()
+    if ambiguous.numel():
+        rows = ambiguous[:, 0]
+        ids[rows] = _lowest_ids_at_threshold(scores[rows], threshold[rows], k)
+    ids = ids.sort(dim=1).values  # ascending id, so that the stable sort breaks ties by id
+    order = torch.sort(scores.gather(1, ids), dim=1, descending=True, stable=True).indices
+    return ids.gather(1, order)
+
+
+def _lowest_ids_at_threshold(scores: Tensor, threshold: Tensor, k: int) -> Tensor:
+    """(R, k) ids of each row's scores above `threshold`, then of those equal to it, lowest
+    ids first, up to k in all (ascending id order)."""
+    above = scores > threshold
+    tied = scores == threshold
+    room = k - above.sum(dim=1, keepdim=True)
+    chosen = above | (tied & (tied.to(torch.int32).cumsum(dim=1) <= room))
+    return chosen.nonzero()[:, 1].view(scores.shape[0], k)

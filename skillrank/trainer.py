@@ -180,8 +180,9 @@ def train(
 
     `device` overrides params.device. `config_json` (the whole configuration, as JSON) is
     stored in the checkpoint; it defaults to the train section. With `resume`, training
-    continues from `checkpoint_path`, which must come from the same settings (only device,
-    max_epochs, patience, min_improvement and checkpoint_dir may differ). Returns the best
+    continues from `checkpoint_path`, which must come from the same settings (only those of
+    ``_RESUMABLE_CHANGES`` may differ: device, max_epochs, patience, min_improvement,
+    checkpoint_dir, num_processes, local_mode). Returns the best
     epoch's phi_t (J x S) and skill bias (`background`, S; zeros without params.skill_bias),
     and its validation KL and NDCG@10; it never reads the test split. With `ranks` of a world
     > 1, this is one process of data-parallel training (see ``train_process``).

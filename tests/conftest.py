@@ -7,6 +7,7 @@ import importlib
 import json
 import random
 import re
+import socket
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,13 @@ def spark(tmp_path_factory: pytest.TempPathFactory, config: Config) -> Iterator[
     )
     yield session
     session.stop()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for servers the tests start)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def write_crawl(path: Path, lines: list[dict[str, Any] | str | bytes]) -> Path:

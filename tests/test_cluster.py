@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -26,7 +25,7 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 
 from skillrank.publish import RUN_TABLES
-from tests.conftest import SETTINGS, planted_crawl, write_crawl
+from tests.conftest import SETTINGS, free_port, planted_crawl, write_crawl
 from tests.test_distributed import VALIDATION_LOSS_TOLERANCE
 
 pytestmark = pytest.mark.cluster
@@ -65,12 +64,6 @@ class Cluster:
         """The master's view: workers, running and completed applications."""
         with urllib.request.urlopen(f"{self.webui}/json/", timeout=5) as response:
             return json.load(response)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _cluster_environment(home: Path) -> dict[str, str]:
@@ -136,7 +129,7 @@ def _wait_for_workers(cluster: Cluster, daemons: list[subprocess.Popen], root: P
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A master and two workers of one core and 1 GiB; stopped by process group at the end."""
     root = tmp_path_factory.mktemp("cluster")
-    port, webui_port = _free_port(), _free_port()
+    port, webui_port = free_port(), free_port()
     url = f"spark://127.0.0.1:{port}"
     worker_homes = [root / f"worker{i}" for i in range(1, WORKERS + 1)]
     daemons: list[subprocess.Popen] = []
@@ -154,7 +147,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                     home,
                     "org.apache.spark.deploy.worker.Worker",
                     *(url, "--cores", "1", "--memory", "1g", "--host", "127.0.0.1"),
-                    *("--webui-port", str(_free_port())),
+                    *("--webui-port", str(free_port())),
                 )
             )
         cluster = Cluster(url, f"http://127.0.0.1:{webui_port}", [h / "work" for h in worker_homes])

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from skillrank.trainer import (
     train_process,
     with_best_phi,
 )
-from tests.conftest import profile_batch
+from tests.conftest import free_port, profile_batch
 from tests.test_trainer import _params, _planted_case, _simple_profiles, _write_shards
 
 # Two processes may differ from one in the order of the data they see, not in what they learn.
@@ -42,12 +41,6 @@ VALIDATION_LOSS_TOLERANCE = 0.01  # relative
 # The NDCG@10 of the 300 validation profiles of the planted case moves by about 0.01 from one
 # epoch or data order to the next.
 VALIDATION_NDCG_TOLERANCE = 0.02  # absolute
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_rank(rank: int, world: int, port: int, fn: Callable[..., Any], *args: Any) -> None:
@@ -67,7 +60,7 @@ def _as_rank(rank: int, world: int, port: int, fn: Callable[..., Any], *args: An
 def _run_ranks(world: int, fn: Callable[..., Any], *args: Any) -> list[int | None]:
     """fn(*args) in `world` fresh processes that form one torch.distributed group; their exit
     codes."""
-    port = _free_port()
+    port = free_port()
     context = multiprocessing.get_context("spawn")
     processes = [
         context.Process(target=_as_rank, args=(rank, world, port, fn, *args))

@@ -12,14 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from skillrank import evaluate
+from skillrank import evaluate, rankings
 from skillrank.evaluate import (
     BASELINES,
     Bootstrap,
     CoCounts,
     EvaluationRow,
     Method,
-    _top_k,
     baseline_methods,
     count_cooccurrences,
     model_method,
@@ -691,6 +690,29 @@ def test_title_buckets_hold_exactly_the_titles_of_their_range() -> None:
     }
 
 
+def test_published_ranks_break_ties_by_the_lower_id() -> None:
+    # Weights from {0, 1, 2}: many ties, inside the top k and across its edge. SkillRank
+    # (per job) and the converse per skill rank by weight, then by the lower id, in every
+    # block, so a rerun publishes the same ranks.
+    rng = np.random.default_rng(3)
+    phi_t = torch.tensor(rng.integers(0, 3, size=(7, 9)), dtype=torch.float32)
+    for blocks, rows, k, row_key, item_key in (
+        (rankings.top_skills_per_job(phi_t, 4, block=3), phi_t, 4, "job_id", "skill_id"),
+        (rankings.top_jobs_per_skill(phi_t, 5, block=2), phi_t.T, 5, "skill_id", "job_id"),
+    ):
+        got: dict[int, list[tuple[int, int, float]]] = {}
+        for columns in blocks:
+            for r, rank, item, weight in zip(
+                columns[row_key], columns["rank"], columns[item_key], columns["weight"],
+                strict=True,
+            ):  # fmt: skip
+                got.setdefault(int(r), []).append((int(rank), int(item), float(weight)))
+        assert sorted(got) == list(range(len(rows)))
+        for r, values in enumerate(rows.tolist()):
+            best = sorted(range(len(values)), key=lambda i, v=values: (-v[i], i))[:k]
+            assert got[r] == [(n, i, values[i]) for n, i in enumerate(best, 1)], (item_key, r)
+
+
 def test_top_k_ranks_by_score_then_lowest_id() -> None:
     # Scores from {0, 1, 2, 3}: ties at the k-th score in most rows, and inside the top k.
     rng = np.random.default_rng(8)
@@ -700,4 +722,4 @@ def test_top_k_ranks_by_score_then_lowest_id() -> None:
             sorted(range(25), key=lambda s, row=row: (-float(scores[row, s]), s))[:k]
             for row in range(60)
         ]
-        assert _top_k(scores, k).tolist() == expected, k
+        assert rankings.top_k(scores, k).tolist() == expected, k

@@ -204,10 +204,10 @@ def test_other_seed_other_data_same_seed_same_bytes(
     assert len(lines_a & lines_b) < 0.01 * len(lines_a), "another seed repeated lines"
 
     # Back to the first seed in the same directory: the crawl is replaced, byte for byte,
-    # and what a generate run killed before its swap left beside it goes.
-    stale = tmp_path / ".crawl.generate-20260101T000000Z-deadbeef.tmp"
-    stale.mkdir()
-    (stale / "crawl-00000.jsonl.gz").write_bytes(b"half written")
+    # and what a generate run killed before or inside its swap left beside it goes.
+    for stale in (".crawl.generate-20260101T000000Z-deadbeef.tmp", ".crawl.generate-x.old"):
+        (tmp_path / stale).mkdir()
+        (tmp_path / stale / "crawl-00000.jsonl.gz").write_bytes(b"half written")
     _run_stage(spark, config, output)
     again = _file_bytes(output)
     differing = [name for name in first if first[name] != again.get(name)]

@@ -38,7 +38,7 @@ from skillrank.servers import (
     write_state,
 )
 from skillrank.views import VIEWS
-from tests.conftest import SETTINGS, planted_crawl, write_crawl
+from tests.conftest import SETTINGS, free_port, planted_crawl, write_crawl
 
 pytestmark = pytest.mark.slow
 
@@ -80,12 +80,6 @@ class Served:
 
     def table_path(self, table: str) -> Path:
         return self.workdir / "warehouse" / "skillrank.db" / table
-
-
-def _free_port() -> int:
-    with closing(socket.socket()) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _dead_pid() -> int:
@@ -137,10 +131,10 @@ def _train_while_querying(served: Served) -> None:
 def served(tmp_path_factory: pytest.TempPathFactory, config: Config) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("sql")
     crawl = write_crawl(tmp / "crawl.jsonl", [*planted_crawl(PROFILES, 17, PLANTED), *MALFORMED])
-    port = _free_port()
+    port = free_port()
     options = (
         *("--workdir", str(tmp / "work"), *SETTINGS, "--conf", "spark.driver_memory=1g"),
-        *("--conf", f"sql.port={port}", "--conf", f"sql.metastore_port={_free_port()}"),
+        *("--conf", f"sql.port={port}", "--conf", f"sql.metastore_port={free_port()}"),
     )
     served = Served(tmp / "work", port, options)
     # Run 1 (5 epochs), its evaluation and report.
