@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -19,6 +20,7 @@ from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
 from jobs._cli import StageContext, StageError
+from skillrank.config import Config
 from skillrank.evaluate import Method, model_method
 from skillrank.shards import Manifest, manifest_from_json
 from skillrank.tables import conform, table_version
@@ -28,6 +30,26 @@ def add_run_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--run-id", help="train run to use (default: the latest succeeded run)", default=None
     )
+
+
+def check_trained(args: argparse.Namespace, config: Config) -> None:
+    """Fail before Spark starts when nothing was ever trained in the work directory.
+
+    Decidable only for the embedded default, a warehouse on this machine with the metastore
+    of --workdir: the `runs` table's Delta log is then a directory there. With a warehouse
+    elsewhere or an external metastore the stage finds out when it reads `runs`.
+    """
+    warehouse = config.catalog.warehouse_dir
+    if "://" in warehouse or "spark.hadoop.hive.metastore.uris" in config.spark.extra_conf:
+        return
+    workdir = Path(args.workdir).resolve()
+    database = config.catalog.database
+    runs = workdir / warehouse / f"{database}.db" / config.catalog.tables["runs"].lower()
+    if not (runs / "_delta_log").is_dir():
+        raise StageError(
+            f"no train run in {workdir}: {database}.{config.catalog.tables['runs']} does not"
+            " exist there yet (run train, or all, first)"
+        )
 
 
 def resolve_run(ctx: StageContext) -> Row:

@@ -19,6 +19,7 @@ import sys
 
 from jobs import evaluate, generate, ingest, prepare, report, train
 from jobs._cli import Stage, StageContext, StageError, StageRange, run_stages
+from jobs._runs import check_trained
 from skillrank.tables import SPECS
 
 
@@ -32,12 +33,17 @@ STAGES = [
     ingest.STAGE,
     prepare.STAGE,
     train.STAGE,
-    dataclasses.replace(evaluate.STAGE, add_arguments=_latest_run, check=lambda a, c: None),
+    dataclasses.replace(evaluate.STAGE, add_arguments=_latest_run, check=check_trained),
     dataclasses.replace(report.STAGE, add_arguments=_latest_run),
 ]
 NAMES = [stage.name for stage in STAGES]
-# train's own check wants the shards already there: not when prepare writes them first.
-_TRAIN_AFTER_PREPARE = dataclasses.replace(train.STAGE, check=train.check_options)
+# A stage's own check wants its inputs already there: not when an earlier stage of the same
+# range writes them (prepare the shards for train; train the run for evaluate and report).
+_WRITTEN_IN_RANGE = {
+    "train": ("prepare", dataclasses.replace(train.STAGE, check=train.check_options)),
+    "evaluate": ("train", dataclasses.replace(STAGES[4], check=lambda args, config: None)),
+    "report": ("train", dataclasses.replace(STAGES[5], check=lambda args, config: None)),
+}
 
 
 def _range_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,8 +65,9 @@ def select(args: argparse.Namespace) -> list[Stage]:
             raise StageError("--input is read by ingest, which --from/--to leave out")
         chosen = [s for s in chosen if s.name != "generate"]
     names = [s.name for s in chosen]
-    if "prepare" in names and "train" in names:
-        chosen[names.index("train")] = _TRAIN_AFTER_PREPARE
+    for name, (writer, relaxed) in _WRITTEN_IN_RANGE.items():
+        if name in names and writer in names:
+            chosen[names.index(name)] = relaxed
     return chosen
 
 

@@ -26,6 +26,7 @@ from pyspark.sql import Row
 from jobs._cli import Stage, StageContext, StageError, StageResult, run_stages
 from jobs._runs import (
     add_run_argument,
+    check_trained,
     load_model,
     replace_run_rows,
     resolve_run,
@@ -83,6 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check(args: argparse.Namespace, config: Config) -> None:
     if args.truth is not None and not (Path(args.truth) / "titles.parquet").is_file():
         raise StageError(f"--truth {args.truth}: no titles.parquet there (see docs/generator.md)")
+    check_trained(args, config)
 
 
 def run(ctx: StageContext) -> StageResult:

@@ -24,6 +24,7 @@ from pyspark.sql import functions as F
 from jobs._cli import Stage, StageContext, StageResult, run_stages
 from jobs._runs import (
     add_run_argument,
+    check_trained,
     load_phi,
     replace_run_rows,
     resolve_run,
@@ -174,7 +175,7 @@ def run(ctx: StageContext) -> StageResult:
     )
 
 
-STAGE = Stage(name="report", add_arguments=add_arguments, run=run)
+STAGE = Stage(name="report", add_arguments=add_arguments, run=run, check=check_trained)
 
 
 def main() -> None:

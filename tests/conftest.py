@@ -117,6 +117,11 @@ class Pipeline:
         stages = [importlib.import_module(f"jobs.{name}").STAGE for name in stage_names]
         common = ["--workdir", str(self.workdir), "--master", "local[2]"]
         common += ["--conf", f"catalog.database={self.database}"]
+        # The shared session's warehouse, not one under this work directory (Spark spells it
+        # file:/..., the config takes a file:/// URI).
+        warehouse = self.spark.conf.get("spark.sql.warehouse.dir") or ""
+        warehouse = Path(warehouse.removeprefix("file:")).as_uri()
+        common += ["--conf", f"catalog.warehouse_dir={warehouse}"]
         common += ["--conf", "spark.shuffle_partitions=2"]
         return run_stages(stages, [*common, *args])
 

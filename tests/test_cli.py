@@ -51,6 +51,9 @@ def _run(
         (["all", "--to", "prepare", "--from", "train"], "--from train comes after --to prepare"),
         (["all", "--from", "prepare", "--input", "/tmp"], "--input is read by ingest, which"),
         (["all", "--from", "train"], "no training shards: "),
+        (["evaluate"], "no train run in "),
+        (["report", "--run-id", "train-x"], "no train run in "),
+        (["all", "--from", "evaluate"], "no train run in "),
     ],
 )
 def test_bad_arguments_fail_fast_with_one_line(
