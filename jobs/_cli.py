@@ -103,13 +103,19 @@ class StageRange:
     select: Callable[[argparse.Namespace], list[Stage]]
 
 
+def _name_and_stages(command: list[Stage] | StageRange) -> tuple[str, list[Stage]]:
+    """The command's name (a list of stages is named by its last) and every stage it may run."""
+    if isinstance(command, StageRange):
+        return command.name, command.stages
+    return command[-1].name, command
+
+
 def parse_stage_args(
     command: list[Stage] | StageRange, argv: list[str] | None
 ) -> tuple[argparse.Namespace, Config, list[Stage]]:
     """Parse the command line of one or more stages (or of a range) and load the configuration;
     the stages to run, each one's check passed."""
-    stages = command.stages if isinstance(command, StageRange) else command
-    name = command.name if isinstance(command, StageRange) else stages[-1].name
+    name, stages = _name_and_stages(command)
     parser = common_parser(f"spark-submit.sh {name}")
     for stage in stages:
         stage.add_arguments(parser)
@@ -133,7 +139,7 @@ def run_stages(
 
     `epilogue`, when given, prints a closing summary after the last stage. Returns the exit code.
     """
-    name = command.name if isinstance(command, StageRange) else command[-1].name
+    name, _ = _name_and_stages(command)
     prog = f"skillrank {name}"
     try:
         args, config, stages = parse_stage_args(command, argv)

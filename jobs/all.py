@@ -28,21 +28,16 @@ def _latest_run(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run_id=None, truth=None)
 
 
-STAGES = [
-    generate.STAGE,
-    ingest.STAGE,
-    prepare.STAGE,
-    train.STAGE,
-    dataclasses.replace(evaluate.STAGE, add_arguments=_latest_run, check=check_trained),
-    dataclasses.replace(report.STAGE, add_arguments=_latest_run),
-]
+_EVALUATE = dataclasses.replace(evaluate.STAGE, add_arguments=_latest_run, check=check_trained)
+_REPORT = dataclasses.replace(report.STAGE, add_arguments=_latest_run)
+STAGES = [generate.STAGE, ingest.STAGE, prepare.STAGE, train.STAGE, _EVALUATE, _REPORT]
 NAMES = [stage.name for stage in STAGES]
 # A stage's own check wants its inputs already there: not when an earlier stage of the same
 # range writes them (prepare the shards for train; train the run for evaluate and report).
 _WRITTEN_IN_RANGE = {
     "train": ("prepare", dataclasses.replace(train.STAGE, check=train.check_options)),
-    "evaluate": ("train", dataclasses.replace(STAGES[4], check=lambda args, config: None)),
-    "report": ("train", dataclasses.replace(STAGES[5], check=lambda args, config: None)),
+    "evaluate": ("train", dataclasses.replace(_EVALUATE, check=lambda args, config: None)),
+    "report": ("train", dataclasses.replace(_REPORT, check=lambda args, config: None)),
 }
 
 
