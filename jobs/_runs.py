@@ -83,23 +83,30 @@ def run_manifest(ctx: StageContext, run: Row) -> Manifest:
     return manifest
 
 
-def segments_of_test_profiles(ctx: StageContext, manifest: Manifest) -> dict[str, tuple[str, ...]]:
-    """profile_id -> ('city=<code>', 'industry=<code>') of every test profile of the run.
-
-    Read from `profiles` at the Delta version the run's shards were written from.
-    """
+def profile_segments(
+    ctx: StageContext, manifest: Manifest, split: str
+) -> dict[str, tuple[str | None, str | None]]:
+    """profile_id -> (city, industry) codes (None where unknown) of every profile of a split
+    of the run's shards, read from `profiles` at the Delta version the shards were written
+    from."""
     version = manifest.raw.get("delta_versions", {}).get("profiles")
     sql = f"SELECT profile_id, city, industry FROM {ctx.table('profiles')}"
     if version is not None:
         sql += f" VERSION AS OF {int(version)}"
-    profiles = ctx.spark.sql(f"{sql} WHERE split = 'test'")
+    table = ctx.spark.sql(f"{sql} WHERE split = '{split}'").toArrow()
+    ids, cities, industries = (table.column(c).to_pylist() for c in table.column_names)
+    return dict(zip(ids, zip(cities, industries, strict=True), strict=True))
+
+
+def segments_of_test_profiles(ctx: StageContext, manifest: Manifest) -> dict[str, tuple[str, ...]]:
+    """profile_id -> ('city=<code>', 'industry=<code>') of every test profile of the run."""
     return {
-        r.profile_id: tuple(
+        profile_id: tuple(
             f"{name}={value}"
-            for name, value in (("city", r.city), ("industry", r.industry))
+            for name, value in zip(("city", "industry"), codes, strict=True)
             if value is not None
         )
-        for r in profiles.toLocalIterator()
+        for profile_id, codes in profile_segments(ctx, manifest, "test").items()
     }
 
 

@@ -16,6 +16,7 @@ interval of their difference. docs/evaluation.md defines every metric.
 from __future__ import annotations
 
 import argparse
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,14 +43,20 @@ from skillrank.evaluate import (
     EvaluationRow,
     baseline_methods,
     count_cooccurrences,
+    interval_coverage,
     planted_relevance,
+    planted_segment_relevance,
+    planted_shares,
     profile_metrics,
+    segment_rows,
+    segment_truth_rows,
     taxonomy_relevance,
     title_buckets,
     title_rows,
 )
 from skillrank.generate import load_taxonomy
 from skillrank.prepare import alias_lookup
+from skillrank.rankings import INTERVAL_LEVEL
 from skillrank.shards import iterate_batches, read_vocabulary
 from skillrank.tables import SPECS, declare_tables
 
@@ -57,6 +64,8 @@ from skillrank.tables import SPECS, declare_tables
 _COUNT_BATCH = 8192
 # The method compared with the baselines: the run's model (model_method's default name).
 _MODEL = "model"
+# The run's pooled SkillRank, compared with its segment rankings.
+_POOLED = "pooled"
 # (metric, k, segment) printed in the closing summary: k "title_k" means evaluate.title_k;
 # segment "buckets" stands for each bucket of titles by training profiles, in order.
 _HEADLINES = (
@@ -140,6 +149,27 @@ def run(ctx: StageContext) -> StageResult:
             rows += title_rows(
                 title_methods, relevant, generic, params.title_k, "planted", segments, bootstrap
             )
+            shares = planted_shares(
+                job_titles,
+                skill_names,
+                pq.read_table(truth_dir / "titles.parquet").to_pydict(),
+                pq.read_table(truth_dir / "occupation_skills.parquet").to_pydict(),
+                *lookups,
+            )
+            rows += _coverage_rows(ctx, train_run.run_id, shares, generic, segments, bootstrap)
+        if (truth_dir / "segment_skills.parquet").is_file() and ctx.spark.catalog.tableExists(
+            ctx.table("job_skill_rank_by_segment")
+        ):
+            with ctx.step("checked the segment rankings against the planted segment skills"):
+                planted = planted_segment_relevance(
+                    job_titles,
+                    skill_names,
+                    pq.read_table(truth_dir / "titles.parquet").to_pydict(),
+                    pq.read_table(truth_dir / "segment_skills.parquet").to_pydict(),
+                    *lookups,
+                    generic,
+                )
+                rows += _segment_precision_rows(ctx, train_run.run_id, planted, generic, bootstrap)
     else:
         print(f"[evaluate]   no planted truth at {truth_dir}: planted_* metrics skipped")
     with ctx.step("checked SkillRank against the ESCO and O*NET taxonomies"):
@@ -166,6 +196,85 @@ def run(ctx: StageContext) -> StageResult:
             f" SELECT * FROM {name} WHERE run_id = '{train_run.run_id}'",
             *summarize(rows, params.title_k),
         ],
+    )
+
+
+def _coverage_rows(
+    ctx: StageContext,
+    run_id: str,
+    shares: dict[int, dict[int, float]],
+    generic: np.ndarray,
+    segments: dict[str, np.ndarray],
+    bootstrap: Bootstrap,
+) -> list[EvaluationRow]:
+    """interval_coverage of the run's published intervals (job_skill_rank), per segment of
+    titles: the mean over titles of the share of their planted skills whose planted share lies
+    inside the interval, and coverage_titles, how many titles were judged. No rows for a run
+    without intervals (softmax)."""
+    table = ctx.spark.sql(
+        f"SELECT job_id, skill_id, probability_low, probability_high FROM"
+        f" {ctx.table('job_skill_rank')} WHERE run_id = '{run_id}'"
+        " AND probability_low IS NOT NULL"
+    ).toArrow()
+    published: dict[int, list[tuple[int, float, float]]] = defaultdict(list)
+    for job_id, skill_id, low, high in zip(
+        *(table.column(c).to_pylist() for c in table.column_names), strict=True
+    ):
+        published[job_id].append((skill_id, low, high))
+    covered = interval_coverage(published, shares, generic)
+    rows: list[EvaluationRow] = []
+    plain = Bootstrap(bootstrap.samples, bootstrap.seed)
+    for label, members in segments.items():
+        judged = [j for j in members.tolist() if j in covered]
+        if judged:
+            values = {_MODEL: {("interval_coverage", None): np.array([covered[j] for j in judged])}}
+            rows += segment_rows(label, "coverage_titles", len(judged), values, plain)
+    return rows
+
+
+def _segment_precision_rows(
+    ctx: StageContext,
+    run_id: str,
+    planted: dict[tuple[str, str, int], np.ndarray],
+    generic: np.ndarray,
+    bootstrap: Bootstrap,
+) -> list[EvaluationRow]:
+    """Planted segment skills found by the run's segment rankings against its pooled ranking
+    of the same titles, on the (segment, title) pairs with at least the last of
+    evaluate.title_buckets training profiles."""
+    params = ctx.config.evaluate
+    least = params.title_buckets[-1]
+    segment_rows = ctx.spark.sql(
+        f"SELECT segment_type, segment, job_id, skill_id FROM"
+        f" {ctx.table('job_skill_rank_by_segment')} WHERE run_id = '{run_id}'"
+        f" AND profiles >= {least} ORDER BY segment_type, segment, job_id, rank"
+    ).toArrow()
+    pooled_rows = ctx.spark.sql(
+        f"SELECT job_id, skill_id FROM {ctx.table('job_skill_rank')}"
+        f" WHERE run_id = '{run_id}' ORDER BY job_id, rank"
+    ).toArrow()
+    ranked: dict[tuple[str, str, int], list[int]] = defaultdict(list)
+    for segment_type, segment, job_id, skill_id in zip(
+        *(segment_rows.column(c).to_pylist() for c in segment_rows.column_names), strict=True
+    ):
+        ranked[segment_type, segment, job_id].append(skill_id)
+    pooled: dict[int, list[int]] = defaultdict(list)
+    for job_id, skill_id in zip(
+        *(pooled_rows.column(c).to_pylist() for c in pooled_rows.column_names), strict=True
+    ):
+        pooled[job_id].append(skill_id)
+    rankings = {
+        _MODEL: {key: np.asarray(ids) for key, ids in ranked.items()},
+        _POOLED: {key: np.asarray(pooled[key[2]]) for key in ranked if key[2] in pooled},
+    }
+    compared = Bootstrap(bootstrap.samples, bootstrap.seed, ((_MODEL, _POOLED),))
+    return segment_truth_rows(
+        rankings,
+        planted,
+        generic,
+        params.title_k,
+        f"segment_jobs_min_{least}_profiles",
+        compared,
     )
 
 
@@ -200,6 +309,23 @@ def summarize(rows: Sequence[EvaluationRow], title_k: int) -> list[str]:
             lines.append(
                 f"  {name:<21} {label:<22} {count:>7,.0f} {unit:<8}  model {model.value:.4f}"
                 f"   {best.method} {best.value:.4f}   {_comparison(difference, lower)}"
+            )
+    for row in rows:
+        if row.method == _MODEL and row.metric == "interval_coverage":
+            count = index[_MODEL, "coverage_titles", None, row.segment].value
+            lines.append(
+                f"  interval_coverage     {row.segment:<22} {count:>7,.0f} titles    model"
+                f" {row.value:.4f} [{row.ci_low:.4f}, {row.ci_high:.4f}]"
+                f" (nominal {INTERVAL_LEVEL:.2f})"
+            )
+        if row.method == _MODEL and row.metric == "segment_precision":
+            pooled = index[_POOLED, row.metric, row.k, row.segment]
+            difference = index[f"{_MODEL}{DIFFERENCE}{_POOLED}", row.metric, row.k, row.segment]
+            count = index[_MODEL, "pairs", None, row.segment].value
+            lines.append(
+                f"  {row.metric}@{row.k} {row.segment} {count:,.0f} (segment, title) pairs:"
+                f" segment rankings {row.value:.4f}   pooled {pooled.value:.4f}"
+                f"   {_comparison(difference, False)}"
             )
     return lines
 

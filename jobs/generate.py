@@ -43,6 +43,19 @@ from skillrank.generate import (
 
 GENERATOR = "skillrank.generate"
 STATS_FILE = "stats.json"
+# Column types of the truth tables that may have no rows (pyarrow infers the others).
+_TRUTH_SCHEMAS = {
+    "segment_skills": pa.schema(
+        [
+            ("segment_type", pa.string()),
+            ("segment", pa.string()),
+            ("occupation_id", pa.string()),
+            ("skill_key", pa.string()),
+            ("skill_label", pa.string()),
+            ("probability", pa.float64()),
+        ]
+    ),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +78,7 @@ def check(args: argparse.Namespace, config: Config) -> None:
             "optional_rate", "hot_technology_rate", "technology_rate", "rate_jitter",
             "generic_rate", "city_rate", "industry_rate", "missing_location_rate",
             "missing_industry_rate", "case_variant_rate", "spacing_variant_rate",
-            "alias_variant_rate",
+            "alias_variant_rate", "segment_skill_rate",
         )
     }  # fmt: skip
     for name, value in rates.items():
@@ -112,7 +125,7 @@ def check(args: argparse.Namespace, config: Config) -> None:
             f"generate.crawl_start must be YYYY-MM-DD, got {g.crawl_start!r}"
         ) from exc
     for name in ("occupation_zipf", "title_zipf", "generic_zipf", "company_zipf", "focus_boost",
-                 "extra_positions_mean", "generic_skills"):  # fmt: skip
+                 "extra_positions_mean", "generic_skills", "segment_skills"):  # fmt: skip
         if getattr(g, name) < 0:
             raise ConfigError(f"config key 'generate.{name}' must be >= 0")
     if g.tenure_months_mean <= 0:
@@ -189,6 +202,9 @@ def build_truth(config: Config) -> Truth:
         generic_skills=g.generic_skills,
         generic_rate=g.generic_rate,
         generic_zipf=g.generic_zipf,
+        segment_cities=list(config.prepare.cities),
+        segment_skills=g.segment_skills,
+        segment_skill_rate=g.segment_skill_rate,
         companies=g.companies,
         company_zipf=g.company_zipf,
     )
@@ -264,7 +280,8 @@ def run(ctx: StageContext) -> StageResult:
         tables = truth_tables(truth)
         (staging / "truth").mkdir()
         for name, columns in tables.items():
-            pq.write_table(pa.table(columns), staging / "truth" / f"{name}.parquet")
+            table = pa.table(columns, schema=_TRUTH_SCHEMAS.get(name))
+            pq.write_table(table, staging / "truth" / f"{name}.parquet")
         vocabulary = vocabulary_estimate(
             stats, ctx.config.prepare.min_job_profiles, ctx.config.prepare.min_skill_profiles
         )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from pathlib import Path
 
 import torch
 from pyspark.sql import Row
@@ -36,6 +37,8 @@ from skillrank.tables import SPECS, declare_tables
 
 # t-SNE needs a few points to place: a map of fewer is left out.
 _MIN_MAP_POINTS = 3
+# Skills per segment in Fig 8.
+_SEGMENT_SKILLS = 10
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -119,6 +122,13 @@ def run(ctx: StageContext) -> StageResult:
                 report.map_figure(out, key, title, coords, names[: len(rows)], params.map_labels)
             )
 
+    segments = ctx.table("job_skill_rank_by_segment")
+    if spark.catalog.tableExists(segments):
+        with ctx.step("Fig 8: one title's SkillRank in two segments"):
+            figure = _segment_figure(ctx, out, segments, run_id)
+            if figure is not None:
+                figures.append(figure)
+
     run_rows = spark.table(ctx.table("evaluation")).where(F.col("run_id") == run_id)
     evaluation = [r.asDict() for r in run_rows.collect()]
     if evaluation:
@@ -173,6 +183,30 @@ def run(ctx: StageContext) -> StageResult:
         output_versions={"coclusters": version},
         summary=[f"report of train run {run_id}: {final / 'report.html'}"],
     )
+
+
+def _segment_figure(ctx: StageContext, out: Path, table: str, run_id: str) -> report.Figure | None:
+    """Fig 8 for the title and segments ``report.segment_pair`` picks; None without two."""
+    rows = ctx.spark.table(table).where(F.col("run_id") == run_id)
+    pairs = rows.select("segment_type", "segment", "job_title", "profiles").distinct().collect()
+    chosen = report.segment_pair([tuple(r) for r in pairs])
+    if chosen is None:
+        return None
+    segment_type, title, *segments = chosen
+    panels = []
+    for segment in segments:
+        top = (
+            rows.where(
+                (F.col("segment_type") == segment_type)
+                & (F.col("segment") == segment)
+                & (F.col("job_title") == title)
+                & (F.col("rank") <= _SEGMENT_SKILLS)
+            )
+            .orderBy("rank")
+            .collect()
+        )
+        panels.append((segment, [r.asDict() for r in top]))
+    return report.segment_figure(out, title, panels)
 
 
 STAGE = Stage(name="report", add_arguments=add_arguments, run=run, check=check_trained)

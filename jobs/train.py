@@ -19,10 +19,12 @@ import dataclasses
 import json
 import resource
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -34,18 +36,21 @@ from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
 from jobs._cli import Stage, StageContext, StageError, StageResult, run_stages
+from jobs._runs import profile_segments
 from skillrank import rankings
 from skillrank.config import Config, TrainConfig
 from skillrank.evaluate import model_method
 from skillrank.families import FAMILIES
+from skillrank.model import Batch
 from skillrank.publish import (
     RUN_TABLES,
     named_neighbors,
     pair_support,
     ranked_pairs,
 )
+from skillrank.segments import SegmentFit, fit_segments, segment_kl, segment_rankings
 from skillrank.session import resolve_path
-from skillrank.shards import read_manifest
+from skillrank.shards import iterate_batches, read_manifest
 from skillrank.tables import SPECS, conform, declare_tables, table_version
 from skillrank.trainer import (
     SELECTION_K,
@@ -65,6 +70,21 @@ _PHI_BLOCK_JOBS = 256
 _RANK_BLOCK = 1024
 # Rows per staged Parquet file (phi has J x S rows: about 190 million at paper scale).
 _STAGED_FILE_ROWS = 8_000_000
+# Profiles per batch of a segment pass.
+_SEGMENT_BATCH = 16384
+# The profile columns a segment can come from, in the order profile_segments gives them.
+_SEGMENT_COLUMNS = ("city", "industry")
+
+
+@dataclass(frozen=True)
+class Segments:
+    """The mixture's segment fit: names[g] = (segment_type, segment); theta = exp(phi_t);
+    strengths[g]: the prior strength chosen for segment g's type."""
+
+    names: list[tuple[str, str]]
+    fit: SegmentFit
+    theta: torch.Tensor
+    strengths: torch.Tensor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -122,8 +142,12 @@ def run(ctx: StageContext) -> StageResult:
             result = _train(ctx, manifest_path, checkpoint, device)
         with ctx.step("scored the test split (test loss)"):
             test_loss = _test_loss(ctx.config.train, manifest_path, result)
+        segments = None
+        if ctx.config.train.model == "mixture":
+            with ctx.step("fitted the segment rows and the pooled rows' credit"):
+                segments = _fit_segments(ctx, manifest_path, result)
         with ctx.step("published phi and rankings"):
-            _publish(ctx, result, manifest_path, manifest)
+            _publish(ctx, result, manifest_path, manifest, segments)
         _update_run(ctx, _run_outcome(result, test_loss))
     except BaseException as exc:
         _discard(ctx, str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
@@ -208,24 +232,110 @@ def _train_distributed(
     return with_best_phi(result, checkpoint)
 
 
-def _publish(ctx: StageContext, result: TrainResult, manifest_path: Path, manifest: dict) -> None:
+def _fit_segments(ctx: StageContext, manifest_path: Path, result: TrainResult) -> Segments:
+    """The segment rows' credit from one E-step at the published model (skillrank.segments),
+    one streamed pass over the training split; each segment type's prior strength is the one
+    of train.segment_prior_strengths with the lowest validation KL (printed beside the pooled
+    model's)."""
+    params = ctx.config.train
+    manifest = read_manifest(manifest_path)
+    codes = {split: profile_segments(ctx, manifest, split) for split in ("train", "validation")}
+    columns = [(name, _SEGMENT_COLUMNS.index(name)) for name in params.segments]
+    names = [
+        (name, value)
+        for name, column in columns
+        for value in sorted({c[column] for c in codes["train"].values() if c[column] is not None})
+    ]
+    index = {name: g for g, name in enumerate(names)}
+
+    def segment_of(split: str) -> Callable[[list[str]], torch.Tensor]:
+        lookup = codes[split]
+
+        def of(profile_ids: list[str]) -> torch.Tensor:
+            rows = [lookup.get(p, (None, None)) for p in profile_ids]
+            return torch.tensor(
+                [[index.get((name, c[column]), -1) for name, column in columns] for c in rows],
+                dtype=torch.int64,
+            ).view(len(rows), len(columns))
+
+        return of
+
+    def batches(split: str) -> Iterator[tuple[list[str], Batch]]:
+        return iterate_batches(manifest.shards[split], _SEGMENT_BATCH, shuffle=False)
+
+    theta = result.phi_t.exp()
+    p0 = torch.softmax(result.background.double(), dim=0)
+    lam, grid = params.background_weight, params.segment_prior_strengths
+    fit = fit_segments(batches("train"), segment_of("train"), len(names), theta, p0, lam)
+    kl, kl_pooled, scored = segment_kl(
+        batches("validation"), segment_of("validation"), fit, theta, p0, lam, grid
+    )
+    chosen = {}
+    for (name, _), row in zip(columns, kl, strict=True):
+        best = int(np.nanargmin(row)) if scored else 0
+        chosen[name] = grid[best]
+        members = [g for g, (t, _) in enumerate(names) if t == name]
+        rows = int((fit.profiles[members] >= params.segment_min_profiles).sum())
+        print(
+            f"[train]   segments by {name}: {len(members)} values, {rows} (value, job) rows with"
+            f" >= {params.segment_min_profiles} profiles; prior strength {grid[best]:g}:"
+            f" validation KL {row[best]:.6f} (pooled rows {kl_pooled:.6f}, {scored} profiles;"
+            f" by strength {', '.join(f'{v:g}: {k:.4f}' for v, k in zip(grid, row, strict=True))})",
+            flush=True,
+        )
+    strengths = torch.tensor([chosen[t] for t, _ in names], dtype=torch.float64)
+    return Segments(names, fit, theta, strengths)
+
+
+def _segment_blocks(segments: Segments, min_profiles: int, k: int) -> Iterator[dict]:
+    """The rows of job_skill_rank_by_segment, named by segment type and value."""
+    types = np.array([t for t, _ in segments.names], dtype=object)
+    values = np.array([v for _, v in segments.names], dtype=object)
+    for block in segment_rankings(
+        segments.fit, segments.theta, segments.strengths, min_profiles, k
+    ):
+        g = block.pop("segment_index")
+        yield {
+            "segment_type": types[g],
+            "segment": values[g],
+            "prior_strength": segments.strengths.numpy()[g],
+            **block,
+        }
+
+
+def _publish(
+    ctx: StageContext,
+    result: TrainResult,
+    manifest_path: Path,
+    manifest: dict,
+    segments: Segments | None,
+) -> None:
     """Stage phi and the rankings as Parquet (block by block), then append them with Spark."""
     spark, k = ctx.spark, ctx.config.publish
     phi_t = result.phi_t
     staging = resolve_path(ctx.workdir, f"{ctx.config.catalog.staging_dir}/{ctx.run_id}")
     fs, root = pafs.FileSystem.from_uri(staging)
+    concentration = (
+        segments.fit.title_credit + ctx.config.train.prior_strength if segments else None
+    )
     staged = {
         "phi": rankings.phi_blocks(phi_t, _PHI_BLOCK_JOBS),
         "skill_background": iter([rankings.background_columns(result.background)]),
-        "job_skill_rank": rankings.top_skills_per_job(phi_t, k.top_k, _RANK_BLOCK),
+        "job_skill_rank": rankings.top_skills_per_job(phi_t, k.top_k, _RANK_BLOCK, concentration),
         "skill_job_rank": rankings.top_jobs_per_skill(phi_t, k.top_k, _RANK_BLOCK),
         "job_neighbors": rankings.job_neighbors(phi_t, k.neighbors_k, _RANK_BLOCK),
         "skill_neighbors": rankings.skill_neighbors(phi_t, k.neighbors_k, _RANK_BLOCK),
+        "job_skill_rank_by_segment": _segment_blocks(
+            segments, ctx.config.train.segment_min_profiles, k.top_k
+        )
+        if segments
+        else iter([]),
     }
     try:
+        rows = {}
         for name, blocks in staged.items():
             with ctx.step(f"staged {name}"):
-                _write_blocks(fs, f"{root}/{name}", blocks)
+                rows[name] = _write_blocks(fs, f"{root}/{name}", blocks)
 
         def read(name: str) -> DataFrame:
             return spark.read.parquet(f"{staging}/{name}").withColumn("run_id", F.lit(ctx.run_id))
@@ -238,6 +348,11 @@ def _publish(ctx: StageContext, result: TrainResult, manifest_path: Path, manife
         skill_vocab = spark.read.parquet(*shard_files(vocabulary["skill_vocab"]))
         train_files = shard_files(manifest["splits"]["train"]["shards"])
         support = pair_support(spark.read.parquet(*train_files)).cache()
+        job_skill_rank = read("job_skill_rank")
+        if concentration is None:  # no posterior: the interval is unknown
+            job_skill_rank = job_skill_rank.withColumns(
+                {c: F.lit(None).cast("double") for c in ("probability_low", "probability_high")}
+            )
         outputs = {
             "training_history": spark.createDataFrame(
                 [Row(run_id=ctx.run_id, **vars(r)) for r in result.history]
@@ -246,11 +361,17 @@ def _publish(ctx: StageContext, result: TrainResult, manifest_path: Path, manife
             "skill_background": read("skill_background").join(
                 F.broadcast(skill_vocab.select("skill_id", "skill_name")), "skill_id"
             ),
-            "job_skill_rank": ranked_pairs(read("job_skill_rank"), support, job_vocab, skill_vocab),
+            "job_skill_rank": ranked_pairs(job_skill_rank, support, job_vocab, skill_vocab),
             "skill_job_rank": ranked_pairs(read("skill_job_rank"), support, job_vocab, skill_vocab),
             "job_neighbors": named_neighbors(read("job_neighbors"), job_vocab, "job"),
             "skill_neighbors": named_neighbors(read("skill_neighbors"), skill_vocab, "skill"),
         }
+        if rows["job_skill_rank_by_segment"]:
+            outputs["job_skill_rank_by_segment"] = (
+                read("job_skill_rank_by_segment")
+                .join(F.broadcast(job_vocab.select("job_id", "job_title")), "job_id")
+                .join(F.broadcast(skill_vocab.select("skill_id", "skill_name")), "skill_id")
+            )
         for key, df in outputs.items():
             with ctx.step(f"wrote {key}"):
                 conform(df, key).write.insertInto(ctx.table(key))
@@ -260,13 +381,13 @@ def _publish(ctx: StageContext, result: TrainResult, manifest_path: Path, manife
             fs.delete_dir(root)
 
 
-def _write_blocks(fs: pafs.FileSystem, path: str, blocks: Iterator[dict]) -> None:
-    """Write blocks of numpy columns as the Parquet files of one staged dataset.
+def _write_blocks(fs: pafs.FileSystem, path: str, blocks: Iterator[dict]) -> int:
+    """Write blocks of numpy columns as the Parquet files of one staged dataset; its rows.
 
     A new file starts every _STAGED_FILE_ROWS rows, so that Spark reads them in parallel.
     """
     fs.create_dir(path, recursive=True)
-    writer, rows, files = None, 0, 0
+    writer, rows, files, total = None, 0, 0, 0
     try:
         for block in blocks:
             table = pa.table(block)
@@ -281,9 +402,11 @@ def _write_blocks(fs: pafs.FileSystem, path: str, blocks: Iterator[dict]) -> Non
                 )
             writer.write_table(table)
             rows += table.num_rows
+            total += table.num_rows
     finally:
         if writer is not None:
             writer.close()
+    return total
 
 
 def _insert_run(ctx: StageContext, device: str, manifest: dict, manifest_text: str) -> None:

@@ -107,6 +107,8 @@ class GenerateConfig:
     generic_skills: int
     generic_rate: float
     generic_zipf: float
+    segment_skills: int
+    segment_skill_rate: float
     city_rate: float
     industry_rate: float
     missing_location_rate: float
@@ -143,6 +145,9 @@ class TrainConfig:
     prior_strength: float
     title_prior: Literal["neighbours", "words", "popularity"]
     word_prior_strength: float
+    segments: list[Literal["city", "industry"]]
+    segment_min_profiles: int
+    segment_prior_strengths: list[float]
 
 
 @dataclass(frozen=True)
@@ -406,6 +411,15 @@ def _validate(config: Config) -> None:
     for key in ("prior_strength", "word_prior_strength"):
         if not getattr(train, key) > 0:
             raise ConfigError(f"train.{key} must be > 0, got {getattr(train, key)}")
+    if len(set(train.segments)) != len(train.segments):
+        raise ConfigError(f"train.segments lists a column twice: {train.segments}")
+    strengths = train.segment_prior_strengths
+    if not strengths or not all(v > 0 for v in strengths):
+        raise ConfigError(f"train.segment_prior_strengths must list values > 0, got {strengths}")
+    if train.segment_min_profiles < 1:
+        raise ConfigError(
+            f"train.segment_min_profiles must be >= 1, got {train.segment_min_profiles}"
+        )
     if not train.l2 >= 0:
         raise ConfigError(f"train.l2 must be >= 0, got {train.l2}")
     if not config.evaluate.ks or min(config.evaluate.ks) < 1:

@@ -485,11 +485,7 @@ def planted_relevance(
     left out) and the sorted ids of every vocabulary skill generic in any row.
     """
     skill_index = {name: i for i, name in enumerate(skill_names)}
-    occupation_of = _occupation_of_title(
-        job_titles,
-        zip(truth_titles["title_key"], truth_titles["occupation_id"], strict=True),
-        title_lookup,
-    )
+    occupation_of = _planted_occupations(job_titles, truth_titles, title_lookup)
     wanted = set(relations)
     skills_of: dict[object, set[int]] = defaultdict(set)
     generic: set[int] = set()
@@ -512,6 +508,127 @@ def planted_relevance(
     # rankings, so it cannot count as relevant either.
     relevant = _relevant_sets(occupation_of, skills_of, generic)
     return relevant, np.asarray(sorted(generic), dtype=np.int64)
+
+
+def planted_segment_relevance(
+    job_titles: Sequence[str],
+    skill_names: Sequence[str],
+    truth_titles: Mapping[str, Sequence[object]],
+    truth_segments: Mapping[str, Sequence[object]],
+    title_lookup: Mapping[str, str | None],
+    skill_lookup: Mapping[str, str | None],
+    exclude: np.ndarray,
+) -> dict[tuple[str, str, int], np.ndarray]:
+    """(segment_type, segment, job id) -> sorted vocabulary ids of the skills the generator
+    planted for the title's occupation in that segment (truth/segment_skills.parquet: columns
+    segment_type, segment, occupation_id, skill_key), `exclude` (generic) ids left out;
+    titles are matched to occupations as in ``planted_relevance``."""
+    skill_index = {name: i for i, name in enumerate(skill_names)}
+    occupation_of = _planted_occupations(job_titles, truth_titles, title_lookup)
+    jobs_of: dict[object, list[int]] = defaultdict(list)
+    for job_id, occupation in occupation_of.items():
+        jobs_of[occupation].append(job_id)
+    planted: dict[tuple[str, str, int], set[int]] = defaultdict(set)
+    rows = zip(
+        truth_segments["segment_type"],
+        truth_segments["segment"],
+        truth_segments["occupation_id"],
+        truth_segments["skill_key"],
+        strict=True,
+    )
+    drop = set(np.asarray(exclude).tolist())
+    for segment_type, segment, occupation, key in rows:
+        sid = _vocabulary_id(key, skill_lookup, skill_index)
+        if sid is None or sid in drop:
+            continue
+        for job_id in jobs_of.get(occupation, ()):
+            planted[str(segment_type), str(segment), job_id].add(sid)
+    return {key: np.asarray(sorted(ids), dtype=np.int64) for key, ids in planted.items()}
+
+
+def planted_shares(
+    job_titles: Sequence[str],
+    skill_names: Sequence[str],
+    truth_titles: Mapping[str, Sequence[object]],
+    truth_skills: Mapping[str, Sequence[object]],
+    title_lookup: Mapping[str, str | None],
+    skill_lookup: Mapping[str, str | None],
+) -> dict[int, dict[int, float]]:
+    """job id -> skill id -> the planted counterpart of theta_j(s): the share of the skill
+    mentions of a position of the title's occupation that are s, p_os / sum_s' p_os', over the
+    occupation's rows of truth/occupation_skills.parquet (generic rows included) whose skill is
+    in the vocabulary; titles matched as in ``planted_relevance``."""
+    skill_index = {name: i for i, name in enumerate(skill_names)}
+    occupation_of = _planted_occupations(job_titles, truth_titles, title_lookup)
+    rates: dict[object, dict[int, float]] = defaultdict(dict)
+    rows = zip(
+        truth_skills["occupation_id"],
+        truth_skills["skill_key"],
+        truth_skills["probability"],
+        strict=True,
+    )
+    for occupation, key, probability in rows:
+        sid = _vocabulary_id(key, skill_lookup, skill_index)
+        if sid is not None:
+            rates[occupation][sid] = rates[occupation].get(sid, 0.0) + float(probability)
+    shares = {}
+    for occupation, rate in rates.items():
+        total = sum(rate.values())
+        shares[occupation] = {sid: p / total for sid, p in rate.items()}
+    return {j: shares[o] for j, o in occupation_of.items() if o in shares}
+
+
+def interval_coverage(
+    published: Mapping[int, Sequence[tuple[int, float, float]]],
+    shares: Mapping[int, Mapping[int, float]],
+    exclude: np.ndarray,
+) -> dict[int, float]:
+    """job id -> the share of its judged skills whose planted share (``planted_shares``)
+    lies inside the published interval. `published`: job id -> (skill id, probability_low,
+    probability_high) of its published rows; judged: the skills planted for the title's
+    occupation, `exclude` (generic) ids left out, that are published for it."""
+    drop = set(np.asarray(exclude).tolist())
+    out = {}
+    for job_id, rows in published.items():
+        planted = shares.get(job_id, {})
+        inside = [
+            low <= planted[sid] <= high
+            for sid, low, high in rows
+            if sid in planted and sid not in drop
+        ]
+        if inside:
+            out[job_id] = float(np.mean(inside))
+    return out
+
+
+def segment_truth_rows(
+    rankings: Mapping[str, Mapping[tuple[str, str, int], np.ndarray]],
+    relevant: Mapping[tuple[str, str, int], np.ndarray],
+    exclude: np.ndarray,
+    k: int,
+    label: str,
+    bootstrap: Bootstrap,
+) -> list[EvaluationRow]:
+    """Precision@k of each method's ranking of every (segment, title) pair against the skills
+    planted for that pair (``planted_segment_relevance``), metric "segment_precision", over the
+    pairs of `relevant` that every method ranks, as one segment `label` of unit "pairs".
+
+    `rankings`: method -> pair -> its ranked skill ids, best first; `exclude` ids are dropped
+    from every ranking first (generic skills)."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    drop = np.asarray(exclude, dtype=np.int64)
+    pairs = sorted(key for key in relevant if all(key in ranked for ranked in rankings.values()))
+    if not pairs:
+        return []
+    values = {}
+    for name, ranked in rankings.items():
+        hits = []
+        for pair in pairs:
+            top = ranked[pair][~np.isin(ranked[pair], drop)][:k]
+            hits.append(np.isin(top, relevant[pair]).sum() / k)
+        values[name] = {("segment_precision", k): np.asarray(hits, dtype=np.float64)}
+    return segment_rows(label, "pairs", len(pairs), values, bootstrap)
 
 
 def taxonomy_relevance(
@@ -705,6 +822,16 @@ def _vocabulary_id(
         return None
     name = lookup.get(key, key)
     return None if name is None else index.get(name)
+
+
+def _planted_occupations(
+    job_titles: Sequence[str],
+    truth_titles: Mapping[str, Sequence[object]],
+    title_lookup: Mapping[str, str | None],
+) -> dict[int, object]:
+    """Job id -> its occupation in truth/titles.parquet (columns title_key, occupation_id)."""
+    pairs = zip(truth_titles["title_key"], truth_titles["occupation_id"], strict=True)
+    return _occupation_of_title(job_titles, pairs, title_lookup)
 
 
 def _occupation_of_title(

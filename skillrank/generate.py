@@ -5,8 +5,9 @@ Three pure steps (the job ``jobs/generate.py`` does all reading and writing):
 - ``load_taxonomy()`` reads the subset in ``skillrank/taxonomy/`` (see its SOURCES.md).
 - ``plan_truth(taxonomy, ...)`` fixes the world for a seed: occupation popularity, the titles
   of each occupation, related occupations, and per occupation the inclusion probability of
-  every skill (its essential/optional/technology skills plus the generic skills). This is
-  the distribution the generator actually samples from, exported by ``truth_tables``.
+  every skill (its essential/optional/technology skills plus the generic skills), and the
+  city-specific skills planted per (city, occupation). This is the distribution the
+  generator actually samples from, exported by ``truth_tables``.
 - ``generate_shard(truth, params, shard_index, ...)`` writes the crawl lines of one shard
   from its own seed stream, so shards are independent and can run in parallel.
 
@@ -23,6 +24,7 @@ import io
 import json
 import random
 import re
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -120,6 +122,9 @@ class Truth:
     probabilities ``title_cum`` over the same range, related occupations likewise in
     ``related_*``, and ``skill_idx[o]`` with per-position inclusion probabilities
     ``skill_prob[o]`` (relation code index into RELATIONS or -1, generic flag alongside).
+    ``segment_idx[city][o]``: the skills a position of occupation o held by a person located
+    in that city (canonical code) also lists, each with probability ``segment_rate``; empty
+    when no city-specific skills are planted.
     """
 
     occupation_ids: list[str]
@@ -147,6 +152,8 @@ class Truth:
     generic_rate: list[float]
     generic_source: list[str]
     generic_breadth: list[float]
+    segment_idx: dict[str, list[np.ndarray]]
+    segment_rate: float
     companies: list[str]
     company_cum: list[float]
 
@@ -179,6 +186,9 @@ def plan_truth(
     generic_skills: int,
     generic_rate: float,
     generic_zipf: float,
+    segment_cities: list[str],
+    segment_skills: int,
+    segment_skill_rate: float,
     companies: int,
     company_zipf: float,
 ) -> Truth:
@@ -187,7 +197,9 @@ def plan_truth(
     Occupation popularity is Zipf over a seeded random order, times `focus_boost` for ISCO
     sub-major groups in `focus_isco_groups`. A position lists each skill of its occupation
     with probability rate(relation) x U(rate_jitter, 1), and generic skill k (by breadth)
-    with probability generic_rate / k**generic_zipf, independently.
+    with probability generic_rate / k**generic_zipf, independently. Each city of
+    `segment_cities` gets, per occupation, `segment_skills` skills the occupation neither
+    lists nor has as generic, listed with probability `segment_skill_rate` (``_plan_segments``).
     """
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
     occupations = taxonomy.occupations
@@ -347,16 +359,57 @@ def plan_truth(
         generic_rate=generic_rates,
         generic_source=generic_source,
         generic_breadth=generic_breadth,
+        segment_idx=_plan_segments(
+            seed, segment_cities, skill_idx, len(skill_keys), segment_skills
+        ),
+        segment_rate=segment_skill_rate,
         companies=company_names,
         company_cum=_cumulative(_zipf_weights(len(company_names), company_zipf)),
     )
 
 
+def _plan_segments(
+    seed: int, cities: list[str], listed: list[np.ndarray], n_skills: int, count: int
+) -> dict[str, list[np.ndarray]]:
+    """Per city, per occupation: `count` distinct skills among those the occupation does not list.
+
+    `listed[o]` holds occupation o's planted skills (its own and the generic ones). Each city
+    draws from its own seed stream, (seed, 2, crc32 of its code), so its skills depend on
+    neither the other cities configured nor plan_truth's stream; with `count` 0 nothing is drawn.
+    """
+    if count == 0:
+        return {}
+    fewest = n_skills - max(len(own) for own in listed)
+    if count > fewest:
+        raise ValueError(
+            f"generate.segment_skills ({count}) exceeds the {fewest} skills some occupation "
+            "does not list"
+        )
+    planted: dict[str, list[np.ndarray]] = {}
+    for city in sorted(set(cities)):
+        key = (2, zlib.crc32(city.encode()))
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
+        per_occupation = []
+        for own in listed:
+            excluded = set(own.tolist())
+            chosen: set[int] = set()
+            while len(chosen) < count:  # rejection: the excluded skills are few
+                for s in rng.integers(n_skills, size=count).tolist():
+                    if s not in excluded and len(chosen) < count:
+                        chosen.add(s)
+            per_occupation.append(np.array(sorted(chosen), dtype=np.int64))
+        planted[city] = per_occupation
+    return planted
+
+
 def truth_tables(truth: Truth) -> dict[str, dict[str, list[object]]]:
-    """The planted truth as column dicts: occupations, titles, occupation_skills, generic_skills.
+    """The planted truth as column dicts: occupations, titles, occupation_skills, generic_skills,
+    segment_skills.
 
     ``titles``: P(title | occupation). ``occupation_skills``: the probability that one
     position of the occupation lists the skill (what single-position profiles show).
+    ``segment_skills``: the city-specific skills on top of those, per (city, occupation);
+    every column present even when it has no rows.
     """
     n_occ = len(truth.occupation_ids)
     titles: dict[str, list[object]] = defaultdict(list)
@@ -382,6 +435,21 @@ def truth_tables(truth: Truth) -> dict[str, dict[str, list[object]]]:
             skills["relation"].append(RELATIONS[r] if r >= 0 else None)
             skills["is_generic"].append(g)
             skills["probability"].append(p)
+    segments: dict[str, list[object]] = {
+        name: []
+        for name in (
+            "segment_type", "segment", "occupation_id", "skill_key", "skill_label", "probability"
+        )
+    }  # fmt: skip
+    for city in sorted(truth.segment_idx):
+        for o, planted in enumerate(truth.segment_idx[city]):
+            for s in planted.tolist():
+                segments["segment_type"].append("city")
+                segments["segment"].append(city)
+                segments["occupation_id"].append(truth.occupation_ids[o])
+                segments["skill_key"].append(truth.skill_keys[s])
+                segments["skill_label"].append(truth.skills[s])
+                segments["probability"].append(truth.segment_rate)
     return {
         "occupations": {
             "occupation_id": list(truth.occupation_ids),
@@ -399,6 +467,7 @@ def truth_tables(truth: Truth) -> dict[str, dict[str, list[object]]]:
             "breadth": list(truth.generic_breadth),
             "rate": list(truth.generic_rate),
         },
+        "segment_skills": segments,
     }
 
 
@@ -501,8 +570,12 @@ def generate_shard(
     generated alone, in any order, with the same bytes. Lines come out in a seeded shuffle:
     every snapshot of a profile, duplicate copies and malformed lines, one JSON object each.
     """
-    np_seq, py_seq = np.random.SeedSequence(seed, spawn_key=(1, shard_index)).spawn(2)
-    gen = _ShardGenerator(truth, params, np.random.default_rng(np_seq), py_seq)
+    # spawn(3)'s first two children are spawn(2)'s: the third, for city-specific skills,
+    # leaves the streams of a crawl without them as they were.
+    np_seq, py_seq, segment_seq = np.random.SeedSequence(seed, spawn_key=(1, shard_index)).spawn(3)
+    gen = _ShardGenerator(
+        truth, params, np.random.default_rng(np_seq), py_seq, np.random.default_rng(segment_seq)
+    )
     for number in range(first_profile, first_profile + n_profiles):
         gen.add_profile(f"p-{number:07d}")
     gen.rnd.shuffle(gen.lines)
@@ -529,10 +602,12 @@ class _ShardGenerator:
         params: CrawlParams,
         rng: np.random.Generator,
         py_seq: np.random.SeedSequence,
+        segment_rng: np.random.Generator,
     ) -> None:
         self.truth = truth
         self.p = params
         self.rng = rng
+        self.segment_rng = segment_rng
         self.rnd = random.Random(int(py_seq.generate_state(1, dtype=np.uint64)[0]))
         self.lines: list[bytes] = []
         self.stats = ShardStats()
@@ -664,6 +739,8 @@ class _ShardGenerator:
         industry = self._choose(
             self.industry_codes, p.industry_rate, p.missing_industry_rate, len(p.other_industries)
         )
+        if isinstance(city, str) and city in t.segment_idx:
+            self._add_city_skills(t.segment_idx[city], list(held), source_of, order, spelled)
         self.stats.profiles += 1
         for i, (when, current) in enumerate(zip(crawled, snapshots, strict=True)):
             final = i == n_snapshots - 1
@@ -693,6 +770,29 @@ class _ShardGenerator:
             self._emit(record)
             if final:
                 self._count_final(current, skill_ids, city, industry)
+
+    def _add_city_skills(
+        self,
+        planted: list[np.ndarray],
+        occupations: list[int],
+        source_of: dict[int, set[int]],
+        order: list[int],
+        spelled: dict[int, str],
+    ) -> None:
+        """Draw the city's planted skills of each occupation held, as the occupation's own.
+
+        A skill drawn joins `source_of` under that occupation (so re-crawl snapshots treat it
+        like the others); one not listed yet also takes a random place in `order` and a spelling.
+        """
+        t, p = self.truth, self.p
+        for occ in occupations:
+            skills = planted[occ]
+            drawn = skills[self.segment_rng.random(len(skills)) < t.segment_rate]
+            for s in drawn.tolist():
+                if s not in source_of:
+                    order.insert(int(self.segment_rng.integers(len(order) + 1)), s)
+                    spelled[s] = self._variant(t.skills[s], p.skill_aliases.get(t.skill_keys[s]))
+                source_of.setdefault(s, set()).add(occ)
 
     def _choose(
         self, codes: list[str], rate: float, missing: float, n_other: int

@@ -141,6 +141,16 @@ def e_step(t: Triples, theta: Tensor, background: Tensor, lam: float) -> tuple[T
     return share.div_(p[t.entry]), p
 
 
+def profile_kl_sum(t: Triples, p: Tensor) -> float:
+    """Sum over the batch's profiles of KL(t || p): t uniform over the profile's listed
+    skills, p (E,) the predictive probability of each listed skill (``e_step``)."""
+    sizes = t.sizes.double()
+    mean_log_p = torch.zeros(sizes.numel(), dtype=torch.float64).index_add_(
+        0, t.profile, p.log().double()
+    )
+    return float((-sizes.log() - mean_log_p / sizes).sum())
+
+
 def accumulate(
     batches: Iterable[Batch],
     counts: Tensor,
@@ -162,11 +172,8 @@ def accumulate(
         t = batch_triples(batch, skills)
         credit, p = e_step(t, theta_at(counts, totals, prior, alpha, t), background, lam)
         new.index_add_(0, t.flat, credit)
-        log_p = p.log().double()
-        log_likelihood += float(log_p.sum())
-        mean_log_p = torch.zeros(batch.size, dtype=torch.float64).index_add_(0, t.profile, log_p)
-        sizes = t.sizes.double()
-        kl_sum += float((-sizes.log() - mean_log_p / sizes).sum())
+        log_likelihood += float(p.log().double().sum())
+        kl_sum += profile_kl_sum(t, p)
         profiles += batch.size
     return EStep(new.view(jobs, skills), log_likelihood, kl_sum, profiles)
 

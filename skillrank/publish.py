@@ -17,6 +17,7 @@ RUN_TABLES = (
     "phi",
     "skill_background",
     "job_skill_rank",
+    "job_skill_rank_by_segment",
     "skill_job_rank",
     "job_neighbors",
     "skill_neighbors",

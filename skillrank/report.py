@@ -355,6 +355,66 @@ def map_figure(
     return Figure(key, title, caption, _save(fig, out_dir, key))
 
 
+def segment_pair(
+    pairs: Sequence[tuple[str, str, str, int]],
+) -> tuple[str, str, str, str] | None:
+    """The title and two segments of one type to show side by side: among (segment_type,
+    segment, job_title, profiles) rows, the title whose second best-supported segment of a
+    type has the most profiles (ties: the lower title by name). Returns (segment_type,
+    job_title, first segment, second segment), or None when no title has two segments."""
+    grouped: dict[tuple[str, str], list[tuple[int, str]]] = {}
+    for segment_type, segment, title, profiles in pairs:
+        grouped.setdefault((segment_type, title), []).append((profiles, segment))
+    best: tuple[int, str, str, str, str] | None = None
+    for (segment_type, title), members in sorted(grouped.items()):
+        if len(members) < 2:
+            continue
+        (_, first), (second_profiles, second) = sorted(members, key=lambda m: (-m[0], m[1]))[:2]
+        if best is None or second_profiles > best[0]:
+            best = (second_profiles, segment_type, title, first, second)
+    return None if best is None else best[1:]
+
+
+def segment_figure(
+    out_dir: Path,
+    job_title: str,
+    panels: Sequence[tuple[str, Sequence[Mapping[str, object]]]],
+) -> Figure:
+    """SkillRank of one title in two (or more) segments, side by side: each panel's rows
+    (rank order: skill_name, probability, probability_low, probability_high, lift, profiles)
+    as bars with their intervals; a dark bar is a skill the segment needs more than the title
+    overall with the interval's lower end above the pooled probability."""
+    if not panels or any(not rows for _, rows in panels):
+        raise ValueError("every panel needs rows")
+    key = "fig8_segments"
+    fig = MplFigure(figsize=(5.6 * len(panels), 4.6), layout="constrained")
+    fig.suptitle(job_title)
+    axes = fig.subplots(1, len(panels), sharex=True)
+    for ax, (segment, rows) in zip(np.atleast_1d(axes), panels, strict=True):
+        p = np.array([_number(r, "probability") for r in rows])
+        low = np.array([_number(r, "probability_low") for r in rows])
+        high = np.array([_number(r, "probability_high") for r in rows])
+        pooled = p / np.array([_number(r, "lift") for r in rows])
+        distinct = low > pooled
+        y = np.arange(len(rows))[::-1]
+        ax.barh(y, p, color=np.where(distinct, "#1f3b73", "#a6b8db"))
+        ax.errorbar(p, y, xerr=[p - low, high - p], fmt="none", ecolor="black", lw=0.8)
+        ax.scatter(pooled, y, marker="|", color="#d95f02", s=60, zorder=3)
+        ax.set_yticks(y, [_shorten(str(r["skill_name"]), LABEL_CHARS) for r in rows], fontsize=8)
+        ax.set_title(f"{segment} ({_number(rows[0], 'profiles'):,.0f} training profiles)")
+        ax.set_xlabel("probability within the segment")
+        ax.grid(axis="x", alpha=0.2)
+    caption = (
+        f"The top {len(panels[0][1])} skills of '{job_title}' in "
+        + " and in ".join(segment for segment, _ in panels)
+        + ", with 90% intervals (black); orange ticks: the title's pooled probability. Dark"
+        " bars: skills the segment needs more than the title overall, the interval's lower"
+        " end above the pooled probability (view distinctive_skills)."
+    )
+    title = f"Fig 8: '{job_title}' in two segments"
+    return Figure(key, title, caption, _save(fig, out_dir, key))
+
+
 def evaluation_figure(out_dir: Path, rows: Sequence[Mapping[str, object]]) -> Figure:
     """The evaluation table as bars: one subplot per metric over k, one bar per method.
 

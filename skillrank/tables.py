@@ -62,6 +62,21 @@ _SUPPORT = _col(
     "training profiles holding both the job and the skill; higher is better supported",
     False,
 )
+_INTERVAL = (
+    _col(
+        "probability_low",
+        DoubleType(),
+        "lower end of the 90% interval of probability: the 5th percentile of its posterior,"
+        " Beta(A p, A (1 - p)) with A the row's credit plus its prior pseudo-counts"
+        " (docs/trainer.md); null for train.model=softmax, which has no posterior",
+    ),
+    _col(
+        "probability_high",
+        DoubleType(),
+        "upper end of the 90% interval of probability (the 95th percentile); null for"
+        " train.model=softmax",
+    ),
+)
 _RANK_CHECKS = (
     ("rank_from_1", "rank >= 1"),
     ("probability_in_0_1", "probability >= 0 AND probability <= 1"),
@@ -364,7 +379,77 @@ SPECS: dict[str, TableSpec] = {
                         " higher is stronger (sums to 1 over all skills of a job)",
                         False,
                     ),
+                    *_INTERVAL,
                     _SUPPORT,
+                ]
+            ),
+            checks=_RANK_CHECKS,
+        ),
+        TableSpec(
+            "job_skill_rank_by_segment",
+            "train",
+            "SkillRank within one city or one industry: the top publish.top_k skills of a job"
+            " title among the training profiles of the segment, its row shrunk toward the"
+            " pooled one (prior_strength); only (segment, job) pairs held by at"
+            " least train.segment_min_profiles training profiles; train.model=mixture only.",
+            StructType(
+                [
+                    _RUN_ID,
+                    _col("segment_type", StringType(), "city or industry", False),
+                    _col(
+                        "segment",
+                        StringType(),
+                        "canonical city or industry code (as profiles.city, profiles.industry)",
+                        False,
+                    ),
+                    _col("job_id", IntegerType(), "job title id", False),
+                    _col("job_title", StringType(), "job title", False),
+                    _col(
+                        "rank", IntegerType(), "1 = the job's strongest skill in the segment", False
+                    ),
+                    _col("skill_id", IntegerType(), "skill id", False),
+                    _col("skill_name", StringType(), "skill", False),
+                    _col(
+                        "weight",
+                        FloatType(),
+                        "log of probability; higher is stronger",
+                        False,
+                    ),
+                    _col(
+                        "probability",
+                        DoubleType(),
+                        "the skill's probability in the job's skill distribution within the"
+                        " segment (sums to 1 over all skills of a (segment, job) row)",
+                        False,
+                    ),
+                    *_INTERVAL,
+                    _col(
+                        "lift",
+                        DoubleType(),
+                        "probability / the pooled probability of the same (job, skill): > 1"
+                        " when the segment needs the skill more than the job does overall",
+                        False,
+                    ),
+                    _col(
+                        "support",
+                        LongType(),
+                        "training profiles of the segment holding both the job and the skill",
+                        False,
+                    ),
+                    _col(
+                        "profiles",
+                        LongType(),
+                        "training profiles of the segment holding the job",
+                        False,
+                    ),
+                    _col(
+                        "prior_strength",
+                        DoubleType(),
+                        "strength (pseudo-counts) of the pooled row as the prior of the"
+                        " segment's: chosen per segment type among"
+                        " train.segment_prior_strengths by the validation profiles' KL",
+                        False,
+                    ),
                 ]
             ),
             checks=_RANK_CHECKS,

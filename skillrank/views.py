@@ -31,6 +31,11 @@ class View:
 
 _RUN = ("run_id", "train run the row comes from (runs.run_id): the latest succeeded one")
 _PROBABILITY_JOB = "job2vec entry: softmax of the job's phi column over all skills"
+_LOW = (
+    "probability_low",
+    "lower end of the 90% interval of probability (null for train.model=softmax)",
+)
+_HIGH = ("probability_high", "upper end of the 90% interval of probability")
 
 VIEWS = (
     View(
@@ -43,11 +48,68 @@ VIEWS = (
             ("skill_name", "skill"),
             ("weight", "phi[skill, job]; higher is stronger"),
             ("probability", _PROBABILITY_JOB + "; higher is stronger"),
+            _LOW,
+            _HIGH,
             ("support", "training profiles holding both the job and the skill"),
             _RUN,
         ),
-        "SELECT job_title, rank, skill_name, weight, probability, support, run_id"
-        " FROM {job_skill_rank} WHERE run_id = {latest}",
+        "SELECT job_title, rank, skill_name, weight, probability, probability_low,"
+        " probability_high, support, run_id FROM {job_skill_rank} WHERE run_id = {latest}",
+    ),
+    View(
+        "skills_for_job_in",
+        "SkillRank within one city or one industry, latest run: the top publish.top_k skills"
+        " of a job title among the segment's profiles, shrunk toward the pooled ranking"
+        " (skills_for_job) where the segment has few profiles of the job. Filter: WHERE"
+        " job_title = '...' AND segment = '...' ORDER BY rank.",
+        (
+            ("job_title", "job title"),
+            ("segment_type", "city or industry"),
+            ("segment", "canonical city or industry code (as profiles.city, profiles.industry)"),
+            ("rank", "1 = the job's strongest skill in the segment"),
+            ("skill_name", "skill"),
+            ("probability", "the skill's probability for the job within the segment"),
+            _LOW,
+            _HIGH,
+            ("lift", "probability / the pooled probability: > 1 means more in this segment"),
+            ("support", "training profiles of the segment holding both the job and the skill"),
+            ("profiles", "training profiles of the segment holding the job"),
+            _RUN,
+        ),
+        "SELECT job_title, segment_type, segment, rank, skill_name, probability,"
+        " probability_low, probability_high, lift, support, profiles, run_id"
+        " FROM {job_skill_rank_by_segment} WHERE run_id = {latest}",
+    ),
+    View(
+        "distinctive_skills",
+        "The skills a segment (city or industry) needs more than the job does overall, latest"
+        " run: rows of skills_for_job_in with lift > 1, the surest first when ordered by"
+        " confident DESC, lift DESC. Filter: WHERE job_title = '...' AND segment = '...'"
+        " AND support >= 5 ORDER BY confident DESC, lift DESC.",
+        (
+            ("job_title", "job title"),
+            ("segment_type", "city or industry"),
+            ("segment", "canonical city or industry code"),
+            ("skill_name", "skill"),
+            ("rank", "the skill's rank for the job within the segment"),
+            ("probability", "the skill's probability for the job within the segment"),
+            _LOW,
+            _HIGH,
+            ("pooled_probability", "the skill's probability for the job over all profiles"),
+            ("lift", "probability / pooled_probability (> 1)"),
+            (
+                "confident",
+                "true when probability_low > pooled_probability: the segment's excess is"
+                " unlikely to be sampling noise",
+            ),
+            ("support", "training profiles of the segment holding both the job and the skill"),
+            ("profiles", "training profiles of the segment holding the job"),
+            _RUN,
+        ),
+        "SELECT job_title, segment_type, segment, skill_name, rank, probability,"
+        " probability_low, probability_high, probability / lift AS pooled_probability, lift,"
+        " probability_low > probability / lift AS confident, support, profiles, run_id"
+        " FROM {job_skill_rank_by_segment} WHERE run_id = {latest} AND lift > 1",
     ),
     View(
         "jobs_for_skill",

@@ -183,12 +183,20 @@ GENERIC = "microsoft excel"
 EVALUATE = ("--conf", "evaluate.title_k=3", "--conf", "evaluate.title_buckets=[170, 181, 189]")
 
 
+# Listed by every nurse in Seattle (PLACES[0]) and by no one else.
+CITY_SKILL = ("nurse", "ultrasound")
+
+
 def spread_crawl(count: int, seed: int) -> list[dict[str, Any]]:
-    """planted_crawl, spread over two cities and two industries."""
+    """planted_crawl, spread over two cities and two industries; CITY_SKILL planted."""
     records = planted_crawl(count, seed)
+    title, skill = CITY_SKILL
     for i, record in enumerate(records):
         record["location"] = PLACES[i % 2][0]
         record["industry"] = INDUSTRIES[(i // 2) % 2][0]
+        held = {p["title"].lower() for p in record["positions"]}
+        if i % 2 == 0 and title in held:
+            record["skills"] = sorted([*record["skills"], skill])
     return records
 
 

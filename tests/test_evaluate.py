@@ -21,10 +21,14 @@ from skillrank.evaluate import (
     Method,
     baseline_methods,
     count_cooccurrences,
+    interval_coverage,
     model_method,
     planted_relevance,
+    planted_segment_relevance,
+    planted_shares,
     profile_metrics,
     segment_rows,
+    segment_truth_rows,
     taxonomy_relevance,
     title_buckets,
     title_rows,
@@ -418,6 +422,82 @@ def test_planted_relevance_maps_truth_onto_vocabulary() -> None:
         relations=("essential", "optional"),
     )
     assert {j: ids.tolist() for j, ids in wider.items()} == {0: [0, 1, 4], 1: [3]}
+
+
+def test_interval_coverage_judges_planted_shares_of_non_generic_skills() -> None:
+    job_titles = ["nurse", "chef"]
+    skill_names = ["triage", "ultrasound", "teamwork", "grilling"]
+    truth_titles = {"title_key": ["nurse", "chef"], "occupation_id": ["N", "C"]}
+    truth_skills = {  # nurse rates 0.6, 0.2, 0.2 (generic): shares 0.6, 0.2, 0.2
+        "occupation_id": ["N", "N", "N", "N", "C"],
+        "skill_key": ["triage", "ultrasound", "teamwork", "laser surgery", "grilling"],
+        "probability": [0.6, 0.2, 0.2, 0.5, 0.4],
+    }
+    shares = planted_shares(job_titles, skill_names, truth_titles, truth_skills, {}, {})
+    assert shares[0] == pytest.approx({0: 0.6, 1: 0.2, 2: 0.2})
+    assert shares[1] == pytest.approx({3: 1.0})
+    published = {
+        0: [(0, 0.5, 0.7), (1, 0.25, 0.3), (2, 0.0, 0.1), (3, 0.0, 1.0)],  # 1 of 2 judged in
+        1: [(3, 0.9, 1.0)],  # in
+    }
+    covered = interval_coverage(published, shares, np.array([2]))
+    assert covered == {0: 0.5, 1: 1.0}
+
+
+def test_planted_segment_skills_are_scored_per_segment_and_title() -> None:
+    job_titles = ["nurse", "registered nurse", "chef"]
+    skill_names = ["triage", "ultrasound", "sushi", "teamwork", "grilling"]
+    truth_titles = {
+        "title_key": ["nurse", "registered nurse", "chef"],
+        "occupation_id": ["N", "N", "C"],
+    }
+    rows = [  # segment, occupation, skill_key
+        ("SEATTLE", "N", "ultrasound"),
+        ("SEATTLE", "N", "teamwork"),  # generic: left out
+        ("SEATTLE", "N", "laser surgery"),  # not in the vocabulary
+        ("MUMBAI", "C", "sushi"),
+        ("MUMBAI", "C", "grilling"),
+    ]
+    truth_segments = {
+        "segment_type": ["city"] * len(rows),
+        "segment": [r[0] for r in rows],
+        "occupation_id": [r[1] for r in rows],
+        "skill_key": [r[2] for r in rows],
+    }
+    generic = np.array([3])
+    planted = planted_segment_relevance(
+        job_titles, skill_names, truth_titles, truth_segments, {}, {}, generic
+    )
+    assert {key: ids.tolist() for key, ids in planted.items()} == {
+        ("city", "SEATTLE", 0): [1],
+        ("city", "SEATTLE", 1): [1],
+        ("city", "MUMBAI", 2): [2, 4],
+    }
+    rankings = {  # k = 2, after dropping the generic skill 3
+        "model": {
+            ("city", "SEATTLE", 0): np.array([3, 1, 0, 2]),  # ultrasound 1st: 1/2
+            ("city", "SEATTLE", 1): np.array([0, 2, 1, 4]),  # 3rd: 0
+            ("city", "MUMBAI", 2): np.array([4, 2, 0, 1]),  # both: 2/2
+        },
+        "pooled": {
+            ("city", "SEATTLE", 0): np.array([0, 3, 2, 1]),
+            ("city", "SEATTLE", 1): np.array([0, 2, 1, 4]),
+            ("city", "MUMBAI", 2): np.array([4, 0, 2, 1]),
+            # a pair only one method ranks is not judged
+            ("city", "MUMBAI", 0): np.array([0, 1, 2, 4]),
+        },
+    }
+    out = segment_truth_rows(
+        rankings, planted, generic, 2, "segment_jobs", Bootstrap(200, 1, (("model", "pooled"),))
+    )
+    values = {(r.method, r.metric): r for r in out}
+    assert values["model", "pairs"].value == 3
+    assert values["model", "segment_precision"].value == pytest.approx((0.5 + 0 + 1) / 3)
+    assert values["pooled", "segment_precision"].value == pytest.approx((0 + 0 + 0.5) / 3)
+    difference = values["model - pooled", "segment_precision"]
+    assert difference.value == pytest.approx(1.0 / 3)
+    assert difference.ci_low <= difference.value <= difference.ci_high
+    assert {r.segment for r in out} == {"segment_jobs"}
 
 
 def occupation(occupation_id: str, label: str, onet_code: str) -> dict[str, str]:

@@ -10,7 +10,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from skillrank.evaluate import BASELINES
-from tests.conftest import EVALUATE, GENERIC, PLANTED, SETTINGS, Evaluated, Pipeline
+from tests.conftest import CITY_SKILL, EVALUATE, GENERIC, PLANTED, SETTINGS, Evaluated, Pipeline
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,8 @@ def test_model_kl_is_the_test_loss_and_every_method_is_scored(
     # Recall@k cannot fall as k grows.
     recalls = [values[("model", "recall", k, "all")] for k in (5, 10, 20, 50)]
     assert recalls == sorted(recalls)
-    # Every title's profile holds at most 4 skills out of 13: recall@5 finds most of them.
+    # A title's profiles list its 3 planted skills, Excel and in Seattle the nurses' own skill
+    # (14 in all): recall@5 finds most of them.
     assert values[("model", "recall", 5, "all")] > 0.8
 
 
@@ -122,7 +123,7 @@ def test_every_mean_has_an_interval_and_the_model_a_difference_per_baseline(
     assert methods == {"model", "softmax", *BASELINES}
     assert {r.method for r in rows} - methods == {f"model - {b}" for b in BASELINES}
     for r in rows:
-        if r.metric in ("profiles", "titles"):
+        if r.metric in ("profiles", "titles", "coverage_titles"):
             assert (r.ci_low, r.ci_high) == (None, None), r
         elif r.method in methods:
             assert r.ci_low is not None and r.ci_high is not None, r
@@ -134,6 +135,10 @@ def test_every_mean_has_an_interval_and_the_model_a_difference_per_baseline(
             other = index[baseline, r.metric, r.k, r.segment].value
             assert r.value == pytest.approx(model - other, abs=1e-12), r
             assert r.ci_low is not None and r.ci_high is not None and r.ci_low <= r.ci_high, r
+    # The mixture's intervals are judged on every planted title, the softmax's (none) not.
+    assert index["model", "coverage_titles", None, "titles"].value == len(PLANTED)
+    assert 0.0 <= index["model", "interval_coverage", None, "titles"].value <= 1.0
+    assert not any(r.metric == "interval_coverage" and r.method != "model" for r in rows)
     # The model finds the planted skills, popularity ranks the same skills for everyone.
     better = index["model - popularity", "planted_precision", 3, "titles"]
     assert better.value > 0 and better.ci_low > 0, better
@@ -166,7 +171,7 @@ def test_report_writes_every_figure_and_the_coclusters(
     page = (directory / "report.html").read_text(encoding="utf-8")
     pngs = sorted(re.findall(r'href="([\w.]+\.png)"', page))
     assert [p.removesuffix(".png").split("_")[0] for p in pngs] == [
-        *("evaluation", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7")
+        *("evaluation", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "fig8")
     ]
     for png in pngs:
         assert (directory / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
@@ -174,7 +179,7 @@ def test_report_writes_every_figure_and_the_coclusters(
     members = evaluated.table("coclusters").collect()
     assert sorted((r.kind, r.item_name) for r in members) == sorted(
         [("job", t) for t in PLANTED]
-        + [("skill", s) for s in {*sum(PLANTED.values(), []), GENERIC}]
+        + [("skill", s) for s in {*sum(PLANTED.values(), []), GENERIC, CITY_SKILL[1]}]
     )
     assert {r.cocluster for r in members} == {0, 1}
     # A rerun replaces the report and the run's memberships.

@@ -10,11 +10,12 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import SparkSession
 
-from jobs._cli import StageContext, StageError, StageResult
+from jobs._cli import StageContext, StageError, StageResult, parse_stage_args
 from jobs.generate import STAGE, build_truth, check, crawl_params
 from skillrank.config import Config, ConfigError, load_aliases
 from skillrank.generate import (
@@ -163,12 +164,8 @@ def test_profiles_look_like_the_crawl_format(
 
 
 def _run_stage(spark: SparkSession, config: Config, output: Path, **knobs: object) -> StageResult:
-    small = dataclasses.replace(
-        config,
-        generate=dataclasses.replace(
-            config.generate, profiles=2000, shards=3, malformed_rate=0.05, **knobs
-        ),
-    )
+    knobs = {"profiles": 2000, "shards": 3, "malformed_rate": 0.05, **knobs}
+    small = dataclasses.replace(config, generate=dataclasses.replace(config.generate, **knobs))
     args = argparse.Namespace(output=str(output))
     ctx = StageContext(spark, small, output.parent, "generate-test", args)
     return STAGE.run(ctx)
@@ -235,11 +232,18 @@ def test_check_rejects_impossible_settings(config: Config) -> None:
         ({"same_occupation_rate": 0.9, "switch_rate": 0.2}, "switch_rate must be <= 1"),
         ({"recrawl_gap_days": [10, 5]}, "recrawl_gap_days"),
         ({"crawl_start": "next monday"}, "crawl_start"),
+        ({"segment_skills": -1}, "'generate.segment_skills' must be >= 0"),
+        ({"segment_skill_rate": 1.5}, r"'generate.segment_skill_rate' must be in \[0, 1\]"),
     ):
         bad = dataclasses.replace(config, generate=dataclasses.replace(config.generate, **knobs))
         with pytest.raises(ConfigError, match=message):
             check(args, bad)
     check(args, config)
+    # The command line refuses them too, before any Spark work.
+    for override in ("generate.segment_skills=-1", "generate.segment_skill_rate=1.5"):
+        key = override.partition("=")[0]
+        with pytest.raises(ConfigError, match=f"'{key}' must be"):
+            parse_stage_args([STAGE], ["--conf", override])
 
 
 def test_rerun_with_same_parameters_is_a_no_op(
@@ -302,3 +306,117 @@ def test_truth_files_describe_the_sampled_world(crawl: Path) -> None:
         o for o, g in zip(skills["occupation_id"], skills["is_generic"], strict=True) if g
     )
     assert set(generic_rows.values()) == {len(generic_keys)}
+    # No city-specific skills by default, but the table is there, typed.
+    segments = pq.read_table(crawl / "truth" / "segment_skills.parquet")
+    assert segments.num_rows == 0
+    assert segments.schema.names == [
+        "segment_type", "segment", "occupation_id", "skill_key", "skill_label", "probability"
+    ]  # fmt: skip
+    assert set(segments.schema.types) == {pa.string(), pa.float64()}
+    assert segments.schema.field("probability").type == pa.float64()
+
+
+SEGMENT_SKILLS = 2
+
+
+@pytest.fixture(scope="module")
+def segment_crawl(
+    spark: SparkSession, config: Config, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A small crawl with two city-specific skills per (city, occupation), no malformed lines."""
+    output = tmp_path_factory.mktemp("segments") / "crawl"
+    _run_stage(spark, config, output, segment_skills=SEGMENT_SKILLS, malformed_rate=0.0)
+    return output
+
+
+def test_segment_skills_are_planted_outside_each_occupations_own(
+    config: Config, segment_crawl: Path
+) -> None:
+    truth = segment_crawl / "truth"
+    rows = pq.read_table(truth / "segment_skills.parquet").to_pydict()
+    skills = pq.read_table(truth / "occupation_skills.parquet").to_pydict()
+    generic = set(pq.read_table(truth / "generic_skills.parquet").column("skill_key").to_pylist())
+    occupations = pq.read_table(truth / "occupations.parquet").column("occupation_id").to_pylist()
+    cities = config.prepare.cities
+
+    assert len(rows["skill_key"]) == len(cities) * len(occupations) * SEGMENT_SKILLS
+    per_pair = Counter(zip(rows["segment"], rows["occupation_id"], strict=True))
+    assert set(per_pair) == {(c, o) for c in cities for o in occupations}
+    distinct = set(zip(rows["segment"], rows["occupation_id"], rows["skill_key"], strict=True))
+    assert len(distinct) == len(rows["skill_key"]), "a skill planted twice for one pair"
+    assert set(rows["segment_type"]) == {"city"}
+    assert set(rows["probability"]) == {config.generate.segment_skill_rate}
+    labels = zip(rows["skill_key"], rows["skill_label"], strict=True)
+    assert all(key == normalize_label(label) for key, label in labels)
+
+    related = set(zip(skills["occupation_id"], skills["skill_key"], strict=True))
+    clashes = [
+        (occ, key)
+        for occ, key in zip(rows["occupation_id"], rows["skill_key"], strict=True)
+        if (occ, key) in related or key in generic
+    ]
+    assert not clashes, f"planted skills the occupation already has: {clashes[:5]}"
+    # Each city draws its own: an occupation's skill rarely recurs in another city.
+    cities_of = Counter(zip(rows["occupation_id"], rows["skill_key"], strict=True))
+    shared = sum(1 for n in cities_of.values() if n > 1)
+    assert shared < 0.01 * len(cities_of), f"{shared} of {len(cities_of)} skills in >1 city"
+
+    # Fixed by the seed alone: a truth planned for another shard count has the same rows.
+    other = dataclasses.replace(
+        config,
+        generate=dataclasses.replace(
+            config.generate, segment_skills=SEGMENT_SKILLS, shards=7, profiles=70
+        ),
+    )
+    assert truth_tables(build_truth(other))["segment_skills"] == rows
+
+
+def test_city_skills_show_up_in_that_city_only(config: Config, segment_crawl: Path) -> None:
+    truth = segment_crawl / "truth"
+    titles = pq.read_table(truth / "titles.parquet").to_pydict()
+    occupations_of: dict[str, set[str]] = defaultdict(set)
+    for key, occ in zip(titles["title_key"], titles["occupation_id"], strict=True):
+        occupations_of[key].add(occ)
+    rows = pq.read_table(truth / "segment_skills.parquet").to_pydict()
+    planted: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for city, occ, key in zip(
+        rows["segment"], rows["occupation_id"], rows["skill_key"], strict=True
+    ):
+        planted[city, occ].append(key)
+
+    aliases = load_aliases(config)
+    title_of, skill_of = _canonical(aliases["titles"]), _canonical(aliases["skills"])
+    city_of = {normalize_label(s): c for c in config.prepare.cities for s in aliases["cities"][c]}
+    latest: dict[str, dict] = {}  # each profile's final snapshot, whose skills are all there
+    for path in sorted(segment_crawl.glob("crawl-*.jsonl.gz")):
+        for record in _profiles(gzip.decompress(path.read_bytes()).splitlines()):
+            seen = latest.get(record["profile_id"])
+            if seen is None or record["crawled_at"] > seen["crawled_at"]:
+                latest[record["profile_id"]] = record
+
+    # Per (profile, occupation held, target city, planted skill): listed or not, split by
+    # whether the profile is located in that city.
+    listed = {True: [0, 0], False: [0, 0]}
+    for record in latest.values():
+        city = city_of.get(normalize_label(record["location"] or ""))
+        keys = {skill_of.get(k, k) for k in map(normalize_label, record["skills"])}
+        held: set[str] = set()
+        for position in record["positions"]:
+            title = normalize_label(position["title"])
+            owners = occupations_of[title_of.get(title, title)]
+            if len(owners) == 1:  # a title shared by occupations does not say which one
+                held |= owners
+        for occ in held:
+            for target in config.prepare.cities:
+                tally = listed[target == city]
+                for key in planted[target, occ]:
+                    tally[0] += key in keys
+                    tally[1] += 1
+    (inside, n_inside), (outside, n_outside) = listed[True], listed[False]
+    assert n_inside > 2000 and n_outside > 10000, (n_inside, n_outside)
+    rate, stray = inside / n_inside, outside / n_outside
+    print("segment skill rate in its city", rate, n_inside, "elsewhere", stray, n_outside)
+    # Planted at 0.4 per occupation held: recovered within sampling error; elsewhere only
+    # by coincidence (the skill is another held occupation's own).
+    assert abs(rate - config.generate.segment_skill_rate) < 0.04, (rate, n_inside)
+    assert stray < 0.01, (stray, n_outside)

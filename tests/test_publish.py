@@ -20,7 +20,10 @@ from skillrank.config import Config, load_config
 from skillrank.mixture import train_mixture
 from skillrank.publish import RUN_TABLES
 from skillrank.views import declare_views, view_statements
-from tests.conftest import PLANTED, SETTINGS, Evaluated, Pipeline
+from tests.conftest import CITY_SKILL, GENERIC, PLANTED, SETTINGS, Evaluated, Pipeline
+
+# The crawl's skills: the planted ones, the generic one and the city's own.
+SKILLS = len({s for skills in PLANTED.values() for s in skills} | {GENERIC, CITY_SKILL[1]})
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +36,7 @@ def published(evaluated_runs: Evaluated) -> Evaluated:
 def test_runs_and_history_describe_the_training(published: Evaluated) -> None:
     run = published.run(published.mixture)
     assert run.status == "succeeded" and run.error is None and run.ended_at >= run.started_at
-    assert (run.jobs, run.skills) == (4, 13)
+    assert (run.jobs, run.skills) == (4, SKILLS)
     manifest = published.pipeline.workdir / "shards" / "manifest.json"
     assert run.input_manifest == manifest.read_text()
     assert run.model == "mixture" and run.hyperparameters["prior_strength"] == str(
@@ -65,10 +68,10 @@ def _overrides(*more: str) -> list[str]:
 def _published_arrays(p: Pipeline, run_id: str) -> tuple[np.ndarray, np.ndarray]:
     """phi_t (J x S) and the background (S,) of a run, from the tables `phi` and
     `skill_background`."""
-    phi_t = np.full((4, 13), np.nan, dtype=np.float32)
+    phi_t = np.full((4, SKILLS), np.nan, dtype=np.float32)
     for row in p.table("phi").where(F.col("run_id") == run_id).collect():
         phi_t[row.job_id, row.skill_id] = row.weight
-    background = np.full(13, np.nan, dtype=np.float32)
+    background = np.full(SKILLS, np.nan, dtype=np.float32)
     for row in p.table("skill_background").where(F.col("run_id") == run_id).collect():
         background[row.skill_id] = row.weight
     return phi_t, background
@@ -93,7 +96,7 @@ def test_phi_and_background_tables_hold_the_fits_own_values(
     np.testing.assert_allclose(np.exp(phi_t.astype(np.float64)).sum(axis=1), 1.0, rtol=1e-5)
     rows = published.rows("skill_background", run.run_id)
     probability = {r.skill_id: r.probability for r in rows}
-    np.testing.assert_allclose([probability[s] for s in range(13)], np.exp(background), 1e-6)
+    np.testing.assert_allclose([probability[s] for s in range(SKILLS)], np.exp(background), 1e-6)
 
 
 def test_the_softmax_family_publishes_its_best_epoch_and_bias(published: Evaluated) -> None:
@@ -121,12 +124,12 @@ def test_skillrank_finds_the_planted_skills_and_agrees_with_phi(published: Evalu
     assert sorted(by_job) == sorted(PLANTED)
     for title, rows in by_job.items():
         rows.sort(key=lambda r: r.rank)
-        assert [r.rank for r in rows] == list(range(1, 14)), title  # top_k 100 > 13 skills
+        assert [r.rank for r in rows] == list(range(1, SKILLS + 1)), title  # top_k 100 > SKILLS
         weights = [r.weight for r in rows]
         assert weights == sorted(weights, reverse=True), title
         assert all(phi[(r.job_id, r.skill_id)] == r.weight for r in rows)
         assert {r.skill_name for r in rows[:3]} == set(PLANTED[title]), title
-        # job2vec: softmax of the job's column of phi over all 13 skills.
+        # job2vec: softmax of the job's column of phi over all SKILLS skills.
         expected = np.exp(np.array(weights, dtype=np.float64))
         expected /= expected.sum()
         np.testing.assert_allclose([r.probability for r in rows], expected, rtol=1e-9)
@@ -166,7 +169,7 @@ def test_support_matches_a_count_over_training_profiles(published: Evaluated) ->
 
 
 def test_neighbors_are_the_most_cosine_similar_vectors(published: Evaluated) -> None:
-    phi_t = np.zeros((4, 13))
+    phi_t = np.zeros((4, SKILLS))
     for row in published.rows("phi", published.mixture):
         phi_t[row.job_id, row.skill_id] = row.weight
     job2vec = np.exp(phi_t) / np.exp(phi_t).sum(axis=1, keepdims=True)
@@ -225,8 +228,8 @@ def test_views_show_the_latest_succeeded_run_and_a_failed_run_leaves_nothing(
     assert latest[-2].run_id == first.run_id
     current = pipeline.table("current_job_skill_rank")
     assert {r.run_id for r in current.collect()} == {latest[-1].run_id}
-    assert current.count() == 4 * 13
-    assert pipeline.table("job_skill_rank").count() == ranked_before + 4 * 13
+    assert current.count() == 4 * SKILLS
+    assert pipeline.table("job_skill_rank").count() == ranked_before + 4 * SKILLS
 
 
 def test_views_are_recreated_only_when_missing_or_defined_differently(
@@ -246,3 +249,68 @@ def test_views_are_recreated_only_when_missing_or_defined_differently(
     assert {f"current_{t}" for t in ("runs", *RUN_TABLES)} | {"skill_gap"} <= set(names)
     rows = pipeline.table("upskilling").where("from_job = 'nurse' AND to_job = 'welder'")
     assert {r.skill_name for r in rows.collect()} >= set(PLANTED["welder"])
+
+
+def test_intervals_hold_the_published_probability_for_the_mixture_only(
+    published: Evaluated,
+) -> None:
+    mixture = published.rows("job_skill_rank", published.mixture)
+    assert all(r.probability_low < r.probability < r.probability_high for r in mixture)
+    # More support, narrower: a title's planted skills against its rarely listed ones.
+    for title in PLANTED:
+        rows = sorted((r for r in mixture if r.job_title == title), key=lambda r: r.rank)
+        relative = [(r.probability_high - r.probability_low) / r.probability for r in rows]
+        assert max(relative[:3]) < min(relative[-3:]), title
+    softmax = published.rows("job_skill_rank", published.softmax)
+    assert {(r.probability_low, r.probability_high) for r in softmax} == {(None, None)}
+
+
+def test_segment_rankings_cover_the_supported_pairs_and_find_the_city_skill(
+    published: Evaluated,
+) -> None:
+    pipeline, min_profiles = published.pipeline, load_config().train.segment_min_profiles
+    training = pipeline.table("profiles").where("split = 'train'")
+    expected = {}
+    for column in ("city", "industry"):
+        counts = (
+            training.select(column, F.explode(F.array_distinct("positions.title")).alias("t"))
+            .groupBy(column, "t")
+            .count()
+            .collect()
+        )
+        expected |= {(column, r[column], r.t): r["count"] for r in counts}
+    rows = published.rows("job_skill_rank_by_segment", published.mixture)
+    pairs: dict[tuple[str, str, str], list[Any]] = {}
+    for row in rows:
+        pairs.setdefault((row.segment_type, row.segment, row.job_title), []).append(row)
+    assert set(pairs) == {key for key, count in expected.items() if count >= min_profiles}
+    assert len(pairs) == 16  # 2 cities and 2 industries x 4 titles, each well supported
+    for key, ranked in pairs.items():
+        ranked.sort(key=lambda r: r.rank)
+        assert [r.rank for r in ranked] == list(range(1, SKILLS + 1)), key
+        assert {r.profiles for r in ranked} == {expected[key]}, key
+        assert abs(sum(r.probability for r in ranked) - 1.0) < 1e-6, key  # theta in float32
+        assert all(r.probability_low < r.probability < r.probability_high for r in ranked), key
+    title, skill = CITY_SKILL
+    seattle = [r for r in pairs["city", "SEATTLE", title] if r.skill_name == skill][0]
+    new_york = [
+        r for r in pairs["city", "NEW_YORK_METROPOLITAN_AREA", title] if r.skill_name == skill
+    ][0]
+    assert seattle.rank <= 3 and seattle.lift > 1.5, seattle
+    assert new_york.rank > 3 and new_york.lift < 1.0 and new_york.support == 0, new_york
+    assert published.rows("job_skill_rank_by_segment", published.softmax) == []
+    # The analysts' views: the city's rows, and the skill as the city's surest distinctive one.
+    view = pipeline.spark.sql(
+        f"SELECT rank, skill_name, probability FROM {pipeline.database}.skills_for_job_in"
+        f" WHERE job_title = '{title}' AND segment = 'SEATTLE' ORDER BY rank"
+    ).collect()
+    assert [(r.rank, r.skill_name) for r in view] == [
+        (r.rank, r.skill_name) for r in pairs["city", "SEATTLE", title]
+    ]
+    distinctive = pipeline.spark.sql(
+        f"SELECT skill_name, confident, lift, pooled_probability"
+        f" FROM {pipeline.database}.distinctive_skills WHERE job_title = '{title}'"
+        " AND segment = 'SEATTLE' ORDER BY confident DESC, lift DESC LIMIT 1"
+    ).first()
+    assert (distinctive.skill_name, distinctive.confident) == (skill, True)
+    assert distinctive.pooled_probability == pytest.approx(seattle.probability / seattle.lift)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from skillrank import report
 from skillrank.report import (
     Figure,
     association_histograms_figure,
@@ -360,3 +361,33 @@ def test_figures_leave_no_pyplot_state(tmp_path: Path) -> None:
     for _ in range(3):
         loss_figure(tmp_path, [1, 2], [1.0, 0.5], [1.0, 0.6], 2, 0.6)
     assert plt.get_fignums() == []
+
+
+def test_segment_pair_takes_the_title_best_supported_in_two_segments() -> None:
+    pairs = [
+        ("city", "SEATTLE", "nurse", 300),
+        ("city", "MUMBAI", "nurse", 40),
+        ("city", "SEATTLE", "chef", 90),
+        ("city", "MUMBAI", "chef", 80),
+        ("industry", "RESEARCH", "nurse", 500),  # one segment of its type only
+    ]
+    assert report.segment_pair(pairs) == ("city", "chef", "SEATTLE", "MUMBAI")
+    assert report.segment_pair(pairs[-1:]) is None
+
+
+def test_segment_figure_shows_both_segments_with_their_intervals(tmp_path: Path) -> None:
+    def rows(lifts: list[float]) -> list[dict[str, object]]:
+        return [
+            {"skill_name": f"skill {i}", "probability": 0.3 - 0.05 * i,
+             "probability_low": 0.25 - 0.05 * i, "probability_high": 0.35 - 0.05 * i,
+             "lift": lift, "profiles": 120}
+            for i, lift in enumerate(lifts)
+        ]  # fmt: skip
+
+    figure = report.segment_figure(
+        tmp_path, "nurse", [("SEATTLE", rows([3.0, 1.0])), ("MUMBAI", rows([1.0, 0.9]))]
+    )
+    assert (tmp_path / "fig8_segments.png").read_bytes() == figure.png
+    assert "'nurse' in SEATTLE and in MUMBAI" in figure.caption
+    with pytest.raises(ValueError, match="rows"):
+        report.segment_figure(tmp_path, "nurse", [("SEATTLE", [])])

@@ -55,6 +55,21 @@ PLANTED = {
 }
 MALFORMED = ["{this is not json", '["an array", "not an object"]']
 PROFILES = 500
+# Every other profile lives in New York; the data scientists of Seattle list one more skill.
+NEW_YORK = ("New York, New York", "NEW_YORK_METROPOLITAN_AREA")
+SEATTLE_SKILL = ("data scientist", "cloud computing")
+
+
+def two_city_crawl() -> list[dict[str, Any]]:
+    """planted_crawl over Seattle (its default) and New York, with SEATTLE_SKILL planted."""
+    records = planted_crawl(PROFILES, 17, PLANTED)
+    title, skill = SEATTLE_SKILL
+    for i, record in enumerate(records):
+        if i % 2:
+            record["location"] = NEW_YORK[0]
+        elif title in {p["title"].lower() for p in record["positions"]}:
+            record["skills"] = sorted([*record["skills"], skill])
+    return records
 
 
 @dataclass
@@ -130,7 +145,7 @@ def _train_while_querying(served: Served) -> None:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, config: Config) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("sql")
-    crawl = write_crawl(tmp / "crawl.jsonl", [*planted_crawl(PROFILES, 17, PLANTED), *MALFORMED])
+    crawl = write_crawl(tmp / "crawl.jsonl", [*two_city_crawl(), *MALFORMED])
     port = free_port()
     options = (
         *("--workdir", str(tmp / "work"), *SETTINGS, "--conf", "spark.driver_memory=1g"),
@@ -188,6 +203,11 @@ class Facts:
     evaluation: list[Row]
     quarantine: list[Row]
     profiles: list[Row]
+    segment_ranks: list[Row]  # job_skill_rank_by_segment, latest run
+
+    def in_city(self, title: str, city: str) -> list[Row]:
+        rows = [r for r in self.segment_ranks if r.job_title == title and r.segment == city]
+        return sorted(rows, key=lambda r: r.rank)
 
     def job(self, title: str, run: str | None = None) -> list[Row]:
         rows = [r for r in self.ranks[run or self.latest] if r.job_title == title]
@@ -219,6 +239,7 @@ def facts(served: Served, spark: SparkSession) -> Facts:
         evaluation=of_latest("evaluation"),
         quarantine=served.rows(spark, "quarantine"),
         profiles=served.rows(spark, "profiles"),
+        segment_ranks=of_latest("job_skill_rank_by_segment"),
     )
 
 
@@ -359,6 +380,38 @@ def _splits(f: Facts, rows: list[tuple[Any, ...]]) -> None:
     assert sum(counts.values()) == PROFILES
 
 
+def _skills_in_a_city(f: Facts, rows: list[tuple[Any, ...]]) -> None:
+    expected = [
+        (r.rank, r.skill_name, r.probability, r.probability_low, r.probability_high,
+         round(r.lift, 2), r.support)
+        for r in f.in_city("data scientist", "SEATTLE")
+    ]  # fmt: skip
+    _same(rows, expected[:10])
+    title, skill = SEATTLE_SKILL
+    (planted,) = [r for r in rows if r[1] == skill]
+    assert planted[5] > 1.5 and planted[3] <= planted[2] <= planted[4]
+
+
+def _skills_apart_in_two_cities(f: Facts, rows: list[tuple[Any, ...]]) -> None:
+    seattle = f.in_city("data scientist", "SEATTLE")
+    new_york = f.in_city("data scientist", NEW_YORK[1])
+    last_high = new_york[-1].probability_high  # bounds every skill outside New York's rows
+    by_name = {r.skill_name: r for r in new_york}
+    apart = []
+    for s in seattle:
+        n = by_name.get(s.skill_name)
+        if s.probability_low > (n.probability_high if n else last_high) or (
+            n and n.probability_low > s.probability_high
+        ):
+            gap = abs(s.probability - (n.probability if n else 0.0))
+            apart.append(
+                (gap, s.skill_name, s.rank, n and n.rank, s.probability, n and n.probability)
+            )
+    apart.sort(key=lambda a: (-a[0], a[1]))
+    _same(rows, [a[1:] for a in apart][:10])
+    assert SEATTLE_SKILL[1] in {r[0] for r in rows}
+
+
 CHECKS: dict[int, Callable[[Facts, list[tuple[Any, ...]]], None]] = {
     1: _skills_of_data_scientist,
     2: _jobs_for_python,
@@ -374,6 +427,8 @@ CHECKS: dict[int, Callable[[Facts, list[tuple[Any, ...]]], None]] = {
     12: _shared_top_skills,
     13: _quarantine,
     14: _splits,
+    15: _skills_in_a_city,
+    16: _skills_apart_in_two_cities,
 }
 
 

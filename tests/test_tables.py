@@ -45,8 +45,9 @@ def test_published_tables_refuse_impossible_rows(spark: SparkSession, config: Co
     declare_tables(spark, local, ["job_skill_rank"])
     declare_tables(spark, local, ["job_skill_rank"])  # again: each constraint is added once
     table = table_name(local, "job_skill_rank")
-    # run_id, job_id, job_title, rank, skill_id, skill_name, weight, probability, support
-    good = ["'r1'", "0", "'nurse'", "1", "0", "'triage'", "2.5", "0.5", "3"]
+    # run_id, job_id, job_title, rank, skill_id, skill_name, weight, probability,
+    # probability_low, probability_high, support
+    good = ["'r1'", "0", "'nurse'", "1", "0", "'triage'", "2.5", "0.5", "0.4", "0.6", "3"]
     spark.sql(f"INSERT INTO {table} VALUES ({', '.join(good)})")
     names = [f.name for f in SPECS["job_skill_rank"].schema]
     for column, value, error in (
@@ -59,7 +60,7 @@ def test_published_tables_refuse_impossible_rows(spark: SparkSession, config: Co
         with pytest.raises(Exception, match=error):
             spark.sql(f"INSERT INTO {table} VALUES ({', '.join(row)})")
     assert [tuple(r) for r in spark.table(table).collect()] == [
-        ("r1", 0, "nurse", 1, 0, "triage", 2.5, 0.5, 3)
+        ("r1", 0, "nurse", 1, 0, "triage", 2.5, 0.5, 0.4, 0.6, 3)
     ]
 
 
