@@ -395,15 +395,15 @@ def _skills_in_a_city(f: Facts, rows: list[tuple[Any, ...]]) -> None:
 def _skills_apart_in_two_cities(f: Facts, rows: list[tuple[Any, ...]]) -> None:
     seattle = f.in_city("data scientist", "SEATTLE")
     new_york = f.in_city("data scientist", NEW_YORK[1])
-    last_high = new_york[-1].probability_high  # bounds every skill outside New York's rows
+    last = new_york[-1]  # ranks and bounds every skill outside New York's rows
     by_name = {r.skill_name: r for r in new_york}
     apart = []
     for s in seattle:
         n = by_name.get(s.skill_name)
-        if s.probability_low > (n.probability_high if n else last_high) or (
+        if s.probability_low > (n.probability_high if n else last.probability_high) or (
             n and n.probability_low > s.probability_high
         ):
-            gap = abs(s.probability - (n.probability if n else 0.0))
+            gap = abs((n.rank if n else last.rank + 1) - s.rank)
             apart.append(
                 (gap, s.skill_name, s.rank, n and n.rank, s.probability, n and n.probability)
             )
