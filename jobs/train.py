@@ -349,9 +349,10 @@ def _publish(
         train_files = shard_files(manifest["splits"]["train"]["shards"])
         support = pair_support(spark.read.parquet(*train_files)).cache()
         job_skill_rank = read("job_skill_rank")
-        if concentration is None:  # no posterior: the interval is unknown
+        if concentration is None:  # no posterior: the interval and rank range are unknown
             job_skill_rank = job_skill_rank.withColumns(
                 {c: F.lit(None).cast("double") for c in ("probability_low", "probability_high")}
+                | {c: F.lit(None).cast("int") for c in ("rank_best", "rank_worst")}
             )
         outputs = {
             "training_history": spark.createDataFrame(

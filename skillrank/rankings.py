@@ -54,16 +54,53 @@ def top_skills_per_job(
 ) -> Iterator[Columns]:
     """SkillRank: each job's k highest-weight skills with their job2vec probability; with
     `concentration` (J,: each job's Dirichlet concentration, see ``beta_interval``), also its
-    interval, probability_low and probability_high."""
+    interval and rank range (``interval_columns``)."""
     for start in range(0, phi_t.shape[0], block):
-        columns = _top_k(phi_t[start : start + block], start, k, "job_id", "skill_id")
+        rows = phi_t[start : start + block]
+        columns = _top_k(rows, start, k, "job_id", "skill_id")
         if concentration is not None:
-            rows = concentration[start : start + block].double()
-            p = torch.from_numpy(columns["probability"]).view(rows.numel(), -1)
-            low, high = beta_interval(p, rows[:, None])
-            columns["probability_low"] = low.reshape(-1).numpy()
-            columns["probability_high"] = high.reshape(-1).numpy()
+            a = concentration[start : start + block].double()[:, None]
+            p = torch.from_numpy(columns["probability"]).view(len(rows), -1)
+            next_p = torch.exp(next_after_top(rows, k) - torch.logsumexp(rows.double(), dim=1))
+            columns.update(interval_columns(p, a, next_p))
         yield columns
+
+
+def interval_columns(p: Tensor, concentration: Tensor, next_p: Tensor) -> Columns:
+    """probability_low, probability_high, rank_best and rank_worst of rows of top-k
+    probabilities `p` (B, k; rank order) whose Dirichlet concentrations are `concentration`
+    (B, 1); `next_p` (B,) is each row's probability at rank k + 1 (0 where there is none).
+
+    The rank range is what the marginal intervals allow: rank_best = 1 + the skills whose
+    interval lies wholly above this one's, rank_worst = 1 + the others whose interval
+    reaches above its lower end. A Beta interval's ends grow with p (fixed concentration), so
+    only skills ranked above can lie wholly above, and all of those reach above: each skill
+    is compared with the ranks below it for its worst rank and those above for its best (so
+    rank_best <= rank <= rank_worst however the ends round). The skill at rank k + 1 is the
+    unranked one that reaches highest: where it reaches above a skill's lower end, that skill
+    may leave the top k, and rank_worst is null (a masked entry)."""
+    low, high = beta_interval(p, concentration)
+    next_high = beta_interval(next_p[:, None], concentration)[1]
+    rank = torch.arange(1, p.shape[1] + 1)
+    above = rank[None, :] < rank[:, None]  # [i, i']: i' ranked above i
+    best = 1 + ((low[:, None, :] > high[:, :, None]) & above).sum(dim=2)
+    worst = rank + ((high[:, None, :] > low[:, :, None]) & above.T).sum(dim=2)
+    leaves = (next_p[:, None] > 0) & (next_high > low)
+    return {
+        "probability_low": low.reshape(-1).numpy(),
+        "probability_high": high.reshape(-1).numpy(),
+        "rank_best": best.reshape(-1).to(torch.int32).numpy(),
+        "rank_worst": np.ma.masked_array(
+            worst.reshape(-1).to(torch.int32).numpy(), mask=leaves.reshape(-1).numpy()
+        ),
+    }
+
+
+def next_after_top(rows: Tensor, k: int) -> Tensor:
+    """(B,) float64: each row's (k + 1)-th highest entry; -inf where the row has <= k."""
+    if k >= rows.shape[1]:
+        return torch.full((rows.shape[0],), -torch.inf, dtype=torch.float64)
+    return torch.topk(rows, k + 1, dim=1).values[:, k].double()
 
 
 def top_jobs_per_skill(phi_t: Tensor, k: int, block: int) -> Iterator[Columns]:

@@ -19,7 +19,8 @@ Each segment type (city, industry) is its own model, with its own beta, the one 
 profiles without a value are left out.
 
 The interval of a published probability is ``skillrank.rankings.beta_interval`` with the
-row's concentration n_gj + beta.
+row's concentration n_gj + beta, and its rank range follows from the intervals
+(``skillrank.rankings.interval_columns``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch import Tensor
 
 from skillrank.mixture import batch_triples, e_step, profile_kl_sum
 from skillrank.model import Batch
-from skillrank.rankings import Columns, beta_interval, top_k
+from skillrank.rankings import Columns, interval_columns, next_after_top, top_k
 
 # (segment, title) rows per block of the rankings: a block holds block x skills doubles.
 _BLOCK = 256
@@ -137,8 +138,8 @@ def segment_rankings(
     """The top k skills of every (segment, title) row held by >= `min_profiles` training
     profiles of the segment, with segment g's prior strength `strengths[g]`, as blocks of
     columns: segment_index, job_id, rank, skill_id, weight (log theta_gj), probability
-    (theta_gj), probability_low, probability_high (its interval, ``beta_interval``), lift
-    (theta_gj / theta_j), support, profiles."""
+    (theta_gj), probability_low, probability_high, rank_best, rank_worst (its interval and
+    rank range, ``interval_columns``), lift (theta_gj / theta_j), support, profiles."""
     jobs, skills = theta.shape
     totals = fit.totals(jobs, skills).view(-1)
     rows = torch.nonzero(fit.profiles.view(-1) >= min_profiles).view(-1)  # g * J + j, ascending
@@ -162,7 +163,8 @@ def segment_rankings(
         theta_g = (counts.view(-1, skills) + strength * pooled) / concentration
         top = top_k(theta_g, k)
         probability = theta_g.gather(1, top)
-        low, high = beta_interval(probability, concentration)
+        next_p = next_after_top(theta_g, k).clamp_min(0.0)
+        intervals = interval_columns(probability, concentration, next_p)
         n = block.numel()
         yield {
             "segment_index": np.repeat(torch.div(block, jobs, rounding_mode="floor").numpy(), k),
@@ -171,8 +173,7 @@ def segment_rankings(
             "skill_id": top.reshape(-1).numpy().astype(np.int32),
             "weight": probability.log().reshape(-1).numpy().astype(np.float32),
             "probability": probability.reshape(-1).numpy(),
-            "probability_low": low.reshape(-1).numpy(),
-            "probability_high": high.reshape(-1).numpy(),
+            **intervals,
             "lift": (probability / pooled.gather(1, top)).reshape(-1).numpy(),
             "support": held.view(-1, skills).gather(1, top).reshape(-1).numpy(),
             "profiles": np.repeat(fit.profiles.view(-1)[block].numpy(), k),

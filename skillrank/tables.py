@@ -76,11 +76,37 @@ _INTERVAL = (
         "upper end of the 90% interval of probability (the 95th percentile); null for"
         " train.model=softmax",
     ),
+    _col(
+        "rank_best",
+        IntegerType(),
+        "highest rank the intervals allow: 1 + the skills whose interval lies wholly above"
+        " this one's; null for train.model=softmax",
+    ),
+    _col(
+        "rank_worst",
+        IntegerType(),
+        "lowest rank the intervals allow: 1 + the skills whose interval reaches above this"
+        " one's lower end; null where a skill outside the top publish.top_k reaches it (the"
+        " skill may leave the list) and for train.model=softmax. rank_best = rank_worst:"
+        " the rank is settled",
+    ),
 )
 _RANK_CHECKS = (
     ("rank_from_1", "rank >= 1"),
     ("probability_in_0_1", "probability >= 0 AND probability <= 1"),
     ("support_non_negative", "support >= 0"),
+)
+_INTERVAL_CHECKS = (
+    *_RANK_CHECKS,
+    (
+        "interval_holds_probability",
+        "(probability_low IS NULL OR probability_low <= probability)"
+        " AND (probability_high IS NULL OR probability <= probability_high)",
+    ),
+    (
+        "rank_range_holds_rank",
+        "(rank_best IS NULL OR rank_best <= rank) AND (rank_worst IS NULL OR rank <= rank_worst)",
+    ),
 )
 _NEIGHBOR_CHECKS = (
     ("rank_from_1", "rank >= 1"),
@@ -383,7 +409,7 @@ SPECS: dict[str, TableSpec] = {
                     _SUPPORT,
                 ]
             ),
-            checks=_RANK_CHECKS,
+            checks=_INTERVAL_CHECKS,
         ),
         TableSpec(
             "job_skill_rank_by_segment",
@@ -452,7 +478,7 @@ SPECS: dict[str, TableSpec] = {
                     ),
                 ]
             ),
-            checks=_RANK_CHECKS,
+            checks=_INTERVAL_CHECKS,
         ),
         TableSpec(
             "skill_job_rank",

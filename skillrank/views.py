@@ -36,6 +36,14 @@ _LOW = (
     "lower end of the 90% interval of probability (null for train.model=softmax)",
 )
 _HIGH = ("probability_high", "upper end of the 90% interval of probability")
+_RANK_RANGE = (
+    ("rank_best", "highest rank the intervals allow (null for train.model=softmax)"),
+    (
+        "rank_worst",
+        "lowest rank the intervals allow; null where the skill may leave the top"
+        " publish.top_k (and for train.model=softmax); rank_best = rank_worst: settled",
+    ),
+)
 
 VIEWS = (
     View(
@@ -50,11 +58,13 @@ VIEWS = (
             ("probability", _PROBABILITY_JOB + "; higher is stronger"),
             _LOW,
             _HIGH,
+            *_RANK_RANGE,
             ("support", "training profiles holding both the job and the skill"),
             _RUN,
         ),
         "SELECT job_title, rank, skill_name, weight, probability, probability_low,"
-        " probability_high, support, run_id FROM {job_skill_rank} WHERE run_id = {latest}",
+        " probability_high, rank_best, rank_worst, support, run_id FROM {job_skill_rank}"
+        " WHERE run_id = {latest}",
     ),
     View(
         "skills_for_job_in",
@@ -71,13 +81,15 @@ VIEWS = (
             ("probability", "the skill's probability for the job within the segment"),
             _LOW,
             _HIGH,
+            *_RANK_RANGE,
             ("lift", "probability / the pooled probability: > 1 means more in this segment"),
             ("support", "training profiles of the segment holding both the job and the skill"),
             ("profiles", "training profiles of the segment holding the job"),
             _RUN,
         ),
         "SELECT job_title, segment_type, segment, rank, skill_name, probability,"
-        " probability_low, probability_high, lift, support, profiles, run_id"
+        " probability_low, probability_high, rank_best, rank_worst, lift, support, profiles,"
+        " run_id"
         " FROM {job_skill_rank_by_segment} WHERE run_id = {latest}",
     ),
     View(

@@ -256,13 +256,18 @@ def test_intervals_hold_the_published_probability_for_the_mixture_only(
 ) -> None:
     mixture = published.rows("job_skill_rank", published.mixture)
     assert all(r.probability_low < r.probability < r.probability_high for r in mixture)
+    # Every skill is ranked (top_k >= SKILLS): none can leave, each worst rank is known.
+    assert all(r.rank_best <= r.rank <= r.rank_worst for r in mixture)
+    assert any(r.rank_best < r.rank_worst for r in mixture)
     # More support, narrower: a title's planted skills against its rarely listed ones.
     for title in PLANTED:
         rows = sorted((r for r in mixture if r.job_title == title), key=lambda r: r.rank)
         relative = [(r.probability_high - r.probability_low) / r.probability for r in rows]
         assert max(relative[:3]) < min(relative[-3:]), title
     softmax = published.rows("job_skill_rank", published.softmax)
-    assert {(r.probability_low, r.probability_high) for r in softmax} == {(None, None)}
+    assert {
+        (r.probability_low, r.probability_high, r.rank_best, r.rank_worst) for r in softmax
+    } == {(None, None, None, None)}
 
 
 def test_segment_rankings_cover_the_supported_pairs_and_find_the_city_skill(
@@ -291,6 +296,7 @@ def test_segment_rankings_cover_the_supported_pairs_and_find_the_city_skill(
         assert {r.profiles for r in ranked} == {expected[key]}, key
         assert abs(sum(r.probability for r in ranked) - 1.0) < 1e-6, key  # theta in float32
         assert all(r.probability_low < r.probability < r.probability_high for r in ranked), key
+        assert all(r.rank_best <= r.rank <= r.rank_worst for r in ranked), key
     title, skill = CITY_SKILL
     seattle = [r for r in pairs["city", "SEATTLE", title] if r.skill_name == skill][0]
     new_york = [

@@ -130,6 +130,30 @@ def test_pooled_intervals_narrow_as_the_credit_grows() -> None:
     assert "probability_low" not in none
 
 
+def test_rank_ranges_settle_as_the_credit_grows() -> None:
+    # The nurse row ranks skills 0 and 1 (0.35 each), then 5 (0.16); skill 2 (0.10) is the
+    # first one left out of a top 3.
+    phi_t = THETA.log()
+    (thin,) = top_skills_per_job(phi_t, 3, 16, torch.tensor([20.0, 20.0]))
+    (thick,) = top_skills_per_job(phi_t, 3, 16, torch.tensor([2000.0, 2000.0]))
+    assert thick["skill_id"][:3].tolist() == [0, 1, 5]
+    # 2000 pseudo-counts: the tied pair may swap, skill 5 is third for sure.
+    assert thick["rank_best"][:3].tolist() == [1, 1, 3]
+    assert thick["rank_worst"][:3].tolist() == [2, 2, 3]
+    # 20: skill 5 could be first, and every skill could give its place to skill 2.
+    assert thin["rank_best"][:3].tolist() == [1, 1, 1]
+    assert thin["rank_worst"].mask[:3].tolist() == [True, True, True]
+    # The researcher row at 2000: skills 3 and 4 (0.4 each) may only swap; the third (0.05)
+    # ties with three skills left out, so it may leave the list.
+    assert thick["rank_worst"][3:5].tolist() == [2, 2]
+    assert thick["rank_worst"].mask[3:].tolist() == [False, False, True]
+    # With every skill ranked nothing can leave: the worst rank is always known.
+    (full,) = top_skills_per_job(phi_t, SKILLS, 16, torch.tensor([20.0, 20.0]))
+    assert not np.ma.is_masked(full["rank_worst"])
+    assert np.all(full["rank_best"] <= full["rank"])
+    assert np.all(full["rank"] <= full["rank_worst"])
+
+
 def test_beta_interval_covers_its_level_of_beta_draws() -> None:
     for a, b in [
         (1.0, 20.0),

@@ -46,21 +46,25 @@ def test_published_tables_refuse_impossible_rows(spark: SparkSession, config: Co
     declare_tables(spark, local, ["job_skill_rank"])  # again: each constraint is added once
     table = table_name(local, "job_skill_rank")
     # run_id, job_id, job_title, rank, skill_id, skill_name, weight, probability,
-    # probability_low, probability_high, support
-    good = ["'r1'", "0", "'nurse'", "1", "0", "'triage'", "2.5", "0.5", "0.4", "0.6", "3"]
+    # probability_low, probability_high, rank_best, rank_worst, support
+    good = ["'r1'", "0", "'nurse'", "2", "0", "'triage'", "2.5", "0.5", "0.4", "0.6", "1"]
+    good += ["NULL", "3"]
     spark.sql(f"INSERT INTO {table} VALUES ({', '.join(good)})")
     names = [f.name for f in SPECS["job_skill_rank"].schema]
-    for column, value, error in (
-        ("rank", "0", "CHECK constraint rank_from_1"),
-        ("probability", "1.5", "CHECK constraint probability_in_0_1"),
-        ("support", "-1", "CHECK constraint support_non_negative"),
-        ("skill_name", "NULL", "NOT NULL constraint"),
+    for changes, error in (
+        ({"rank": "0", "rank_best": "NULL"}, "CHECK constraint rank_from_1"),
+        ({"probability": "1.5", "probability_high": "NULL"}, "CHECK constraint probability_in_0_1"),
+        ({"support": "-1"}, "CHECK constraint support_non_negative"),
+        ({"skill_name": "NULL"}, "NOT NULL constraint"),
+        ({"probability_low": "0.55"}, "CHECK constraint interval_holds_probability"),
+        ({"rank_best": "3"}, "CHECK constraint rank_range_holds_rank"),
+        ({"rank_worst": "1"}, "CHECK constraint rank_range_holds_rank"),
     ):
-        row = [value if name == column else v for name, v in zip(names, good, strict=True)]
+        row = [changes.get(name, v) for name, v in zip(names, good, strict=True)]
         with pytest.raises(Exception, match=error):
             spark.sql(f"INSERT INTO {table} VALUES ({', '.join(row)})")
     assert [tuple(r) for r in spark.table(table).collect()] == [
-        ("r1", 0, "nurse", 1, 0, "triage", 2.5, 0.5, 0.4, 0.6, 3)
+        ("r1", 0, "nurse", 2, 0, "triage", 2.5, 0.5, 0.4, 0.6, 1, None, 3)
     ]
 
 
