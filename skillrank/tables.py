@@ -86,9 +86,8 @@ _INTERVAL = (
         "rank_worst",
         IntegerType(),
         "lowest rank the intervals allow: 1 + the skills whose interval reaches above this"
-        " one's lower end; null where a skill outside the top publish.top_k reaches it (the"
-        " skill may leave the list) and for train.model=softmax. rank_best = rank_worst:"
-        " the rank is settled",
+        " one's lower end; null where an unranked skill reaches it (it may leave the top"
+        " publish.top_k), and for train.model=softmax. Equal to rank_best: settled",
     ),
 )
 _RANK_CHECKS = (
