@@ -26,6 +26,33 @@ from skillrank.config import Config, load_config
 from skillrank.model import Batch
 from skillrank.session import build_spark
 
+# tests/run.sh runs the suite on two pytest-xdist workers, one file at a time per worker (so
+# that a module's fixtures are built once), test_evaluation.py on the worker that runs
+# test_publish.py (they share evaluated_runs). The two longest files start first, one per
+# worker; the rest follow in collection order.
+_SHARED_SCOPE = {"test_evaluation.py": "test_publish.py"}
+_LONGEST = ("test_sql.py", "test_cluster.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: _LONGEST.index(item.path.name) if item.path.name in _LONGEST else 2)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByFile(LoadScopeScheduling):
+        """xdist's per-scope scheduling, with files as the scopes (xdist's own
+        xdist_group marks are lost under pytest 9, whose node ids are read-only)."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            name = Path(nodeid.split("::", 1)[0]).name
+            return _SHARED_SCOPE.get(name, name)
+
+    config.option.loadscopereorder = False  # collection order: the longest files first
+    return ByFile(config, log)
+
 
 @pytest.fixture(scope="session")
 def config() -> Config:

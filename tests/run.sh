@@ -5,4 +5,5 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/spark-submit.sh" setup --workdir "$ROOT/var/setup"
 cd "$ROOT"
-exec "$ROOT/.venv/bin/python" -m pytest "$@"
+# Two workers, one per core (see tests/conftest.py); `-n 0` runs in this process instead.
+exec "$ROOT/.venv/bin/python" -m pytest -n 2 "$@"
