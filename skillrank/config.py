@@ -1,8 +1,10 @@
 """The one configuration object: loaded from conf/, overlaid per environment, overridden per run.
 
 Every section is a frozen dataclass without defaults: the values live in
-``conf/skillrank.yml``. Loading rejects unknown keys and values of the wrong type
-with a ``ConfigError`` that names the key, before any Spark work starts.
+``conf/skillrank.yml``. A number's range is written next to its field (``Annotated[int,
+Bound(1)]``: at least 1). Loading rejects unknown keys, values of the wrong type and values out
+of range with a ``ConfigError`` that names the key, and checks the rules that tie several keys
+together (``_validate``), all before any Spark work starts.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import re
 import typing
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
@@ -25,6 +29,37 @@ CONF_DIR = PROJECT_ROOT / "conf"
 
 class ConfigError(ValueError):
     """A configuration or argument problem, reported to the user as one line."""
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The range of a number setting (of each item, for a list of numbers), checked on load:
+    low <= value <= high, or strict at an open end."""
+
+    low: float
+    high: float = math.inf
+    low_open: bool = False
+    high_open: bool = False
+
+    def check(self, key: str, value: float) -> None:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        if not (above and below):
+            raise ConfigError(f"config key {key!r} must be {self}, got {value}")
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        opening, closing = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {opening}{self.low:g}, {self.high:g}{closing}"
+
+
+AtLeastOne = Annotated[int, Bound(1)]
+NonNegativeInt = Annotated[int, Bound(0)]
+NonNegative = Annotated[float, Bound(0.0)]
+Positive = Annotated[float, Bound(0.0, low_open=True)]
+Rate = Annotated[float, Bound(0.0, 1.0)]  # a probability
+Port = Annotated[int, Bound(1, 65535)]
 
 
 @dataclass(frozen=True)
@@ -43,7 +78,7 @@ class CatalogConfig:
 class SparkConfig:
     master: str
     driver_memory: str
-    shuffle_partitions: int
+    shuffle_partitions: AtLeastOne
     session_timezone: str
     ivy_dir: str
     jar_excludes: list[str]
@@ -52,142 +87,142 @@ class SparkConfig:
 
 @dataclass(frozen=True)
 class IngestConfig:
-    max_line_bytes: int
-    max_field_chars: int
-    max_positions: int
-    max_skills: int
-    quarantine_text_chars: int
+    max_line_bytes: AtLeastOne
+    max_field_chars: AtLeastOne
+    max_positions: AtLeastOne
+    max_skills: AtLeastOne
+    quarantine_text_chars: AtLeastOne
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
     cities: list[str]
     industries: list[str]
-    min_job_profiles: int
-    min_skill_profiles: int
-    max_jobs: int
-    max_skills: int
-    split_fractions: dict[str, float]
+    min_job_profiles: AtLeastOne
+    min_skill_profiles: AtLeastOne
+    max_jobs: NonNegativeInt  # 0: no limit
+    max_skills: NonNegativeInt  # 0: no limit
+    split_fractions: dict[str, NonNegative]
     split_salt: str
     job_weighting: Literal["uniform", "tenure"]
-    rows_per_shard: int
+    rows_per_shard: AtLeastOne
     aliases_file: str
 
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    profiles: int
-    shards: int
-    seed: int
-    compress_level: int
+    profiles: AtLeastOne
+    shards: AtLeastOne
+    seed: NonNegativeInt
+    compress_level: Annotated[int, Bound(1, 9)]
     crawl_start: str
-    crawl_window_days: int
-    recrawl_rate: float
-    third_snapshot_rate: float
-    recrawl_gap_days: list[int]
-    recrawl_new_job_rate: float
-    recrawl_skill_drop_rate: float
-    duplicate_rate: float
-    malformed_rate: float
-    occupation_zipf: float
+    crawl_window_days: AtLeastOne
+    recrawl_rate: Rate
+    third_snapshot_rate: Rate
+    recrawl_gap_days: list[AtLeastOne]  # [min, max]
+    recrawl_new_job_rate: Rate
+    recrawl_skill_drop_rate: Rate
+    duplicate_rate: Rate
+    malformed_rate: Rate
+    occupation_zipf: NonNegative
     focus_isco_groups: list[str]
-    focus_boost: float
-    title_zipf: float
-    extra_positions_mean: float
-    max_positions: int
-    same_occupation_rate: float
-    switch_rate: float
-    tenure_months_mean: float
-    current_job_rate: float
-    essential_rate: float
-    optional_rate: float
-    hot_technology_rate: float
-    technology_rate: float
-    rate_jitter: float
-    generic_skills: int
-    generic_rate: float
-    generic_zipf: float
-    segment_skills: int
-    segment_skill_rate: float
-    city_rate: float
-    industry_rate: float
-    missing_location_rate: float
-    missing_industry_rate: float
+    focus_boost: NonNegative
+    title_zipf: NonNegative
+    extra_positions_mean: NonNegative
+    max_positions: AtLeastOne
+    same_occupation_rate: Rate
+    switch_rate: Rate
+    tenure_months_mean: Positive
+    current_job_rate: Rate
+    essential_rate: Rate
+    optional_rate: Rate
+    hot_technology_rate: Rate
+    technology_rate: Rate
+    rate_jitter: Rate
+    generic_skills: NonNegativeInt
+    generic_rate: Rate
+    generic_zipf: NonNegative
+    segment_skills: NonNegativeInt
+    segment_skill_rate: Rate
+    city_rate: Rate
+    industry_rate: Rate
+    missing_location_rate: Rate
+    missing_industry_rate: Rate
     other_locations: list[str]
     other_industries: list[str]
-    companies: int
-    company_zipf: float
-    case_variant_rate: float
-    spacing_variant_rate: float
-    alias_variant_rate: float
+    companies: AtLeastOne
+    company_zipf: NonNegative
+    case_variant_rate: Rate
+    spacing_variant_rate: Rate
+    alias_variant_rate: Rate
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     model: Literal["mixture", "softmax"]
     device: str
-    seed: int
-    batch_size: int
+    seed: NonNegativeInt
+    batch_size: AtLeastOne
     optimizer: Literal["sgd", "adam"]
-    learning_rate: float
-    init_std: float
-    max_epochs: int
-    patience: int
-    min_improvement: float
-    shuffle_buffer: int
+    learning_rate: Positive
+    init_std: NonNegative
+    max_epochs: AtLeastOne
+    patience: AtLeastOne
+    min_improvement: NonNegative
+    shuffle_buffer: AtLeastOne
     checkpoint_dir: str
     kernel: Literal["fused", "torch"]
-    num_processes: int
+    num_processes: AtLeastOne
     local_mode: bool
     skill_bias: bool
-    l2: float
-    background_weight: float
-    prior_strength: float
+    l2: NonNegative
+    background_weight: Annotated[float, Bound(0.0, 1.0, high_open=True)]
+    prior_strength: Positive
     title_prior: Literal["neighbours", "words", "popularity"]
-    word_prior_strength: float
+    word_prior_strength: Positive
     segments: list[Literal["city", "industry"]]
-    segment_min_profiles: int
-    segment_prior_strengths: list[float]
+    segment_min_profiles: AtLeastOne
+    segment_prior_strengths: list[Positive]
 
 
 @dataclass(frozen=True)
 class PublishConfig:
-    top_k: int
-    neighbors_k: int
+    top_k: AtLeastOne
+    neighbors_k: AtLeastOne
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    ks: list[int]
-    smoothing: float
-    title_k: int
-    title_buckets: list[int]
-    batch_size: int
-    bootstrap_samples: int
-    bootstrap_seed: int
+    ks: list[AtLeastOne]
+    smoothing: Positive
+    title_k: AtLeastOne
+    title_buckets: list[Annotated[int, Bound(2)]]
+    batch_size: AtLeastOne
+    bootstrap_samples: AtLeastOne
+    bootstrap_seed: NonNegativeInt
 
 
 @dataclass(frozen=True)
 class ReportConfig:
-    coclusters: int
-    cocluster_jobs: int
-    cocluster_skills: int
-    map_points: int
-    map_labels: int
-    top_pairs: int
-    top_pairs_min_support: int
-    seed: int
+    coclusters: AtLeastOne
+    cocluster_jobs: AtLeastOne
+    cocluster_skills: AtLeastOne
+    map_points: AtLeastOne
+    map_labels: NonNegativeInt
+    top_pairs: AtLeastOne
+    top_pairs_min_support: NonNegativeInt
+    seed: NonNegativeInt
 
 
 @dataclass(frozen=True)
 class SqlConfig:
     host: str
-    port: int
-    metastore_port: int
+    port: Port
+    metastore_port: Port
     authentication: str
     hive_conf: dict[str, str]
     state_dir: str
-    start_timeout_seconds: int
+    start_timeout_seconds: AtLeastOne
 
 
 @dataclass(frozen=True)
@@ -305,7 +340,7 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(f"config section {prefix.rstrip('.') or '(top)'!r} must be a mapping")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in raw:
         if key not in names:
@@ -324,6 +359,12 @@ _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
+    if origin is Annotated:
+        inner, *bounds = typing.get_args(hint)
+        value = _coerce(value, inner, key)
+        for bound in bounds:
+            bound.check(key, value)
+        return value
     if dataclasses.is_dataclass(hint):
         return _build(hint, value, key + ".")
     if origin is Literal:
@@ -363,78 +404,33 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 
 
 def _validate(config: Config) -> None:
+    """The rules that tie several keys together (each key's own range is its Bound)."""
     fractions = config.prepare.split_fractions
     if set(fractions) != set(SPLITS):
         raise ConfigError(
             f"prepare.split_fractions must name exactly {', '.join(SPLITS)},"
             f" got {sorted(fractions)}"
         )
-    if any(f < 0 for f in fractions.values()) or abs(sum(fractions.values()) - 1.0) > 1e-9:
+    if abs(sum(fractions.values()) - 1.0) > 1e-9:
         raise ConfigError(f"prepare.split_fractions must be >= 0 and sum to 1, got {fractions}")
-    positive = {
-        "ingest.max_line_bytes": config.ingest.max_line_bytes,
-        "ingest.max_field_chars": config.ingest.max_field_chars,
-        "ingest.max_positions": config.ingest.max_positions,
-        "ingest.max_skills": config.ingest.max_skills,
-        "ingest.quarantine_text_chars": config.ingest.quarantine_text_chars,
-        "prepare.min_job_profiles": config.prepare.min_job_profiles,
-        "prepare.min_skill_profiles": config.prepare.min_skill_profiles,
-        "prepare.rows_per_shard": config.prepare.rows_per_shard,
-        "spark.shuffle_partitions": config.spark.shuffle_partitions,
-        "publish.top_k": config.publish.top_k,
-        "publish.neighbors_k": config.publish.neighbors_k,
-        "evaluate.title_k": config.evaluate.title_k,
-        "evaluate.batch_size": config.evaluate.batch_size,
-        "evaluate.bootstrap_samples": config.evaluate.bootstrap_samples,
-        "report.coclusters": config.report.coclusters,
-        "report.cocluster_jobs": config.report.cocluster_jobs,
-        "report.cocluster_skills": config.report.cocluster_skills,
-        "report.map_points": config.report.map_points,
-        "report.top_pairs": config.report.top_pairs,
-        "sql.port": config.sql.port,
-        "sql.metastore_port": config.sql.metastore_port,
-        "sql.start_timeout_seconds": config.sql.start_timeout_seconds,
-    }
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"config key {key!r} must be >= 1, got {value}")
-    for key in ("max_jobs", "max_skills"):
-        if getattr(config.prepare, key) < 0:
-            raise ConfigError(
-                f"prepare.{key} must be >= 0 (0: no limit), got {getattr(config.prepare, key)}"
-            )
     train = config.train
-    if not 0.0 <= train.background_weight < 1.0:
+    if train.model == "softmax" and train.learning_rate * train.l2 >= 1:
+        # The decay factor of a step, 1 - learning_rate * l2, must be in (0, 1].
         raise ConfigError(
-            f"train.background_weight must be in [0, 1), got {train.background_weight}"
+            f"train.l2 must be >= 0 and below 1 / train.learning_rate, got {train.l2}"
         )
-    for key in ("prior_strength", "word_prior_strength"):
-        if not getattr(train, key) > 0:
-            raise ConfigError(f"train.{key} must be > 0, got {getattr(train, key)}")
-    if len(set(train.segments)) != len(train.segments):
-        raise ConfigError(f"train.segments lists a column twice: {train.segments}")
-    strengths = train.segment_prior_strengths
-    if not strengths or not all(v > 0 for v in strengths):
-        raise ConfigError(f"train.segment_prior_strengths must list values > 0, got {strengths}")
-    if train.segment_min_profiles < 1:
-        raise ConfigError(
-            f"train.segment_min_profiles must be >= 1, got {train.segment_min_profiles}"
-        )
-    if not train.l2 >= 0:
-        raise ConfigError(f"train.l2 must be >= 0, got {train.l2}")
-    if not config.evaluate.ks or min(config.evaluate.ks) < 1:
-        raise ConfigError(f"evaluate.ks must list cut-offs >= 1, got {config.evaluate.ks}")
-    if config.evaluate.smoothing <= 0:
-        raise ConfigError(f"evaluate.smoothing must be > 0, got {config.evaluate.smoothing}")
+    _distinct("train.segments", train.segments)
+    if not train.segment_prior_strengths:
+        raise ConfigError("train.segment_prior_strengths must list values > 0, got []")
+    if not config.evaluate.ks:
+        raise ConfigError("evaluate.ks must list cut-offs >= 1, got []")
+    _distinct("evaluate.ks", config.evaluate.ks)
     edges = config.evaluate.title_buckets
-    if not edges or edges[0] < 2 or any(b <= a for a, b in itertools.pairwise(edges)):
+    if not edges or any(b <= a for a, b in itertools.pairwise(edges)):
         raise ConfigError(
             f"evaluate.title_buckets must list strictly increasing edges >= 2, got {edges}"
         )
-    if config.evaluate.bootstrap_seed < 0:
-        raise ConfigError(
-            f"evaluate.bootstrap_seed must be >= 0, got {config.evaluate.bootstrap_seed}"
-        )
+    _validate_generate(config)
     aliases = load_aliases(config)
     for key, chosen, known in (
         ("prepare.cities", config.prepare.cities, aliases["cities"]),
@@ -447,3 +443,44 @@ def _validate(config: Config) -> None:
             )
         if not chosen:
             raise ConfigError(f"{key} must list at least one value")
+
+
+def _distinct(key: str, values: list[Any]) -> None:
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{key} lists a value twice: {values}")
+
+
+def _validate_generate(config: Config) -> None:
+    """The generator's rules across keys: shares that must leave room for each other."""
+    g = config.generate
+    for name, total in (
+        ("generate.same_occupation_rate + generate.switch_rate",
+         g.same_occupation_rate + g.switch_rate),
+        ("generate.city_rate + generate.missing_location_rate",
+         g.city_rate + g.missing_location_rate),
+        ("generate.industry_rate + generate.missing_industry_rate",
+         g.industry_rate + g.missing_industry_rate),
+    ):  # fmt: skip
+        if total > 1.0:
+            raise ConfigError(f"{name} must be <= 1, got {total}")
+    if g.shards > g.profiles:
+        raise ConfigError(f"generate.shards ({g.shards}) must not exceed generate.profiles")
+    if g.max_positions > config.ingest.max_positions:
+        raise ConfigError("generate.max_positions must not exceed ingest.max_positions")
+    gap = g.recrawl_gap_days
+    if len(gap) != 2 or gap[0] > gap[1]:
+        raise ConfigError(
+            f"generate.recrawl_gap_days must be [min, max] with 1 <= min <= max, got {gap}"
+        )
+    try:
+        date.fromisoformat(g.crawl_start)
+    except ValueError as exc:
+        raise ConfigError(
+            f"generate.crawl_start must be YYYY-MM-DD, got {g.crawl_start!r}"
+        ) from exc
+    if g.city_rate + g.missing_location_rate < 1 and not g.other_locations:
+        raise ConfigError("generate.other_locations must not be empty when city_rate + missing < 1")
+    if g.industry_rate + g.missing_industry_rate < 1 and not g.other_industries:
+        raise ConfigError(
+            "generate.other_industries must not be empty when industry_rate + missing < 1"
+        )

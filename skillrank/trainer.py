@@ -187,7 +187,8 @@ def train(
     and its validation KL and NDCG@10; it never reads the test split. With `ranks` of a world
     > 1, this is one process of data-parallel training (see ``train_process``).
     """
-    _check_params(params)
+    if params.model != "softmax":  # (every setting's range was checked on load)
+        raise ValueError(f"train() trains train.model=softmax, got {params.model!r}")
     manifest = read_manifest(manifest_path)
     for split in ("train", "validation"):
         if split not in manifest.shards:
@@ -659,25 +660,6 @@ def _make_optimizer(phi_t: Tensor, params: TrainConfig) -> torch.optim.Optimizer
     if params.optimizer == "sgd":
         return torch.optim.SGD([phi_t], lr=params.learning_rate)
     return torch.optim.Adam([phi_t], lr=params.learning_rate)
-
-
-def _check_params(params: TrainConfig) -> None:
-    if params.model != "softmax":
-        raise ValueError(f"train() trains train.model=softmax, got {params.model!r}")
-    for key in ("batch_size", "max_epochs", "patience", "shuffle_buffer", "num_processes"):
-        if getattr(params, key) < 1:
-            raise ValueError(f"train.{key} must be >= 1, got {getattr(params, key)}")
-    if not params.learning_rate > 0:
-        raise ValueError(f"train.learning_rate must be > 0, got {params.learning_rate}")
-    if params.min_improvement < 0:
-        raise ValueError(f"train.min_improvement must be >= 0, got {params.min_improvement}")
-    if params.init_std < 0:
-        raise ValueError(f"train.init_std must be >= 0, got {params.init_std}")
-    if not 0 <= params.learning_rate * params.l2 < 1:
-        # The decay factor of a step, 1 - learning_rate * l2, must be in (0, 1].
-        raise ValueError(
-            f"train.l2 must be >= 0 and below 1 / train.learning_rate, got {params.l2}"
-        )
 
 
 def _fused_kernel(params: TrainConfig, device: torch.device, log: TextIO) -> Kernel | None:

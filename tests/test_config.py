@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import time
+import typing
+from dataclasses import fields
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 
-from skillrank.config import ConfigError, load_config
+from jobs._launch import main as launch
+from skillrank.config import Bound, Config, ConfigError, GenerateConfig, load_config
 from skillrank.session import driver_environment, spark_settings
 
 
@@ -103,24 +109,24 @@ def test_numbers_are_read_in_every_usual_spelling(text: str, number: float) -> N
         ("novalue", "--conf expects key=value"),
         ("evaluate.bootstrap_samples=0", "'evaluate.bootstrap_samples' must be >= 1"),
         ("evaluate.bootstrap_samples=1.5", "'evaluate.bootstrap_samples' must be an integer"),
-        ("evaluate.bootstrap_seed=-1", "evaluate.bootstrap_seed must be >= 0"),
+        ("evaluate.bootstrap_seed=-1", "'evaluate.bootstrap_seed' must be >= 0, got -1"),
         ("evaluate.title_buckets=[5, 5, 50]", "evaluate.title_buckets must list strictly"),
         ("evaluate.title_buckets=[20, 5]", "evaluate.title_buckets must list strictly"),
-        ("evaluate.title_buckets=[1, 20]", "evaluate.title_buckets must list strictly"),
+        ("evaluate.title_buckets=[1, 20]", "'evaluate.title_buckets[0]' must be >= 2, got 1"),
         ("evaluate.title_buckets=[]", "evaluate.title_buckets must list strictly"),
         ("evaluate.title_buckets=5", "'evaluate.title_buckets' must be a list"),
         ("evaluate.title_min_profiles=50", "unknown config key 'evaluate.title_min_profiles'"),
         ("train.model=foo", "'train.model' must be one of mixture, softmax"),
-        ("train.prior_strength=0", "train.prior_strength must be > 0"),
-        ("train.prior_strength=-3.5", "train.prior_strength must be > 0"),
-        ("train.word_prior_strength=0", "train.word_prior_strength must be > 0"),
-        ("train.background_weight=1", "train.background_weight must be in [0, 1)"),
-        ("train.background_weight=-0.1", "train.background_weight must be in [0, 1)"),
+        ("train.prior_strength=0", "'train.prior_strength' must be > 0, got 0.0"),
+        ("train.prior_strength=-3.5", "'train.prior_strength' must be > 0, got -3.5"),
+        ("train.word_prior_strength=0", "'train.word_prior_strength' must be > 0"),
+        ("train.background_weight=1", "'train.background_weight' must be in [0, 1), got 1.0"),
+        ("train.background_weight=-0.1", "'train.background_weight' must be in [0, 1)"),
         (
             "train.title_prior=letters",
             "'train.title_prior' must be one of neighbours, words, popularity",
         ),
-        ("train.l2=-1.0", "train.l2 must be >= 0"),
+        ("train.l2=-1.0", "'train.l2' must be >= 0, got -1.0"),
     ],
 )
 def test_bad_overrides_name_the_problem(override: str, message: str) -> None:
@@ -128,6 +134,75 @@ def test_bad_overrides_name_the_problem(override: str, message: str) -> None:
         load_config(overrides=[override])
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+def _bounded_keys() -> list[tuple[str, Bound, type, bool]]:
+    """(key, bound, number type, is a list) of every setting with a Bound, read off the
+    Config dataclasses: a key that gains a bound is covered without touching this test."""
+    found = []
+    for section, cls in typing.get_type_hints(Config).items():
+        for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+            listed = typing.get_origin(hint) in (list, dict)
+            item = typing.get_args(hint)[-1] if listed else hint
+            if typing.get_origin(item) is Annotated:
+                number, bound = typing.get_args(item)
+                found.append((f"{section}.{name}", bound, number, listed))
+    return found
+
+
+def _outside(bound: Bound, number: type) -> str:
+    """A value just outside the bound, as written on a command line."""
+    step = 1 if number is int else 0.5
+    if bound.high != math.inf:
+        return str(bound.high if bound.high_open else bound.high + step)
+    return str(bound.low if bound.low_open else bound.low - step)
+
+
+def test_every_bounded_key_refuses_a_value_outside_it_before_spark(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bounded = _bounded_keys()
+    keys = {key for key, _, _, _ in bounded}
+    rates = {f"generate.{f.name}" for f in fields(GenerateConfig) if f.name.endswith("_rate")}
+    assert rates | {"train.batch_size", "train.learning_rate", "train.patience"} <= keys
+    assert {"evaluate.ks", "train.segment_prior_strengths", "sql.port"} <= keys
+    started = time.monotonic()
+    for key, bound, number, listed in bounded:
+        value = _outside(bound, number)
+        if key == "prepare.split_fractions":
+            key, value = "prepare.split_fractions.test", value
+        elif listed:
+            value = f"[{value}]"
+        code = launch(["prepare", "--conf", f"{key}={value}", "--workdir", str(tmp_path / "w")])
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and f"must be {bound}" in line and key.split(".")[-1] in line, line
+    assert not (tmp_path / "w").exists()  # no JVM, no work directory
+    print(f"{len(bounded)} bounded keys refused in {time.monotonic() - started:.1f} s")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.model=softmax", "train.learning_rate=50", "train.l2=0.02"],
+         "train.l2 must be >= 0 and below 1 / train.learning_rate, got 0.02"),
+        (["evaluate.ks=[10, 20, 10]"], "evaluate.ks lists a value twice: [10, 20, 10]"),
+        (["evaluate.ks=[]"], "evaluate.ks must list cut-offs >= 1"),
+        (["train.segments=[city, city]"], "train.segments lists a value twice"),
+        (["generate.profiles=10", "generate.shards=20"], "must not exceed generate.profiles"),
+        (["generate.same_occupation_rate=0.9", "generate.switch_rate=0.2"],
+         "switch_rate must be <= 1"),
+        (["generate.recrawl_gap_days=[10, 5]"], "recrawl_gap_days must be [min, max]"),
+        (["generate.recrawl_gap_days=[10]"], "recrawl_gap_days must be [min, max]"),
+        (["generate.crawl_start=next monday"], "generate.crawl_start must be YYYY-MM-DD"),
+        (["generate.max_positions=101"], "must not exceed ingest.max_positions"),
+        (["generate.city_rate=0.5", "generate.other_locations=[]"],
+         "generate.other_locations must not be empty"),
+    ],
+)  # fmt: skip
+def test_rules_across_keys_are_checked_on_load(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(overrides=overrides)
+    assert message in str(error.value)
 
 
 def test_unknown_environment_lists_the_known_ones() -> None:

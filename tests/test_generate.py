@@ -16,7 +16,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from jobs._cli import StageContext, StageError, StageResult, parse_stage_args
-from jobs.generate import STAGE, build_truth, check, crawl_params
+from jobs.generate import STAGE, build_truth, crawl_params
 from skillrank.config import Config, ConfigError, load_aliases
 from skillrank.generate import (
     CrawlParams,
@@ -224,26 +224,18 @@ def test_refuses_to_replace_a_directory_it_did_not_write(
     assert (output / "notes.txt").read_text() == "keep me"
 
 
-def test_check_rejects_impossible_settings(config: Config) -> None:
-    args = argparse.Namespace(output=None)
-    for knobs, message in (
-        ({"duplicate_rate": 1.5}, "generate.duplicate_rate"),
-        ({"profiles": 10, "shards": 20}, "must not exceed generate.profiles"),
-        ({"same_occupation_rate": 0.9, "switch_rate": 0.2}, "switch_rate must be <= 1"),
-        ({"recrawl_gap_days": [10, 5]}, "recrawl_gap_days"),
-        ({"crawl_start": "next monday"}, "crawl_start"),
-        ({"segment_skills": -1}, "'generate.segment_skills' must be >= 0"),
-        ({"segment_skill_rate": 1.5}, r"'generate.segment_skill_rate' must be in \[0, 1\]"),
+def test_impossible_settings_are_refused_before_spark() -> None:
+    # Ranges and the rules across generate's keys are the config's (tests/test_config.py):
+    # the stage's command line refuses them before any Spark work.
+    for override, message in (
+        ("generate.segment_skills=-1", "'generate.segment_skills' must be >= 0"),
+        ("generate.segment_skill_rate=1.5", r"'generate.segment_skill_rate' must be in \[0, 1\]"),
+        ("generate.shards=999999999", "must not exceed generate.profiles"),
     ):
-        bad = dataclasses.replace(config, generate=dataclasses.replace(config.generate, **knobs))
         with pytest.raises(ConfigError, match=message):
-            check(args, bad)
-    check(args, config)
-    # The command line refuses them too, before any Spark work.
-    for override in ("generate.segment_skills=-1", "generate.segment_skill_rate=1.5"):
-        key = override.partition("=")[0]
-        with pytest.raises(ConfigError, match=f"'{key}' must be"):
             parse_stage_args([STAGE], ["--conf", override])
+    with pytest.raises(ConfigError, match="--output must be a local directory"):
+        parse_stage_args([STAGE], ["--output", "s3a://bucket/crawl"])
 
 
 def test_rerun_with_same_parameters_is_a_no_op(
