@@ -23,7 +23,7 @@ from pathlib import Path
 from pyspark.sql import Row, SparkSession
 
 from skillrank.config import PROJECT_ROOT, Config, ConfigError, load_config
-from skillrank.session import build_spark, resolve_path
+from skillrank.session import build_spark, hadoop_path, resolve_path
 from skillrank.tables import SPECS, conform, declare_tables, table_name
 
 
@@ -187,9 +187,7 @@ def clear_staging(spark: SparkSession, root: str) -> int:
     One SkillRank process at a time uses a work directory (the launcher's lock), so at the
     start of a process every entry there is such a leftover.
     """
-    jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(root)  # type: ignore[union-attr]
-    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+    path, fs = hadoop_path(spark, root)
     if not fs.exists(path):
         return 0
     entries = fs.listStatus(path)

@@ -35,7 +35,7 @@ from skillrank.ingest import (
     parse_lines,
     quarantined_lines,
 )
-from skillrank.session import resolve_path
+from skillrank.session import hadoop_path, resolve_path
 from skillrank.tables import SPECS, conform, declare_tables, table_version
 
 CRAWL_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -78,10 +78,7 @@ def _holds_crawl_files(path: Path) -> bool:
 
 def list_crawl_files(spark: SparkSession, pattern: str) -> list[CrawlFile]:
     """Expand a file, directory or glob (any Hadoop URI) into crawl files, sorted by path."""
-    jvm = spark.sparkContext._jvm
-    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
-    path = jvm.org.apache.hadoop.fs.Path(pattern)  # type: ignore[union-attr]
-    fs = path.getFileSystem(hadoop_conf)
+    path, fs = hadoop_path(spark, pattern)
     found: list[CrawlFile] = []
     for status in fs.globStatus(path) or []:
         if status.isDirectory():
@@ -124,8 +121,8 @@ def find_damaged_gzips(spark: SparkSession, files: list[CrawlFile]) -> dict[str,
     for f in files:
         if not f.path.endswith(".gz") or f.size == 0:
             continue
-        path = hadoop.fs.Path(f.path)
-        stream = codecs.getCodec(path).createInputStream(path.getFileSystem(hadoop_conf).open(path))
+        path, fs = hadoop_path(spark, f.path)
+        stream = codecs.getCodec(path).createInputStream(fs.open(path))
         try:
             while stream.skip(1 << 24) > 0:
                 pass
@@ -253,9 +250,8 @@ def run(ctx: StageContext) -> StageResult:
 
 
 def _delete_path(spark: SparkSession, uri: str) -> None:
-    path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(uri)  # type: ignore[union-attr]
-    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
-    path.getFileSystem(hadoop_conf).delete(path, True)
+    path, fs = hadoop_path(spark, uri)
+    fs.delete(path, True)
 
 
 STAGE = Stage(name="ingest", add_arguments=add_arguments, run=run, check=check)

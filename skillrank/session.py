@@ -14,6 +14,7 @@ import sys
 from collections.abc import Mapping
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 from pyspark.sql import SparkSession
 
@@ -26,6 +27,14 @@ def resolve_path(workdir: Path, path: str) -> str:
     if "://" in path:
         return path
     return (workdir / path).resolve().as_uri()
+
+
+def hadoop_path(spark: SparkSession, uri: str) -> tuple[Any, Any]:
+    """`uri` as a Hadoop Path and the FileSystem that serves it (py4j objects), through the
+    session's Hadoop configuration: how the stages list, read and delete files of any
+    scheme Spark reads."""
+    path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(uri)  # type: ignore[union-attr]
+    return path, path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
 
 
 def _local_path(workdir: Path, path: str) -> Path:

@@ -27,6 +27,7 @@ from pyspark.sql.types import (
 )
 
 from skillrank.config import Config, ConfigError
+from skillrank.session import hadoop_path
 
 
 def _col(name: str, dtype: DataType, comment: str, nullable: bool = True) -> StructField:
@@ -697,12 +698,10 @@ def _clear_unregistered_location(spark: SparkSession, config: Config, key: str) 
     """
     database = spark.catalog.getDatabase(config.catalog.database)
     location = f"{database.locationUri.rstrip('/')}/{config.catalog.tables[key].lower()}"
-    jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(location)  # type: ignore[union-attr]
-    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+    path, fs = hadoop_path(spark, location)
     if not fs.exists(path):
         return
-    log = jvm.org.apache.hadoop.fs.Path(f"{location}/_delta_log")  # type: ignore[union-attr]
+    log, _ = hadoop_path(spark, f"{location}/_delta_log")
     commits = [s.getPath().getName() for s in fs.listStatus(log)] if fs.exists(log) else []
     commits = [name for name in commits if name.endswith(".json")]
     if commits and (
