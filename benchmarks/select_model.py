@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 from skillrank.config import ConfigError, load_config  # noqa: E402
 from skillrank.evaluate import mean_intervals, model_method, score_profiles  # noqa: E402
 from skillrank.families import FAMILIES  # noqa: E402
-from skillrank.shards import iterate_batches, read_manifest  # noqa: E402
+from skillrank.shards import Manifest, iterate_batches  # noqa: E402
 
 # Validation columns kept per profile, in this order; the bootstrap's resamples and seed.
 _COLUMNS = [("ndcg", 10), ("recall", 20), ("kl", None)]
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if not manifest.is_file():
         parser.error(f"no training shards: {manifest} does not exist (run prepare first)")
 
-    manifest_data = read_manifest(manifest)
+    manifest_data = Manifest.read(manifest)
     rows = []
     print(
         f"{'setting':<58} {'best':>4} {'of':>3} {'NDCG@10':>7} {'rec@20':>6} {'KL':>6}"

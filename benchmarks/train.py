@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
-import json
 import os
 import re
 import shutil
@@ -62,7 +61,7 @@ from pyspark.sql.types import ArrayType, DataType  # noqa: E402
 from skillrank.config import Config, TrainConfig, load_config  # noqa: E402
 from skillrank.families import FAMILIES  # noqa: E402
 from skillrank.kernel import build_kernel  # noqa: E402
-from skillrank.shards import iterate_batches, read_manifest  # noqa: E402
+from skillrank.shards import Manifest, ShardFile, iterate_batches  # noqa: E402
 from skillrank.tables import SHARD_SCHEMA  # noqa: E402
 from skillrank.trainer import train  # noqa: E402
 
@@ -207,7 +206,7 @@ def write_dataset(root: Path, train_profiles: int, rows_per_shard: int, seed: in
     run_id = "prepare-benchmark"
     held_out = round(train_profiles * HELD_OUT_FRACTION)
     counts = {"train": train_profiles, "validation": held_out, "test": held_out}
-    splits = {}
+    splits: dict[str, list[ShardFile]] = {}
     for split, count in counts.items():
         table = synthesize_profiles(rng, split[0], count)
         (root / run_id / split).mkdir(parents=True)
@@ -215,9 +214,9 @@ def write_dataset(root: Path, train_profiles: int, rows_per_shard: int, seed: in
         for index, start in enumerate(range(0, count, rows_per_shard)):
             path = f"{run_id}/{split}/part-{index:05d}-benchmark-c000.snappy.parquet"
             pq.write_table(table.slice(start, rows_per_shard), root / path)
-            listing.append({"path": path, "rows": min(rows_per_shard, count - start)})
-        splits[split] = {"rows": count, "shards": listing}
-    vocabulary: dict[str, object] = {"jobs": JOBS, "skills": SKILLS}
+            listing.append(ShardFile(path, min(rows_per_shard, count - start)))
+        splits[split] = listing
+    vocabulary = {}
     for name, key, label, size in (
         ("job_vocab", "job_id", "job_title", JOBS),
         ("skill_vocab", "skill_id", "skill_name", SKILLS),
@@ -232,22 +231,23 @@ def write_dataset(root: Path, train_profiles: int, rows_per_shard: int, seed: in
             }
         )
         pq.write_table(vocab, root / path)
-        vocabulary[name] = [{"path": path, "rows": size}]
-    manifest = {
-        "format_version": 1,
-        "prepare_run_id": run_id,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config_fingerprint": "benchmark",
-        "split_fractions": {"train": 0.9, "validation": 0.05, "test": 0.05},
-        "split_salt": "benchmark",
-        "job_weighting": "uniform",
-        "vocabulary": vocabulary,
-        "splits": splits,
-        "shard_columns": {f.name: f.dataType.simpleString() for f in SHARD_SCHEMA},
-        "delta_versions": {},
-    }
+        vocabulary[name] = [ShardFile(path, size)]
+    manifest = Manifest(
+        prepare_run_id=run_id,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        config_fingerprint="benchmark",
+        split_fractions={"train": 0.9, "validation": 0.05, "test": 0.05},
+        split_salt="benchmark",
+        job_weighting="uniform",
+        jobs=JOBS,
+        skills=SKILLS,
+        vocab_files=vocabulary,
+        split_files=splits,
+        shard_columns={f.name: f.dataType.simpleString() for f in SHARD_SCHEMA},
+        delta_versions={},
+    )
     path = root / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    path.write_text(manifest.to_json())
     return path
 
 
@@ -256,7 +256,7 @@ def write_dataset(root: Path, train_profiles: int, rows_per_shard: int, seed: in
 
 def time_loader(manifest_path: Path, params: TrainConfig, passes: int = 3) -> list[float]:
     """Seconds of one shuffled pass of iterate_batches over the train split, `passes` times."""
-    files = read_manifest(manifest_path).shards["train"]
+    files = Manifest.read(manifest_path).shards["train"]
     seconds = []
     for epoch in range(1, passes + 1):
         clock = time.perf_counter()
@@ -319,7 +319,7 @@ def _dense(
 def time_naive(manifest_path: Path, params: TrainConfig, batches: int) -> list[float]:
     """Seconds per batch of the textbook model: dense one-hot jobs (B x J) and targets (B x S),
     nn.Linear(J, S), log_softmax + kl_div, autograd, Adam; one warm-up batch, then `batches`."""
-    manifest = read_manifest(manifest_path)
+    manifest = Manifest.read(manifest_path)
     model = torch.nn.Linear(manifest.jobs, manifest.skills, bias=False)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     stream = iterate_batches(
@@ -473,7 +473,7 @@ def run(args: argparse.Namespace, base: Path) -> None:
     manifest_path = args.manifest or write_dataset(
         base / "shards", args.profiles, rows_per_shard, params.seed
     )
-    manifest = read_manifest(manifest_path)
+    manifest = Manifest.read(manifest_path)
     batches = -(-manifest.rows["train"] // params.batch_size)
     size = sum(p.stat().st_size for p in manifest_path.parent.rglob("*.parquet")) / 2**20
     print(

@@ -9,7 +9,6 @@ older run reads what that run was trained on, not what a later prepare wrote.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ from pyspark.sql import functions as F
 from jobs._cli import StageContext, StageError
 from skillrank.config import Config
 from skillrank.evaluate import Method, model_method
-from skillrank.shards import Manifest, manifest_from_json
+from skillrank.shards import Manifest
 from skillrank.tables import conform, table_version
 
 
@@ -72,11 +71,11 @@ def resolve_run(ctx: StageContext) -> Row:
 def run_manifest(ctx: StageContext, run: Row) -> Manifest:
     """The shard set the run was trained on; StageError when a later prepare removed it."""
     root = ctx.workdir / ctx.config.catalog.shards_dir
-    manifest = manifest_from_json(json.loads(run.input_manifest), root)
+    manifest = Manifest.parse(run.input_manifest, root, f"run {run.run_id}'s input_manifest")
     missing = [p for files in manifest.shards.values() for p in files if not p.is_file()]
     if missing:
         raise StageError(
-            f"run {run.run_id} was trained on shard set {manifest.raw.get('prepare_run_id')},"
+            f"run {run.run_id} was trained on shard set {manifest.prepare_run_id},"
             f" which is gone ({missing[0]} missing): prepare keeps only the latest sets;"
             " train again to evaluate on the current data"
         )
@@ -89,7 +88,7 @@ def profile_segments(
     """profile_id -> (city, industry) codes (None where unknown) of every profile of a split
     of the run's shards, read from `profiles` at the Delta version the shards were written
     from."""
-    version = manifest.raw.get("delta_versions", {}).get("profiles")
+    version = manifest.delta_versions.get("profiles")
     sql = f"SELECT profile_id, city, industry FROM {ctx.table('profiles')}"
     if version is not None:
         sql += f" VERSION AS OF {int(version)}"
@@ -182,13 +181,17 @@ def load_model(ctx: StageContext, run: Row, name: str = "model") -> tuple[Method
 def sibling_runs(ctx: StageContext, run: Row) -> list[Row]:
     """The latest succeeded run of each other model family trained on the same shard set as
     `run` (same prepare run), to be scored beside it."""
-    prepare_run = json.loads(run.input_manifest).get("prepare_run_id")
+    prepare_run = _shard_set(run)
     runs = ctx.spark.table(ctx.table("runs")).where(
         (F.col("status") == "succeeded") & F.col("model").isNotNull()
     )
     latest: dict[str, Row] = {}
     for row in runs.orderBy("ended_at").collect():
-        same_shards = json.loads(row.input_manifest).get("prepare_run_id") == prepare_run
-        if same_shards and row.model != (run.model or "softmax"):
+        if _shard_set(row) == prepare_run and row.model != (run.model or "softmax"):
             latest[row.model] = row
     return [latest[model] for model in sorted(latest)]
+
+
+def _shard_set(run: Row) -> str:
+    """The prepare run whose shards a train run read."""
+    return Manifest.parse(run.input_manifest, Path(), f"run {run.run_id}'s manifest").prepare_run_id

@@ -101,7 +101,7 @@ def run(ctx: StageContext) -> StageResult:
     declare_tables(ctx.spark, ctx.config, ["evaluation"])
     train_run = resolve_run(ctx)
     manifest = run_manifest(ctx, train_run)
-    print(f"[evaluate]   train run {train_run.run_id} ({manifest.raw['prepare_run_id']})")
+    print(f"[evaluate]   train run {train_run.run_id} ({manifest.prepare_run_id})")
     siblings = sibling_runs(ctx, train_run)
     with ctx.step(f"read the model and {len(siblings)} other families' runs on its shards"):
         # Each as (its predictions of a profile, the ranking SkillRank publishes).

@@ -12,13 +12,11 @@ job_vocab,skill_vocab}/*.parquet plus <shards_dir>/manifest.json, replaced atomi
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from delta.tables import DeltaTable
 from pyspark import StorageLevel
@@ -37,9 +35,9 @@ from skillrank.prepare import (
     filter_profiles,
 )
 from skillrank.session import resolve_path
+from skillrank.shards import Manifest, ShardFile
 from skillrank.tables import SHARD_SCHEMA, SPECS, conform, declare_tables, table_version
 
-MANIFEST_FORMAT = 1
 SHARD_SETS_KEPT = 2  # the current set and the one before, for a trainer still reading it
 
 
@@ -76,7 +74,7 @@ def _write_shards(
     )
 
 
-def _shard_listing(ctx: StageContext, path: str, base: str) -> list[dict[str, Any]]:
+def _shard_listing(ctx: StageContext, path: str, base: str) -> list[ShardFile]:
     counts = (
         ctx.spark.read.parquet(path)
         .groupBy(F.col("_metadata.file_path").alias("file"))
@@ -84,7 +82,7 @@ def _shard_listing(ctx: StageContext, path: str, base: str) -> list[dict[str, An
         .orderBy("file")
         .collect()
     )
-    return [{"path": r.file.split(base, 1)[1].lstrip("/"), "rows": r["count"]} for r in counts]
+    return [ShardFile(r.file.split(base, 1)[1].lstrip("/"), r["count"]) for r in counts]
 
 
 def _local_dir(uri: str) -> Path:
@@ -164,15 +162,12 @@ def run(ctx: StageContext) -> StageResult:
     shards_root = resolve_path(ctx.workdir, config.catalog.shards_dir)
     local_root = _local_dir(shards_root)
     set_uri = f"{shards_root.rstrip('/')}/{ctx.run_id}"
-    splits_manifest = {}
+    split_files = {}
     with ctx.step(f"wrote shards under {set_uri}"):
         for split in SPLITS:
             path = f"{set_uri}/{split}"
             _write_shards(usable, split, split_rows[split], params.rows_per_shard, path)
-            splits_manifest[split] = {
-                "rows": split_rows[split],
-                "shards": _shard_listing(ctx, path, str(local_root)),
-            }
+            split_files[split] = _shard_listing(ctx, path, str(local_root))
         encoded.unpersist()
         for name, vocab, key in (
             ("job_vocab", job_vocab, "job_id"),
@@ -181,24 +176,23 @@ def run(ctx: StageContext) -> StageResult:
             vocab.coalesce(1).orderBy(key).write.mode("overwrite").parquet(f"{set_uri}/{name}")
 
     vocab_sizes = {"jobs": job_vocab.count(), "skills": skill_vocab.count()}
-    manifest = {
-        "format_version": MANIFEST_FORMAT,
-        "prepare_run_id": ctx.run_id,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config_fingerprint": config.fingerprint(),
-        "split_fractions": params.split_fractions,
-        "split_salt": params.split_salt,
-        "job_weighting": params.job_weighting,
-        "vocabulary": {
-            "jobs": vocab_sizes["jobs"],
-            "skills": vocab_sizes["skills"],
-            "job_vocab": _shard_listing(ctx, f"{set_uri}/job_vocab", str(local_root)),
-            "skill_vocab": _shard_listing(ctx, f"{set_uri}/skill_vocab", str(local_root)),
+    manifest = Manifest(
+        prepare_run_id=ctx.run_id,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        config_fingerprint=config.fingerprint(),
+        split_fractions=params.split_fractions,
+        split_salt=params.split_salt,
+        job_weighting=params.job_weighting,
+        jobs=vocab_sizes["jobs"],
+        skills=vocab_sizes["skills"],
+        vocab_files={
+            name: _shard_listing(ctx, f"{set_uri}/{name}", str(local_root))
+            for name in ("job_vocab", "skill_vocab")
         },
-        "splits": splits_manifest,
-        "shard_columns": {f.name: f.dataType.simpleString() for f in SHARD_SCHEMA},
-        "delta_versions": versions,
-    }
+        split_files=split_files,
+        shard_columns={f.name: f.dataType.simpleString() for f in SHARD_SCHEMA},
+        delta_versions=versions,
+    )
     _publish_manifest(local_root, ctx.run_id, manifest)
 
     dropped = {
@@ -224,10 +218,10 @@ def run(ctx: StageContext) -> StageResult:
     )
 
 
-def _publish_manifest(root: Path, run_id: str, manifest: dict[str, Any]) -> None:
+def _publish_manifest(root: Path, run_id: str, manifest: Manifest) -> None:
     """Atomically point manifest.json at the new shard set, then drop sets no longer needed."""
     tmp = root / f".manifest.{run_id}.json"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(manifest.to_json())
     os.replace(tmp, root / "manifest.json")
     sets = sorted(
         (p for p in root.iterdir() if p.is_dir() and p.name.startswith("prepare-")),

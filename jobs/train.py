@@ -50,7 +50,7 @@ from skillrank.publish import (
 )
 from skillrank.segments import SegmentFit, fit_segments, segment_kl, segment_rankings
 from skillrank.session import resolve_path
-from skillrank.shards import iterate_batches, read_manifest
+from skillrank.shards import Manifest, iterate_batches
 from skillrank.tables import SPECS, conform, declare_tables, table_version
 from skillrank.trainer import (
     SELECTION_K,
@@ -117,9 +117,13 @@ def check(args: argparse.Namespace, config: Config) -> None:
         raise StageError(f"no training shards: {manifest} does not exist (run prepare first)")
     if args.resume and not checkpoint.is_file():
         raise StageError(f"--resume: no checkpoint at {checkpoint}")
+    try:
+        shard_set = Manifest.read(manifest)
+    except ValueError as exc:
+        raise StageError(str(exc)) from exc
     processes = config.train.num_processes
     if processes > 1:
-        shards = len(json.loads(manifest.read_text(encoding="utf-8"))["splits"]["train"]["shards"])
+        shards = len(shard_set.split_files["train"])
         if shards < processes:
             raise StageError(
                 f"train.num_processes={processes}, but the train split has {shards} shard"
@@ -131,7 +135,7 @@ def check(args: argparse.Namespace, config: Config) -> None:
 def run(ctx: StageContext) -> StageResult:
     manifest_path, checkpoint = _paths(ctx.workdir, ctx.config)
     manifest_text = manifest_path.read_text(encoding="utf-8")
-    manifest = json.loads(manifest_text)
+    manifest = Manifest.parse(manifest_text, manifest_path.parent, str(manifest_path))
     declare_tables(ctx.spark, ctx.config, ["runs", *RUN_TABLES])
     device = ctx.args.device or ctx.config.train.device
     declare_views(ctx.spark, ctx.config)
@@ -147,16 +151,16 @@ def run(ctx: StageContext) -> StageResult:
             with ctx.step("fitted the segment rows and the pooled rows' credit"):
                 segments = _fit_segments(ctx, manifest_path, result)
         with ctx.step("published phi and rankings"):
-            _publish(ctx, result, manifest_path, manifest, segments)
+            _publish(ctx, result, manifest, segments)
         _update_run(ctx, _run_outcome(result, test_loss))
     except BaseException as exc:
         _discard(ctx, str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
         raise
     jobs, skills = result.phi_t.shape
     return StageResult(
-        rows_in=manifest["splits"]["train"]["rows"],
+        rows_in=manifest.rows["train"],
         rows_out=jobs * skills,
-        input_versions={k: int(v) for k, v in manifest.get("delta_versions", {}).items()},
+        input_versions=manifest.delta_versions,
         output_versions={
             key: table_version(ctx.spark, ctx.table(key)) for key in ("runs", *RUN_TABLES)
         },
@@ -238,7 +242,7 @@ def _fit_segments(ctx: StageContext, manifest_path: Path, result: TrainResult) -
     of train.segment_prior_strengths with the lowest validation KL (printed beside the pooled
     model's)."""
     params = ctx.config.train
-    manifest = read_manifest(manifest_path)
+    manifest = Manifest.read(manifest_path)
     codes = {split: profile_segments(ctx, manifest, split) for split in ("train", "validation")}
     columns = [(name, _SEGMENT_COLUMNS.index(name)) for name in params.segments]
     names = [
@@ -306,8 +310,7 @@ def _segment_blocks(segments: Segments, min_profiles: int, k: int) -> Iterator[d
 def _publish(
     ctx: StageContext,
     result: TrainResult,
-    manifest_path: Path,
-    manifest: dict,
+    manifest: Manifest,
     segments: Segments | None,
 ) -> None:
     """Stage phi and the rankings as Parquet (block by block), then append them with Spark."""
@@ -340,14 +343,12 @@ def _publish(
         def read(name: str) -> DataFrame:
             return spark.read.parquet(f"{staging}/{name}").withColumn("run_id", F.lit(ctx.run_id))
 
-        def shard_files(entries: list[dict]) -> list[str]:
-            return [resolve_path(manifest_path.parent, e["path"]) for e in entries]
+        def parquet(files: list[Path]) -> DataFrame:
+            return spark.read.parquet(*(str(f) for f in files))
 
-        vocabulary = manifest["vocabulary"]
-        job_vocab = spark.read.parquet(*shard_files(vocabulary["job_vocab"]))
-        skill_vocab = spark.read.parquet(*shard_files(vocabulary["skill_vocab"]))
-        train_files = shard_files(manifest["splits"]["train"]["shards"])
-        support = pair_support(spark.read.parquet(*train_files)).cache()
+        job_vocab = parquet(manifest.vocabulary_files("job"))
+        skill_vocab = parquet(manifest.vocabulary_files("skill"))
+        support = pair_support(parquet(manifest.shards["train"])).cache()
         job_skill_rank = read("job_skill_rank")
         if concentration is None:  # no posterior: the interval and rank range are unknown
             job_skill_rank = job_skill_rank.withColumns(
@@ -410,7 +411,7 @@ def _write_blocks(fs: pafs.FileSystem, path: str, blocks: Iterator[dict]) -> int
     return total
 
 
-def _insert_run(ctx: StageContext, device: str, manifest: dict, manifest_text: str) -> None:
+def _insert_run(ctx: StageContext, device: str, manifest: Manifest, manifest_text: str) -> None:
     """Record the run as 'running' before anything is published."""
     values = {
         "run_id": ctx.run_id,
@@ -419,9 +420,9 @@ def _insert_run(ctx: StageContext, device: str, manifest: dict, manifest_text: s
         "device": device,
         "model": ctx.config.train.model,
         "hyperparameters": {k: str(v) for k, v in dataclasses.asdict(ctx.config.train).items()},
-        "jobs": int(manifest["vocabulary"]["jobs"]),
-        "skills": int(manifest["vocabulary"]["skills"]),
-        "train_profiles": int(manifest["splits"]["train"]["rows"]),
+        "jobs": manifest.jobs,
+        "skills": manifest.skills,
+        "train_profiles": manifest.rows["train"],
         "config_json": json.dumps(ctx.config.to_dict(), sort_keys=True),
         "input_manifest": manifest_text,
     }
@@ -434,7 +435,7 @@ def _test_loss(params: TrainConfig, manifest_path: Path, result: TrainResult) ->
     """Mean KL of the published model on the test split: the one read of the test split,
     after training chose everything on the validation split."""
     method = model_method(params.model, result.phi_t, result.background, params.background_weight)
-    test_loss, _ = score_split(method, read_manifest(manifest_path), "test", params.batch_size)
+    test_loss, _ = score_split(method, Manifest.read(manifest_path), "test", params.batch_size)
     return test_loss
 
 

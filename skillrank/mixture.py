@@ -44,7 +44,7 @@ from torch import Tensor
 from skillrank.config import TrainConfig
 from skillrank.evaluate import model_method
 from skillrank.model import Batch
-from skillrank.shards import iterate_batches, read_manifest, read_vocabulary
+from skillrank.shards import Manifest, iterate_batches, read_vocabulary
 from skillrank.trainer import (
     SELECTION_K,
     EpochRecord,
@@ -302,7 +302,7 @@ def train_mixture(
         raise ValueError("--resume applies to train.model=softmax; a mixture fit starts over")
     if (device or params.device) != "cpu":
         raise ValueError("train.model=mixture runs on cpu (its EM passes are sparse)")
-    manifest = read_manifest(manifest_path)
+    manifest = Manifest.read(manifest_path)
     if manifest.rows.get("validation", 0) == 0:
         raise ValueError(f"manifest {manifest_path}: the validation split is empty")
     jobs, skills = manifest.jobs, manifest.skills

@@ -26,39 +26,123 @@ COLUMNS = ["profile_id", "job_ids", "job_weights", "skill_ids"]
 _READ_ROWS = 8192
 
 
+# manifest.json's layout (docs/tables.md, "Training shards"); read() refuses any other.
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    """One Parquet file of a shard set: its path under the manifest's directory, its rows."""
+
+    path: str
+    rows: int
+
+
 @dataclass(frozen=True)
 class Manifest:
-    """What the trainer needs from manifest.json: vocabulary sizes and shard files per split."""
+    """manifest.json: the shard set `prepare` wrote (its one writer, ``to_json``) and
+    everything the trainer, evaluate and the benchmarks read of it (``read``)."""
 
-    root: Path
-    jobs: int
+    prepare_run_id: str
+    created_at: str  # ISO 8601, UTC
+    config_fingerprint: str
+    split_fractions: dict[str, float]
+    split_salt: str
+    job_weighting: str
+    jobs: int  # vocabulary sizes
     skills: int
-    shards: dict[str, list[Path]]
-    rows: dict[str, int]
-    raw: dict[str, Any]
+    vocab_files: dict[str, list[ShardFile]]  # job_vocab, skill_vocab
+    split_files: dict[str, list[ShardFile]]  # train, validation, test
+    shard_columns: dict[str, str]  # column -> Spark type of the shards
+    delta_versions: dict[str, int]  # the input tables' versions the set was written from
+    root: Path = Path(".")  # the directory the paths are under
 
+    @property
+    def shards(self) -> dict[str, list[Path]]:
+        """Split -> its shard files, resolved under `root`."""
+        return {s: [self.root / f.path for f in files] for s, files in self.split_files.items()}
 
-def read_manifest(path: Path) -> Manifest:
-    """Parse `<shards_dir>/manifest.json`; shard paths are resolved against its directory."""
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ValueError(f"cannot read manifest {path}: {exc.strerror}") from exc
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"manifest {path} is not valid JSON: {exc}") from exc
-    return manifest_from_json(raw, path.parent, str(path))
+    @property
+    def rows(self) -> dict[str, int]:
+        """Split -> its profiles."""
+        return {s: sum(f.rows for f in files) for s, files in self.split_files.items()}
 
+    def vocabulary_files(self, kind: str) -> list[Path]:
+        """The files of job_vocab (kind 'job') or skill_vocab ('skill'), under `root`."""
+        return [self.root / f.path for f in self.vocab_files[f"{kind}_vocab"]]
 
-def manifest_from_json(raw: Any, root: Path, source: str = "manifest") -> Manifest:
-    """A parsed manifest (e.g. the copy a train run records) with paths under `root`."""
-    try:
-        jobs, skills = int(raw["vocabulary"]["jobs"]), int(raw["vocabulary"]["skills"])
-        splits = raw["splits"]
-        shards = {s: [root / f["path"] for f in v["shards"]] for s, v in splits.items()}
-        rows = {s: int(v["rows"]) for s, v in splits.items()}
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{source} lacks {exc} (see docs/tables.md)") from exc
-    return Manifest(root, jobs, skills, shards, rows, raw)
+    def to_json(self) -> str:
+        def listing(files: list[ShardFile]) -> list[dict[str, Any]]:
+            return [{"path": f.path, "rows": f.rows} for f in files]
+
+        document = {
+            "format_version": MANIFEST_FORMAT,
+            "prepare_run_id": self.prepare_run_id,
+            "created_at": self.created_at,
+            "config_fingerprint": self.config_fingerprint,
+            "split_fractions": self.split_fractions,
+            "split_salt": self.split_salt,
+            "job_weighting": self.job_weighting,
+            "vocabulary": {
+                "jobs": self.jobs,
+                "skills": self.skills,
+                **{kind: listing(files) for kind, files in self.vocab_files.items()},
+            },
+            "splits": {
+                split: {"rows": sum(f.rows for f in files), "shards": listing(files)}
+                for split, files in self.split_files.items()
+            },
+            "shard_columns": self.shard_columns,
+            "delta_versions": self.delta_versions,
+        }
+        return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+    @staticmethod
+    def read(path: Path) -> Manifest:
+        """Parse `<shards_dir>/manifest.json`; shard paths resolve against its directory."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot read manifest {path}: {exc.strerror}") from exc
+        return Manifest.parse(text, path.parent, str(path))
+
+    @staticmethod
+    def parse(text: str, root: Path, source: str = "manifest") -> Manifest:
+        """A manifest from its JSON text (e.g. the copy a train run records), paths under
+        `root`; ValueError naming `source` when it is not one this version can read."""
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{source} is not valid JSON: {exc}") from exc
+        version = raw.get("format_version") if isinstance(raw, dict) else None
+        if version != MANIFEST_FORMAT:
+            raise ValueError(
+                f"{source} has format_version {version!r}; this version of SkillRank reads"
+                f" {MANIFEST_FORMAT}: run prepare again to rewrite the shards"
+            )
+
+        def files(listing: list[dict[str, Any]]) -> list[ShardFile]:
+            return [ShardFile(str(f["path"]), int(f["rows"])) for f in listing]
+
+        try:
+            vocabulary = raw["vocabulary"]
+            return Manifest(
+                prepare_run_id=str(raw["prepare_run_id"]),
+                created_at=str(raw["created_at"]),
+                config_fingerprint=str(raw["config_fingerprint"]),
+                split_fractions={k: float(v) for k, v in raw["split_fractions"].items()},
+                split_salt=str(raw["split_salt"]),
+                job_weighting=str(raw["job_weighting"]),
+                jobs=int(vocabulary["jobs"]),
+                skills=int(vocabulary["skills"]),
+                vocab_files={k: files(vocabulary[k]) for k in ("job_vocab", "skill_vocab")},
+                split_files={s: files(v["shards"]) for s, v in raw["splits"].items()},
+                shard_columns=dict(raw["shard_columns"]),
+                delta_versions={k: int(v) for k, v in raw["delta_versions"].items()},
+                root=root,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{source} lacks {exc} (see docs/tables.md)") from exc
 
 
 def iterate_batches(
@@ -149,9 +233,12 @@ def read_vocabulary(manifest: Manifest, kind: str) -> tuple[list[str], np.ndarra
     """Names and training-profile counts of the run's job titles (kind 'job') or skills
     ('skill'), both indexed by id."""
     key, name = ("job_id", "job_title") if kind == "job" else ("skill_id", "skill_name")
-    files = [manifest.root / f["path"] for f in manifest.raw["vocabulary"][f"{kind}_vocab"]]
-    table = pq.ParquetDataset(files).read(columns=[key, name, "profile_count"]).sort_by(key)
+    table = (
+        pq.ParquetDataset(manifest.vocabulary_files(kind))
+        .read(columns=[key, name, "profile_count"])
+        .sort_by(key)
+    )
     ids = table.column(key).to_numpy()
     if not np.array_equal(ids, np.arange(len(ids))):
-        raise ValueError(f"{kind}_vocab of {manifest.raw.get('prepare_run_id')} is not dense")
+        raise ValueError(f"{kind}_vocab of {manifest.prepare_run_id} is not dense")
     return table.column(name).to_pylist(), table.column("profile_count").to_numpy()

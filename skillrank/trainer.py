@@ -73,7 +73,7 @@ from skillrank.model import (
     kl_loss_and_residual,
     row_gradients,
 )
-from skillrank.shards import Manifest, iterate_batches, read_manifest
+from skillrank.shards import Manifest, iterate_batches
 
 CHECKPOINT_FORMAT = 4
 # Cut-off of the selection metric: the best epoch has the highest validation NDCG@10.
@@ -189,7 +189,7 @@ def train(
     """
     if params.model != "softmax":  # (every setting's range was checked on load)
         raise ValueError(f"train() trains train.model=softmax, got {params.model!r}")
-    manifest = read_manifest(manifest_path)
+    manifest = Manifest.read(manifest_path)
     for split in ("train", "validation"):
         if split not in manifest.shards:
             raise ValueError(f"manifest {manifest_path} has no {split!r} split")
@@ -748,8 +748,7 @@ def _link(source: Path, target: Path) -> None:
 
 def _shard_set(manifest: Manifest) -> str:
     """What identifies the training data: the prepare run and the vocabulary sizes."""
-    prepare_run = manifest.raw.get("prepare_run_id", "unknown")
-    return f"{prepare_run} ({manifest.jobs} jobs x {manifest.skills} skills)"
+    return f"{manifest.prepare_run_id} ({manifest.jobs} jobs x {manifest.skills} skills)"
 
 
 def _previous_path(checkpoint_path: Path) -> Path:

@@ -25,6 +25,7 @@ from jobs._cli import run_stages
 from skillrank.config import Config, load_config
 from skillrank.model import Batch
 from skillrank.session import build_spark
+from skillrank.shards import Manifest
 
 # tests/run.sh runs the suite on two pytest-xdist workers, one file at a time per worker (so
 # that a module's fixtures are built once), test_evaluation.py on the worker that runs
@@ -155,8 +156,8 @@ class Pipeline:
     def table(self, name: str) -> DataFrame:
         return self.spark.table(f"{self.database}.{name}")
 
-    def manifest(self) -> dict[str, Any]:
-        return json.loads((self.workdir / "shards" / "manifest.json").read_text())
+    def manifest(self) -> Manifest:
+        return Manifest.read(self.workdir / "shards" / "manifest.json")
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from skillrank.config import TrainConfig
 from skillrank.families import FAMILIES
 from skillrank.mixture import train_mixture
 from skillrank.model import Batch
-from skillrank.shards import iterate_batches, read_manifest
+from skillrank.shards import Manifest, iterate_batches
 from skillrank.trainer import (
     Ranks,
     TrainResult,
@@ -83,7 +83,7 @@ def _ids_of(files: list[Path], **kwargs: Any) -> list[str]:
 @pytest.mark.parametrize("world", [2, 3])
 def test_ranks_read_disjoint_whole_shards_that_cover_the_split(tmp_path: Path, world: int) -> None:
     profiles = _simple_profiles(500, "p")
-    manifest = read_manifest(_write_shards(tmp_path, {"train": profiles}, 7, 8, shards=5))
+    manifest = Manifest.read(_write_shards(tmp_path, {"train": profiles}, 7, 8, shards=5))
     files = manifest.shards["train"]
     file_of = {i: f for f in files for i in _ids_of([f], shuffle=False)}
     for epoch in (1, 2):
@@ -281,7 +281,7 @@ def test_a_resumed_two_process_run_ends_where_an_uninterrupted_one_does(tmp_path
 
 def test_a_failing_process_leaves_its_error_for_the_driver(tmp_path: Path) -> None:
     manifest, _ = _planted_case(tmp_path, shards=2)
-    lost = read_manifest(manifest).shards["train"][1]
+    lost = Manifest.read(manifest).shards["train"][1]
     lost.unlink()  # one rank's shard is gone: that rank fails, the other loses its peer
     checkpoint = tmp_path / "ckpt.pt"
     (tmp_path / "ckpt.pt.rank-5.error").write_text("rank 5: an earlier run's error")

@@ -24,7 +24,7 @@ from skillrank.mixture import (
     word_prior,
 )
 from skillrank.model import Batch
-from skillrank.shards import read_manifest
+from skillrank.shards import Manifest
 from skillrank.trainer import popularity
 from tests.conftest import profile_batch, random_batch
 from tests.test_trainer import _planted_case
@@ -219,7 +219,7 @@ def test_selection_never_reads_the_test_split(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     manifest, _ = _planted_case(tmp_path, train_rows=600)
-    for shard in read_manifest(manifest).shards["test"]:
+    for shard in Manifest.read(manifest).shards["test"]:
         shard.unlink()  # any read of the test split would now fail
     spec = importlib.util.spec_from_file_location("select_model", BENCHMARKS / "select_model.py")
     assert spec is not None and spec.loader is not None

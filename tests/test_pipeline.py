@@ -43,14 +43,12 @@ def _tables(p: Pipeline) -> dict[str, list[tuple]]:
 
 
 def _shard_rows(p: Pipeline) -> dict[str, list[dict[str, Any]]]:
-    manifest = p.manifest()
-    root = p.workdir / "shards"
     return {
         split: sorted(
-            (row for s in info["shards"] for row in pq.read_table(root / s["path"]).to_pylist()),
+            (row for path in files for row in pq.read_table(path).to_pylist()),
             key=lambda r: r["profile_id"],
         )
-        for split, info in manifest["splits"].items()
+        for split, files in p.manifest().shards.items()
     }
 
 
@@ -68,9 +66,7 @@ def test_pipeline_writes_profiles_vocabularies_and_shards(
     manifest = pipeline.manifest()
     rows = _shard_rows(pipeline)
     split_of = {pid: r.split for pid, r in profiles.items()}
-    assert {s: len(v) for s, v in rows.items()} == {
-        s: i["rows"] for s, i in manifest["splits"].items()
-    }
+    assert {s: len(v) for s, v in rows.items()} == manifest.rows
     assert sum(len(v) for v in rows.values()) == 60  # paris and farm filtered out
     for split, shard_rows in rows.items():
         assert all(split_of[r["profile_id"]] == split for r in shard_rows)
@@ -78,7 +74,7 @@ def test_pipeline_writes_profiles_vocabularies_and_shards(
     jobs = {r.job_title: r.job_id for r in pipeline.table("job_vocab").collect()}
     skills = {r.skill_name: r.skill_id for r in pipeline.table("skill_vocab").collect()}
     assert set(jobs) <= {"data scientist", "nurse"} and set(skills) <= {"python", "sql", "triage"}
-    assert manifest["vocabulary"]["jobs"] == len(jobs)
+    assert manifest.jobs == len(jobs)
     for r in rows["train"]:
         n = int(r["profile_id"][1:])
         assert r["job_ids"] == [jobs[["data scientist", "nurse"][n % 2]]]
@@ -88,7 +84,7 @@ def test_pipeline_writes_profiles_vocabularies_and_shards(
     run = pipeline.table("stage_runs").where("stage = 'prepare'").first()
     assert run.rows_in == 62 and run.rows_out == 60
     assert run.rows_dropped["outside_cities"] == 1 and run.rows_dropped["outside_industries"] == 1
-    assert run.input_versions["profiles_raw"] == manifest["delta_versions"]["profiles_raw"]
+    assert run.input_versions["profiles_raw"] == manifest.delta_versions["profiles_raw"]
 
 
 def test_rerun_changes_nothing_and_an_appended_crawl_updates_profiles_keeping_splits(
@@ -176,9 +172,8 @@ def test_train_stage_learns_from_the_shards_and_resumes(pipeline: Pipeline, tmp_
     assert checkpoint.is_file()
     run = pipeline.table("stage_runs").where("stage = 'train'").first()
     manifest = pipeline.manifest()
-    assert run.rows_in == manifest["splits"]["train"]["rows"]
-    vocab = manifest["vocabulary"]
-    assert run.rows_out == vocab["jobs"] * vocab["skills"]
+    assert run.rows_in == manifest.rows["train"]
+    assert run.rows_out == manifest.jobs * manifest.skills
 
     longer = ("--conf", "train.model=softmax", "--conf", "train.max_epochs=3")
     longer += ("--conf", "train.batch_size=50", "--conf", "train.learning_rate=1.0")

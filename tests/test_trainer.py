@@ -16,7 +16,7 @@ import torch
 
 from skillrank.config import SPLITS, TrainConfig, load_config
 from skillrank.model import Batch, append_job, kl_loss, kl_loss_and_grad, kl_loss_autograd
-from skillrank.shards import iterate_batches, read_manifest
+from skillrank.shards import Manifest, ShardFile, iterate_batches
 from skillrank.trainer import train
 from tests.conftest import random_batch
 
@@ -66,7 +66,7 @@ def test_loss_is_zero_only_when_prediction_matches_target() -> None:
 Profile = tuple[str, list[int], list[float], list[int]]
 
 
-def _write_split(root: Path, split: str, profiles: list[Profile], shards: int) -> list[dict]:
+def _write_split(root: Path, split: str, profiles: list[Profile], shards: int) -> list[ShardFile]:
     (root / "set" / split).mkdir(parents=True, exist_ok=True)
     listing = []
     for index, chunk in enumerate(np.array_split(np.arange(len(profiles)), shards)):
@@ -82,7 +82,7 @@ def _write_split(root: Path, split: str, profiles: list[Profile], shards: int) -
         relative = f"set/{split}/part-{index:05d}.parquet"
         # Small row groups so that a shard is read in several pieces.
         pq.write_table(table, root / relative, row_group_size=97)
-        listing.append({"path": relative, "rows": len(rows)})
+        listing.append(ShardFile(relative, len(rows)))
     return listing
 
 
@@ -90,16 +90,22 @@ def _write_shards(
     root: Path, splits: dict[str, list[Profile]], jobs: int, skills: int, shards: int = 3
 ) -> Path:
     """Shards and a manifest.json as `prepare` writes them (docs/tables.md); its path."""
-    manifest = {
-        "format_version": 1,
-        "vocabulary": {"jobs": jobs, "skills": skills},
-        "splits": {
-            split: {"rows": len(rows), "shards": _write_split(root, split, rows, shards)}
-            for split, rows in splits.items()
-        },
-    }
+    manifest = Manifest(
+        prepare_run_id="prepare-test",
+        created_at="2026-11-29T00:00:00+00:00",
+        config_fingerprint="test",
+        split_fractions={"train": 0.9, "validation": 0.05, "test": 0.05},
+        split_salt="test",
+        job_weighting="uniform",
+        jobs=jobs,
+        skills=skills,
+        vocab_files={"job_vocab": [], "skill_vocab": []},
+        split_files={s: _write_split(root, s, rows, shards) for s, rows in splits.items()},
+        shard_columns={},
+        delta_versions={},
+    )
     path = root / "manifest.json"
-    path.write_text(json.dumps(manifest))
+    path.write_text(manifest.to_json())
     return path
 
 
@@ -119,7 +125,7 @@ def _epoch_ids(files: list[Path], seed: int, epoch: int) -> list[str]:
 
 def test_every_profile_once_per_epoch_in_a_seeded_order(tmp_path: Path) -> None:
     profiles = _simple_profiles(1234, "p")
-    manifest = read_manifest(
+    manifest = Manifest.read(
         _write_shards(tmp_path, {"train": profiles}, jobs=7, skills=8, shards=4)
     )
     assert (manifest.jobs, manifest.skills, manifest.rows) == (7, 8, {"train": 1234})
@@ -139,7 +145,7 @@ def test_batches_carry_each_profiles_jobs_and_skills(tmp_path: Path) -> None:
         ("b", [2], [1.0], [0, 4, 5]),
         ("c", [1, 2, 3], [0.5, 0.25, 0.25], [2, 3]),
     ]
-    files = read_manifest(_write_shards(tmp_path, {"test": profiles}, 4, 6, shards=2)).shards[
+    files = Manifest.read(_write_shards(tmp_path, {"test": profiles}, 4, 6, shards=2)).shards[
         "test"
     ]
     ((ids, batch),) = list(iterate_batches(files, batch_size=10, shuffle=False))
@@ -167,11 +173,23 @@ def test_append_job_gives_every_profile_one_more_job_after_its_own() -> None:
     assert batch.job_ids.numel() == 6, "append_job changed its input"
 
 
-def test_a_manifest_without_vocabulary_is_rejected(tmp_path: Path) -> None:
+def test_a_manifest_without_vocabulary_or_of_another_format_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "manifest.json"
-    path.write_text(json.dumps({"splits": {}}))
+    path.write_text(json.dumps({"format_version": 1, "splits": {}}))
     with pytest.raises(ValueError, match="lacks 'vocabulary'"):
-        read_manifest(path)
+        Manifest.read(path)
+    for version in (2, None):
+        path.write_text(json.dumps({"format_version": version, "splits": {}}))
+        with pytest.raises(ValueError, match=f"has format_version {version}; this version"):
+            Manifest.read(path)
+
+
+def test_a_manifest_reads_back_what_it_wrote(tmp_path: Path) -> None:
+    profiles = _simple_profiles(30, "p")
+    written = Manifest.read(_write_shards(tmp_path, {"train": profiles, "test": profiles}, 7, 8))
+    assert written.rows == {"train": 30, "test": 30}
+    assert Manifest.parse(written.to_json(), tmp_path) == written
+    assert json.loads(written.to_json())["splits"]["train"]["rows"] == 30
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -251,7 +269,7 @@ def test_planted_skills_are_found_and_the_loss_goes_down(tmp_path: Path, skill_b
 
 def _mentions(manifest: Path, skills: int) -> torch.Tensor:
     """Each skill's number of mentions in the train split, counted here from the shards."""
-    files = read_manifest(manifest).shards["train"]
+    files = Manifest.read(manifest).shards["train"]
     ids = [s for _, batch in iterate_batches(files, 64, shuffle=False) for s in batch.skill_ids]
     return torch.bincount(torch.stack(ids), minlength=skills).double()
 
