@@ -66,7 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check(args: argparse.Namespace, config: Config) -> None:
-    """Reject an --output the generator cannot write (its settings were checked on load)."""
+    """Reject an --output the generator cannot write, or profiles longer than ingest takes
+    (generate's own settings were checked on load; ingest's limit may be lowered on its own)."""
+    if config.generate.max_positions > config.ingest.max_positions:
+        raise ConfigError("generate.max_positions must not exceed ingest.max_positions")
     if args.output and "://" in args.output and not args.output.startswith("file://"):
         raise ConfigError(f"--output must be a local directory, got {args.output}")
 

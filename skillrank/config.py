@@ -465,8 +465,6 @@ def _validate_generate(config: Config) -> None:
             raise ConfigError(f"{name} must be <= 1, got {total}")
     if g.shards > g.profiles:
         raise ConfigError(f"generate.shards ({g.shards}) must not exceed generate.profiles")
-    if g.max_positions > config.ingest.max_positions:
-        raise ConfigError("generate.max_positions must not exceed ingest.max_positions")
     gap = g.recrawl_gap_days
     if len(gap) != 2 or gap[0] > gap[1]:
         raise ConfigError(

@@ -194,7 +194,6 @@ def test_every_bounded_key_refuses_a_value_outside_it_before_spark(
         (["generate.recrawl_gap_days=[10, 5]"], "recrawl_gap_days must be [min, max]"),
         (["generate.recrawl_gap_days=[10]"], "recrawl_gap_days must be [min, max]"),
         (["generate.crawl_start=next monday"], "generate.crawl_start must be YYYY-MM-DD"),
-        (["generate.max_positions=101"], "must not exceed ingest.max_positions"),
         (["generate.city_rate=0.5", "generate.other_locations=[]"],
          "generate.other_locations must not be empty"),
     ],

@@ -231,6 +231,7 @@ def test_impossible_settings_are_refused_before_spark() -> None:
         ("generate.segment_skills=-1", "'generate.segment_skills' must be >= 0"),
         ("generate.segment_skill_rate=1.5", r"'generate.segment_skill_rate' must be in \[0, 1\]"),
         ("generate.shards=999999999", "must not exceed generate.profiles"),
+        ("generate.max_positions=101", "must not exceed ingest.max_positions"),
     ):
         with pytest.raises(ConfigError, match=message):
             parse_stage_args([STAGE], ["--conf", override])
