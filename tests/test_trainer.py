@@ -442,7 +442,8 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path: Path) -> None:
     other = _write_shards(
         tmp_path / "other", {s: _simple_profiles(30, s) for s in SPLITS}, jobs=7, skills=8
     )
-    with pytest.raises(ValueError, match=r"trained on other shards .*now prepare-test \(7 jobs x 8"):
+    moved = r"trained on other shards .*now prepare-test \(7 jobs x 8"
+    with pytest.raises(ValueError, match=moved):
         train(other, _params(max_epochs=1, learning_rate=20.0), checkpoint, resume=True)
     with pytest.raises(ValueError, match="no checkpoint to resume from"):
         train(manifest, _params(), tmp_path / "missing.pt", resume=True, log=io.StringIO())
