@@ -59,6 +59,9 @@ class StageResult:
     input_versions: dict[str, int] = field(default_factory=dict)
     output_versions: dict[str, int] = field(default_factory=dict)
     summary: list[str] = field(default_factory=list)
+    # Non-zero: the stage did its work but the process must exit with this code, after its
+    # summary and before any later stage (train's rejected run: EXIT_REJECTED).
+    exit_code: int = 0
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,13 @@ def common_parser(prog: str) -> argparse.ArgumentParser:
         help="everything the run writes (default: var/ in the project, wherever it is run from)",
     )
     parser.add_argument("--env", default="local", help="configuration overlay conf/env/<env>.yml")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="YAML overlay after --env, before --conf (repeatable; a later one wins)",
+    )
     parser.add_argument(
         "--conf", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
@@ -122,7 +132,7 @@ def parse_stage_args(
     if isinstance(command, StageRange):
         command.add_arguments(parser)
     args = parser.parse_args(argv)
-    config = load_config(args.env, args.conf)
+    config = load_config(args.env, args.conf, args.config)
     chosen = command.select(args) if isinstance(command, StageRange) else stages
     for stage in chosen:
         stage.check(args, config)
@@ -175,6 +185,12 @@ def run_stages(
         for line in result.summary:
             print(f"[{stage.name}] {line}", flush=True)
         print(f"[{stage.name}] done in {time.monotonic() - clock:.1f}s", flush=True)
+        if result.exit_code:
+            if stage is not stages[-1]:
+                later = ", ".join(s.name for s in stages[stages.index(stage) + 1 :])
+                print(f"{prog}: not run after {stage.name}'s exit code {result.exit_code}:"
+                      f" {later}", file=sys.stderr)  # fmt: skip
+            return result.exit_code
     if epilogue is not None:
         print("\n".join(epilogue(ctx)), flush=True)
     return 0

@@ -21,6 +21,7 @@ import sys
 import time
 import zipfile
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 
 from jobs import thriftserver
@@ -34,12 +35,15 @@ from skillrank.session import (
     spark_settings,
 )
 
-STAGE_NAMES = ("generate", "ingest", "prepare", "train", "evaluate", "report", "all")
+STAGE_NAMES = ("generate", "ingest", "prepare", "train", "evaluate", "report", "all", "runs")
 TOOLS = ("setup", "sql", "thriftserver")
 USAGE = (
-    "usage: spark-submit.sh <stage> [--workdir DIR] [--env NAME] [--conf KEY=VALUE]..."
-    " [--master URL] [stage options]\n"
+    "usage: spark-submit.sh <stage> [--workdir DIR] [--env NAME] [--config FILE]..."
+    " [--conf KEY=VALUE]... [--master URL] [stage options]\n"
+    "       spark-submit.sh --version\n"
     f"  stages: {', '.join(STAGE_NAMES)}\n"
+    "  runs [list | show ID | promote ID | pin ID | unpin] [--reason TEXT]: the train runs,"
+    " and which one the views show\n"
     "  setup: create the environment and resolve the Delta JARs\n"
     '  sql [-e "SELECT ..."] [-f FILE]: spark-sql on the same metastore\n'
     "  thriftserver start|stop|status [--port N]: JDBC/ODBC server on the same tables"
@@ -176,10 +180,23 @@ def _thriftserver(
         return 1
 
 
+def version() -> str:
+    """This checkout's version and those of the packages it runs on."""
+    packages = [f"{name} {metadata.version(name)}" for name in _PACKAGES]
+    python = sys.version.split()[0]
+    return f"skillrank {metadata.version('skillrank')} ({', '.join(packages)}, Python {python})"
+
+
+_PACKAGES = ("pyspark", "delta-spark", "torch", "pyarrow")
+
+
 def main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
+    if argv[0] == "--version":
+        print(version())
+        return 0
     command, rest = argv[0], argv[1:]
     prog = f"spark-submit.sh {command}"
     if command not in STAGE_NAMES + TOOLS:
@@ -197,11 +214,11 @@ def main(argv: list[str]) -> int:
             parser = common_parser(prog)
             thriftserver.add_arguments(parser)
             args, passthrough = parser.parse_args(rest), []
-            config = load_config(args.env, args.conf)
+            config = load_config(args.env, args.conf, args.config)
             thriftserver.check(args, config)
         else:
             args, passthrough = common_parser(prog).parse_known_args(rest)
-            config = load_config(args.env, args.conf)
+            config = load_config(args.env, args.conf, args.config)
     except (ConfigError, StageError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -1,7 +1,7 @@
 """What evaluate and report read of a published train run: its row, its inputs, its phi.
 
-A run is named by ``--run-id`` or, by default, is the latest succeeded one (what the
-current_* views show). Its inputs are the shard set its ``runs.input_manifest`` lists and the
+A run is named by ``--run-id`` or, by default, is the current one (what the views show:
+skillrank.promotion). Its inputs are the shard set its ``runs.input_manifest`` lists and the
 ``profiles`` table at the Delta version that shard set was written from, so evaluating an
 older run reads what that run was trained on, not what a later prepare wrote.
 """
@@ -9,6 +9,7 @@ older run reads what that run was trained on, not what a later prepare wrote.
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +22,14 @@ from pyspark.sql import functions as F
 from jobs._cli import StageContext, StageError
 from skillrank.config import Config
 from skillrank.evaluate import Method, model_method
+from skillrank.promotion import REJECTED, current_run_sql
 from skillrank.shards import Manifest
-from skillrank.tables import conform, table_version
+from skillrank.tables import SPECS, conform, declare_tables, table_version
 
 
 def add_run_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--run-id", help="train run to use (default: the latest succeeded run)", default=None
+        "--run-id", help="train run to use (default: the current run)", default=None
     )
 
 
@@ -52,20 +54,34 @@ def check_trained(args: argparse.Namespace, config: Config) -> None:
 
 
 def resolve_run(ctx: StageContext) -> Row:
-    """The runs row of --run-id, or of the latest succeeded run; StageError if there is none."""
-    runs = ctx.spark.table(ctx.table("runs"))
+    """The runs row of --run-id (a succeeded or a rejected run), or of the current run;
+    StageError if there is none."""
     wanted = ctx.args.run_id
     if wanted is None:
-        row = runs.where("status = 'succeeded'").orderBy(F.desc("ended_at")).first()
+        row = current_run(ctx)
         if row is None:
             raise StageError(f"no succeeded train run in {ctx.table('runs')}: run train first")
         return row
-    row = runs.where(F.col("run_id") == wanted).first()
+    row = ctx.spark.table(ctx.table("runs")).where(F.col("run_id") == wanted).first()
     if row is None:
         raise StageError(f"--run-id {wanted}: no such run in {ctx.table('runs')}")
-    if row.status != "succeeded":
+    if row.status not in ("succeeded", REJECTED):
         raise StageError(f"--run-id {wanted}: the run is {row.status}, not succeeded")
     return row
+
+
+def current_run(ctx: StageContext) -> Row | None:
+    """The runs row of the current run (skillrank.promotion); None before any succeeded."""
+    declare_tables(ctx.spark, ctx.config, ["run_events"])  # runs trained before it existed
+    current = current_run_sql(ctx.table("runs"), ctx.table("run_events"))
+    return ctx.spark.sql(f"SELECT * FROM {ctx.table('runs')} WHERE run_id = {current}").first()
+
+
+def record_event(ctx: StageContext, run_id: str, event: str, actor: str, reason: str) -> None:
+    """Append one row to run_events (the story of the current run)."""
+    row = Row(run_id=run_id, event=event, at=datetime.now(UTC), actor=actor, reason=reason)
+    df = ctx.spark.createDataFrame([row], SPECS["run_events"].schema)
+    conform(df, "run_events").write.insertInto(ctx.table("run_events"))
 
 
 def run_manifest(ctx: StageContext, run: Row) -> Manifest:

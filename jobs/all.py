@@ -5,7 +5,8 @@
 
 Without --input, `generate` first writes the default crawl into <workdir>/<catalog.crawl_dir>
 (skipped when the same crawl is already there) and `ingest` reads it. Then prepare; train,
-which publishes phi and the rankings; evaluate and report, on the run train just published.
+which publishes phi and the rankings; evaluate and report, on the run train just published
+(a run that fails a promotion gate ends `all` with exit 3, docs/operations.md).
 `--from` and `--to` run a range of these (both ends included), still in one application:
 `all --from prepare --to train` after a new ingest, or `all --from train` to go on after a
 failed train (a failing `all` names the `--from` that resumes it).
@@ -17,14 +18,17 @@ import argparse
 import dataclasses
 import sys
 
+from pyspark.sql import functions as F
+
 from jobs import evaluate, generate, ingest, prepare, report, train
-from jobs._cli import Stage, StageContext, StageError, StageRange, run_stages
+from jobs._cli import Stage, StageContext, StageError, StageRange, StageResult, run_stages
 from jobs._runs import check_trained
 from skillrank.tables import SPECS
 
 
 def _latest_run(parser: argparse.ArgumentParser) -> None:
-    """evaluate and report take the run train has just published, and the default truth."""
+    """evaluate and report take the run train has just published (else the current run),
+    and the default truth."""
     parser.set_defaults(run_id=None, truth=None)
 
 
@@ -32,12 +36,26 @@ _EVALUATE = dataclasses.replace(evaluate.STAGE, add_arguments=_latest_run, check
 _REPORT = dataclasses.replace(report.STAGE, add_arguments=_latest_run)
 STAGES = [generate.STAGE, ingest.STAGE, prepare.STAGE, train.STAGE, _EVALUATE, _REPORT]
 NAMES = [stage.name for stage in STAGES]
+
+
 # A stage's own check wants its inputs already there: not when an earlier stage of the same
 # range writes them (prepare the shards for train; train the run for evaluate and report).
+def _on_trained_run(stage: Stage) -> Stage:
+    """`stage` on the run train has just published (the latest started: a train that failed
+    or was rejected ended the range), even while a pin holds the views on another run."""
+
+    def run(ctx: StageContext) -> StageResult:
+        runs = ctx.spark.table(ctx.table("runs"))
+        ctx.args.run_id = runs.orderBy(F.desc("started_at")).first().run_id
+        return stage.run(ctx)
+
+    return dataclasses.replace(stage, run=run, check=lambda args, config: None)
+
+
 _WRITTEN_IN_RANGE = {
     "train": ("prepare", dataclasses.replace(train.STAGE, check=train.check_options)),
-    "evaluate": ("train", dataclasses.replace(_EVALUATE, check=lambda args, config: None)),
-    "report": ("train", dataclasses.replace(_REPORT, check=lambda args, config: None)),
+    "evaluate": ("train", _on_trained_run(_EVALUATE)),
+    "report": ("train", _on_trained_run(_REPORT)),
 }
 
 

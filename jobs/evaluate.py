@@ -2,7 +2,7 @@
 
     ./spark-submit.sh evaluate [--workdir DIR] [--run-id ID] [--truth DIR] [--conf KEY=VALUE]
 
-Evaluates the latest succeeded train run (or --run-id) on the test split it was trained
+Evaluates the current train run (or --run-id) on the test split it was trained
 beside, and the baselines of skillrank.evaluate, computed from its training split only and
 fed exactly the same test profiles. Against the crawl generator's planted truth
 (<workdir>/<catalog.crawl_dir>/truth, or --truth; skipped when absent) and against the ESCO
@@ -42,7 +42,6 @@ from skillrank.evaluate import (
     Bootstrap,
     EvaluationRow,
     baseline_methods,
-    count_cooccurrences,
     interval_coverage,
     planted_relevance,
     planted_segment_relevance,
@@ -59,6 +58,7 @@ from skillrank.prepare import alias_lookup
 from skillrank.rankings import INTERVAL_LEVEL
 from skillrank.shards import iterate_batches, read_vocabulary
 from skillrank.tables import SPECS, declare_tables
+from skillrank.trainer import count_split
 
 # Training profiles per batch while counting co-occurrences (memory: a few MB per batch).
 _COUNT_BATCH = 8192
@@ -108,10 +108,7 @@ def run(ctx: StageContext) -> StageResult:
         models = [load_model(ctx, train_run, _MODEL)]
         models += [load_model(ctx, run, run.model) for run in siblings]
     with ctx.step("counted training co-occurrences (baselines)"):
-        train_batches = iterate_batches(manifest.shards["train"], _COUNT_BATCH, shuffle=False)
-        counts = count_cooccurrences(
-            (batch for _, batch in train_batches), manifest.jobs, manifest.skills
-        )
+        counts = count_split(manifest, "train", _COUNT_BATCH)
         baselines = baseline_methods(counts, params.smoothing)
     methods = [prediction for prediction, _ in models] + baselines
     title_methods = [ranking for _, ranking in models] + baselines

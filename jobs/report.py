@@ -2,7 +2,7 @@
 
     ./spark-submit.sh report [--workdir DIR] [--run-id ID] [--conf report.KEY=VALUE]
 
-For the latest succeeded train run (or --run-id) writes
+For the current train run (or --run-id) writes
 <workdir>/<catalog.reports_dir>/<run_id>/report.html with every figure embedded, plus the
 PNG files beside it: the loss curves (Fig 2), phi's histogram (Fig 3), phi before and after
 spectral co-clustering (Fig 4), positive associations per job and per skill (Fig 5), t-SNE

@@ -8,8 +8,10 @@ docs/trainer.md). `--resume` continues from that checkpoint. Then publishes, und
 run's run_id, the Delta tables runs, training_history, phi, job_skill_rank, skill_job_rank,
 job_neighbors and skill_neighbors, the current_* views (docs/tables.md) and the analysts'
 views and skill_gap function (docs/sql.md). The run's
-`runs` row turns 'succeeded' only after every table is written; a failed run deletes what
-it wrote and is marked 'failed', so the views never show it.
+`runs` row leaves 'running' only after every table is written; a failed run deletes what
+it wrote and is marked 'failed', so the views never show it. A complete run then meets the
+promotion gates (publish.gate_*, skillrank.promotion): it turns 'succeeded' and becomes the
+current run, or it is kept as 'rejected' and the stage exits 3 (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -36,12 +38,20 @@ from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
 from jobs._cli import Stage, StageContext, StageError, StageResult, run_stages
-from jobs._runs import profile_segments
+from jobs._runs import current_run, profile_segments, record_event
 from skillrank import rankings
 from skillrank.config import Config, TrainConfig
 from skillrank.evaluate import model_method
 from skillrank.families import FAMILIES
 from skillrank.model import Batch
+from skillrank.promotion import (
+    EXIT_REJECTED,
+    GATE,
+    PROMOTED,
+    REJECTED,
+    RunScores,
+    gate_reasons,
+)
 from skillrank.publish import (
     RUN_TABLES,
     named_neighbors,
@@ -56,6 +66,7 @@ from skillrank.trainer import (
     SELECTION_K,
     TrainResult,
     clear_process_errors,
+    cooccurrence_validation_ndcg,
     process_errors,
     score_split,
     train_process,
@@ -136,7 +147,7 @@ def run(ctx: StageContext) -> StageResult:
     manifest_path, checkpoint = _paths(ctx.workdir, ctx.config)
     manifest_text = manifest_path.read_text(encoding="utf-8")
     manifest = Manifest.parse(manifest_text, manifest_path.parent, str(manifest_path))
-    declare_tables(ctx.spark, ctx.config, ["runs", *RUN_TABLES])
+    declare_tables(ctx.spark, ctx.config, ["runs", "run_events", *RUN_TABLES])
     device = ctx.args.device or ctx.config.train.device
     declare_views(ctx.spark, ctx.config)
     _discard_interrupted(ctx)
@@ -152,7 +163,21 @@ def run(ctx: StageContext) -> StageResult:
                 segments = _fit_segments(ctx, manifest_path, result)
         with ctx.step("published phi and rankings"):
             _publish(ctx, result, manifest, segments)
-        _update_run(ctx, _run_outcome(result, test_loss))
+        with ctx.step("scored co-occurrence counting on the validation split (a gate)"):
+            cooccurrence_ndcg = cooccurrence_validation_ndcg(
+                manifest, ctx.config.evaluate.smoothing, ctx.config.evaluate.batch_size
+            )
+        outcome = _run_outcome(result, test_loss)
+        reasons = gate_reasons(
+            RunScores(ctx.run_id, **{k: outcome[k] for k in _SCORES}),
+            cooccurrence_ndcg,
+            _scores(current_run(ctx)),
+            ctx.config.publish,
+        )
+        verdict = "; ".join(reasons) or "passed"
+        outcome |= {"cooccurrence_validation_ndcg": cooccurrence_ndcg, "gate": verdict}
+        _update_run(ctx, outcome | {"status": REJECTED if reasons else "succeeded"})
+        record_event(ctx, ctx.run_id, REJECTED if reasons else PROMOTED, GATE, verdict)
     except BaseException as exc:
         _discard(ctx, str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
         raise
@@ -173,10 +198,32 @@ def run(ctx: StageContext) -> StageResult:
             f"checkpoint: {checkpoint}",
             "peak memory of this Python process (training and publishing):"
             f" {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB",
-            f"published run {ctx.run_id}:"
-            f" SELECT * FROM {ctx.config.catalog.database}.current_job_skill_rank",
+            f"co-occurrence counting's validation NDCG@{SELECTION_K}: {cooccurrence_ndcg:.6f}",
+            *_verdict_lines(ctx, reasons),
         ],
+        exit_code=EXIT_REJECTED if reasons else 0,
     )
+
+
+# The columns of _run_outcome that the gates read.
+_SCORES = ("train_loss", "validation_loss", "validation_ndcg", "test_loss")
+
+
+def _scores(run: Row | None) -> RunScores | None:
+    return None if run is None else RunScores(run.run_id, **{k: run[k] for k in _SCORES})
+
+
+def _verdict_lines(ctx: StageContext, reasons: list[str]) -> list[str]:
+    database = ctx.config.catalog.database
+    if not reasons:
+        return [
+            f"passed the gates; published run {ctx.run_id}:"
+            f" SELECT * FROM {database}.current_job_skill_rank"
+        ]
+    return [f"REJECTED run {ctx.run_id} (kept, not current): {reason}" for reason in reasons] + [
+        "the views still show the current run; to publish this one anyway:"
+        f" ./spark-submit.sh runs promote {ctx.run_id} --reason '...'"
+    ]
 
 
 def _train(ctx: StageContext, manifest: Path, checkpoint: Path, device: str) -> TrainResult:
@@ -442,7 +489,6 @@ def _test_loss(params: TrainConfig, manifest_path: Path, result: TrainResult) ->
 def _run_outcome(result: TrainResult, test_loss: float) -> dict:
     best = result.history[result.best_epoch - 1] if result.history else None
     return {
-        "status": "succeeded",
         "epochs_run": result.epochs_run,
         "best_epoch": result.best_epoch,
         "train_loss": best.train_loss if best else None,

@@ -189,6 +189,8 @@ class TrainConfig:
 class PublishConfig:
     top_k: AtLeastOne
     neighbors_k: AtLeastOne
+    gate_validation_loss_increase: NonNegative
+    gate_ndcg_below_cooccurrence: NonNegative
 
 
 @dataclass(frozen=True)
@@ -250,8 +252,12 @@ class Config:
 SPLITS = ("train", "validation", "test")
 
 
-def load_config(env: str = "local", overrides: list[str] | None = None) -> Config:
-    """Read conf/skillrank.yml, overlay conf/env/<env>.yml, apply `key=value` overrides.
+def load_config(
+    env: str = "local", overrides: list[str] | None = None, files: list[str] | None = None
+) -> Config:
+    """Read conf/skillrank.yml, overlay conf/env/<env>.yml, then each of `files` (YAML of
+    the same shape, --config: settings kept outside the checkout), then apply `key=value`
+    overrides (--conf); a later one wins.
 
     Returns a validated Config; raises ConfigError naming the first bad key.
     """
@@ -261,6 +267,14 @@ def load_config(env: str = "local", overrides: list[str] | None = None) -> Confi
         known = sorted(p.stem for p in (CONF_DIR / "env").glob("*.yml"))
         raise ConfigError(f"unknown environment {env!r} (known: {', '.join(known)})")
     _merge(raw, _read_yaml(env_file) or {}, prefix="")
+    for name in files or []:
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"--config {name}: no such file")
+        overlay = _read_yaml(path) or {}
+        if not isinstance(overlay, dict):
+            raise ConfigError(f"--config {name}: expected a mapping of sections, as conf/")
+        _merge(raw, overlay, prefix="")
     for item in overrides or []:
         key, sep, value = item.partition("=")
         key = key.strip()

@@ -215,23 +215,34 @@ def baseline_methods(counts: CoCounts, smoothing: float) -> list[Method]:
     the pseudo-count mass of popularity mixed into every title's P(skill | title), so that no
     predicted probability is zero and KL stays finite.
     """
-    if not smoothing > 0:
-        raise ValueError(f"smoothing must be > 0, got {smoothing}")
     jobs, skills = counts.pair.shape
-    skill = counts.skill.to(torch.float64)
-    p_pop = ((skill + smoothing) / (skill.sum() + smoothing * skills)).to(torch.float32)
+    p_pop = _popularity(counts, smoothing)
     popularity = Method("popularity", p_pop[None, :].clone(), "mixture")
-
-    row_total = counts.pair.sum(dim=1, keepdim=True)
-    conditional = (counts.pair + smoothing * p_pop) / (row_total + smoothing)
-    cooccurrence = Method("cooccurrence", conditional, "mixture")
-
-    pmi_scores = conditional.log() - p_pop.log()
+    cooccurrence = cooccurrence_method(counts, smoothing)
+    pmi_scores = cooccurrence.title_scores.log() - p_pop.log()
     pmi = Method("pmi", pmi_scores, "sum")
 
     ppmi = pmi_scores.clamp(min=0.0)
     ppmi_svd = Method("ppmi_svd", _low_rank(ppmi, min(SVD_RANK, jobs, skills)), "sum")
     return [popularity, cooccurrence, pmi, ppmi_svd]
+
+
+def cooccurrence_method(counts: CoCounts, smoothing: float) -> Method:
+    """The co-occurrence baseline: each title's skill counts plus `smoothing` pseudo-profiles
+    spread like popularity, normalised (P(skill | title), as baseline_methods describes)."""
+    p_pop = _popularity(counts, smoothing)
+    row_total = counts.pair.sum(dim=1, keepdim=True)
+    conditional = (counts.pair + smoothing * p_pop) / (row_total + smoothing)
+    return Method("cooccurrence", conditional, "mixture")
+
+
+def _popularity(counts: CoCounts, smoothing: float) -> Tensor:
+    """Each skill's share of the skill mentions, with `smoothing` (> 0) added to each count."""
+    if not smoothing > 0:
+        raise ValueError(f"smoothing must be > 0, got {smoothing}")
+    skill = counts.skill.to(torch.float64)
+    skills = skill.numel()
+    return ((skill + smoothing) / (skill.sum() + smoothing * skills)).to(torch.float32)
 
 
 def score_profiles(

@@ -1,9 +1,8 @@
 """Spark transforms that turn the rankings of skillrank.rankings into the published tables.
 
 Each function takes DataFrames and returns one, with the columns of its table in
-skillrank.tables (conform() casts and orders them). The rows a reader may trust are those
-of the latest run whose ``runs.status`` is 'succeeded' (``latest_run_sql``); the views of
-skillrank.views select exactly those.
+skillrank.tables (conform() casts and orders them). The views of skillrank.views show the
+rows of the current run (skillrank.promotion: ``current_run_sql``).
 """
 
 from __future__ import annotations
@@ -51,8 +50,3 @@ def named_neighbors(neighbors: DataFrame, vocab: DataFrame, kind: str) -> DataFr
     names = F.broadcast(vocab.select(key, name))
     other = names.withColumnsRenamed({key: f"neighbor_{key}", name: f"neighbor_{name}"})
     return neighbors.join(names, key).join(other, f"neighbor_{key}")
-
-
-def latest_run_sql(runs: str) -> str:
-    """Scalar subquery: run_id of the latest succeeded run (the rows a reader may trust)."""
-    return f"(SELECT max_by(run_id, ended_at) FROM {runs} WHERE status = 'succeeded')"

@@ -256,15 +256,16 @@ SPECS: dict[str, TableSpec] = {
         TableSpec(
             "runs",
             "train",
-            "One row per training run; published rows count only for runs with status"
-            " 'succeeded' (the current_* views show the latest one).",
+            "One row per training run; its published rows reach the views only when the run"
+            " is the current one (run_events, docs/operations.md).",
             StructType(
                 [
                     _col("run_id", StringType(), "id of the train run; key of every table", False),
                     _col(
                         "status",
                         StringType(),
-                        "running, succeeded or failed; only succeeded runs are complete",
+                        "running, succeeded (complete, passed the gates or promoted),"
+                        " rejected (complete, failed a gate: see gate) or failed",
                         False,
                     ),
                     _col("started_at", TimestampType(), "start (UTC)", False),
@@ -303,6 +304,16 @@ SPECS: dict[str, TableSpec] = {
                         DoubleType(),
                         "mean KL on the test split of the published phi; lower is better",
                     ),
+                    _col(
+                        "cooccurrence_validation_ndcg",
+                        DoubleType(),
+                        "NDCG@10 of co-occurrence counting on the validation split (a gate)",
+                    ),
+                    _col(
+                        "gate",
+                        StringType(),
+                        "the promotion gates' verdict: passed, or why the run was rejected",
+                    ),
                     _col("config_json", StringType(), "the full configuration", False),
                     _col(
                         "input_manifest",
@@ -312,6 +323,32 @@ SPECS: dict[str, TableSpec] = {
                     ),
                     _col("error", StringType(), "one-line error of a failed run"),
                 ]
+            ),
+        ),
+        TableSpec(
+            "run_events",
+            "train (the gates) and runs (promote, pin, unpin)",
+            "Every change of the current run, the one the views show: promoted, rejected,"
+            " pinned, unpinned (docs/operations.md).",
+            StructType(
+                [
+                    _RUN_ID,
+                    _col(
+                        "event",
+                        StringType(),
+                        "promoted, rejected, pinned or unpinned",
+                        False,
+                    ),
+                    _col("at", TimestampType(), "when (UTC)", False),
+                    _col("actor", StringType(), "gate (train) or the user who ran runs", False),
+                    _col("reason", StringType(), "the gates' verdict or the --reason given"),
+                ]
+            ),
+            checks=(
+                (
+                    "known_event",
+                    "event IN ('promoted', 'rejected', 'pinned', 'unpinned')",
+                ),
             ),
         ),
         TableSpec(

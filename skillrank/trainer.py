@@ -63,7 +63,14 @@ import torch.distributed as dist
 from torch import Tensor
 
 from skillrank.config import TrainConfig
-from skillrank.evaluate import Method, model_method, profile_metrics
+from skillrank.evaluate import (
+    CoCounts,
+    Method,
+    cooccurrence_method,
+    count_cooccurrences,
+    model_method,
+    profile_metrics,
+)
 from skillrank.kernel import Kernel, KernelUnavailable, load_kernel
 from skillrank.model import (
     Batch,
@@ -431,6 +438,20 @@ def score_split(
     sums = [values["kl"] * count, values["ndcg"] * count] if count else [0.0, 0.0]
     kl, ndcg, count = ranks.sum([*sums, count], method.title_scores.device)
     return (kl / count, ndcg / count) if count else (math.nan, math.nan)
+
+
+def count_split(manifest: Manifest, split: str, batch_size: int) -> CoCounts:
+    """The (title, skill) co-occurrence counts of a split's profiles (the count baselines)."""
+    batches = iterate_batches(manifest.shards[split], batch_size, shuffle=False)
+    return count_cooccurrences((batch for _, batch in batches), manifest.jobs, manifest.skills)
+
+
+def cooccurrence_validation_ndcg(manifest: Manifest, smoothing: float, batch_size: int) -> float:
+    """Validation NDCG@SELECTION_K of co-occurrence counting (counted on the train split,
+    smoothed by `smoothing`), scored as score_split scores a model: the promotion gate's
+    baseline."""
+    method = cooccurrence_method(count_split(manifest, "train", batch_size), smoothing)
+    return score_split(method, manifest, "validation", batch_size)[1]
 
 
 def _train_epoch(

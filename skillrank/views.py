@@ -1,6 +1,6 @@
 """The analysts' views and functions over the published tables (docs/sql.md).
 
-Each answers one question about the latest succeeded run directly; parameters are plain
+Each answers one question about the current run directly; parameters are plain
 columns to filter on (a documented WHERE, with literals or session variables), except the
 skill gap, whose list of skills a person holds is an argument of the table function
 ``skill_gap``. Every view and every column carries a comment (``DESCRIBE`` shows it).
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pyspark.sql import SparkSession
 
 from skillrank.config import Config
-from skillrank.publish import RUN_TABLES, latest_run_sql
+from skillrank.promotion import current_run_sql
+from skillrank.publish import RUN_TABLES
 from skillrank.tables import SPECS, table_name
 
 
@@ -25,11 +26,11 @@ class View:
     comment: str
     # (column, comment), in the order of the SELECT list.
     columns: tuple[tuple[str, str], ...]
-    # SELECT with {table} placeholders (logical table keys) and {latest} (the run_id).
+    # SELECT with {table} placeholders (logical table keys) and {current} (the run_id).
     query: str
 
 
-_RUN = ("run_id", "train run the row comes from (runs.run_id): the latest succeeded one")
+_RUN = ("run_id", "train run the row comes from (runs.run_id): the current one")
 _PROBABILITY_JOB = "job2vec entry: softmax of the job's phi column over all skills"
 _LOW = (
     "probability_low",
@@ -48,7 +49,7 @@ _RANK_RANGE = (
 VIEWS = (
     View(
         "skills_for_job",
-        "SkillRank of the latest run: the top publish.top_k skills of every job title."
+        "SkillRank of the current run: the top publish.top_k skills of every job title."
         " Filter: WHERE job_title = '...' ORDER BY rank.",
         (
             ("job_title", "job title (lower case, as in job_vocab)"),
@@ -64,11 +65,11 @@ VIEWS = (
         ),
         "SELECT job_title, rank, skill_name, weight, probability, probability_low,"
         " probability_high, rank_best, rank_worst, support, run_id FROM {job_skill_rank}"
-        " WHERE run_id = {latest}",
+        " WHERE run_id = {current}",
     ),
     View(
         "skills_for_job_in",
-        "SkillRank within one city or one industry, latest run: the top publish.top_k skills"
+        "SkillRank within one city or one industry, current run: the top publish.top_k skills"
         " of a job title among the segment's profiles, shrunk toward the pooled ranking"
         " (skills_for_job) where the segment has few profiles of the job. Filter: WHERE"
         " job_title = '...' AND segment = '...' ORDER BY rank.",
@@ -90,11 +91,11 @@ VIEWS = (
         "SELECT job_title, segment_type, segment, rank, skill_name, probability,"
         " probability_low, probability_high, rank_best, rank_worst, lift, support, profiles,"
         " run_id"
-        " FROM {job_skill_rank_by_segment} WHERE run_id = {latest}",
+        " FROM {job_skill_rank_by_segment} WHERE run_id = {current}",
     ),
     View(
         "distinctive_skills",
-        "The skills a segment (city or industry) needs more than the job does overall, latest"
+        "The skills a segment (city or industry) needs more than the job does overall, current"
         " run: rows of skills_for_job_in with lift > 1, the surest first when ordered by"
         " confident DESC, lift DESC. Filter: WHERE job_title = '...' AND segment = '...'"
         " AND support >= 5 ORDER BY confident DESC, lift DESC.",
@@ -121,11 +122,11 @@ VIEWS = (
         "SELECT job_title, segment_type, segment, skill_name, rank, probability,"
         " probability_low, probability_high, probability / lift AS pooled_probability, lift,"
         " probability_low > probability / lift AS confident, support, profiles, run_id"
-        " FROM {job_skill_rank_by_segment} WHERE run_id = {latest} AND lift > 1",
+        " FROM {job_skill_rank_by_segment} WHERE run_id = {current} AND lift > 1",
     ),
     View(
         "jobs_for_skill",
-        "The top publish.top_k job titles of every skill in the latest run."
+        "The top publish.top_k job titles of every skill in the current run."
         " Filter: WHERE skill_name = '...' ORDER BY rank.",
         (
             ("skill_name", "skill (lower case, as in skill_vocab)"),
@@ -137,12 +138,12 @@ VIEWS = (
             _RUN,
         ),
         "SELECT skill_name, rank, job_title, weight, probability, support, run_id"
-        " FROM {skill_job_rank} WHERE run_id = {latest}",
+        " FROM {skill_job_rank} WHERE run_id = {current}",
     ),
     View(
         "similar_jobs",
         "The publish.neighbors_k job titles nearest to every job title (job2vec cosine),"
-        " latest run. Filter: WHERE job_title = '...' ORDER BY rank.",
+        " current run. Filter: WHERE job_title = '...' ORDER BY rank.",
         (
             ("job_title", "job title"),
             ("rank", "1 = the most similar other job title"),
@@ -151,12 +152,12 @@ VIEWS = (
             _RUN,
         ),
         "SELECT job_title, rank, neighbor_job_title, similarity, run_id"
-        " FROM {job_neighbors} WHERE run_id = {latest}",
+        " FROM {job_neighbors} WHERE run_id = {current}",
     ),
     View(
         "similar_skills",
         "The publish.neighbors_k skills nearest to every skill (skill2vec cosine),"
-        " latest run. Filter: WHERE skill_name = '...' ORDER BY rank.",
+        " current run. Filter: WHERE skill_name = '...' ORDER BY rank.",
         (
             ("skill_name", "skill"),
             ("rank", "1 = the most similar other skill"),
@@ -165,7 +166,7 @@ VIEWS = (
             _RUN,
         ),
         "SELECT skill_name, rank, neighbor_skill_name, similarity, run_id"
-        " FROM {skill_neighbors} WHERE run_id = {latest}",
+        " FROM {skill_neighbors} WHERE run_id = {current}",
     ),
     View(
         "upskilling",
@@ -194,9 +195,9 @@ VIEWS = (
         " coalesce(h.probability, 0D) AS from_probability, h.rank AS from_rank,"
         " t.probability - coalesce(h.probability, 0D) AS probability_gain,"
         " t.support AS to_support, t.run_id"
-        " FROM (SELECT DISTINCT job_title FROM {job_skill_rank} WHERE run_id = {latest}) f"
-        " CROSS JOIN (SELECT * FROM {job_skill_rank} WHERE run_id = {latest}) t"
-        " LEFT JOIN (SELECT * FROM {job_skill_rank} WHERE run_id = {latest}) h"
+        " FROM (SELECT DISTINCT job_title FROM {job_skill_rank} WHERE run_id = {current}) f"
+        " CROSS JOIN (SELECT * FROM {job_skill_rank} WHERE run_id = {current}) t"
+        " LEFT JOIN (SELECT * FROM {job_skill_rank} WHERE run_id = {current}) h"
         " ON h.job_title = f.job_title AND h.skill_id = t.skill_id"
         " WHERE f.job_title <> t.job_title"
         " AND t.probability > coalesce(h.probability, 0D)",
@@ -206,14 +207,14 @@ VIEWS = (
         "How each job title's SkillRank changed between two succeeded runs (any pair, by"
         " run_id; rows of all runs stay in job_skill_rank). Filter: WHERE base_run_id ="
         " '...' AND new_run_id = '...' AND job_title = '...', or WHERE latest_pair for the"
-        " latest run against the one before it.",
+        " current run against the one before it.",
         (
             ("base_run_id", "the earlier run compared (runs.run_id)"),
             ("new_run_id", "the later run compared (runs.run_id)"),
             (
                 "latest_pair",
-                "true when new_run_id is the latest succeeded run and"
-                " base_run_id the succeeded run before it",
+                "true when new_run_id is the current run and base_run_id the succeeded"
+                " run that ended before it",
             ),
             ("job_title", "job title"),
             ("skill_name", "a skill in the job's top publish.top_k of either run"),
@@ -235,7 +236,7 @@ VIEWS = (
         " max(CASE WHEN s.run_id = p.base_run_id THEN s.probability END) AS base_probability,"
         " max(CASE WHEN s.run_id = p.new_run_id THEN s.probability END) AS new_probability"
         " FROM (SELECT a.run_id AS base_run_id, b.run_id AS new_run_id,"
-        " b.run_id = {latest} AND a.run_id = {previous} AS latest_pair"
+        " b.run_id = {current} AND a.run_id = {previous} AS latest_pair"
         " FROM {runs} a JOIN {runs} b ON a.status = 'succeeded' AND b.status = 'succeeded'"
         " AND a.run_id <> b.run_id) p"
         " JOIN {job_skill_rank} s ON s.run_id = p.base_run_id OR s.run_id = p.new_run_id"
@@ -244,7 +245,7 @@ VIEWS = (
 )
 
 SKILL_GAP_COMMENT = (
-    "Skill gap: the top skills of target_job (its SkillRank in the latest run) that a person"
+    "Skill gap: the top skills of target_job (its SkillRank in the current run) that a person"
     " holding held_skills lacks, strongest first. Names are compared after lower() and trim()."
     " Usage: SELECT * FROM skillrank.skill_gap('data scientist', array('python', 'sql'))."
 )
@@ -256,24 +257,24 @@ def view_statements(config: Config) -> dict[str, tuple[str, str]]:
     database = config.catalog.database
     runs = table_name(config, "runs")
     names = {key: table_name(config, key) for key in config.catalog.tables}
-    latest = latest_run_sql(runs)
+    current = current_run_sql(runs, names["run_events"])
     previous = (
         f"(SELECT max_by(run_id, ended_at) FROM {runs} WHERE status = 'succeeded'"
-        f" AND run_id <> {latest})"
+        f" AND ended_at < (SELECT max(ended_at) FROM {runs} WHERE run_id = {current}))"
     )
-    current = [
+    current_views = [
         View(
             f"current_{key}",
-            f"Latest succeeded run only. {SPECS[key].comment}",
+            f"The current run only (docs/operations.md). {SPECS[key].comment}",
             (),
-            f"SELECT * FROM {{{key}}} WHERE run_id = {{latest}}",
+            f"SELECT * FROM {{{key}}} WHERE run_id = {{current}}",
         )
         for key in ("runs", *RUN_TABLES)
     ]
     statements = {}
-    for view in (*current, *VIEWS):
+    for view in (*current_views, *VIEWS):
         columns = ", ".join(f"{name} COMMENT {_quote(text)}" for name, text in view.columns)
-        query = view.query.format(latest=latest, previous=previous, **names)
+        query = view.query.format(current=current, previous=previous, **names)
         digest = _digest(columns, view.comment, query)
         statements[view.name] = (
             f"CREATE OR REPLACE VIEW {database}.{view.name} {f'({columns})' if columns else ''}"

@@ -10,9 +10,12 @@ import os
 import subprocess
 import time
 import zipfile
+from importlib import metadata
 from pathlib import Path
 
+import pyspark
 import pytest
+import torch
 
 from jobs._cli import common_parser
 from jobs._launch import PYFILES_UNUSED_SECONDS, python_files_zip
@@ -57,6 +60,12 @@ def _run(
         (["evaluate"], "no train run in "),
         (["report", "--run-id", "train-x"], "no train run in "),
         (["all", "--from", "evaluate"], "no train run in "),
+        (["runs"], "no train run in "),
+        (["train", "--config", "/nonexistent.yml"], "--config /nonexistent.yml: no such file"),
+        (["runs", "promote"], "runs promote needs a RUN_ID"),
+        (["runs", "unpin", "train-x"], "runs unpin takes no RUN_ID, got 'train-x'"),
+        (["runs", "demote", "train-x"], "argument action: invalid choice: 'demote'"),
+        (["train", "--conf", "publish.gate_ndcg_below_cooccurrence=-1"], "must be >= 0"),
     ],
 )
 def test_bad_arguments_fail_fast_with_one_line(
@@ -72,6 +81,14 @@ def test_bad_arguments_fail_fast_with_one_line(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
     assert not (tmp_path / "w").exists()  # nothing was touched
+
+
+def test_version_names_the_checkout_and_its_packages(capsys: pytest.CaptureFixture[str]) -> None:
+    assert launch(["--version"]) == 0
+    torch_release = torch.__version__.split("+")[0]  # without the build's local label
+    expected = f"skillrank {metadata.version('skillrank')} (pyspark {pyspark.__version__},"
+    expected += f" delta-spark {metadata.version('delta-spark')}, torch {torch_release},"
+    assert capsys.readouterr().out.startswith(expected)
 
 
 def test_the_script_fails_fast_with_one_line(tmp_path: Path) -> None:

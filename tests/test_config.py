@@ -227,3 +227,21 @@ def test_a_local_driver_listens_on_loopback_unless_told_otherwise() -> None:
         "SPARK_LOCAL_IP": "10.0.0.5"
     }
     assert driver_environment("spark://10.0.0.1:7077", {"PATH": "/bin"}) == {"PATH": "/bin"}
+
+
+def test_config_files_overlay_the_environment_and_conf_overrides_them(tmp_path: Path) -> None:
+    first, second = tmp_path / "site.yml", tmp_path / "night.yml"
+    first.write_text("train:\n  prior_strength: 50.0\n  max_epochs: 7\n")
+    second.write_text("train:\n  max_epochs: 9\npublish:\n  top_k: 12\n")
+    config = load_config("local", ["train.prior_strength=70"], [str(first), str(second)])
+    assert (config.train.prior_strength, config.train.max_epochs) == (70.0, 9)
+    assert config.publish.top_k == 12
+    assert load_config("local", [], [str(first)]).train.max_epochs == 7
+    for text, message in (
+        ("train:\n  bogus: 1\n", "unknown config key 'train.bogus'"),
+        ("- 1\n", "expected a mapping of sections"),
+        ("train:\n  max_epochs: 0\n", "'train.max_epochs' must be >= 1"),
+    ):
+        first.write_text(text)
+        with pytest.raises(ConfigError, match=message):
+            load_config("local", [], [str(first)])

@@ -5,6 +5,7 @@ Read on conftest's evaluated_runs (two runs, softmax then mixture, on one set of
 
 from __future__ import annotations
 
+import getpass
 import io
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from pyspark.sql import functions as F
 import jobs.train
 from skillrank.config import Config, load_config
 from skillrank.mixture import train_mixture
+from skillrank.promotion import EXIT_REJECTED
 from skillrank.publish import RUN_TABLES
 from skillrank.views import declare_views, view_statements
 from tests.conftest import CITY_SKILL, GENERIC, PLANTED, SETTINGS, Evaluated, Pipeline
@@ -320,3 +322,56 @@ def test_segment_rankings_cover_the_supported_pairs_and_find_the_city_skill(
     ).first()
     assert (distinctive.skill_name, distinctive.confident) == (skill, True)
     assert distinctive.pooled_probability == pytest.approx(seattle.probability / seattle.lift)
+
+
+def test_a_diverging_run_is_rejected_and_runs_choose_the_current_one(
+    published: Evaluated, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = published.pipeline
+
+    def current() -> set[str]:
+        views = ("current_runs", "current_job_skill_rank", "skills_for_job")
+        return {r.run_id for view in views for r in pipeline.table(view).collect()}
+
+    (before,) = pipeline.table("current_runs").collect()
+    diverging = ("train.model=softmax", "train.learning_rate=1000000000.0", "train.l2=0.0")
+    code = pipeline.run(["train"], *SETTINGS, *(a for c in diverging for a in ("--conf", c)))
+    assert code == EXIT_REJECTED
+    bad = pipeline.table("runs").orderBy(F.desc("started_at")).first()
+    assert bad.status == "rejected" and bad.gate.startswith("validation loss "), bad
+    assert f"(the current run {before.run_id}'s " in bad.gate and "NDCG@10" in bad.gate
+    assert pipeline.table("job_skill_rank").where(F.col("run_id") == bad.run_id).count() > 0
+    assert current() == {before.run_id}  # kept, published, not shown
+    capsys.readouterr()
+    assert pipeline.run(["runs"], "list") == 0
+    listing = capsys.readouterr().out
+    assert f"* {before.run_id} succeeded" in listing
+    assert f"  {bad.run_id} rejected model=softmax" in listing and bad.gate in listing
+
+    def runs(*args: str) -> int:
+        return pipeline.run(["runs"], *args)
+
+    # A pin holds the views; a promotion (here overriding the gate) shows once it is lifted;
+    # promoting the earlier run rolls back.
+    assert runs("pin", before.run_id, "--reason", "hold during the migration") == 0
+    assert runs("pin", bad.run_id) == 1  # rejected: promote it first
+    assert runs("promote", bad.run_id, "--reason", "checked by hand") == 0
+    assert current() == {before.run_id}
+    assert runs("unpin") == 0
+    assert current() == {bad.run_id}
+    assert runs("unpin") == 1  # no pin left
+    assert runs("promote", before.run_id, "--reason", "roll back") == 0
+    assert current() == {before.run_id}
+    assert runs("promote") == 2 and runs("list", bad.run_id) == 2  # checked before Spark work
+    promoted = pipeline.table("runs").where(F.col("run_id") == bad.run_id).first()
+    assert (promoted.status, promoted.gate) == ("succeeded", bad.gate)  # the verdict stays
+    events = pipeline.table("run_events").where(F.col("run_id").isin(before.run_id, bad.run_id))
+    story = [(e.run_id, e.event, e.actor, e.reason) for e in events.orderBy("at").collect()]
+    user = getpass.getuser()
+    assert story[-5:] == [
+        (bad.run_id, "rejected", "gate", bad.gate),
+        (before.run_id, "pinned", user, "hold during the migration"),
+        (bad.run_id, "promoted", user, "checked by hand"),
+        (before.run_id, "unpinned", user, ""),
+        (before.run_id, "promoted", user, "roll back"),
+    ]
