@@ -35,7 +35,10 @@ from skillrank.session import (
     spark_settings,
 )
 
-STAGE_NAMES = ("generate", "ingest", "prepare", "train", "evaluate", "report", "all", "runs")
+STAGE_NAMES = (
+    *("generate", "ingest", "prepare", "train", "evaluate", "report", "all"),
+    *("runs", "maintain"),
+)
 TOOLS = ("setup", "sql", "thriftserver")
 USAGE = (
     "usage: spark-submit.sh <stage> [--workdir DIR] [--env NAME] [--config FILE]..."
@@ -44,6 +47,7 @@ USAGE = (
     f"  stages: {', '.join(STAGE_NAMES)}\n"
     "  runs [list | show ID | promote ID | pin ID | unpin] [--reason TEXT]: the train runs,"
     " and which one the views show\n"
+    "  maintain [--unsafe-retention]: drop old runs' rows, OPTIMIZE and VACUUM every table\n"
     "  setup: create the environment and resolve the Delta JARs\n"
     '  sql [-e "SELECT ..."] [-f FILE]: spark-sql on the same metastore\n'
     "  thriftserver start|stop|status [--port N]: JDBC/ODBC server on the same tables"

@@ -217,6 +217,13 @@ class ReportConfig:
 
 
 @dataclass(frozen=True)
+class MaintainConfig:
+    keep_runs: AtLeastOne
+    vacuum_retention_hours: NonNegative
+    remove_checkpoints: bool
+
+
+@dataclass(frozen=True)
 class SqlConfig:
     host: str
     port: Port
@@ -238,6 +245,7 @@ class Config:
     publish: PublishConfig
     evaluate: EvaluateConfig
     report: ReportConfig
+    maintain: MaintainConfig
     sql: SqlConfig
 
     def to_dict(self) -> dict[str, Any]:

@@ -88,10 +88,15 @@ def current_run_sql(runs: str, run_events: str) -> str:
     The pinned run while the latest pin/unpin event is a pin; else the run of the latest
     promotion; else (a work directory from before run_events) the latest succeeded run.
     """
-    pinned = pinned_run_sql(run_events)
+    return f"coalesce({pinned_run_sql(run_events)}, {promoted_run_sql(runs, run_events)})"
+
+
+def promoted_run_sql(runs: str, run_events: str) -> str:
+    """Scalar SQL expression: the run that is current when no pin holds (the latest
+    promotion's; before run_events, the latest succeeded run)."""
     promoted = f"(SELECT max_by(run_id, at) FROM {run_events} WHERE event = '{PROMOTED}')"
     succeeded = f"(SELECT max_by(run_id, ended_at) FROM {runs} WHERE status = 'succeeded')"
-    return f"coalesce({pinned}, {promoted}, {succeeded})"
+    return f"coalesce({promoted}, {succeeded})"
 
 
 def pinned_run_sql(run_events: str) -> str:

@@ -265,7 +265,8 @@ SPECS: dict[str, TableSpec] = {
                         "status",
                         StringType(),
                         "running, succeeded (complete, passed the gates or promoted),"
-                        " rejected (complete, failed a gate: see gate) or failed",
+                        " rejected (complete, failed a gate: see gate), failed, or removed"
+                        " (rows deleted by maintain)",
                         False,
                     ),
                     _col("started_at", TimestampType(), "start (UTC)", False),

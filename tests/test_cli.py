@@ -61,6 +61,8 @@ def _run(
         (["report", "--run-id", "train-x"], "no train run in "),
         (["all", "--from", "evaluate"], "no train run in "),
         (["runs"], "no train run in "),
+        (["maintain"], "no train run in "),
+        (["maintain", "--conf", "maintain.vacuum_retention_hours=1"], "Delta's safety check"),
         (["train", "--config", "/nonexistent.yml"], "--config /nonexistent.yml: no such file"),
         (["runs", "promote"], "runs promote needs a RUN_ID"),
         (["runs", "unpin", "train-x"], "runs unpin takes no RUN_ID, got 'train-x'"),

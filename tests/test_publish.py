@@ -375,3 +375,71 @@ def test_a_diverging_run_is_rejected_and_runs_choose_the_current_one(
         (before.run_id, "unpinned", user, ""),
         (before.run_id, "promoted", user, "roll back"),
     ]
+
+
+def test_maintain_keeps_the_latest_current_and_pinned_runs_and_vacuums(
+    published: Evaluated,
+) -> None:
+    # Last in the module: it deletes the rows of runs that other tests read, and it reads
+    # the runs they added (four succeeded ones by now: softmax, mixture and two more).
+    pipeline, spark = published.pipeline, published.pipeline.spark
+    (current,) = pipeline.table("current_runs").collect()
+    succeeded = pipeline.table("runs").where("status = 'succeeded'").orderBy("ended_at").collect()
+    pinned, latest = succeeded[0], succeeded[-1]
+    assert pipeline.run(["runs"], "pin", pinned.run_id) == 0
+    keep = {pinned.run_id, current.run_id, latest.run_id}
+    gone = {r.run_id for r in succeeded} - keep
+    assert len(gone) == 1 and len(keep) == 3, (succeeded, current)
+    phi = f"{pipeline.database}.phi"
+    version = spark.sql(f"DESCRIBE HISTORY {phi}").first().version
+    ranked = {
+        r.run_id: r["count"]
+        for r in pipeline.table("job_skill_rank").groupBy("run_id").count().collect()
+    }
+    folder = Path(spark.sql(f"DESCRIBE DETAIL {phi}").first().location.removeprefix("file:"))
+
+    def size() -> int:  # of the data files (the log grows with every maintenance commit)
+        files = [p for p in folder.rglob("*.parquet") if "_delta_log" not in p.parts]
+        return sum(p.stat().st_size for p in files)
+
+    assert pipeline.run(["maintain"], "--conf", "maintain.keep_runs=1") == 0
+    status = {r.run_id: r.status for r in pipeline.table("runs").collect()}
+    assert {status[r] for r in gone} == {"removed"} and {status[r] for r in keep} == {"succeeded"}
+    for table in (*RUN_TABLES, "evaluation"):
+        assert pipeline.table(table).where(F.col("run_id").isin(*gone)).count() == 0, table
+    after = {
+        r.run_id: r["count"]
+        for r in pipeline.table("job_skill_rank").groupBy("run_id").count().collect()
+    }
+    assert after == {run: ranked[run] for run in keep}
+    assert {r.run_id for r in pipeline.table("current_runs").collect()} == {pinned.run_id}
+    history = {
+        table: {
+            r.operation
+            for r in spark.sql(f"DESCRIBE HISTORY {pipeline.database}.{table}").collect()
+        }
+        for table in ("phi", "job_skill_rank")
+    }
+    assert {"DELETE", "VACUUM END"} <= history["phi"]  # one file per run: nothing to compact
+    assert {"DELETE", "OPTIMIZE", "VACUUM END"} <= history["job_skill_rank"]
+    assert not any((pipeline.workdir / "checkpoints").iterdir())  # the latest run succeeded
+    # Within the retention (168 hours) the removed runs are still there by time travel ...
+    # (rows are read: a count could come from the log's statistics without any file)
+    old = spark.sql(f"SELECT * FROM {phi} VERSION AS OF {version}").where(
+        F.col("run_id").isin(*gone)
+    )
+    assert len(old.collect()) > 0
+    # ... and a second maintain removes no run; with no retention it frees their files.
+    before = size()
+    unsafe = ("--unsafe-retention", "--conf", "maintain.vacuum_retention_hours=0")
+    assert pipeline.run(["maintain"], "--conf", "maintain.keep_runs=1", *unsafe) == 0
+    assert {r.run_id: r.status for r in pipeline.table("runs").collect()} == status
+    assert size() < before
+    with pytest.raises(
+        Exception, match="FileNotFound|FAILED_READ_FILE|DELTA_FILE_NOT_FOUND|does not exist"
+    ):
+        old.collect()
+    assert pipeline.run(["runs"], "unpin") == 0  # back to the latest promotion, kept
+    assert {r.run_id for r in pipeline.table("current_job_skill_rank").collect()} == {
+        current.run_id
+    }

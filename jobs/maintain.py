@@ -1,0 +1,146 @@
+"""maintain: retention of train runs, then OPTIMIZE and VACUUM of every table.
+
+    ./spark-submit.sh maintain [--workdir DIR] [--unsafe-retention] [--conf maintain.KEY=VALUE]
+
+Keeps the rows of the latest maintain.keep_runs succeeded train runs, a pinned run and the
+run that is current without the pin (skillrank.promotion) in the tables keyed by run_id
+(phi, the rankings, training_history, evaluation, coclusters, ...); every other run that
+published rows (succeeded or rejected) loses them and its report, and its `runs` row turns
+'removed' (the row and its run_events stay: the history of what was published). Then every table is
+compacted (OPTIMIZE) and VACUUMed with maintain.vacuum_retention_hours of history kept for
+time travel; fewer than Delta's 168 hours only with --unsafe-retention. The softmax
+checkpoint files go too (maintain.remove_checkpoints), unless the latest train run failed.
+Prints the warehouse's bytes before and after. A rerun removes nothing more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+
+from delta.tables import DeltaTable
+from pyspark.sql import functions as F
+
+from jobs._cli import Stage, StageContext, StageError, StageResult, run_stages
+from jobs._runs import check_trained
+from skillrank.config import Config
+from skillrank.promotion import REJECTED, pinned_run_sql, promoted_run_sql
+from skillrank.publish import RUN_TABLES
+from skillrank.session import hadoop_path
+from skillrank.tables import SPECS, declare_tables, table_version
+
+# Delta's own floor for VACUUM's retention (spark.databricks.delta.retentionDurationCheck).
+SAFE_RETENTION_HOURS = 168.0
+REMOVED = "removed"
+# Tables keyed by run_id whose rows go with a removed run.
+_RUN_KEYED = (*RUN_TABLES, "evaluation", "coclusters")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--unsafe-retention",
+        action="store_true",
+        help=f"allow maintain.vacuum_retention_hours below {SAFE_RETENTION_HOURS:g}",
+    )
+
+
+def check(args: argparse.Namespace, config: Config) -> None:
+    hours = config.maintain.vacuum_retention_hours
+    if hours < SAFE_RETENTION_HOURS and not args.unsafe_retention:
+        raise StageError(
+            f"maintain.vacuum_retention_hours={hours:g} is below Delta's safety check"
+            f" ({SAFE_RETENTION_HOURS:g} hours: a reader or writer may still need those files);"
+            " add --unsafe-retention to do it anyway"
+        )
+    check_trained(args, config)
+
+
+def run(ctx: StageContext) -> StageResult:
+    params, spark = ctx.config.maintain, ctx.spark
+    declare_tables(spark, ctx.config, ["run_events"])  # runs trained before it existed
+    tables = [key for key in SPECS if spark.catalog.tableExists(ctx.table(key))]
+    before = _warehouse_bytes(ctx)
+    runs = spark.table(ctx.table("runs"))
+    latest = runs.where("status = 'succeeded'").orderBy(F.desc("ended_at")).limit(params.keep_runs)
+    keep = {r.run_id for r in latest.collect()}
+    # The pinned run, and the run that is current without the pin (after an unpin).
+    events = ctx.table("run_events")
+    held = spark.sql(
+        f"SELECT {pinned_run_sql(events)}, {promoted_run_sql(ctx.table('runs'), events)}"
+    ).first()
+    keep |= {run for run in held if run}
+    ended = runs.where(F.col("status").isin("succeeded", REJECTED, "failed")).collect()
+    # A failed run's rows are normally gone already (train deletes them); not if that failed.
+    dropped = sorted(r.run_id for r in ended if r.run_id not in keep)
+    removed = sorted(r.run_id for r in ended if r.run_id not in keep and r.status != "failed")
+    with ctx.step(f"deleted the rows of {len(removed)} runs, kept {len(keep)}"):
+        if dropped:
+            for key in (k for k in _RUN_KEYED if k in tables):
+                DeltaTable.forName(spark, ctx.table(key)).delete(F.col("run_id").isin(dropped))
+        if removed:
+            DeltaTable.forName(spark, ctx.table("runs")).update(
+                F.col("run_id").isin(removed), {"status": F.lit(REMOVED)}
+            )
+        for run_id in removed:
+            shutil.rmtree(ctx.workdir / ctx.config.catalog.reports_dir / run_id, True)
+    if params.remove_checkpoints:
+        _remove_checkpoints(ctx)
+    with ctx.step(f"compacted {len(tables)} tables (OPTIMIZE)"):
+        for key in tables:
+            spark.sql(f"OPTIMIZE {ctx.table(key)}")
+    with ctx.step(f"vacuumed them, keeping {params.vacuum_retention_hours:g} hours of history"):
+        # Delta 4 ignores RETAIN (but 0) in favour of each table's
+        # delta.deletedFileRetentionDuration unless told not to; and it lists a table's files
+        # with one task per spark.sql.sources.parallelPartitionDiscovery.parallelism
+        # (10,000: half a minute per small table here).
+        spark.conf.set("spark.databricks.delta.vacuum.retentionWindowIgnore.enabled", "false")
+        parallelism = str(ctx.config.spark.shuffle_partitions)
+        spark.conf.set("spark.sql.sources.parallelPartitionDiscovery.parallelism", parallelism)
+        if params.vacuum_retention_hours < SAFE_RETENTION_HOURS:
+            spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
+        for key in tables:
+            spark.sql(f"VACUUM {ctx.table(key)} RETAIN {params.vacuum_retention_hours:g} HOURS")
+    after = _warehouse_bytes(ctx)
+    return StageResult(
+        rows_in=len(removed) + len(keep),
+        rows_out=len(keep),
+        rows_dropped={"runs_removed": len(removed)},
+        output_versions={key: table_version(spark, ctx.table(key)) for key in tables},
+        summary=[
+            f"kept the rows of {len(keep)} runs: {', '.join(sorted(keep))}",
+            f"removed {len(removed)} runs: {', '.join(removed) or 'none'}",
+            f"warehouse: {before / 2**20:,.1f} MiB before, {after / 2**20:,.1f} MiB after"
+            " (files a deletion unreferences go once older than the retention)",
+        ],
+    )
+
+
+def _warehouse_bytes(ctx: StageContext) -> int:
+    """Bytes under the database's location (every table's data and log)."""
+    info = ctx.spark.sql(f"DESCRIBE DATABASE {ctx.config.catalog.database}").collect()
+    location = next(r.info_value for r in info if r.info_name == "Location")
+    path, fs = hadoop_path(ctx.spark, location)
+    return int(fs.getContentSummary(path).getLength())
+
+
+def _remove_checkpoints(ctx: StageContext) -> None:
+    """The softmax checkpoint files, unless the latest train run failed (kept for --resume)."""
+    last = ctx.spark.table(ctx.table("runs")).orderBy(F.desc("started_at")).first()
+    directory = ctx.workdir / ctx.config.train.checkpoint_dir
+    if last is None or last.status == "failed" or not directory.is_dir():
+        return
+    files = [p for p in directory.iterdir() if p.is_file()]
+    for path in files:
+        path.unlink()
+    print(f"[maintain]   removed {len(files)} checkpoint files from {directory}", flush=True)
+
+
+STAGE = Stage(name="maintain", add_arguments=add_arguments, run=run, check=check)
+
+
+def main() -> None:
+    raise SystemExit(run_stages([STAGE]))
+
+
+if __name__ == "__main__":
+    main()
