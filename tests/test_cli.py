@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import runpy
 import subprocess
+import sys
 import time
+import types
 import zipfile
 from importlib import metadata
 from pathlib import Path
@@ -18,8 +21,9 @@ import pytest
 import torch
 
 from jobs._cli import common_parser
-from jobs._launch import PYFILES_UNUSED_SECONDS, python_files_zip
+from jobs._launch import PYFILES_UNUSED_SECONDS, STAGE_NAMES, python_files_zip
 from jobs._launch import main as launch
+from jobs.all import NAMES as ALL_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = str(ROOT / "spark-submit.sh")
@@ -205,3 +209,64 @@ def test_the_py_files_zip_is_reused_and_zips_unused_for_a_week_are_removed(
     assert python_files_zip(tmp_path) == built
     assert built.stat().st_mtime > week_ago + 60
     assert sorted(tmp_path.iterdir()) == sorted([built, recent])
+
+
+class _Task:
+    """Stands in for Airflow's BashOperator: records what the example DAG builds."""
+
+    made: list[_Task] = []
+
+    def __init__(self, task_id: str, bash_command: str) -> None:
+        self.task_id, self.bash_command, self.downstream = task_id, bash_command, []
+        _Task.made.append(self)
+
+    def __rshift__(self, other: _Task) -> _Task:
+        self.downstream.append(other)
+        return other
+
+
+class _Dag:
+    def __init__(self, **kwargs: object) -> None:
+        self.kwargs = kwargs
+
+    def __enter__(self) -> _Dag:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def test_the_airflow_example_runs_existing_stages_and_retries_only_a_busy_workdir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Airflow is not a dependency: the example runs against stand-ins of the two names it uses.
+    airflow = types.ModuleType("airflow")
+    airflow.DAG = _Dag  # type: ignore[attr-defined]
+    bash = types.ModuleType("airflow.operators.bash")
+    bash.BashOperator = _Task  # type: ignore[attr-defined]
+    for name, module in (("airflow", airflow), ("airflow.operators", types.ModuleType("x"))):
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setitem(sys.modules, "airflow.operators.bash", bash)
+    monkeypatch.setattr(_Task, "made", [])
+    example = runpy.run_path(str(ROOT / "docs" / "examples" / "airflow_nightly.py"))
+    tasks = {t.task_id: t for t in _Task.made}
+    assert [d.task_id for t in _Task.made for d in t.downstream] == [
+        "prepare_train_evaluate_report",
+        "maintain",
+    ]
+    for task in tasks.values():
+        words = task.bash_command.replace(";", " ; ").split()
+        stage = words[words.index(example["SKILLRANK"]) + 1]
+        assert stage in STAGE_NAMES, task.task_id
+        if "--from" in words:
+            assert words[words.index("--from") + 1] in ALL_NAMES
+        assert subprocess.run(["bash", "-n", "-c", task.bash_command]).returncode == 0
+    # The retry loop, run with a stand-in script: busy twice, then the train run is rejected.
+    script = example["skillrank"]("train").replace(example["SKILLRANK"], "./fake")
+    script = script.replace(f"sleep {example['BUSY_WAIT_SECONDS']}", "sleep 0")
+    fake = "n=$(cat count 2>/dev/null || echo 0); echo $((n + 1)) > count"
+    fake += "; [ $n -lt 2 ] && exit 75; exit 3"
+    (tmp_path / "fake").write_text(fake)
+    (tmp_path / "fake").chmod(0o755)
+    result = subprocess.run(["bash", "-c", script], cwd=tmp_path)
+    assert (result.returncode, (tmp_path / "count").read_text().strip()) == (3, "3")
