@@ -220,6 +220,7 @@ class ReportConfig:
 class MaintainConfig:
     keep_runs: AtLeastOne
     vacuum_retention_hours: NonNegative
+    compact_files_below_mib: AtLeastOne
     remove_checkpoints: bool
 
 
