@@ -530,7 +530,7 @@ def test_all_reports_each_stage_of_the_run(served: Served) -> None:
     quarantined = "quarantined 2 (invalid_json=1, not_an_object=1)"
     assert f"[ingest] raw lines {PROFILES + 2} = accepted {PROFILES} + {quarantined}" in out
     assert re.search(rf"skillrank\.profiles +{PROFILES} rows", out), out
-    assert "[train] published run train-" in out
+    assert "[train] passed the gates; published run train-" in out
     # evaluate and report ran on that run: no planted truth here (--input).
     assert "no planted truth at" in out
     (page,) = (served.workdir / "reports").glob("train-*/report.html")
