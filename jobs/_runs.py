@@ -24,7 +24,7 @@ from skillrank.config import Config
 from skillrank.evaluate import Method, model_method
 from skillrank.promotion import REJECTED, current_run_sql
 from skillrank.shards import Manifest
-from skillrank.tables import SPECS, conform, declare_tables, table_version
+from skillrank.tables import SPECS, conform, table_version
 
 
 def add_run_argument(parser: argparse.ArgumentParser) -> None:
@@ -71,8 +71,8 @@ def resolve_run(ctx: StageContext) -> Row:
 
 
 def current_run(ctx: StageContext) -> Row | None:
-    """The runs row of the current run (skillrank.promotion); None before any succeeded."""
-    declare_tables(ctx.spark, ctx.config, ["run_events"])  # runs trained before it existed
+    """The runs row of the current run (skillrank.promotion); None before any succeeded.
+    The stage declares run_events first (work directories trained before it existed)."""
     current = current_run_sql(ctx.table("runs"), ctx.table("run_events"))
     return ctx.spark.sql(f"SELECT * FROM {ctx.table('runs')} WHERE run_id = {current}").first()
 

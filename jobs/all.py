@@ -38,8 +38,6 @@ STAGES = [generate.STAGE, ingest.STAGE, prepare.STAGE, train.STAGE, _EVALUATE, _
 NAMES = [stage.name for stage in STAGES]
 
 
-# A stage's own check wants its inputs already there: not when an earlier stage of the same
-# range writes them (prepare the shards for train; train the run for evaluate and report).
 def _on_trained_run(stage: Stage) -> Stage:
     """`stage` on the run train has just published (the latest started: a train that failed
     or was rejected ended the range), even while a pin holds the views on another run."""
@@ -52,6 +50,8 @@ def _on_trained_run(stage: Stage) -> Stage:
     return dataclasses.replace(stage, run=run, check=lambda args, config: None)
 
 
+# A stage's own check wants its inputs already there: not when an earlier stage of the same
+# range writes them (prepare the shards for train; train the run for evaluate and report).
 _WRITTEN_IN_RANGE = {
     "train": ("prepare", dataclasses.replace(train.STAGE, check=train.check_options)),
     "evaluate": ("train", _on_trained_run(_EVALUATE)),

@@ -98,7 +98,7 @@ def check(args: argparse.Namespace, config: Config) -> None:
 
 def run(ctx: StageContext) -> StageResult:
     params = ctx.config.evaluate
-    declare_tables(ctx.spark, ctx.config, ["evaluation"])
+    declare_tables(ctx.spark, ctx.config, ["evaluation", "run_events"])
     train_run = resolve_run(ctx)
     manifest = run_manifest(ctx, train_run)
     print(f"[evaluate]   train run {train_run.run_id} ({manifest.prepare_run_id})")

@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(ctx: StageContext) -> StageResult:
     params, spark = ctx.config.report, ctx.spark
-    declare_tables(spark, ctx.config, ["coclusters", "evaluation"])
+    declare_tables(spark, ctx.config, ["coclusters", "evaluation", "run_events"])
     train_run = resolve_run(ctx)
     run_id = train_run.run_id
     manifest = run_manifest(ctx, train_run)

@@ -26,6 +26,7 @@ from jobs._cli import Stage, StageContext, StageError, StageResult, run_stages
 from jobs._runs import check_trained, current_run, record_event
 from skillrank.config import Config
 from skillrank.promotion import PINNED, PROMOTED, REJECTED, UNPINNED, pinned_run_sql
+from skillrank.tables import declare_tables
 
 ACTIONS = ("list", "show", "promote", "pin", "unpin")
 _NEED_RUN = ("show", "promote", "pin")
@@ -46,6 +47,7 @@ def check(args: argparse.Namespace, config: Config) -> None:
 
 
 def run(ctx: StageContext) -> StageResult:
+    declare_tables(ctx.spark, ctx.config, ["run_events"])  # runs trained before it existed
     runs = ctx.spark.table(ctx.table("runs"))
     current = current_run(ctx)
     pin = _pinned(ctx)
