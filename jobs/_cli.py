@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 import traceback
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from pyspark.sql import Row, SparkSession
 
-from skillrank.config import PROJECT_ROOT, Config, ConfigError, load_config
+from skillrank.config import PROJECT_ROOT, Config, ConfigError, load_config, read_properties
 from skillrank.session import build_spark, hadoop_path, resolve_path
 from skillrank.tables import SPECS, conform, declare_tables, table_name
 
@@ -97,10 +98,22 @@ def common_parser(prog: str) -> argparse.ArgumentParser:
         help="YAML overlay after --env, before --conf (repeatable; a later one wins)",
     )
     parser.add_argument(
+        "--properties-file",
+        metavar="FILE",
+        help="Spark properties (spark.* keys, as spark-submit's), before --conf",
+    )
+    parser.add_argument(
         "--conf", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
     parser.add_argument("--master", help="Spark master URL (default: spark.master of the config)")
     return parser
+
+
+def config_of(args: argparse.Namespace) -> Config:
+    """The configuration the common options name: conf/, --env, --config files, then the
+    --properties-file settings, then --conf (a later one wins)."""
+    properties = read_properties(args.properties_file) if args.properties_file else []
+    return load_config(args.env, [*properties, *args.conf], args.config)
 
 
 @dataclass(frozen=True)
@@ -127,16 +140,42 @@ def parse_stage_args(
     the stages to run, each one's check passed."""
     name, stages = _name_and_stages(command)
     parser = common_parser(f"spark-submit.sh {name}")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check everything, print what would run and with which settings; start nothing",
+    )
     for stage in stages:
         stage.add_arguments(parser)
     if isinstance(command, StageRange):
         command.add_arguments(parser)
     args = parser.parse_args(argv)
-    config = load_config(args.env, args.conf, args.config)
+    config = config_of(args)
     chosen = command.select(args) if isinstance(command, StageRange) else stages
     for stage in chosen:
         stage.check(args, config)
     return args, config, chosen
+
+
+def require_table(
+    args: argparse.Namespace, config: Config, key: str, missing: str, writer: str
+) -> None:
+    """Fail before Spark starts when table `key` (written by stage `writer`) does not exist.
+
+    Decidable only for the embedded default, a warehouse on this machine with the metastore
+    of --workdir: the table's Delta log is then a directory there. With a warehouse
+    elsewhere or an external metastore the stage finds out when it reads the table.
+    """
+    warehouse = config.catalog.warehouse_dir
+    if "://" in warehouse or "spark.hadoop.hive.metastore.uris" in config.spark.extra_conf:
+        return
+    workdir = Path(args.workdir).resolve()
+    database, table = config.catalog.database, config.catalog.tables[key]
+    if not (workdir / warehouse / f"{database}.db" / table.lower() / "_delta_log").is_dir():
+        raise StageError(
+            f"{missing} in {workdir}: {database}.{table} does not exist there yet"
+            f" (run {writer}, or all, first)"
+        )
 
 
 def run_stages(
@@ -156,6 +195,9 @@ def run_stages(
     except (ConfigError, StageError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        print("\n".join(dry_run_lines(args, config, stages)))
+        return 0
     workdir = Path(args.workdir).resolve()
     master = args.master or config.spark.master
     spark = build_spark(config, workdir, master, app_name=f"skillrank-{name}")
@@ -196,6 +238,28 @@ def run_stages(
     return 0
 
 
+def dry_run_lines(args: argparse.Namespace, config: Config, stages: list[Stage]) -> list[str]:
+    """What a run would do: its stages (every check passed), where, and every setting."""
+    workdir = Path(args.workdir).resolve()
+    lines = [
+        f"dry run: would run {', '.join(s.name for s in stages)}; checks passed, nothing"
+        " started or written",
+        f"  workdir {workdir}{'' if workdir.exists() else ' (not created yet)'},"
+        f" master {args.master or config.spark.master}",
+        f"  configuration {config.fingerprint()} (conf/, --env {args.env}, --config,"
+        " --properties-file, --conf):",
+    ]
+
+    def walk(prefix: str, value: object) -> Iterator[str]:
+        if isinstance(value, dict) and value and not prefix.endswith(("extra_conf", "hive_conf")):
+            for key, item in value.items():
+                yield from walk(f"{prefix}.{key}" if prefix else key, item)
+        else:
+            yield f"    {prefix} = {json.dumps(value)}"
+
+    return lines + list(walk("", config.to_dict()))
+
+
 def clear_staging(spark: SparkSession, root: str) -> int:
     """Delete what killed runs left in the staging directory; how many entries went.
 
@@ -215,6 +279,21 @@ def clear_staging(spark: SparkSession, root: str) -> int:
 def _new_run_id(stage: str) -> str:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{stage}-{stamp}-{uuid.uuid4().hex[:8]}"
+
+
+def run_id_of(stage: str) -> Callable[[str], str]:
+    """An argparse type: a run id of `stage` as _new_run_id makes them, else a usage error
+    (exit 2 before Spark starts; whether the run exists is the stage's to find out)."""
+    pattern = re.compile(rf"{stage}-[0-9]{{8}}T[0-9]{{6}}Z-[0-9a-f]{{8}}")
+
+    def parse(text: str) -> str:
+        if not pattern.fullmatch(text):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a {stage} run id ({stage}-YYYYMMDDTHHMMSSZ-xxxxxxxx)"
+            )
+        return text
+
+    return parse
 
 
 def _one_line(exc: BaseException) -> str:

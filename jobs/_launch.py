@@ -25,8 +25,9 @@ from importlib import metadata
 from pathlib import Path
 
 from jobs import thriftserver
-from jobs._cli import StageError, common_parser, parse_stage_args
-from skillrank.config import PROJECT_ROOT, Config, ConfigError, load_config
+from jobs._cli import StageError, common_parser, config_of, dry_run_lines, parse_stage_args
+from skillrank.config import PROJECT_ROOT, Config, ConfigError
+from skillrank.servers import served_metastore_port
 from skillrank.session import (
     build_spark,
     driver_environment,
@@ -210,19 +211,22 @@ def main(argv: list[str]) -> int:
     try:
         if command in STAGE_NAMES:
             module = importlib.import_module(f"jobs.{command}")
-            args, config, _ = parse_stage_args(
+            args, config, stages = parse_stage_args(
                 module.ALL if command == "all" else [module.STAGE], rest
             )
+            if args.dry_run:
+                print("\n".join(dry_run_lines(args, config, stages)))
+                return 0
             passthrough = rest
         elif command == "thriftserver":
             parser = common_parser(prog)
             thriftserver.add_arguments(parser)
             args, passthrough = parser.parse_args(rest), []
-            config = load_config(args.env, args.conf, args.config)
+            config = config_of(args)
             thriftserver.check(args, config)
         else:
             args, passthrough = common_parser(prog).parse_known_args(rest)
-            config = load_config(args.env, args.conf, args.config)
+            config = config_of(args)
     except (ConfigError, StageError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -230,11 +234,23 @@ def main(argv: list[str]) -> int:
     master = args.master or config.spark.master
     if command == "thriftserver" and args.action == "status":
         return thriftserver.status(config, workdir)
-    try:
-        lock_workdir(workdir, f"{command} {getattr(args, 'action', '')}".strip())
-    except WorkdirBusy as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_BUSY
+    if command == "sql" and served_metastore_port(config, workdir) is not None:
+        # A client of the metastore the Thrift server serves, like any JDBC client: it takes
+        # no lock, so an open shell never makes a batch exit 75 (docs/sql.md).
+        print(f"{prog}: on the metastore the Thrift server serves (no lock)", file=sys.stderr)
+    else:
+        try:
+            lock_workdir(workdir, f"{command} {getattr(args, 'action', '')}".strip())
+        except WorkdirBusy as exc:
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return EXIT_BUSY
+        if command == "sql":
+            print(
+                f"{prog}: the embedded metastore admits one process: batches on {workdir}"
+                " exit 75 until this shell ends (`thriftserver start` first lets them share"
+                " it; docs/sql.md)",
+                file=sys.stderr,
+            )
 
     if command in ("setup", "thriftserver") and not package_jars(config):
         _resolve_jars(config, workdir, master)

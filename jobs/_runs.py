@@ -19,7 +19,7 @@ import torch
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
-from jobs._cli import StageContext, StageError
+from jobs._cli import StageContext, StageError, require_table, run_id_of
 from skillrank.config import Config
 from skillrank.evaluate import Method, model_method
 from skillrank.promotion import REJECTED, current_run_sql
@@ -29,28 +29,16 @@ from skillrank.tables import SPECS, conform, table_version
 
 def add_run_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--run-id", help="train run to use (default: the current run)", default=None
+        "--run-id",
+        type=run_id_of("train"),
+        help="train run to use (default: the current run)",
+        default=None,
     )
 
 
 def check_trained(args: argparse.Namespace, config: Config) -> None:
-    """Fail before Spark starts when nothing was ever trained in the work directory.
-
-    Decidable only for the embedded default, a warehouse on this machine with the metastore
-    of --workdir: the `runs` table's Delta log is then a directory there. With a warehouse
-    elsewhere or an external metastore the stage finds out when it reads `runs`.
-    """
-    warehouse = config.catalog.warehouse_dir
-    if "://" in warehouse or "spark.hadoop.hive.metastore.uris" in config.spark.extra_conf:
-        return
-    workdir = Path(args.workdir).resolve()
-    database = config.catalog.database
-    runs = workdir / warehouse / f"{database}.db" / config.catalog.tables["runs"].lower()
-    if not (runs / "_delta_log").is_dir():
-        raise StageError(
-            f"no train run in {workdir}: {database}.{config.catalog.tables['runs']} does not"
-            " exist there yet (run train, or all, first)"
-        )
+    """Fail before Spark starts when nothing was ever trained in the work directory."""
+    require_table(args, config, "runs", "no train run", "train")
 
 
 def resolve_run(ctx: StageContext) -> Row:

@@ -53,6 +53,7 @@ def _on_trained_run(stage: Stage) -> Stage:
 # A stage's own check wants its inputs already there: not when an earlier stage of the same
 # range writes them (prepare the shards for train; train the run for evaluate and report).
 _WRITTEN_IN_RANGE = {
+    "prepare": ("ingest", dataclasses.replace(prepare.STAGE, check=lambda args, config: None)),
     "train": ("prepare", dataclasses.replace(train.STAGE, check=train.check_options)),
     "evaluate": ("train", _on_trained_run(_EVALUATE)),
     "report": ("train", _on_trained_run(_REPORT)),
@@ -90,10 +91,13 @@ ALL = StageRange("all", STAGES, _range_arguments, select)
 def summarize(ctx: StageContext) -> list[str]:
     """Row counts of every table and where to look next."""
     lines = ["", f"SkillRank tables in database {ctx.config.catalog.database}:"]
-    for key in SPECS:
-        name = ctx.table(key)
-        if ctx.spark.catalog.tableExists(name):
-            lines.append(f"  {name:<32} {ctx.spark.table(name).count():>10,} rows")
+    names = [ctx.table(key) for key in SPECS if ctx.spark.catalog.tableExists(ctx.table(key))]
+    # One query for every count: one Spark job, not one per table.
+    counts = " UNION ALL ".join(
+        f"SELECT {i} AS i, count(*) AS n FROM {n}" for i, n in enumerate(names)
+    )
+    rows = dict(ctx.spark.sql(counts).collect()) if names else {}
+    lines += [f"  {name:<32} {rows[i]:>10,} rows" for i, name in enumerate(names)]
     lines += [
         f"Training shards: {ctx.workdir / ctx.config.catalog.shards_dir / 'manifest.json'}",
         "Query them with:",

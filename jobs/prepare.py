@@ -23,8 +23,8 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from jobs._cli import Stage, StageContext, StageError, StageResult, run_stages
-from skillrank.config import SPLITS, load_aliases
+from jobs._cli import Stage, StageContext, StageError, StageResult, require_table, run_stages
+from skillrank.config import SPLITS, Config, load_aliases
 from skillrank.prepare import (
     UNUSABLE_REASONS,
     assign_splits,
@@ -231,7 +231,11 @@ def _publish_manifest(root: Path, run_id: str, manifest: Manifest) -> None:
         shutil.rmtree(old)
 
 
-STAGE = Stage(name="prepare", add_arguments=add_arguments, run=run)
+def check(args: argparse.Namespace, config: Config) -> None:
+    require_table(args, config, "profiles_raw", "nothing ingested", "ingest")
+
+
+STAGE = Stage(name="prepare", add_arguments=add_arguments, run=run, check=check)
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import Row
 from pyspark.sql import functions as F
 
-from jobs._cli import Stage, StageContext, StageError, StageResult, run_stages
+from jobs._cli import Stage, StageContext, StageError, StageResult, run_id_of, run_stages
 from jobs._runs import check_trained, current_run, record_event
 from skillrank.config import Config
 from skillrank.promotion import PINNED, PROMOTED, REJECTED, UNPINNED, pinned_run_sql
@@ -34,7 +34,9 @@ _NEED_RUN = ("show", "promote", "pin")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", nargs="?", default="list", choices=ACTIONS)
-    parser.add_argument("target", nargs="?", metavar="RUN_ID", help="train run (runs.run_id)")
+    parser.add_argument(
+        "target", nargs="?", metavar="RUN_ID", type=run_id_of("train"), help="train run"
+    )
     parser.add_argument("--reason", default="", help="why (promote, pin, unpin): in run_events")
 
 

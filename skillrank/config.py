@@ -300,6 +300,29 @@ def load_config(
     return config
 
 
+# A properties line: the key ends at the first blank, = or :; one = or : may follow.
+_PROPERTY = re.compile(r"([^\s=:]+)\s*[=:]?\s*(.*)")
+
+
+def read_properties(name: str) -> list[str]:
+    """The settings of a Spark properties file (spark-submit's --properties-file: `key value`,
+    `key=value` or `key: value` per line, # and ! comments) as --conf items; only spark.*
+    keys, which reach Spark as `--conf spark.*` does. ConfigError names a bad line."""
+    path = Path(name)
+    if not path.is_file():
+        raise ConfigError(f"--properties-file {name}: no such file")
+    items = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        text = line.strip()
+        if not text or text[0] in "#!":
+            continue
+        match = _PROPERTY.fullmatch(text)
+        if match is None or not match[1].startswith("spark."):
+            raise ConfigError(f"--properties-file {name}:{number}: not a spark.* setting: {text!r}")
+        items.append(f"{match[1]}={match[2]}")
+    return items
+
+
 def load_aliases(config: Config) -> dict[str, dict[str, list[str]]]:
     """The alias map of conf/aliases.yml: section -> canonical value -> spellings."""
     path = PROJECT_ROOT / config.prepare.aliases_file

@@ -687,24 +687,34 @@ def declare_tables(spark: SparkSession, config: Config, keys: list[str]) -> None
         spec = SPECS[key]
         if not spark.catalog.tableExists(table_name(config, key)):
             _clear_unregistered_location(spark, config, key)
-        (
+        builder = (
             DeltaTable.createIfNotExists(spark)
             .tableName(table_name(config, key))
             .comment(f"{spec.comment} Owner: {spec.owner}.")
             .addColumns(spec.schema)
             .partitionedBy(*spec.partition_by)
-            .execute()
         )
+        # A new table gets its constraints in its first commit (an ALTER TABLE ... ADD
+        # CONSTRAINT is one commit and one Spark job each); one that an older version created
+        # without some gets them below.
+        for name, condition in spec.checks:
+            builder = builder.property(_constraint_property(name), condition)
+        builder.execute()
         _add_missing_columns(spark, table_name(config, key), spec.schema)
         if spec.checks:
             properties = spark.sql(f"SHOW TBLPROPERTIES {table_name(config, key)}").collect()
             present = {r.key for r in properties}
             for name, condition in spec.checks:
-                if f"delta.constraints.{name.lower()}" not in present:
+                if _constraint_property(name) not in present:
                     spark.sql(
                         f"ALTER TABLE {table_name(config, key)}"
                         f" ADD CONSTRAINT {name} CHECK ({condition})"
                     )
+
+
+def _constraint_property(name: str) -> str:
+    """The table property in which Delta keeps a CHECK constraint."""
+    return f"delta.constraints.{name.lower()}"
 
 
 def _add_missing_columns(spark: SparkSession, name: str, schema: StructType) -> None:

@@ -27,6 +27,7 @@ from jobs.all import NAMES as ALL_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = str(ROOT / "spark-submit.sh")
+RUN_ID = "train-20260101T000000Z-0123abcd"  # well formed; no work directory here has it
 
 
 def _run(
@@ -61,16 +62,22 @@ def _run(
         (["all", "--to", "prepare", "--from", "train"], "--from train comes after --to prepare"),
         (["all", "--from", "prepare", "--input", "/tmp"], "--input is read by ingest, which"),
         (["all", "--from", "train"], "no training shards: "),
+        (["prepare"], "nothing ingested in "),
+        (["all", "--from", "prepare"], "nothing ingested in "),
         (["evaluate"], "no train run in "),
-        (["report", "--run-id", "train-x"], "no train run in "),
+        (["report", "--run-id", RUN_ID], "no train run in "),
+        (["evaluate", "--run-id", "train-x"], "--run-id: 'train-x' is not a train run id"),
+        (["runs", "pin", "prepare-20260101T000000Z-0123abcd"], "is not a train run id"),
         (["all", "--from", "evaluate"], "no train run in "),
         (["runs"], "no train run in "),
         (["maintain"], "no train run in "),
         (["maintain", "--conf", "maintain.vacuum_retention_hours=1"], "Delta's safety check"),
         (["train", "--config", "/nonexistent.yml"], "--config /nonexistent.yml: no such file"),
+        (["train", "--properties-file", "/nonexistent"], "--properties-file /nonexistent: no such"),
+        (["evaluate", "--dry-run"], "no train run in "),
         (["runs", "promote"], "runs promote needs a RUN_ID"),
-        (["runs", "unpin", "train-x"], "runs unpin takes no RUN_ID, got 'train-x'"),
-        (["runs", "demote", "train-x"], "argument action: invalid choice: 'demote'"),
+        (["runs", "unpin", RUN_ID], f"runs unpin takes no RUN_ID, got '{RUN_ID}'"),
+        (["runs", "demote", RUN_ID], "argument action: invalid choice: 'demote'"),
         (["train", "--conf", "publish.gate_ndcg_below_cooccurrence=-1"], "must be >= 0"),
     ],
 )
@@ -95,6 +102,30 @@ def test_version_names_the_checkout_and_its_packages(capsys: pytest.CaptureFixtu
     expected = f"skillrank {metadata.version('skillrank')} (pyspark {pyspark.__version__},"
     expected += f" delta-spark {metadata.version('delta-spark')}, torch {torch_release},"
     assert capsys.readouterr().out.startswith(expected)
+
+
+def test_a_dry_run_checks_prints_the_stages_and_settings_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    properties = tmp_path / "spark.properties"
+    properties.write_text("# sizing\nspark.executor.memory 4g\n! x\nspark.ui.port: 4050\n")
+    workdir = str(tmp_path / "w")
+    args = ["all", "--dry-run", "--workdir", workdir, "--properties-file", str(properties)]
+    assert launch([*args, "--conf", "train.max_epochs=7", "--conf", "spark.ui.port=4060"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("dry run: would run generate, ingest, prepare, train, evaluate,")
+    assert "    train.max_epochs = 7" in lines
+    assert (
+        '    spark.extra_conf = {"spark.executor.memory": "4g", "spark.ui.port": "4060"}' in lines
+    )
+    assert (
+        launch(["all", "--dry-run", "--workdir", workdir, "--from", "ingest", "--to", "train"]) == 0
+    )
+    assert capsys.readouterr().out.startswith("dry run: would run ingest, prepare, train;")
+    properties.write_text("spark.ui.port 4050\nui.port 4050\n")
+    assert launch(args) == 2
+    assert "spark.properties:2: not a spark.* setting: 'ui.port 4050'" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
 
 
 def test_the_script_fails_fast_with_one_line(tmp_path: Path) -> None:

@@ -155,10 +155,11 @@ def test_rerunning_evaluate_replaces_the_runs_rows(
 
 
 def test_evaluate_names_a_run_that_does_not_exist(evaluated: Pipeline) -> None:
-    assert evaluated.run(["evaluate"], "--run-id", "train-nope", *SETTINGS) == 1
+    nope = "train-20200101T000000Z-00000000"
+    assert evaluated.run(["evaluate"], "--run-id", nope, *SETTINGS) == 1
     failed = evaluated.table("stage_runs").where("stage = 'evaluate' AND status = 'failed'")
     (row,) = failed.collect()
-    assert row.error == f"--run-id train-nope: no such run in {evaluated.database}.runs"
+    assert row.error == f"--run-id {nope}: no such run in {evaluated.database}.runs"
 
 
 def test_report_writes_every_figure_and_the_coclusters(

@@ -28,6 +28,7 @@ from deltalake import DeltaTable
 from impala.dbapi import connect
 from pyspark.sql import Row, SparkSession
 
+from jobs._launch import lock_workdir
 from skillrank.config import Config
 from skillrank.servers import (
     METASTORE,
@@ -545,7 +546,13 @@ def test_the_sql_command_reads_the_tables_the_server_serves(
         " SELECT rank, skill_name, support FROM skillrank.current_job_skill_rank"
         " WHERE job_title = 'data scientist' ORDER BY rank"
     )
-    result = _succeeded(served.submit("sql", "-e", queries, timeout=300))
+    # A batch holds the work directory: a shell on the served metastore runs all the same.
+    batch = lock_workdir(served.workdir, "a batch stage")
+    try:
+        result = _succeeded(served.submit("sql", "-e", queries, timeout=300))
+    finally:
+        os.close(batch)
+    assert "on the metastore the Thrift server serves (no lock)" in result.stderr
     rows = [line.split("\t") for line in result.stdout.strip().splitlines()]
     vocab = sorted(served.rows(spark, "skill_vocab"), key=lambda r: r.skill_id)
     expected = [[r.skill_name, str(r.profile_count)] for r in vocab]

@@ -78,6 +78,28 @@ def test_published_tables_refuse_impossible_rows(spark: SparkSession, config: Co
     ]
 
 
+def test_a_table_created_without_its_constraints_gains_them_once(
+    spark: SparkSession, config: Config
+) -> None:
+    local = replace(config, catalog=replace(config.catalog, database="t_unchecked"))
+    declare_tables(spark, local, [])
+    table = table_name(local, "job_neighbors")
+    columns = [f"{f.name} {f.dataType.simpleString()}" for f in SPECS["job_neighbors"].schema]
+    spark.sql(f"CREATE TABLE {table} ({', '.join(columns)}) USING delta")
+    # run_id, job_id, job_title, rank, neighbor_job_id, neighbor_job_title, similarity
+    spark.sql(f"INSERT INTO {table} VALUES ('r1', 0, 'nurse', 0, 1, 'welder', 0.5)")  # unchecked
+    with pytest.raises(Exception, match=r"1 rows in .* violate the new CHECK constraint \(rank"):
+        declare_tables(spark, local, ["job_neighbors"])  # an old row breaks it: refused
+    spark.sql(f"DELETE FROM {table} WHERE rank = 0")
+    declare_tables(spark, local, ["job_neighbors"])
+    declare_tables(spark, local, ["job_neighbors"])  # again: each constraint is added once
+    properties = {r.key: r.value for r in spark.sql(f"SHOW TBLPROPERTIES {table}").collect()}
+    assert properties["delta.constraints.rank_from_1"] == "rank >= 1"
+    assert "delta.constraints.similarity_in_range" in properties
+    with pytest.raises(Exception, match="CHECK constraint similarity_in_range"):
+        spark.sql(f"INSERT INTO {table} VALUES ('r1', 0, 'nurse', 1, 1, 'welder', 1.5)")
+
+
 def test_a_location_left_by_a_killed_create_is_cleared_but_data_is_kept(
     spark: SparkSession, config: Config
 ) -> None:
