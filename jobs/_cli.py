@@ -9,7 +9,9 @@ process with one line on stderr and a non-zero exit code.
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import logging
 import re
 import sys
 import time
@@ -32,6 +34,57 @@ class StageError(RuntimeError):
     """An expected failure (bad input, nothing to do that should have been there)."""
 
 
+# Every line a stage writes goes through this logger: INFO and DEBUG to stdout, WARNING and
+# above to stderr, as text ("[stage] message", the default) or one JSON object per line.
+LOG = logging.getLogger("skillrank")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class _TextFormat(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stage = getattr(record, "stage", None)
+        return f"[{stage}] {record.getMessage()}" if stage else record.getMessage()
+
+
+class _JsonFormat(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        at = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
+        fields = {"time": at, "level": record.levelname}
+        fields |= {k: getattr(record, k, None) for k in ("stage", "run_id")}
+        return json.dumps(fields | {"message": record.getMessage()})
+
+
+def configure_logging(level: str, form: str) -> None:
+    """Send LOG's records at `level` and above to stdout/stderr in `form` (text or json)."""
+    LOG.handlers.clear()
+    LOG.propagate = False
+    LOG.setLevel(level)
+    formatter = _JsonFormat() if form == "json" else _TextFormat()
+    out, err = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
+    out.addFilter(lambda record: record.levelno < logging.WARNING)
+    err.setLevel(logging.WARNING)
+    for handler in (out, err):
+        handler.setFormatter(formatter)
+        LOG.addHandler(handler)
+
+
+class LogWriter(io.TextIOBase):
+    """A text stream whose every line is an INFO record of `log` (the trainers' `log`)."""
+
+    def __init__(self, log: logging.LoggerAdapter) -> None:
+        super().__init__()
+        self._log, self._pending = log, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self._pending = (self._pending + text).split("\n")
+        for line in lines:
+            self._log.info(f"  {line}")
+        return len(text)
+
+
 @dataclass
 class StageContext:
     spark: SparkSession
@@ -43,13 +96,19 @@ class StageContext:
     def table(self, key: str) -> str:
         return table_name(self.config, key)
 
+    @property
+    def log(self) -> logging.LoggerAdapter:
+        """LOG, its records marked with this stage and run."""
+        return logging.LoggerAdapter(
+            LOG, {"stage": self.run_id.split("-", 1)[0], "run_id": self.run_id}
+        )
+
     @contextmanager
     def step(self, label: str) -> Iterator[None]:
-        """Print a progress line with the time a step of the stage took."""
+        """Log a progress line with the time a step of the stage took."""
         clock = time.monotonic()
         yield
-        stage = self.run_id.split("-", 1)[0]
-        print(f"[{stage}]   {label} ({time.monotonic() - clock:.1f}s)", flush=True)
+        self.log.info(f"  {label} ({time.monotonic() - clock:.1f}s)")
 
 
 @dataclass
@@ -106,6 +165,10 @@ def common_parser(prog: str) -> argparse.ArgumentParser:
         "--conf", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
     )
     parser.add_argument("--master", help="Spark master URL (default: spark.master of the config)")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="INFO", help="default INFO")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="json: one object a line"
+    )
     return parser
 
 
@@ -198,18 +261,19 @@ def run_stages(
     if args.dry_run:
         print("\n".join(dry_run_lines(args, config, stages)))
         return 0
+    configure_logging(args.log_level, args.log_format)
     workdir = Path(args.workdir).resolve()
     master = args.master or config.spark.master
     spark = build_spark(config, workdir, master, app_name=f"skillrank-{name}")
     declare_tables(spark, config, ["stage_runs"])
     cleared = clear_staging(spark, resolve_path(workdir, config.catalog.staging_dir))
     if cleared:
-        print(f"[{stages[0].name}] removed {cleared} staging entries of killed runs", flush=True)
+        LOG.info(f"removed {cleared} staging entries of killed runs", extra={"stage": name})
     for stage in stages:
         ctx = StageContext(spark, config, workdir, _new_run_id(stage.name), args)
         started = datetime.now(UTC)
         clock = time.monotonic()
-        print(f"[{stage.name}] run {ctx.run_id} (workdir {workdir}, master {master})", flush=True)
+        ctx.log.info(f"run {ctx.run_id} (workdir {workdir}, master {master})")
         try:
             result = stage.run(ctx)
         except Exception as exc:  # one line for the user, the trace for the log
@@ -218,23 +282,24 @@ def run_stages(
             log.parent.mkdir(parents=True, exist_ok=True)
             log.write_text(traceback.format_exc())
             _record(ctx, stage.name, started, clock, None, message)
-            print(f"{prog}: error: {stage.name} failed: {message} (trace: {log})", file=sys.stderr)
+            LOG.error(f"{prog}: error: {stage.name} failed: {message} (trace: {log})")
             if isinstance(command, StageRange) and stage is not stages[0]:
-                print(f"{prog}: the stages before {stage.name} succeeded: rerun from it with"
-                      f" `{name} --from {stage.name}`", file=sys.stderr)  # fmt: skip
+                LOG.error(f"{prog}: the stages before {stage.name} succeeded: rerun from it"
+                          f" with `{name} --from {stage.name}`")  # fmt: skip
             return 1
         _record(ctx, stage.name, started, clock, result, None)
         for line in result.summary:
-            print(f"[{stage.name}] {line}", flush=True)
-        print(f"[{stage.name}] done in {time.monotonic() - clock:.1f}s", flush=True)
+            ctx.log.info(line)
+        ctx.log.info(f"done in {time.monotonic() - clock:.1f}s")
         if result.exit_code:
             if stage is not stages[-1]:
                 later = ", ".join(s.name for s in stages[stages.index(stage) + 1 :])
-                print(f"{prog}: not run after {stage.name}'s exit code {result.exit_code}:"
-                      f" {later}", file=sys.stderr)  # fmt: skip
+                LOG.error(f"{prog}: not run after {stage.name}'s exit code {result.exit_code}:"
+                          f" {later}")  # fmt: skip
             return result.exit_code
     if epilogue is not None:
-        print("\n".join(epilogue(ctx)), flush=True)
+        for line in epilogue(ctx):
+            LOG.info(line)
     return 0
 
 

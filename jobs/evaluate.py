@@ -101,7 +101,7 @@ def run(ctx: StageContext) -> StageResult:
     declare_tables(ctx.spark, ctx.config, ["evaluation", "run_events"])
     train_run = resolve_run(ctx)
     manifest = run_manifest(ctx, train_run)
-    print(f"[evaluate]   train run {train_run.run_id} ({manifest.prepare_run_id})")
+    ctx.log.info(f"  train run {train_run.run_id} ({manifest.prepare_run_id})")
     siblings = sibling_runs(ctx, train_run)
     with ctx.step(f"read the model and {len(siblings)} other families' runs on its shards"):
         # Each as (its predictions of a profile, the ranking SkillRank publishes).
@@ -168,7 +168,7 @@ def run(ctx: StageContext) -> StageResult:
                 )
                 rows += _segment_precision_rows(ctx, train_run.run_id, planted, generic, bootstrap)
     else:
-        print(f"[evaluate]   no planted truth at {truth_dir}: planted_* metrics skipped")
+        ctx.log.info(f"  no planted truth at {truth_dir}: planted_* metrics skipped")
     with ctx.step("checked SkillRank against the ESCO and O*NET taxonomies"):
         taxonomy = taxonomy_relevance(job_titles, skill_names, load_taxonomy(), *lookups)
         for label, sets in taxonomy.items():

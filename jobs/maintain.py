@@ -135,7 +135,7 @@ def _remove_checkpoints(ctx: StageContext) -> None:
     files = [p for p in directory.iterdir() if p.is_file()]
     for path in files:
         path.unlink()
-    print(f"[maintain]   removed {len(files)} checkpoint files from {directory}", flush=True)
+    ctx.log.info(f"  removed {len(files)} checkpoint files from {directory}")
 
 
 STAGE = Stage(name="maintain", add_arguments=add_arguments, run=run, check=check)

@@ -113,7 +113,7 @@ def run(ctx: StageContext) -> StageResult:
     )
     for key, title, kind, names, rows in maps:
         if len(rows) < _MIN_MAP_POINTS:
-            print(f"[report]   {title}: skipped, only {len(rows)} {kind}")
+            ctx.log.info(f"  {title}: skipped, only {len(rows)} {kind}")
             continue
         with ctx.step(f"{title} of {len(rows)} {kind}"):
             vectors = torch.softmax(rows.contiguous(), dim=1).numpy()

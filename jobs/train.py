@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import json
 import resource
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,7 +36,7 @@ from pyspark.ml.torch.distributor import TorchDistributor
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
-from jobs._cli import Stage, StageContext, StageError, StageResult, run_stages
+from jobs._cli import LogWriter, Stage, StageContext, StageError, StageResult, run_stages
 from jobs._runs import current_run, profile_segments, record_event
 from skillrank import rankings
 from skillrank.config import Config, TrainConfig
@@ -240,7 +239,7 @@ def _train(ctx: StageContext, manifest: Path, checkpoint: Path, device: str) -> 
             resume=ctx.args.resume,
             device=device,
             config_json=config_json,
-            log=sys.stdout,
+            log=LogWriter(ctx.log),
         )
     except ValueError as exc:
         raise StageError(str(exc)) from exc
@@ -258,10 +257,9 @@ def _train_distributed(
         local_mode=params.local_mode,
         use_gpu=torch.device(device).type == "cuda",
     )
-    print(
-        f"[train]   {params.num_processes} processes"
-        f" ({'on this machine' if params.local_mode else 'on the executors'})",
-        flush=True,
+    ctx.log.info(
+        f"  {params.num_processes} processes"
+        f" ({'on this machine' if params.local_mode else 'on the executors'})"
     )
     clear_process_errors(checkpoint)
     try:
@@ -327,12 +325,11 @@ def _fit_segments(ctx: StageContext, manifest_path: Path, result: TrainResult) -
         chosen[name] = grid[best]
         members = [g for g, (t, _) in enumerate(names) if t == name]
         rows = int((fit.profiles[members] >= params.segment_min_profiles).sum())
-        print(
-            f"[train]   segments by {name}: {len(members)} values, {rows} (value, job) rows with"
+        ctx.log.info(
+            f"  segments by {name}: {len(members)} values, {rows} (value, job) rows with"
             f" >= {params.segment_min_profiles} profiles; prior strength {grid[best]:g}:"
             f" validation KL {row[best]:.6f} (pooled rows {kl_pooled:.6f}, {scored} profiles;"
-            f" by strength {', '.join(f'{v:g}: {k:.4f}' for v, k in zip(grid, row, strict=True))})",
-            flush=True,
+            f" by strength {', '.join(f'{v:g}: {k:.4f}' for v, k in zip(grid, row, strict=True))})"
         )
     strengths = torch.tensor([chosen[t] for t, _ in names], dtype=torch.float64)
     return Segments(names, fit, theta, strengths)
@@ -519,7 +516,7 @@ def _discard_interrupted(ctx: StageContext) -> None:
             DeltaTable.forName(ctx.spark, ctx.table(key)).delete(F.col("run_id") == run_id)
         error = f"interrupted: the run ended without finishing (cleaned up by {ctx.run_id})"
         _update_run(ctx, {"status": "failed", "error": error}, run_id)
-        print(f"[train]   cleaned up interrupted run {run_id}", flush=True)
+        ctx.log.info(f"  cleaned up interrupted run {run_id}")
 
 
 def _discard(ctx: StageContext, error: str) -> None:
@@ -533,7 +530,7 @@ def _discard(ctx: StageContext, error: str) -> None:
             DeltaTable.forName(ctx.spark, ctx.table(key)).delete(F.col("run_id") == ctx.run_id)
         _update_run(ctx, {"status": "failed", "error": error[:1000]})
     except Exception as exc:  # keep the original error, which is the one to report
-        print(f"warning: could not clean up run {ctx.run_id}: {exc}", file=sys.stderr)
+        ctx.log.warning(f"warning: could not clean up run {ctx.run_id}: {exc}")
 
 
 STAGE = Stage(name="train", add_arguments=add_arguments, run=run, check=check)

@@ -209,7 +209,7 @@ def test_a_second_process_on_a_busy_work_directory_is_refused(tmp_path: Path) ->
         while not (lock.exists() and "sql (pid" in lock.read_text()):
             assert time.monotonic() < deadline and first.poll() is None
             time.sleep(0.2)
-        second = _run("prepare", "--workdir", str(workdir), timeout=60)
+        second = _run("generate", "--workdir", str(workdir), timeout=60)
         assert first.poll() is None, "the first process ended too early for the check"
         assert second.returncode == 75, second.stderr
         (line,) = second.stderr.strip().splitlines()

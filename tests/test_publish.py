@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import getpass
 import io
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -375,6 +376,25 @@ def test_a_diverging_run_is_rejected_and_runs_choose_the_current_one(
         (before.run_id, "unpinned", user, ""),
         (before.run_id, "promoted", user, "roll back"),
     ]
+
+
+def test_log_lines_are_json_objects_on_request_and_levels_filter_them(
+    published: Evaluated, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = published.pipeline
+    capsys.readouterr()
+    assert pipeline.run(["runs"], "list", "--log-format", "json") == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {(r["level"], r["stage"]) for r in records} == {("INFO", "runs")}
+    assert records[0]["message"].startswith("run runs-") and records[-1]["message"].startswith(
+        "done in "
+    )
+    assert len({r["run_id"] for r in records}) == 1 and records[0]["time"].endswith("+00:00")
+    assert pipeline.run(["runs"], "list", "--log-level", "WARNING") == 0
+    assert capsys.readouterr().out == ""
+    assert pipeline.run(["runs"], "pin", "train-20200101T000000Z-00000000") == 1
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert error.startswith("skillrank runs: error: runs failed: no run 'train-2020")
 
 
 def test_maintain_keeps_the_latest_current_and_pinned_runs_and_vacuums(
