@@ -78,14 +78,25 @@ def test_published_tables_refuse_impossible_rows(spark: SparkSession, config: Co
     ]
 
 
+def _older_table(
+    spark: SparkSession, config: Config, database: str, key: str, lacking: list[str]
+) -> tuple[Config, str]:
+    """Table `key` as an older version made it: plain Delta, without the `lacking` columns
+    and without constraints, in a new database; the config naming it, and its name."""
+    local = replace(config, catalog=replace(config.catalog, database=database))
+    declare_tables(spark, local, [])
+    table = table_name(local, key)
+    columns = [
+        f"{f.name} {f.dataType.simpleString()}" for f in SPECS[key].schema if f.name not in lacking
+    ]
+    spark.sql(f"CREATE TABLE {table} ({', '.join(columns)}) USING delta")
+    return local, table
+
+
 def test_a_table_created_without_its_constraints_gains_them_once(
     spark: SparkSession, config: Config
 ) -> None:
-    local = replace(config, catalog=replace(config.catalog, database="t_unchecked"))
-    declare_tables(spark, local, [])
-    table = table_name(local, "job_neighbors")
-    columns = [f"{f.name} {f.dataType.simpleString()}" for f in SPECS["job_neighbors"].schema]
-    spark.sql(f"CREATE TABLE {table} ({', '.join(columns)}) USING delta")
+    local, table = _older_table(spark, config, "t_unchecked", "job_neighbors", [])
     # run_id, job_id, job_title, rank, neighbor_job_id, neighbor_job_title, similarity
     spark.sql(f"INSERT INTO {table} VALUES ('r1', 0, 'nurse', 0, 1, 'welder', 0.5)")  # unchecked
     with pytest.raises(Exception, match=r"1 rows in .* violate the new CHECK constraint \(rank"):
@@ -124,12 +135,8 @@ def test_a_location_left_by_a_killed_create_is_cleared_but_data_is_kept(
 def test_a_table_of_an_older_version_gains_the_new_columns_in_place(
     spark: SparkSession, config: Config
 ) -> None:
-    local = replace(config, catalog=replace(config.catalog, database="t_evolve"))
-    declare_tables(spark, local, [])
-    table = table_name(local, "runs")
+    local, table = _older_table(spark, config, "t_evolve", "runs", ["model", "validation_ndcg"])
     old = [f for f in SPECS["runs"].schema if f.name not in ("model", "validation_ndcg")]
-    columns = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in old)
-    spark.sql(f"CREATE TABLE {table} ({columns}) USING delta")
     values = {"run_id": "'r1'", "status": "'succeeded'", "started_at": "current_timestamp()"}
     row = ", ".join(values.get(f.name, "NULL") for f in old)
     spark.sql(f"INSERT INTO {table} VALUES ({row})")
