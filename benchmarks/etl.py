@@ -16,14 +16,13 @@ met. It measures and reports; it asserts nothing about speed. See benchmarks/REA
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import re
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +32,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `skillrank` importable
 import duckdb  # noqa: E402
 from _workdir import work_directory  # noqa: E402
 
+from jobs.ingest import list_local_files  # noqa: E402
 from skillrank.config import Config, load_aliases, load_config  # noqa: E402
 from skillrank.ingest import FILE_REASONS, REASONS  # noqa: E402
 from skillrank.prepare import alias_lookup  # noqa: E402
@@ -170,8 +170,8 @@ def crawl_pattern(crawl: Path) -> str:
 
 
 def crawl_files(pattern: str) -> list[Path]:
-    """The files ingest reads for `pattern` (jobs.ingest.list_crawl_files on a file glob)."""
-    return sorted(Path(p) for p in glob.glob(pattern) if Path(p).is_file())
+    """The files ingest reads for `pattern`."""
+    return [Path(f.path.removeprefix("file:")) for f in list_local_files(pattern).files]
 
 
 def _sql_string(text: str) -> str:
@@ -187,6 +187,10 @@ def duckdb_script(files: list[Path], config: Config) -> str:
     params = {
         "files": _sql_list([str(f) for f in files]),
         "max_line_bytes": str(config.ingest.max_line_bytes),
+        "not_after": _sql_string(
+            (datetime.now(UTC) + timedelta(hours=config.ingest.future_tolerance_hours)).isoformat()
+        )
+        + "::TIMESTAMPTZ",
         "max_field_chars": str(config.ingest.max_field_chars),
         "max_positions": str(config.ingest.max_positions),
         "max_skills": str(config.ingest.max_skills),

@@ -109,6 +109,7 @@ judged AS (
                 OR coalesce(k_industry NOT IN ('VARCHAR', 'NULL'), false)
                 OR NOT positions_ok OR NOT skills_ok THEN 'wrong_type'
             WHEN try_cast(crawled_at AS TIMESTAMPTZ) IS NULL THEN 'invalid_timestamp'
+            WHEN try_cast(crawled_at AS TIMESTAMPTZ) > {{not_after}} THEN 'future_timestamp'
             WHEN k_positions = 'ARRAY' AND json_array_length(j_positions) > {{max_positions}}
                 THEN 'too_many_items'
             WHEN k_skills = 'ARRAY' AND json_array_length(j_skills) > {{max_skills}}

@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import shutil
 import time
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +67,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check(args: argparse.Namespace, config: Config) -> None:
-    """Reject an --output the generator cannot write, or profiles longer than ingest takes
-    (generate's own settings were checked on load; ingest's limit may be lowered on its own)."""
-    if config.generate.max_positions > config.ingest.max_positions:
+    """Reject an --output the generator cannot write, profiles longer than ingest takes
+    (generate's own settings were checked on load; ingest's limit may be lowered on its own),
+    or snapshots dated after today."""
+    g = config.generate
+    if g.max_positions > config.ingest.max_positions:
         raise ConfigError("generate.max_positions must not exceed ingest.max_positions")
+    # A third snapshot comes two gaps after the first, which may start at the window's end.
+    latest = date.fromisoformat(g.crawl_start) + timedelta(
+        days=g.crawl_window_days + 2 * (g.recrawl_gap_days[1] + 1)
+    )
+    if latest > datetime.now(UTC).date():
+        raise ConfigError(
+            f"generate.crawl_start {g.crawl_start} dates snapshots up to {latest}, in the future,"
+            " which ingest quarantines (future_timestamp): choose an earlier crawl_start"
+        )
     if args.output and "://" in args.output and not args.output.startswith("file://"):
         raise ConfigError(f"--output must be a local directory, got {args.output}")
 

@@ -2,22 +2,27 @@
 
     ./spark-submit.sh ingest --input PATH [--workdir DIR] [--conf key=value ...]
 
-PATH is a file, a directory (every *.jsonl / *.jsonl.gz below it) or a glob. A file already
-ingested (same path, size and modification time) is skipped, so a rerun is a no-op. Rows
-left behind by an interrupted run of the same files are removed before they are re-read.
-A gzip file cut short (or with corrupt data or checksum) gives the complete lines read before
-the damage and one ``truncated_gzip`` (``corrupt_gzip``) quarantine row.
+PATH is a file, a directory (every *.jsonl / *.jsonl.gz below it, any case, but not names
+starting with '.' or '_') or a glob. A file already ingested (same real path, size and
+modification time) is skipped, so a rerun is a no-op. Rows left behind by an interrupted run
+of the same files are removed before they are re-read. A gzip file cut short (or with corrupt
+data or checksum) gives the complete lines read before the damage and one ``truncated_gzip``
+(``corrupt_gzip``) quarantine row; a .gz file that is not gzip one ``not_gzip`` row, and is
+not read. docs/crawl-format.md is the contract.
 """
 
 from __future__ import annotations
 
 import argparse
 import glob
+import os
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import reduce
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from delta.tables import DeltaTable
 from py4j.protocol import Py4JJavaError
@@ -38,16 +43,24 @@ from skillrank.ingest import (
 from skillrank.session import hadoop_path, resolve_path
 from skillrank.tables import SPECS, conform, declare_tables, table_version
 
-CRAWL_SUFFIXES = (".jsonl", ".jsonl.gz")
+CRAWL_SUFFIXES = (".jsonl", ".jsonl.gz")  # matched case-insensitively
+GZIP_MAGIC = b"\x1f\x8b"
 TABLES = ["ingested_files", "profiles_raw", "quarantine"]
 _NO_CRAWL_FILES = "no crawl files (*.jsonl, *.jsonl.gz) found at {source!r}"
 
 
 @dataclass(frozen=True)
 class CrawlFile:
-    path: str
+    path: str  # the one spelling of source_file and ingested_files: file:/real/path, or the URI
     size: int
     modified_at: datetime
+    local: bool  # read through a link of a safe name (any file name); else by its URI
+
+
+@dataclass(frozen=True)
+class Listing:
+    files: list[CrawlFile]
+    skipped: list[str]  # what was found but not read, and why
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,57 +73,144 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check(args: argparse.Namespace, config: Config) -> None:
     """Fail fast on a missing or empty local input, before Spark starts."""
-    if args.input is None or "://" in args.input:
+    if args.input is None or _remote(args.input):
         return
-    matches = glob.glob(args.input, recursive=True)
-    if not matches:
-        raise StageError(f"input {args.input!r} does not exist")
-    if not any(_holds_crawl_files(Path(m)) for m in matches):
-        raise StageError(_NO_CRAWL_FILES.format(source=args.input))
+    listing = list_local_files(args.input)
+    if not listing.files:
+        raise StageError(_nothing_found(args.input, listing))
 
 
-def _holds_crawl_files(path: Path) -> bool:
-    """A file (whatever its name, as list_crawl_files takes it), or a directory with one below."""
-    if not path.is_dir():
-        return True
-    return any(p.name.endswith(CRAWL_SUFFIXES) for p in path.rglob("*") if p.is_file())
+def _remote(source: str) -> bool:
+    return "://" in source and not source.startswith("file:")
 
 
-def list_crawl_files(spark: SparkSession, pattern: str) -> list[CrawlFile]:
-    """Expand a file, directory or glob (any Hadoop URI) into crawl files, sorted by path."""
+def _is_crawl_name(name: str) -> bool:
+    return name.lower().endswith(CRAWL_SUFFIXES)
+
+
+def _hidden(name: str) -> bool:
+    return name.startswith((".", "_"))
+
+
+def _nothing_found(source: str, listing: Listing) -> str:
+    found = _NO_CRAWL_FILES.format(source=source)
+    return f"{found}; {_skipped_line(listing.skipped)}" if listing.skipped else found
+
+
+def _skipped_line(skipped: list[str]) -> str:
+    shown = "; ".join(skipped[:5]) + ("; ..." if len(skipped) > 5 else "")
+    return f"not read: {len(skipped)} entries ({shown})"
+
+
+def list_local_files(source: str) -> Listing:
+    """The crawl files of a local file, directory or glob (a file: URI or a plain path).
+
+    A path that exists is taken as it is, any other as a glob. Below a directory (and in a
+    glob's matches) every file whose name ends in .jsonl or .jsonl.gz, in any case, is
+    read, except entries whose name starts with '.' or '_' (hidden files, and the
+    _temporary/_SUCCESS of Hadoop writers): those are listed in `skipped`, not read. A file
+    named directly is read whatever its name. Symbolic links are followed, and each real
+    file is listed once, by its real path: a link loop ends, two links to one file read it
+    once.
+    """
+    base = unquote(urlparse(source).path) if source.startswith("file:") else source
+    roots = [base] if os.path.lexists(base) else sorted(glob.glob(base, recursive=True))
+    found: dict[str, CrawlFile] = {}
+    skipped: list[str] = []
+    seen_dirs: set[str] = set()
+
+    def visit(path: str, named: bool) -> None:
+        name = os.path.basename(path)
+        if not named and _hidden(name):
+            if os.path.isdir(path) or _is_crawl_name(name):
+                skipped.append(f"{path}: name starts with {name[0]!r}")
+            return
+        real = os.path.realpath(path)
+        if os.path.isdir(real):
+            if real in seen_dirs:
+                return
+            seen_dirs.add(real)
+            for entry in sorted(os.listdir(real)):
+                visit(os.path.join(path, entry), False)
+        elif not os.path.exists(real):
+            skipped.append(f"{path}: broken link")
+        elif (named or _is_crawl_name(name)) and real not in found:
+            stat = os.stat(real)
+            modified = datetime.fromtimestamp(stat.st_mtime_ns // 1_000_000 / 1000, tz=UTC)
+            found[real] = CrawlFile(f"file:{real}", stat.st_size, modified, local=True)
+
+    for root in roots:
+        visit(root, named=not os.path.isdir(root))
+    return Listing(sorted(found.values(), key=lambda f: f.path), skipped)
+
+
+def list_remote_files(spark: SparkSession, pattern: str) -> Listing:
+    """The crawl files of a Hadoop URI (file, directory or glob) of another file system.
+
+    The names are matched as in `list_local_files`, but links are the file system's
+    business and a file is read by its URI."""
     path, fs = hadoop_path(spark, pattern)
     found: list[CrawlFile] = []
+    skipped: list[str] = []
     for status in fs.globStatus(path) or []:
-        if status.isDirectory():
-            listing = fs.listFiles(status.getPath(), True)
-            while listing.hasNext():
-                child = listing.next()
-                if child.getPath().getName().endswith(CRAWL_SUFFIXES):
-                    found.append(_crawl_file(child))
-        else:
-            found.append(_crawl_file(status))
-    return sorted(found, key=lambda f: f.path)
+        if not status.isDirectory():
+            found.append(_remote_file(status))
+            continue
+        listing = fs.listFiles(status.getPath(), True)
+        while listing.hasNext():
+            child = listing.next()
+            relative = child.getPath().toString().removeprefix(status.getPath().toString())
+            if any(_hidden(part) for part in relative.split("/")):
+                skipped.append(f"{child.getPath().toString()}: hidden or underscore name")
+            elif _is_crawl_name(child.getPath().getName()):
+                found.append(_remote_file(child))
+    return Listing(sorted(found, key=lambda f: f.path), skipped)
 
 
-def _crawl_file(status: object) -> CrawlFile:
+def _remote_file(status: object) -> CrawlFile:
     return CrawlFile(
         path=status.getPath().toString(),  # type: ignore[attr-defined]
         size=int(status.getLen()),  # type: ignore[attr-defined]
         modified_at=datetime.fromtimestamp(
-            status.getModificationTime() / 1000,
-            tz=UTC,  # type: ignore[attr-defined]
+            status.getModificationTime() / 1000,  # type: ignore[attr-defined]
+            tz=UTC,
         ),
+        local=False,
     )
 
 
-def find_damaged_gzips(spark: SparkSession, files: list[CrawlFile]) -> dict[str, str]:
-    """The gzip files the codec cannot read to the end: path -> FILE_REASONS code.
+def _is_gzip_named(path: str) -> bool:
+    return path.lower().endswith(".gz")
 
-    Each file is decompressed once, streamed through Hadoop's codec for it, the one the
-    reader uses: a file that passes here reads without error. ``truncated_gzip``: the stream
-    ends early (cut short, or non-gzip bytes after); ``corrupt_gzip``: any other read error
-    of the codec (bad compressed data, a checksum mismatch). An empty file is not gzip at all
-    and reads as no lines, so it is left out.
+
+def link_local_files(files: list[CrawlFile], links: Path) -> dict[str, str]:
+    """Give each local file a link of a safe name under `links`; source path -> link URI.
+
+    Spark reads files by URI strings that Hadoop parses again, so names holding ':' or glob
+    characters fail, and names starting with '_' or '.' are skipped; a link named
+    f000001.jsonl[.gz] is read like the file itself (the suffix picks the codec)."""
+    links.mkdir(parents=True, exist_ok=True)
+    read_from = {}
+    for i, f in enumerate(files):
+        if not f.local:
+            read_from[f.path] = f.path
+            continue
+        link = links / f"f{i:06d}{'.jsonl.gz' if _is_gzip_named(f.path) else '.jsonl'}"
+        link.symlink_to(f.path.removeprefix("file:"))
+        read_from[f.path] = f"file:{link}"
+    return read_from
+
+
+def find_damaged_gzips(spark: SparkSession, read_from: dict[str, str]) -> dict[str, str]:
+    """The .gz files that cannot be read to the end: source path -> FILE_REASONS code.
+
+    `read_from`: source path -> the URI it is read from. ``not_gzip``: the file does not
+    start with gzip's magic bytes (an empty file, or a one-byte start of them, is left to
+    the reader); it is not read. Every other .gz file is decompressed once, streamed
+    through Hadoop's codec for it, the one the reader uses: a file that passes here reads
+    without error. ``truncated_gzip``: the stream ends early (cut short, or non-gzip bytes
+    after); ``corrupt_gzip``: any other read error of the codec (bad compressed data, a
+    checksum mismatch).
     """
     jvm = spark.sparkContext._jvm
     hadoop = jvm.org.apache.hadoop  # type: ignore[union-attr]
@@ -118,19 +218,29 @@ def find_damaged_gzips(spark: SparkSession, files: list[CrawlFile]) -> dict[str,
     hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
     codecs = hadoop.io.compress.CompressionCodecFactory(hadoop_conf)
     damaged = {}
-    for f in files:
-        if not f.path.endswith(".gz") or f.size == 0:
+    for source, uri in read_from.items():
+        if not _is_gzip_named(source):
             continue
-        path, fs = hadoop_path(spark, f.path)
+        path, fs = hadoop_path(spark, uri)
+        stream = fs.open(path)
+        try:
+            start = bytes(b for b in (stream.read(), stream.read()) if b >= 0)
+        finally:
+            stream.close()
+        if start != GZIP_MAGIC[: len(start)]:
+            damaged[source] = "not_gzip"
+            continue
+        if not start:
+            continue
         stream = codecs.getCodec(path).createInputStream(fs.open(path))
         try:
             while stream.skip(1 << 24) > 0:
                 pass
         except Py4JJavaError as error:
             if error.java_exception.getClass().getName() == "java.io.EOFException":
-                damaged[f.path] = FILE_REASONS[0]
+                damaged[source] = "truncated_gzip"
             elif io_error.isInstance(error.java_exception):
-                damaged[f.path] = FILE_REASONS[1]
+                damaged[source] = "corrupt_gzip"
             else:
                 raise
         finally:
@@ -138,35 +248,59 @@ def find_damaged_gzips(spark: SparkSession, files: list[CrawlFile]) -> dict[str,
     return damaged
 
 
-def read_lines(spark: SparkSession, paths: list[str], damaged: Collection[str] = ()) -> DataFrame:
+def read_lines(
+    spark: SparkSession, sources: dict[str, str], cut: Collection[str] = ()
+) -> DataFrame:
     """Raw lines with source_file, block_start and a row id taken right at the scan.
 
-    Files in `damaged` (gzip the codec cannot read to the end) are read up to the point of
-    failure: the complete lines before it only.
+    `sources`: the URI Spark reads -> the source_file its lines carry. Lines end at LF
+    (a CR before it is dropped; a CR elsewhere is part of the line). Files in `cut` (gzip
+    the codec cannot read to the end) are read up to the point of failure: the complete
+    lines before it only.
     """
+    path_class = spark.sparkContext._jvm.org.apache.hadoop.fs.Path  # type: ignore[union-attr]
+
+    def scanned_as(uri: str) -> str:  # the file's _metadata.file_path: encoded, file:/ local
+        return re.sub("^file:///", "file:/", path_class(uri).toUri().toString())
+
+    names = spark.createDataFrame(
+        [(scanned_as(uri), source) for uri, source in sources.items()],
+        "_file_path string, source_file string",
+    )
 
     def scan(files: list[str], up_to_the_cut: bool) -> DataFrame:
         # ignoreCorruptFiles keeps the lines read before the codec fails, and ends the file.
-        reader = spark.read.option("ignoreCorruptFiles", up_to_the_cut)
+        reader = spark.read.option("ignoreCorruptFiles", up_to_the_cut).option("lineSep", "\n")
         return reader.text(files).select(
             "value",
-            F.col("_metadata.file_path").alias("source_file"),
+            F.col("_metadata.file_path").alias("_file_path"),
             F.col("_metadata.file_block_start").alias("block_start"),
             F.monotonically_increasing_id().alias("row_id"),
         )
 
-    whole = [p for p in paths if p not in damaged]
-    cut = [p for p in paths if p in damaged]
-    scans = ([scan(whole, False)] if whole else []) + ([scan(cut, True)] if cut else [])
-    return reduce(DataFrame.unionByName, scans)
+    whole = [uri for uri in sources if uri not in cut]
+    damaged = [uri for uri in sources if uri in cut]
+    scans = ([scan(whole, False)] if whole else []) + ([scan(damaged, True)] if damaged else [])
+    lines = reduce(DataFrame.unionByName, scans).join(F.broadcast(names), "_file_path")
+    value = F.col("value")
+    without_cr = value.cast("binary").substr(F.lit(1), F.octet_length(value) - 1).cast("string")
+    return lines.select(
+        F.when(value.endswith("\r"), without_cr).otherwise(value).alias("value"),
+        "source_file",
+        "block_start",
+        "row_id",
+    )
 
 
 def run(ctx: StageContext) -> StageResult:
     spark, config = ctx.spark, ctx.config
     source = ctx.args.input or resolve_path(ctx.workdir, config.catalog.crawl_dir)
-    files = list_crawl_files(spark, source)
+    listing = list_remote_files(spark, source) if _remote(source) else list_local_files(source)
+    if listing.skipped:
+        ctx.log.warning(f"{_skipped_line(listing.skipped)}: rename them to read them")
+    files = listing.files
     if not files:
-        raise StageError(_NO_CRAWL_FILES.format(source=source))
+        raise StageError(_nothing_found(source, listing))
     declare_tables(spark, config, TABLES)
     listed = spark.createDataFrame(
         [(f.path, f.size, f.modified_at) for f in files],
@@ -184,24 +318,28 @@ def run(ctx: StageContext) -> StageResult:
         if spark.table(ctx.table(key)).where(stale).limit(1).count():
             DeltaTable.forName(spark, ctx.table(key)).delete(stale)
 
-    damaged = find_damaged_gzips(spark, new)
-    # One parsing pass writes every line to a staging Parquet set; the table writes and
-    # counts then read that instead of parsing again.
     staging = resolve_path(ctx.workdir, f"{ctx.config.catalog.staging_dir}/{ctx.run_id}")
-    parse_lines(
-        number_lines(read_lines(spark, [f.path for f in new], damaged)),
-        max_line_bytes=config.ingest.max_line_bytes,
-        max_field_chars=config.ingest.max_field_chars,
-        max_positions=config.ingest.max_positions,
-        max_skills=config.ingest.max_skills,
-        quarantine_text_chars=config.ingest.quarantine_text_chars,
-    ).withColumn("ingest_run_id", F.lit(ctx.run_id)).write.parquet(staging)
     try:
-        parsed = spark.read.parquet(staging)
+        read_from = link_local_files(new, _links_dir(staging))
+        damaged = find_damaged_gzips(spark, read_from)
+        # One parsing pass writes every line to a staging Parquet set; the table writes
+        # and counts then read that instead of parsing again.
+        readable = {uri: p for p, uri in read_from.items() if damaged.get(p) != "not_gzip"}
+        cut = {read_from[p] for p in damaged if damaged[p] != "not_gzip"}
+        parse_lines(
+            number_lines(read_lines(spark, readable, cut)),
+            not_after=datetime.now(UTC) + timedelta(hours=config.ingest.future_tolerance_hours),
+            max_line_bytes=config.ingest.max_line_bytes,
+            max_field_chars=config.ingest.max_field_chars,
+            max_positions=config.ingest.max_positions,
+            max_skills=config.ingest.max_skills,
+            quarantine_text_chars=config.ingest.quarantine_text_chars,
+        ).withColumn("ingest_run_id", F.lit(ctx.run_id)).write.parquet(f"{staging}/lines")
+        parsed = spark.read.parquet(f"{staging}/lines")
         if damaged:
-            cut = damaged_file_lines(parsed, damaged)
+            cut_rows = damaged_file_lines(parsed, damaged)
             parsed = parsed.unionByName(
-                cut.withColumn("ingest_run_id", F.lit(ctx.run_id)), allowMissingColumns=True
+                cut_rows.withColumn("ingest_run_id", F.lit(ctx.run_id)), allowMissingColumns=True
             )
         conform(accepted_profiles(parsed), "profiles_raw").write.insertInto(
             ctx.table("profiles_raw")
@@ -247,6 +385,12 @@ def run(ctx: StageContext) -> StageResult:
             + (f" ({reasons})" if reasons else ""),
         ],
     )
+
+
+def _links_dir(staging: str) -> Path:
+    if not staging.startswith("file:"):
+        raise StageError(f"local crawl files need a local catalog.staging_dir, not {staging!r}")
+    return Path(unquote(urlparse(staging).path)) / "links"
 
 
 def _delete_path(spark: SparkSession, uri: str) -> None:

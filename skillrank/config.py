@@ -92,6 +92,7 @@ class IngestConfig:
     max_positions: AtLeastOne
     max_skills: AtLeastOne
     quarantine_text_chars: AtLeastOne
+    future_tolerance_hours: NonNegative
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ _LATIN1_COMPANIES = (
 )
 _CONTROL_CHARACTERS = ("\t", "\r", "\u0000", "\u0007", "\u001b")
 _BAD_TIMESTAMPS = ("10/01/2026 12:00", "1 Oct 2026", "yesterday", "2026-10-01T25:61:00Z")
+_TRAILERS = ("// crawled", '{"page": 2}', "}", ", ")
 _EARLIEST_MONTH = 1970 * 12  # no position starts before January 1970
 
 
@@ -624,6 +625,7 @@ class _ShardGenerator:
             "missing_field": self._missing_field,
             "wrong_type": self._wrong_type,
             "invalid_timestamp": self._invalid_timestamp,
+            "future_timestamp": self._future_timestamp,
             "too_many_items": self._too_many_items,
             "field_too_long": self._field_too_long,
             "control_characters": self._control_characters,
@@ -859,6 +861,8 @@ class _ShardGenerator:
 
     def _invalid_json(self, record: dict[str, object]) -> bytes:
         text = json.dumps(record, ensure_ascii=False)
+        if self.rnd.random() < 0.5:  # something after the object: a crawler's comment
+            return f"{text} {self.rnd.choice(_TRAILERS)}".encode()
         return text[: self.rnd.randrange(1, len(text))].encode()
 
     def _not_an_object(self, record: dict[str, object]) -> bytes:
@@ -888,6 +892,11 @@ class _ShardGenerator:
 
     def _invalid_timestamp(self, record: dict[str, object]) -> bytes:
         record["crawled_at"] = self.rnd.choice(_BAD_TIMESTAMPS)
+        return _dumps(record)
+
+    def _future_timestamp(self, record: dict[str, object]) -> bytes:
+        # A crawler clock set decades ahead: later than any ingest's tolerance.
+        record["crawled_at"] = f"{2090 + self.rnd.randrange(10)}-01-01T00:00:00Z"
         return _dumps(record)
 
     def _too_many_items(self, record: dict[str, object]) -> bytes:

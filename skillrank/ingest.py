@@ -8,6 +8,7 @@ tried in the order of ``REASONS``; the first that applies is recorded.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from functools import reduce
 
 from pyspark.sql import Column, DataFrame, Window
@@ -23,13 +24,14 @@ REASONS = (
     "missing_field",
     "wrong_type",
     "invalid_timestamp",
+    "future_timestamp",
     "too_many_items",
     "field_too_long",
     "control_characters",
 )
 # Recorded once per file, not per line: a gzip file cut short, or with corrupt compressed
-# data or checksum (damaged_file_lines).
-FILE_REASONS = ("truncated_gzip", "corrupt_gzip")
+# data or checksum, or a .gz file that is not gzip at all (damaged_file_lines).
+FILE_REASONS = ("truncated_gzip", "corrupt_gzip", "not_gzip")
 
 STRING_FIELDS = ("profile_id", "crawled_at", "location", "industry")
 POSITION_FIELDS = ("title", "company", "start", "end")
@@ -133,8 +135,33 @@ def _usual_shape() -> str:
     return "^OBJECT<" + "".join(parts) + ">$"
 
 
+def _trailing_content(raw: Column) -> Column:
+    """True when something follows the line's first JSON array or object (``parse_json``
+    reads the first value and ignores the rest: ``{...} garbage``, ``{...},{...}``).
+
+    Escape pairs, then strings, become one placeholder character each, which leaves the
+    line's structure; the first value ends where its brackets first balance. Lines that do
+    not start with a bracket are left to the other checks.
+    """
+    skeleton = F.regexp_replace(F.regexp_replace(raw, r"\\.", "x"), '"[^"]*"', "0")
+    brackets = F.regexp_replace(skeleton, r"[^\[\]{}]", "")
+
+    def step(a: Column, c: Column) -> Column:
+        depth = a["depth"] + F.when(c.isin("{", "["), 1).otherwise(-1)
+        return F.struct(
+            depth.alias("depth"),
+            (a["closed"] + F.when(depth == 0, 1).otherwise(0)).alias("closed"),
+        )
+
+    start = F.struct(F.lit(0).alias("depth"), F.lit(0).alias("closed"))
+    balance = F.aggregate(F.split(brackets, ""), start, step)
+    one_value = (balance["closed"] == 1) & (balance["depth"] == 0)
+    return skeleton.rlike(r"^\ufeff?\s*[\[{]") & ~(one_value & skeleton.rlike(r"[\]}]\s*$"))
+
+
 def parse_lines(
     lines: DataFrame,
+    not_after: datetime,
     max_line_bytes: int,
     max_field_chars: int,
     max_positions: int,
@@ -143,7 +170,8 @@ def parse_lines(
 ) -> DataFrame:
     """Parse raw crawl lines and decide, for each, accept (reason null) or a reason code.
 
-    In: a ``value`` column (the raw line) plus any lineage columns, which are kept.
+    In: a ``value`` column (the raw line) plus any lineage columns, which are kept, and
+    `not_after`, the latest ``crawled_at`` accepted (ingest time plus a tolerance).
     Out: the lineage columns plus reason, reason_detail, raw_bytes, line_sha256, raw_text
     (for rejected lines only: the first `quarantine_text_chars` characters, invalid UTF-8
     replaced) and the parsed profile fields (profile_id, crawled_at, location, industry,
@@ -177,12 +205,14 @@ def parse_lines(
         ),
     )
     usual, shape = F.col("_usual"), F.col("_shape")
+    crawled_at = F.try_to_timestamp(F.col("crawled_at"))
 
     checks: list[tuple[Column, str, str | None]] = [
         (F.trim(without_bom) == "", "empty_line", None),
         (F.col("raw_bytes") > max_line_bytes, "line_too_long", None),
         (~valid_utf8, "invalid_utf8", None),
         (v.isNull(), "invalid_json", None),
+        (_trailing_content(raw), "invalid_json", "trailing_content"),
         (~shape.startswith("OBJECT<"), "not_an_object", None),
     ]
     for name in REQUIRED_FIELDS:
@@ -194,7 +224,8 @@ def parse_lines(
     checks += [
         (~usual & ~_positions_ok(v), "wrong_type", "positions"),
         (~usual & ~_skills_ok(v), "wrong_type", "skills"),
-        (F.try_to_timestamp(F.col("crawled_at")).isNull(), "invalid_timestamp", "crawled_at"),
+        (crawled_at.isNull(), "invalid_timestamp", "crawled_at"),
+        (crawled_at > F.lit(not_after), "future_timestamp", "crawled_at"),
         (F.coalesce(F.size("positions"), F.lit(0)) > max_positions, "too_many_items", "positions"),
         (F.coalesce(F.size("skills"), F.lit(0)) > max_skills, "too_many_items", "skills"),
     ]
@@ -216,7 +247,7 @@ def parse_lines(
         parsed.withColumn("_verdict", verdict)
         .withColumn("reason", F.col("_verdict.code"))
         .withColumn("reason_detail", F.col("_verdict.detail"))
-        .withColumn("crawled_at", F.try_to_timestamp(F.col("crawled_at")))
+        .withColumn("crawled_at", crawled_at)
         .withColumn("line_sha256", F.sha2(F.col("value"), 256))
         .withColumn(
             "raw_text",

@@ -7,6 +7,7 @@ import dataclasses
 import gzip
 import json
 from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -232,6 +233,7 @@ def test_impossible_settings_are_refused_before_spark() -> None:
         ("generate.segment_skill_rate=1.5", r"'generate.segment_skill_rate' must be in \[0, 1\]"),
         ("generate.shards=999999999", "must not exceed generate.profiles"),
         ("generate.max_positions=101", "must not exceed ingest.max_positions"),
+        ("generate.crawl_start=2099-01-01", r"dates snapshots up to 2100-01-2\d, in the future"),
     ):
         with pytest.raises(ConfigError, match=message):
             parse_stage_args([STAGE], ["--conf", override])
@@ -255,6 +257,7 @@ def test_stats_count_what_ingest_quarantines(
     lines = spark.read.text(str(crawl / "crawl-*.jsonl.gz"))
     parsed = parse_lines(
         lines,
+        not_after=datetime.now(UTC) + timedelta(hours=config.ingest.future_tolerance_hours),
         max_line_bytes=config.ingest.max_line_bytes,
         max_field_chars=config.ingest.max_field_chars,
         max_positions=config.ingest.max_positions,

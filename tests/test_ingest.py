@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import zlib
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,9 +15,11 @@ from pyspark.sql import functions as F
 
 from jobs.ingest import read_lines
 from skillrank.ingest import REASONS, number_lines, parse_lines
+from skillrank.prepare import deduplicate_profiles
 from tests.conftest import Pipeline, profile, write_crawl
 
 LIMITS = {
+    "not_after": datetime(2027, 1, 1, tzinfo=UTC),
     "max_line_bytes": 4096,
     "max_field_chars": 64,
     "max_positions": 3,
@@ -36,6 +40,7 @@ BAD_LINES: dict[str, tuple[str | bytes, str | None]] = {
     "missing_field": (json.dumps({"crawled_at": "2026-10-01T00:00:00Z"}), "profile_id"),
     "wrong_type": (json.dumps(profile("p", skills="Java")), "skills"),
     "invalid_timestamp": (json.dumps(profile("p", crawled_at="yesterday")), "crawled_at"),
+    "future_timestamp": (json.dumps(profile("p", crawled_at="2099-01-01T00:00:00Z")), "crawled_at"),
     "too_many_items": (json.dumps(profile("p", skills=list("abcde"))), "skills"),
     "field_too_long": (json.dumps(profile("p", industry="y" * 65)), "industry"),
     "control_characters": (json.dumps(profile("p", location="Seattle\u0007")), "location"),
@@ -126,11 +131,11 @@ def test_line_numbers_are_exact_across_splits_and_files(
     packed = write_crawl(tmp_path / "b.jsonl.gz", [json.dumps(profile(f"b{i}")) for i in range(40)])
     spark.conf.set("spark.sql.files.maxPartitionBytes", "4096")  # split a.jsonl into many blocks
     try:
-        lines = number_lines(read_lines(spark, [str(plain), str(packed)]))
+        lines = number_lines(read_lines(spark, {plain.as_uri(): "a", packed.as_uri(): "b"}))
         got = {r.line_number: json.loads(r.value)["profile_id"] for r in lines.collect()
-               if r.source_file.endswith("a.jsonl")}  # fmt: skip
-        gz = lines.where(F.col("source_file").endswith("b.jsonl.gz")).collect()
-        blocks = read_lines(spark, [str(plain)]).select("block_start").distinct().count()
+               if r.source_file == "a"}  # fmt: skip
+        gz = lines.where(F.col("source_file") == "b").collect()
+        blocks = read_lines(spark, {plain.as_uri(): "a"}).select("block_start").distinct().count()
     finally:
         spark.conf.unset("spark.sql.files.maxPartitionBytes")
     assert blocks > 3
@@ -284,3 +289,133 @@ def test_escaped_quotes_do_not_hide_a_long_field(spark: SparkSession) -> None:
     line = json.dumps(profile("p", positions=[{"title": title}]))
     (row,) = parse_lines(_lines(spark, [line]), **LIMITS).collect()
     assert (row.reason, row.reason_detail) == ("field_too_long", "positions")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"profile_id": "p", "crawled_at": "2026-10-01"} garbage',
+        '{"profile_id": "p", "crawled_at": "2026-10-01"} // crawled {}',
+        '{"profile_id": "p", "crawled_at": "2026-10-01"},{"profile_id": "q"}',
+        '{"profile_id": "p", "crawled_at": "2026-10-01"}}',
+        '{"profile_id": "p", "crawled_at": "2026-10-01"} ""',
+        '{"profile_id": "p", "crawled_at": "2026-10-01"} \\}',
+        '[{"profile_id": "p"}] 5',
+    ],
+)
+def test_anything_after_the_first_value_is_invalid_json(spark: SparkSession, line: str) -> None:
+    (row,) = parse_lines(_lines(spark, [line]), **LIMITS).collect()
+    assert (row.reason, row.reason_detail) == ("invalid_json", "trailing_content")
+
+
+def test_brackets_quotes_and_spaces_are_not_trailing_content(spark: SparkSession) -> None:
+    skills = ['} {"x": [', "back\\slash\\", 'quote " ]', "\\u00e9 \\"]
+    record = profile("p", skills=skills, positions=[{"title": "a}b", "team": [[{}], {"a": []}]}])
+    text = json.dumps(record)
+    rows = parse_lines(_lines(spark, [text, f"  {text} \t ", f"{text}\r"]), **LIMITS).collect()
+    assert [(r.reason, r.skills) for r in rows] == [(None, skills)] * 3
+
+
+# Every form try_to_timestamp takes (docs/crawl-format.md lists them), as UTC; None: refused.
+TIMESTAMPS = {
+    "2026-10-01T12:00:00Z": "2026-10-01 12:00:00",
+    "2026-10-01T12:00:00+02:00": "2026-10-01 10:00:00",
+    "2026-10-01T12:00:00-0530": "2026-10-01 17:30:00",
+    "2026-10-01T12:00:00+02": "2026-10-01 10:00:00",
+    "2026-10-01T12:00:00 UTC": "2026-10-01 12:00:00",
+    "2026-10-01T12:00:00 Europe/Paris": "2026-10-01 10:00:00",
+    "2026-10-01T12:00:00": "2026-10-01 12:00:00",
+    "2026-10-01 12:00:00.123456": "2026-10-01 12:00:00.123456",
+    "2026-10-01T12:00": "2026-10-01 12:00:00",
+    "2026-10-01": "2026-10-01 00:00:00",
+    "2026-10": "2026-10-01 00:00:00",
+    "2026-1-5": "2026-01-05 00:00:00",
+    " 2026-10-01 ": "2026-10-01 00:00:00",
+    "10/01/2026 12:00": None,
+    "1 Oct 2026": None,
+    "2026-10-01T25:61:00Z": None,
+    "20261001": None,
+    "1759320000": None,
+    "2026-10-01t12:00:00z": None,
+}
+
+
+def test_timestamp_forms_are_exactly_the_documented_ones(spark: SparkSession) -> None:
+    lines = [json.dumps(profile(f"p{i}", crawled_at=s)) for i, s in enumerate(TIMESTAMPS)]
+    rows = parse_lines(_lines(spark, lines), **LIMITS).collect()
+    got = {r.profile_id: None if r.reason else str(r.crawled_at) for r in rows}
+    assert got == {f"p{i}": utc for i, utc in enumerate(TIMESTAMPS.values())}
+    assert {r.reason for r in rows if r.reason} == {"invalid_timestamp"}
+
+
+def test_a_snapshot_from_the_future_is_quarantined_not_kept(spark: SparkSession) -> None:
+    tolerance = {**LIMITS, "not_after": datetime(2026, 10, 2, tzinfo=UTC)}
+    stamps = ["2026-10-01T23:59:59Z", "2026-10-02T00:00:00Z", "2026-10-02T00:00:01Z"]
+    lines = [json.dumps(profile(f"p{i}", crawled_at=s)) for i, s in enumerate(stamps)]
+    rows = parse_lines(_lines(spark, lines), **tolerance).collect()
+    assert [r.reason for r in rows] == [None, None, "future_timestamp"]
+
+
+def test_any_file_name_is_read_once_under_one_spelling(pipeline: Pipeline, tmp_path: Path) -> None:
+    crawl = tmp_path / "crawl"
+    odd = ["a b%20?.jsonl", "crawl-2026-10-01T12:00:00.jsonl", "br[1]#ü.JSONL"]
+    for i, name in enumerate(odd):
+        write_crawl(crawl / name, [profile(f"{i}-{n}") for n in range(3)])
+    write_crawl(crawl / "deep" / "er" / "x.jsonl.gz", [profile("gz")])
+    (crawl / "framing.jsonl").write_bytes(
+        b'{"profile_id": "cr",\r"crawled_at": "2026-10-01"}\r\nnot json\n'
+        b'{"profile_id": "last", "crawled_at": "2026-10-01"}'  # no final newline
+    )
+    (crawl / "plain.jsonl.gz").write_bytes(json.dumps(profile("no")).encode() + b"\n")
+    write_crawl(crawl / "_part.jsonl", [profile("hidden")])
+    write_crawl(crawl / ".x.jsonl", [profile("hidden")])
+    (crawl / "loop").symlink_to(crawl)
+    (crawl / "again.jsonl").symlink_to(crawl / odd[0])
+    (crawl / "gone.jsonl").symlink_to(tmp_path / "nowhere.jsonl")
+    assert pipeline.run(["ingest"], "--input", str(crawl)) == 0
+
+    uri = f"file:{crawl.resolve()}/"
+    files = {r.source_file.removeprefix(uri): (r.lines, r.accepted, r.quarantined)
+             for r in pipeline.table("ingested_files").collect()}  # fmt: skip
+    assert files == {
+        **dict.fromkeys(odd, (3, 3, 0)),
+        "deep/er/x.jsonl.gz": (1, 1, 0),
+        "framing.jsonl": (3, 2, 1),
+        "plain.jsonl.gz": (1, 0, 1),
+    }
+    raw = [(r.source_file.removeprefix(uri), r.line_number, r.profile_id)
+           for r in pipeline.table("profiles_raw").collect()]  # fmt: skip
+    assert sorted(raw) == sorted(
+        [(name, n + 1, f"{i}-{n}") for i, name in enumerate(odd) for n in range(3)]
+        + [("deep/er/x.jsonl.gz", 1, "gz"), ("framing.jsonl", 1, "cr")]
+        + [("framing.jsonl", 3, "last")]
+    )
+    rejected = [(r.source_file.removeprefix(uri), r.line_number, r.reason)
+                for r in pipeline.table("quarantine").collect()]  # fmt: skip
+    assert sorted(rejected) == [
+        ("framing.jsonl", 2, "invalid_json"),
+        ("plain.jsonl.gz", 1, "not_gzip"),
+    ]
+
+    assert pipeline.run(["ingest"], "--input", str(crawl)) == 0  # a rerun adds nothing
+    assert pipeline.table("profiles_raw").count() == len(raw)
+    write_crawl(crawl / odd[0], [profile("new")])
+    os.utime(crawl / odd[0], (1e9, 1e9))
+    assert pipeline.run(["ingest"], "--input", str(crawl)) == 0  # a replaced file: its rows go
+    mine = pipeline.table("profiles_raw").where(F.col("source_file") == uri + odd[0]).collect()
+    assert [r.profile_id for r in mine] == ["new"]
+    assert pipeline.table("profiles_raw").count() == len(raw) - 2
+
+
+def test_hidden_files_alone_are_refused_before_spark(pipeline: Pipeline, tmp_path: Path) -> None:
+    write_crawl(tmp_path / "crawl" / "_part.jsonl", [profile("p")])
+    assert pipeline.run(["ingest"], "--input", str(tmp_path / "crawl")) == 2
+    assert not pipeline.spark.catalog.databaseExists(pipeline.database)
+
+
+def test_profile_ids_are_kept_exactly_as_written(spark: SparkSession) -> None:
+    ids = ["p1", "P1", " p1", "p1 "]
+    lines = [json.dumps(profile(pid)) for pid in ids]
+    lineage = {"source_file": F.lit("f"), "line_number": F.lit(1)}
+    parsed = parse_lines(_lines(spark, lines), **LIMITS).withColumns(lineage)
+    assert sorted(r.profile_id for r in deduplicate_profiles(parsed).collect()) == sorted(ids)

@@ -1,11 +1,14 @@
 """ingest under generated bad input: it never crashes and every raw line is accounted for.
 
 Crawls mix valid profiles with corrupted lines of every kind (truncated and invalid JSON,
-wrong types at every field, missing fields, huge fields and lines, invalid UTF-8, raw and
-escaped control characters, BOMs) and, at file level, CRLF line ends, empty files and
-gzip files cut short. Spark work per example is expensive, so each example holds many
-lines and there are few examples, derandomized so that CI runs the same ones every time,
-and a failure is reported as found, without shrinking (each shrinking step is a Spark job).
+text after the object, wrong types at every field, missing fields, timestamps in the
+future, huge fields and lines, invalid UTF-8, raw and escaped control characters, BOMs)
+and, at file level, any legal file name, nested directories, hidden files, links (to a
+file, and a loop), CRLF line ends, a CR inside a line, no final newline, empty files,
+gzip files cut short and .gz files that are not gzip. Spark work per example is expensive,
+so each example holds many lines and there are few examples, derandomized so that CI runs
+the same ones every time, and a failure is reported as found, without shrinking (each
+shrinking step is a Spark job).
 """
 
 from __future__ import annotations
@@ -35,13 +38,14 @@ LIMITS = {
     "quarantine_text_chars": 40,
 }
 PHASES = (Phase.explicit, Phase.generate)
+NOT_AFTER = datetime(2026, 6, 1, tzinfo=UTC)  # later than every valid moment below
 STRINGS = ("profile_id", "location", "industry")  # crawled_at is checked as a timestamp
 POSITION_FIELDS = ("title", "company", "start", "end")
 
 # Text a valid profile may hold: no control characters, no surrogates, within the limit.
 text = st.text(st.characters(exclude_categories=("Cc", "Cs")), max_size=24)
 profile_ids = st.text("abcdefghijklmnopqrstuvwxyz0123456789-_.", min_size=1, max_size=16)
-moments = st.datetimes(datetime(2000, 1, 1), datetime(2030, 12, 31)).map(
+moments = st.datetimes(datetime(2000, 1, 1), datetime(2025, 12, 31)).map(
     lambda d: d.replace(microsecond=0)
 )
 offsets = st.sampled_from([UTC, timezone(timedelta(hours=2)), timezone(timedelta(hours=-5.5))])
@@ -104,11 +108,13 @@ def lines(draw: st.DrawFn) -> Line:
                 "bom",
                 "truncated",
                 "garbage",
+                "trailing",
                 "empty",
                 "array",
                 "missing",
                 "wrong_type",
                 "timestamp",
+                "future",
                 "too_many",
                 "huge_field",
                 "huge_line",
@@ -129,6 +135,9 @@ def lines(draw: st.DrawFn) -> Line:
     if kind == "garbage":  # never JSON; no line breaks, which would split it
         junk = b"#" + draw(st.binary(max_size=40)).replace(b"\n", b"").replace(b"\r", b"")
         return Line(junk, ("invalid_json" if _is_utf8(junk) else "invalid_utf8", None))
+    if kind == "trailing":
+        junk = draw(st.sampled_from([b" // crawled", b",{}", b"}", b' ""', b"\t[1]"]))
+        return Line(line + junk, ("invalid_json", "trailing_content"))
     if kind == "empty":
         return Line(b" " * draw(st.integers(0, 3)), ("empty_line", None))
     if kind == "array":
@@ -148,6 +157,9 @@ def lines(draw: st.DrawFn) -> Line:
     if kind == "timestamp":
         record["crawled_at"] = draw(st.sampled_from(["yesterday", "2026-13-45", "noon"]))
         return Line(_dumps(record, ascii_only), ("invalid_timestamp", "crawled_at"))
+    if kind == "future":
+        record["crawled_at"] = f"{draw(st.integers(2090, 2099))}-01-01T00:00:00Z"
+        return Line(_dumps(record, ascii_only), ("future_timestamp", "crawled_at"))
     if kind == "too_many":
         name = draw(st.sampled_from(["positions", "skills"]))
         limit = LIMITS[f"max_{name}"]
@@ -234,7 +246,8 @@ def test_parse_lines_accounts_for_every_line(spark: SparkSession, batch: list[Li
     values = spark.createDataFrame(
         [(i, line.raw) for i, line in enumerate(batch)], "idx int, value binary"
     ).select("idx", F.col("value").cast("string"))
-    parsed = parse_lines(values, **LIMITS).withColumn("epoch", F.unix_timestamp("crawled_at"))
+    parsed = parse_lines(values, NOT_AFTER, **LIMITS)
+    parsed = parsed.withColumn("epoch", F.unix_timestamp("crawled_at"))
     rows = parsed.collect()
     got = {r.idx: r for r in rows}
     assert len(rows) == len(batch)
@@ -244,48 +257,84 @@ def test_parse_lines_accounts_for_every_line(spark: SparkSession, batch: list[Li
             assert _values(got[i]) == _expected_row(line.record), line.raw
 
 
+# Legal POSIX file names: any character but '/' and NUL (no surrogates: names are UTF-8).
+stems = st.text(st.characters(exclude_characters="/\x00", exclude_categories=("Cs",)), max_size=30)
+# Directories below the crawl directory, some with names Hadoop cannot parse or would glob.
+FOLDERS = ("", "a/", "a/b c/", "ü:[1]%20#?/")
+
+
 @dataclass(frozen=True)
 class CrawlFileCase:
-    name: str
+    path: str  # below the crawl directory
     lines: list[Line]
     crlf: bool
     bom: bool
     cut_at: float | None  # gzip only: keep this share of the compressed bytes
+    final_newline: bool = True
+    cr_inside: bool = False  # a CR (JSON whitespace) right after each line's opening brace
+    not_gzip: bool = False  # a .gz name holding plain text: refused, one not_gzip row
+
+
+@dataclass(frozen=True)
+class Crawl:
+    files: list[CrawlFileCase]  # what ingest reads
+    hidden: list[CrawlFileCase]  # names starting with '.' or '_', at any depth: not read
+    link_to: int  # an extra link to files[link_to]: read once, under the real path
 
 
 @st.composite
-def crawl_files(draw: st.DrawFn) -> list[CrawlFileCase]:
-    """One file of each kind, every example: the lines vary, the kinds of file do not."""
+def crawls(draw: st.DrawFn) -> Crawl:
+    """One file of each kind, every example: the lines, names and places vary, the kinds not."""
     some = st.lists(lines(), min_size=1, max_size=40)
     flag = st.booleans()
-    # (name, lines, crlf, bom, cut_at). Cut files end lines in LF only: a cut between CR
-    # and LF would be ambiguous.
-    return [
-        CrawlFileCase("empty.jsonl", [], False, False, None),
-        CrawlFileCase("empty.jsonl.gz", [], False, False, None),
-        CrawlFileCase("plain.jsonl", draw(some), False, draw(flag), None),
-        CrawlFileCase("crlf.jsonl", draw(some), True, True, None),
-        CrawlFileCase("whole.jsonl.gz", draw(some), draw(flag), False, None),
-        CrawlFileCase("cut.jsonl.gz", draw(some), False, True, draw(st.floats(0.05, 0.99))),
-        CrawlFileCase("header.jsonl.gz", draw(some), False, False, 0.0),
+
+    def path(i: int, suffix: str) -> str:
+        # The index keeps names apart; the suffix in any case still names a crawl file.
+        cased = "".join(c.upper() if draw(flag) else c for c in suffix)
+        return f"{draw(st.sampled_from(FOLDERS))}{draw(stems)}~{i}{cased}"
+
+    # (path, lines, crlf, bom, cut_at, ...). Cut files end lines in LF only: a cut between
+    # CR and LF would be ambiguous.
+    files = [
+        CrawlFileCase(path(0, ".jsonl"), [], False, False, None),
+        CrawlFileCase(path(1, ".jsonl.gz"), [], False, False, None),
+        CrawlFileCase(
+            path(2, ".jsonl"), draw(some), False, draw(flag), None, draw(flag), draw(flag)
+        ),
+        CrawlFileCase(path(3, ".jsonl"), draw(some), True, True, None, draw(flag), draw(flag)),
+        CrawlFileCase(path(4, ".jsonl.gz"), draw(some), draw(flag), False, None, draw(flag)),
+        CrawlFileCase(path(5, ".jsonl.gz"), draw(some), False, True, draw(st.floats(0.05, 0.99))),
+        CrawlFileCase(path(6, ".jsonl.gz"), draw(some), False, False, 0.0),
+        CrawlFileCase(path(7, ".jsonl.gz"), draw(some), False, False, None, not_gzip=True),
     ]
+    hidden = [
+        CrawlFileCase(f"{draw(st.sampled_from(FOLDERS))}{lead}{draw(stems)}.jsonl", draw(some),
+                      False, False, None)
+        for lead in (".", "_", "_temporary/", ".cache/")
+    ]  # fmt: skip
+    return Crawl(files, hidden, draw(st.integers(0, len(files) - 1)))
 
 
 def _file_bytes(case: CrawlFileCase) -> tuple[bytes, int]:
     """The file's bytes and how many of its lines can be read whole (all, unless it is cut)."""
     end = b"\r\n" if case.crlf else b"\n"
-    data = b"".join(line.raw + end for line in case.lines)
+    raws = [
+        b"{\r" + line.raw[1:] if case.cr_inside and line.raw.startswith(b'{"') else line.raw
+        for line in case.lines
+    ]
+    data = end.join(raws) + (end if raws and case.final_newline else b"")
     if case.bom and case.lines:
         data = "\ufeff".encode() + data
-    if not case.name.endswith(".gz") or not case.lines:
+    packed = case.path.lower().endswith(".gz") and not case.not_gzip
+    if not packed or not case.lines:
         return data, len(case.lines)  # an empty .gz file is 0 bytes, not a gzip stream
-    packed = gzip.compress(data, mtime=0)
+    packed_data = gzip.compress(data, mtime=0)
     if case.cut_at is None:
-        return packed, len(case.lines)
-    packed = packed[: max(1, int(len(packed) * case.cut_at))]
+        return packed_data, len(case.lines)
+    packed_data = packed_data[: max(1, int(len(packed_data) * case.cut_at))]
     # What zlib can decode of the cut stream; a partial last line (no LF yet) is lost.
-    readable = zlib.decompressobj(wbits=31).decompress(packed)
-    return packed, readable.count(b"\n")
+    readable = zlib.decompressobj(wbits=31).decompress(packed_data)
+    return packed_data, readable.count(b"\n")
 
 
 @settings(
@@ -297,39 +346,48 @@ def _file_bytes(case: CrawlFileCase) -> tuple[bytes, int]:
     # tables; each example writes its own crawl directory and checks only its own rows.
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(crawl_files())
-def test_ingest_stage_survives_bad_files(
-    pipeline: Pipeline, tmp_path: Path, cases: list[CrawlFileCase]
-) -> None:
-    crawl = tmp_path / f"crawl-{uuid.uuid4().hex[:8]}"
-    crawl.mkdir()
+@given(crawls())
+def test_ingest_stage_survives_bad_files(pipeline: Pipeline, tmp_path: Path, crawl: Crawl) -> None:
+    root = tmp_path / f"crawl-{uuid.uuid4().hex[:8]}"
     complete: dict[str, int] = {}
-    for case in cases:
-        data, complete[case.name] = _file_bytes(case)
-        (crawl / case.name).write_bytes(data)
-    cut = {case.name for case in cases if case.cut_at is not None}
+    for case in [*crawl.files, *crawl.hidden]:
+        data, complete[case.path] = _file_bytes(case)
+        (root / case.path).parent.mkdir(parents=True, exist_ok=True)
+        (root / case.path).write_bytes(data)
+    (root / "a").mkdir(exist_ok=True)
+    (root / "a" / "loop").symlink_to(root)
+    (root / "link.jsonl").symlink_to(root / crawl.files[crawl.link_to].path)
+    cases = crawl.files
+    cut = {case.path for case in cases if case.cut_at is not None}
+    refused = {case.path for case in cases if case.not_gzip and case.lines}
     limits = [arg for k, v in LIMITS.items() for arg in ("--conf", f"ingest.{k}={v}")]
-    assert pipeline.run(["ingest"], "--input", str(crawl), *limits) == 0
+    assert pipeline.run(["ingest"], "--input", str(root), *limits) == 0
+
+    prefix = f"file:{root}/"
 
     def mine(table: str) -> list[Row]:
-        rows = pipeline.table(table).where(F.col("source_file").contains(f"/{crawl.name}/"))
+        rows = pipeline.table(table).where(F.col("source_file").startswith(prefix))
         if table == "profiles_raw":
             rows = rows.withColumn("epoch", F.unix_timestamp("crawled_at"))
-        return rows.withColumn("name", F.regexp_extract("source_file", r"[^/]+$", 0)).collect()
+        return rows.withColumn(
+            "name", F.expr(f"substring(source_file, {len(prefix) + 1})")
+        ).collect()
 
     quarantine = mine("quarantine")
     assert {r.reason for r in quarantine} <= {*REASONS, *FILE_REASONS}
-    assert sorted((r.name, r.line_number) for r in quarantine if r.reason in FILE_REASONS) == (
-        sorted((name, complete[name] + 1) for name in cut)
-    )
+    file_rows = [(r.name, r.line_number, r.reason) for r in quarantine if r.reason in FILE_REASONS]
+    assert sorted(file_rows) == (
+        sorted([(name, complete[name] + 1, "truncated_gzip") for name in cut]
+               + [(name, 1, "not_gzip") for name in refused])
+    )  # fmt: skip
     raw = mine("profiles_raw")
     for case in cases:
-        readable = case.lines[: complete[case.name]]
+        readable = [] if case.path in refused else case.lines[: complete[case.path]]
         got = {r.line_number - 1: (r.reason, r.reason_detail) for r in quarantine
-               if r.name == case.name and r.reason in REASONS}  # fmt: skip
-        accepted_rows = {r.line_number - 1: r for r in raw if r.name == case.name}
-        rows = [r for r in raw if r.name == case.name]  # no line twice: none lost below
-        rows += [r for r in quarantine if r.name == case.name and r.reason in REASONS]
+               if r.name == case.path and r.reason in REASONS}  # fmt: skip
+        accepted_rows = {r.line_number - 1: r for r in raw if r.name == case.path}
+        rows = [r for r in raw if r.name == case.path]  # no line twice: none lost below
+        rows += [r for r in quarantine if r.name == case.path and r.reason in REASONS]
         assert len(got) + len(accepted_rows) == len(rows)
         assert not got.keys() & accepted_rows.keys()
         got.update(dict.fromkeys(accepted_rows, (None, None)))
@@ -338,14 +396,15 @@ def test_ingest_stage_survives_bad_files(
             assert _values(row) == _expected_row(readable[i].record), readable[i].raw
 
     # Per file: the complete lines, plus one for the cut; accepted + quarantined = lines.
+    # Hidden files, the link and the loop add nothing.
     listed = mine("ingested_files")
     files = {r.name: (r.lines, r.accepted, r.quarantined) for r in listed}
     expected_files = {}
     for case in cases:
-        readable = case.lines[: complete[case.name]]
+        readable = [] if case.path in refused else case.lines[: complete[case.path]]
         accepted = sum(line.expected is None for line in readable)
-        lines_read = len(readable) + (case.name in cut)
-        expected_files[case.name] = (lines_read, accepted, lines_read - accepted)
+        lines_read = len(readable) + (case.path in cut | refused)
+        expected_files[case.path] = (lines_read, accepted, lines_read - accepted)
     assert files == expected_files
 
     # Per run: the stage's own counts, for this run only.
@@ -357,3 +416,7 @@ def test_ingest_stage_survives_bad_files(
         sum(v[1] for v in files.values()),
     )
     assert sum(run.rows_dropped.values()) == run.rows_in - run.rows_out
+    # A rerun finds every file ingested and changes nothing.
+    assert pipeline.run(["ingest"], "--input", str(root), *limits) == 0
+    assert len(mine("profiles_raw")) == len(raw)
+    assert len(mine("quarantine")) == len(quarantine)
