@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
+import unicodedata
+import uuid
+from dataclasses import replace
 
 import pytest
 from pyspark.sql import Row, SparkSession
@@ -15,6 +19,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from skillrank.config import Config
 from skillrank.prepare import (
     alias_lookup,
     assign_splits,
@@ -26,6 +31,7 @@ from skillrank.prepare import (
     normalize_text,
 )
 from skillrank.tables import POSITION
+from skillrank.views import view_statements
 
 RAW_SCHEMA = StructType(
     [
@@ -87,6 +93,30 @@ NAMES = [
 @pytest.mark.parametrize(("raw", "clean"), NAMES)
 def test_normalize_text(raw: str | None, clean: str | None) -> None:
     assert normalize_text(raw) == clean
+
+
+def test_sql_normalize_name_agrees_with_normalize_text(spark: SparkSession, config: Config) -> None:
+    database = f"t_normalize_{uuid.uuid4().hex[:6]}"
+    spark.sql(f"CREATE DATABASE {database}")
+    mine = replace(config, catalog=replace(config.catalog, database=database))
+    spark.sql(view_statements(mine)["normalize_name"][0])
+    # Every format, space, separator and control character, alone and inside a word, but
+    # U+0890 and U+0891: Cf since Unicode 14 (Python 3.11), unknown to Java 17 (Unicode 13).
+    kinds = {"Cf", "Cc", "Zs", "Zl", "Zp"}
+    odd = [
+        chr(c)
+        for c in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(c)) in kinds and c not in (0x890, 0x891)
+    ]
+    extra = ["\U0001f600", "İstanbul", "ǅ", "ﬁ", "①", "DATA SCIENTIST"]
+    names = [raw for raw, _ in NAMES] + extra + odd + [f"a{c}b" for c in odd]
+    frame = spark.createDataFrame(list(enumerate(names)), "i int, name string")
+    query = f"SELECT i, {database}.normalize_name(name) AS clean FROM {{frame}}"
+    sql = dict(spark.sql(query, frame=frame).collect())
+    differ = [
+        (n, sql[i], normalize_text(n)) for i, n in enumerate(names) if sql[i] != normalize_text(n)
+    ]
+    assert differ == []
 
 
 def test_latest_snapshot_wins_and_ties_break_by_hash(spark: SparkSession) -> None:
