@@ -16,17 +16,28 @@ from pyspark.sql.types import ArrayType, StringType
 
 from skillrank.config import SPLITS
 
-_SPACES = re.compile(r"\s+")
+# A run of whitespace as Python's \s sees it (Unicode White_Space and U+001C..U+001F),
+# spelled out so that Java's regex, in the SQL function normalize_name
+# (skillrank/views.py), reads the same class: Java's (?U)\s leaves out U+001C..U+001F.
+NAME_SPACES = r"[\t\n\x0b\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+"
+_SPACES = re.compile(NAME_SPACES)
 
 # Why ``encode_profiles`` finds a profile unusable (its drop_reason column).
 UNUSABLE_REASONS = ("no_known_title", "no_known_skill")
 
 
 def normalize_text(text: str | None) -> str | None:
-    """NFKC, full case folding, trimmed, inner whitespace collapsed; None or '' -> None."""
+    """A name (title, skill, place, industry) as stored: the one rule of docs/sql.md.
+
+    Format characters (Unicode category Cf: zero-width spaces and joiners, bidirectional
+    controls, soft hyphen, byte order mark) removed, so ``data<ZWJ>scientist`` becomes
+    ``datascientist``; then NFKC, full case folding, whitespace runs as one space, trimmed.
+    None, or nothing left -> None. The SQL function ``normalize_name`` does the same.
+    """
     if text is None:
         return None
-    folded = _SPACES.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    visible = "".join(c for c in text if unicodedata.category(c) != "Cf")
+    folded = _SPACES.sub(" ", unicodedata.normalize("NFKC", visible).casefold()).strip(" ")
     return folded or None
 
 

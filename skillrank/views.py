@@ -3,7 +3,8 @@
 Each answers one question about the current run directly; parameters are plain
 columns to filter on (a documented WHERE, with literals or session variables), except the
 skill gap, whose list of skills a person holds is an argument of the table function
-``skill_gap``. Every view and every column carries a comment (``DESCRIBE`` shows it).
+``skill_gap``. The scalar function ``normalize_name`` spells a name as ``prepare`` stored it.
+Every view and every column carries a comment (``DESCRIBE`` shows it).
 ``train``, the owner of the tables they read, creates them with CREATE OR REPLACE.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pyspark.sql import SparkSession
 
 from skillrank.config import Config
+from skillrank.prepare import NAME_SPACES
 from skillrank.promotion import current_run_sql
 from skillrank.publish import RUN_TABLES
 from skillrank.tables import SPECS, table_name
@@ -52,7 +54,7 @@ VIEWS = (
         "SkillRank of the current run: the top publish.top_k skills of every job title."
         " Filter: WHERE job_title = '...' ORDER BY rank.",
         (
-            ("job_title", "job title (lower case, as in job_vocab)"),
+            ("job_title", "job title, as in job_vocab (spelled by normalize_name)"),
             ("rank", "1 = the job's strongest skill"),
             ("skill_name", "skill"),
             ("weight", "phi[skill, job]; higher is stronger"),
@@ -129,7 +131,7 @@ VIEWS = (
         "The top publish.top_k job titles of every skill in the current run."
         " Filter: WHERE skill_name = '...' ORDER BY rank.",
         (
-            ("skill_name", "skill (lower case, as in skill_vocab)"),
+            ("skill_name", "skill, as in skill_vocab (spelled by normalize_name)"),
             ("rank", "1 = the job title that implies the skill most"),
             ("job_title", "job title"),
             ("weight", "phi[skill, job]; higher is stronger"),
@@ -244,16 +246,24 @@ VIEWS = (
     ),
 )
 
+NORMALIZE_NAME_COMMENT = (
+    "A job title, skill, city or industry spelled as prepare stores it: format characters"
+    " (Unicode Cf: zero-width, bidirectional controls, soft hyphen) removed, NFKC, full case"
+    " folding, whitespace runs as one space, trimmed; NULL when nothing is left. Usage:"
+    " WHERE job_title = skillrank.normalize_name('Data Scientist')."
+)
 SKILL_GAP_COMMENT = (
     "Skill gap: the top skills of target_job (its SkillRank in the current run) that a person"
-    " holding held_skills lacks, strongest first. Names are compared after lower() and trim()."
-    " Usage: SELECT * FROM skillrank.skill_gap('data scientist', array('python', 'sql'))."
+    " holding held_skills lacks, strongest first. Names are compared through normalize_name;"
+    " NULL elements of held_skills are ignored and a NULL list holds nothing. Usage:"
+    " SELECT * FROM skillrank.skill_gap('data scientist', array('python', 'sql'))."
 )
 
 
 def view_statements(config: Config) -> dict[str, tuple[str, str]]:
     """Name -> (CREATE OR REPLACE statement, digest of the definition) of every view (the
-    current_* views, the analysts' views) and of the skill_gap function."""
+    current_* views, the analysts' views) and function (normalize_name before skill_gap,
+    which calls it)."""
     database = config.catalog.database
     runs = table_name(config, "runs")
     names = {key: table_name(config, key) for key in config.catalog.tables}
@@ -282,31 +292,53 @@ def view_statements(config: Config) -> dict[str, tuple[str, str]]:
             f" TBLPROPERTIES ('{_DIGEST_PROPERTY}' = '{digest}') AS {query}",
             digest,
         )
+    # skillrank.prepare.normalize_text in Spark SQL: Java's regex for Cf and whitespace,
+    # ICU4J (a JAR of Spark's) for NFKC and full case folding, called through reflect, which
+    # fails on NULL (hence the CASE). tests/test_prepare.py checks that the two agree.
+    visible = "regexp_replace(s, " + _quote(r"\p{Cf}") + ", '')"
+    nfkc = f"reflect('com.ibm.icu.text.Normalizer', 'compose', {visible}, true)"
+    folded = f"reflect('com.ibm.icu.lang.UCharacter', 'foldCase', {nfkc}, true)"
+    spaced = f"regexp_replace({folded}, {_quote(NAME_SPACES)}, ' ')"
+    statements["normalize_name"] = _function(
+        database,
+        "normalize_name",
+        "(s STRING COMMENT 'a name as typed') RETURNS STRING DETERMINISTIC",
+        NORMALIZE_NAME_COMMENT,
+        f"CASE WHEN s IS NOT NULL THEN nullif(trim({spaced}), '') END",
+    )
     signature = (
         "(target_job STRING COMMENT 'the job title aimed for',"
         " held_skills ARRAY<STRING> COMMENT 'the skills the person has')"
         " RETURNS TABLE (gap_rank INT, skill_name STRING, rank INT, probability DOUBLE,"
         " support BIGINT, run_id STRING)"
     )
+    # An anti join, not array_contains over transform: Spark calls no SQL function in a
+    # lambda. A NULL list explodes to no rows; a NULL element's normalize_name equals nothing.
     body = (
         "SELECT CAST(row_number() OVER (ORDER BY rank) AS INT), skill_name, rank,"
         f" probability, support, run_id FROM {database}.skills_for_job"
-        " WHERE job_title = lower(trim(skill_gap.target_job))"
-        " AND NOT array_contains(transform(skill_gap.held_skills, s -> lower(trim(s))),"
-        " skill_name)"
+        f" LEFT ANTI JOIN (SELECT {database}.normalize_name(s) AS held"
+        " FROM explode(skill_gap.held_skills) AS held_skills(s)) ON held = skill_name"
+        f" WHERE job_title = {database}.normalize_name(skill_gap.target_job)"
     )
-    digest = _digest(signature, SKILL_GAP_COMMENT, body)
-    comment = _quote(f"{SKILL_GAP_COMMENT} [definition {digest}]")  # functions have no properties
-    statements["skill_gap"] = (
-        f"CREATE OR REPLACE FUNCTION {database}.skill_gap{signature}"
-        f" COMMENT {comment} RETURN {body}",
-        digest,
-    )
+    statements["skill_gap"] = _function(database, "skill_gap", signature, SKILL_GAP_COMMENT, body)
     return statements
 
 
+def _function(database: str, name: str, signature: str, comment: str, body: str) -> tuple[str, str]:
+    """CREATE OR REPLACE FUNCTION and its digest, which the comment carries (functions have
+    no properties)."""
+    digest = _digest(signature, comment, body)
+    described = _quote(f"{comment} [definition {digest}]")
+    return (
+        f"CREATE OR REPLACE FUNCTION {database}.{name}{signature}"
+        f" COMMENT {described} RETURN {body}",
+        digest,
+    )
+
+
 def declare_views(spark: SparkSession, config: Config) -> list[str]:
-    """Create the views and the function that are missing or defined differently; their names.
+    """Create the views and functions that are missing or defined differently; their names.
 
     One whose definition is unchanged is left alone: CREATE OR REPLACE drops and recreates it
     in the metastore, and a query arriving in between would not find it (seen by the
@@ -316,7 +348,7 @@ def declare_views(spark: SparkSession, config: Config) -> list[str]:
     created = []
     for name, (statement, digest) in view_statements(config).items():
         qualified = f"{database}.{name}"
-        if name == "skill_gap":
+        if name in _FUNCTIONS:
             unchanged = spark.catalog.functionExists(qualified) and any(
                 f"[definition {digest}]" in row[0]
                 for row in spark.sql(f"DESCRIBE FUNCTION EXTENDED {qualified}").collect()
@@ -333,6 +365,7 @@ def declare_views(spark: SparkSession, config: Config) -> list[str]:
 
 
 _DIGEST_PROPERTY = "skillrank.definition"
+_FUNCTIONS = ("normalize_name", "skill_gap")
 
 
 def _digest(*parts: str) -> str:

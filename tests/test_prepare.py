@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
+import unicodedata
+import uuid
+from dataclasses import replace
 
 import pytest
 from pyspark.sql import Row, SparkSession
@@ -15,6 +19,7 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
+from skillrank.config import Config
 from skillrank.prepare import (
     alias_lookup,
     assign_splits,
@@ -26,6 +31,7 @@ from skillrank.prepare import (
     normalize_text,
 )
 from skillrank.tables import POSITION
+from skillrank.views import view_statements
 
 RAW_SCHEMA = StructType(
     [
@@ -60,19 +66,57 @@ def _frame(spark: SparkSession, rows: list[Row]):  # noqa: ANN202 - DataFrame
     return spark.createDataFrame([r.asDict() for r in rows], RAW_SCHEMA)
 
 
-@pytest.mark.parametrize(
-    ("raw", "clean"),
-    [
-        ("  Senior   Software\tEngineer ", "senior software engineer"),
-        ("ＳＥＮＩＯＲ　ｅｎｇｉｎｅｅｒ", "senior engineer"),  # full-width letters and space
-        ("Oﬃce Manager", "office manager"),  # ligature
-        ("Straße", "strasse"),  # full case folding, not lower()
-        ("   ", None),
-        (None, None),
-    ],
-)
+# Spellings of names that look alike, and the one name each is stored as.
+NAMES = [
+    ("  Senior   Software\tEngineer ", "senior software engineer"),
+    ("ＳＥＮＩＯＲ　ｅｎｇｉｎｅｅｒ", "senior engineer"),  # full-width letters and space
+    ("ｄａｔａ　ｓｃｉｅｎｔｉｓｔ", "data scientist"),
+    ("Oﬃce Manager", "office manager"),  # ligature
+    ("Straße", "strasse"),  # full case folding, not lower()
+    ("STRASSE", "strasse"),
+    ("cafe\u0301", "caf\u00e9"),  # NFD -> NFC
+    ("data\u200dscientist", "datascientist"),  # a format character goes, adding no space
+    ("data\u200b scientist", "data scientist"),
+    ("\u202edata scientist\u202c", "data scientist"),  # right-to-left override
+    ("\u2067Soft\u00adware\u2069", "software"),  # isolate, soft hyphen
+    ("\ufeffdata\u2060 scientist", "data scientist"),  # byte order mark, word joiner
+    ("data\u00a0 scientist ", "data scientist"),
+    ("data\u2028scientist\x1f", "data scientist"),
+    ("\U0001f469\u200d\U0001f4bb Developer", "\U0001f469\U0001f4bb developer"),  # emoji ZWJ
+    ("\u200d\u00ad", None),
+    ("   ", None),
+    ("", None),
+    (None, None),
+]
+
+
+@pytest.mark.parametrize(("raw", "clean"), NAMES)
 def test_normalize_text(raw: str | None, clean: str | None) -> None:
     assert normalize_text(raw) == clean
+
+
+def test_sql_normalize_name_agrees_with_normalize_text(spark: SparkSession, config: Config) -> None:
+    database = f"t_normalize_{uuid.uuid4().hex[:6]}"
+    spark.sql(f"CREATE DATABASE {database}")
+    mine = replace(config, catalog=replace(config.catalog, database=database))
+    spark.sql(view_statements(mine)["normalize_name"][0])
+    # Every format, space, separator and control character, alone and inside a word, but
+    # U+0890 and U+0891: Cf since Unicode 14 (Python 3.11), unknown to Java 17 (Unicode 13).
+    kinds = {"Cf", "Cc", "Zs", "Zl", "Zp"}
+    odd = [
+        chr(c)
+        for c in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(c)) in kinds and c not in (0x890, 0x891)
+    ]
+    extra = ["\U0001f600", "İstanbul", "ǅ", "ﬁ", "①", "DATA SCIENTIST"]
+    names = [raw for raw, _ in NAMES] + extra + odd + [f"a{c}b" for c in odd]
+    frame = spark.createDataFrame(list(enumerate(names)), "i int, name string")
+    query = f"SELECT i, {database}.normalize_name(name) AS clean FROM {{frame}}"
+    sql = dict(spark.sql(query, frame=frame).collect())
+    differ = [
+        (n, sql[i], normalize_text(n)) for i, n in enumerate(names) if sql[i] != normalize_text(n)
+    ]
+    assert differ == []
 
 
 def test_latest_snapshot_wins_and_ties_break_by_hash(spark: SparkSession) -> None:
@@ -119,6 +163,27 @@ def test_clean_profiles_normalises_and_applies_aliases(spark: SparkSession) -> N
     assert [p.company for p in a.positions] == ["A", "B", "C", "D"]
     assert a.skills == ["microsoft office", "sql"]
     assert (got["b"].city, got["b"].industry, got["b"].titles) == (None, None, [])
+
+
+def test_look_alike_titles_and_skills_are_one_job_and_one_skill(spark: SparkSession) -> None:
+    def person(pid: str, title: str, skill: str) -> Row:
+        return _raw(pid, _t(1), positions=[Row(title=title, company=None, start=None, end=None)],
+                    skills=[skill])  # fmt: skip
+
+    rows = [
+        person("a", "Data Scientist", "Python"),
+        person("b", "DATA\u200d SCIENTIST", "Py\u00adthon"),
+        person("c", "\u202eData Scientist\u202c", "\u200bpython"),
+        person("d", "\ufeffData\u00a0Scientist", "PYTHON\u2066"),
+        person("e", "data\u200dscientist", "python"),  # no space: shown as one word
+    ]
+    cleaned = clean_profiles(_frame(spark, rows), TITLES, SKILLS, CITIES, INDUSTRIES)
+    jobs = build_vocabulary(cleaned, "titles", "job_id", "job_title", min_profiles=1)
+    assert [tuple(r) for r in jobs.orderBy("job_id").collect()] == [
+        (0, "data scientist", 4), (1, "datascientist", 1)
+    ]  # fmt: skip
+    skills = build_vocabulary(cleaned, "skills", "skill_id", "skill_name", min_profiles=1)
+    assert [tuple(r) for r in skills.collect()] == [(0, "python", 5)]
 
 
 def test_alias_lookup_maps_spellings_and_canonical_names() -> None:

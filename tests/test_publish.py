@@ -247,11 +247,15 @@ def test_views_are_recreated_only_when_missing_or_defined_differently(
         f"ALTER VIEW {pipeline.database}.similar_jobs SET TBLPROPERTIES"
         " ('skillrank.definition' = 'older')"
     )
-    assert declare_views(pipeline.spark, mine) == ["similar_jobs", "upskilling"]
+    pipeline.spark.sql(f"DROP FUNCTION {pipeline.database}.normalize_name")
+    assert declare_views(pipeline.spark, mine) == ["similar_jobs", "upskilling", "normalize_name"]
     assert declare_views(pipeline.spark, mine) == []
-    assert {f"current_{t}" for t in ("runs", *RUN_TABLES)} | {"skill_gap"} <= set(names)
+    functions = {"normalize_name", "skill_gap"}
+    assert {f"current_{t}" for t in ("runs", *RUN_TABLES)} | functions <= set(names)
     rows = pipeline.table("upskilling").where("from_job = 'nurse' AND to_job = 'welder'")
     assert {r.skill_name for r in rows.collect()} >= set(PLANTED["welder"])
+    gap = pipeline.spark.sql(f"SELECT * FROM {pipeline.database}.skill_gap('ＷＥＬＤＥＲ', NULL)")
+    assert {r.skill_name for r in gap.collect()} >= set(PLANTED["welder"])
 
 
 def test_intervals_hold_the_published_probability_for_the_mixture_only(

@@ -464,6 +464,31 @@ def test_every_view_and_column_is_described(served: Served) -> None:
     assert any("Skill gap:" in str(r) for r in rows)
 
 
+# skill_gap's arguments as a person may type them, and the skills each list holds.
+GAP_ARGUMENTS = [
+    # Full-width, upper case, a soft hyphen, zero-width and bidirectional characters.
+    (
+        "ＤＡＴＡ　ＳＣＩＥＮＴＩＳＴ",
+        "array('PYTHON', 'Statis\u00adtics', '\u200bmachine\u00a0learning\u202c')",
+        {"python", "statistics", "machine learning"},
+    ),
+    ("\u202eData\u200b Scientist", "array(NULL, 'microsoft excel')", {"microsoft excel"}),
+    ("data scientist", "array(NULL)", set()),
+    ("data scientist", "NULL", set()),
+]
+
+
+def test_skill_gap_reads_names_as_prepare_stores_them(served: Served, facts: Facts) -> None:
+    top = facts.job("data scientist")
+    for target, held, holds in GAP_ARGUMENTS:
+        query = f"SELECT gap_rank, skill_name FROM skillrank.skill_gap('{target}', {held})"
+        _, rows = _run_sql(served, query + " ORDER BY gap_rank")
+        lacks = [r.skill_name for r in top if r.skill_name not in holds]
+        assert rows == list(enumerate(lacks, 1)), query
+    _, rows = _run_sql(served, "SELECT skillrank.normalize_name(' Ｄata\u200d  SCIENTIST ')")
+    assert rows == [("data scientist",)]
+
+
 def test_status_says_where_the_server_is(served: Served) -> None:
     result = served.submit("thriftserver", "status", timeout=60)
     assert result.returncode == 0
