@@ -312,11 +312,15 @@ def run(ctx: StageContext) -> StageResult:
     if not new:
         return StageResult(0, 0, summary=[f"nothing new: all {len(files)} files already ingested"])
 
-    # An interrupted earlier run may have written rows for these files without listing them.
+    # A file replaced since it was read, or one an interrupted earlier run wrote rows for
+    # without listing it: its rows go first. One query finds the tables that hold any.
     stale = F.col("source_file").isin([f.path for f in new])
-    for key in ("profiles_raw", "quarantine"):
-        if spark.table(ctx.table(key)).where(stale).limit(1).count():
-            DeltaTable.forName(spark, ctx.table(key)).delete(stale)
+    holding = [
+        spark.table(ctx.table(key)).where(stale).select(F.lit(key).alias("key")).limit(1)
+        for key in ("profiles_raw", "quarantine")
+    ]
+    for row in reduce(DataFrame.unionByName, holding).collect():
+        DeltaTable.forName(spark, ctx.table(row.key)).delete(stale)
 
     staging = resolve_path(ctx.workdir, f"{ctx.config.catalog.staging_dir}/{ctx.run_id}")
     try:

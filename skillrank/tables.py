@@ -773,6 +773,12 @@ def conform(df: DataFrame, key: str) -> DataFrame:
 
 
 def table_version(spark: SparkSession, name: str) -> int:
-    """Current Delta version of a table."""
-    history = DeltaTable.forName(spark, name).history(1)
-    return int(history.select("version").first()[0])  # type: ignore[index]
+    """Current Delta version of a table: its log brought up to date, read on the driver.
+
+    DESCRIBE HISTORY (``DeltaTable.history``) answers the same with a Spark job, about 0.25 s
+    against 0.04 s; the stages ask after every write. ``deltaLog`` is Delta's internal API,
+    stable at the pinned delta-spark (pyproject.toml)."""
+    jvm = spark.sparkContext._jvm
+    table = jvm.io.delta.tables.DeltaTable.forName(spark._jsparkSession, name)  # type: ignore[union-attr]
+    none = jvm.scala.Option.empty()  # type: ignore[union-attr]
+    return int(table.deltaLog().update(False, none, none).version())
