@@ -61,6 +61,7 @@ class CrawlFile:
 class Listing:
     files: list[CrawlFile]
     skipped: list[str]  # what was found but not read, and why
+    exists: bool = True  # the input names something (a path, or a glob that matches)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,6 +94,8 @@ def _hidden(name: str) -> bool:
 
 
 def _nothing_found(source: str, listing: Listing) -> str:
+    if not listing.exists:
+        return f"input {source!r} does not exist"
     found = _NO_CRAWL_FILES.format(source=source)
     return f"{found}; {_skipped_line(listing.skipped)}" if listing.skipped else found
 
@@ -141,7 +144,7 @@ def list_local_files(source: str) -> Listing:
 
     for root in roots:
         visit(root, named=not os.path.isdir(root))
-    return Listing(sorted(found.values(), key=lambda f: f.path), skipped)
+    return Listing(sorted(found.values(), key=lambda f: f.path), skipped, exists=bool(roots))
 
 
 def list_remote_files(spark: SparkSession, pattern: str) -> Listing:
