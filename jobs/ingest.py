@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import reduce
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -36,6 +36,7 @@ from skillrank.ingest import (
     REASONS,
     accepted_profiles,
     damaged_file_lines,
+    line_checks,
     number_lines,
     parse_lines,
     quarantined_lines,
@@ -335,12 +336,7 @@ def run(ctx: StageContext) -> StageResult:
         cut = {read_from[p] for p in damaged if damaged[p] != "not_gzip"}
         parse_lines(
             number_lines(read_lines(spark, readable, cut)),
-            not_after=datetime.now(UTC) + timedelta(hours=config.ingest.future_tolerance_hours),
-            max_line_bytes=config.ingest.max_line_bytes,
-            max_field_chars=config.ingest.max_field_chars,
-            max_positions=config.ingest.max_positions,
-            max_skills=config.ingest.max_skills,
-            quarantine_text_chars=config.ingest.quarantine_text_chars,
+            **line_checks(config.ingest, datetime.now(UTC)),
         ).withColumn("ingest_run_id", F.lit(ctx.run_id)).write.parquet(f"{staging}/lines")
         parsed = spark.read.parquet(f"{staging}/lines")
         if damaged:

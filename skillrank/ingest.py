@@ -8,11 +8,14 @@ tried in the order of ``REASONS``; the first that applies is recorded.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import reduce
+from typing import Any
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
+
+from skillrank.config import IngestConfig
 
 # In the order they are tried. docs/crawl-format.md explains each.
 REASONS = (
@@ -39,6 +42,16 @@ REQUIRED_FIELDS = ("profile_id", "crawled_at")
 # JSON escapes that can stand for a control character (\u00 also covers harmless ones).
 _CONTROL_ESCAPES = ("\\u00", "\\b", "\\f", "\\n", "\\r", "\\t")
 _POSITIONS_TYPE = "array<struct<title string, company string, start string, `end` string>>"
+
+
+def line_checks(ingest: IngestConfig, now: datetime) -> dict[str, Any]:
+    """``parse_lines``' settings from the ingest configuration, for an ingest at `now`."""
+    limits = ("max_line_bytes", "max_field_chars", "max_positions", "max_skills")
+    return {
+        "not_after": now + timedelta(hours=ingest.future_tolerance_hours),
+        "quarantine_text_chars": ingest.quarantine_text_chars,
+        **{name: getattr(ingest, name) for name in limits},
+    }
 
 
 def number_lines(lines: DataFrame) -> DataFrame:

@@ -7,7 +7,7 @@ import dataclasses
 import gzip
 import json
 from collections import Counter, defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from skillrank.generate import (
     normalize_label,
     truth_tables,
 )
-from skillrank.ingest import REASONS, parse_lines
+from skillrank.ingest import REASONS, line_checks, parse_lines
 
 # Mean squared z-score of empirical vs planted skill frequencies: about 1 when the generator
 # samples the planted distribution; the bound leaves room for chance, not for a wrong model.
@@ -255,15 +255,7 @@ def test_stats_count_what_ingest_quarantines(
 ) -> None:
     stats = json.loads((crawl / "stats.json").read_text())
     lines = spark.read.text(str(crawl / "crawl-*.jsonl.gz"))
-    parsed = parse_lines(
-        lines,
-        not_after=datetime.now(UTC) + timedelta(hours=config.ingest.future_tolerance_hours),
-        max_line_bytes=config.ingest.max_line_bytes,
-        max_field_chars=config.ingest.max_field_chars,
-        max_positions=config.ingest.max_positions,
-        max_skills=config.ingest.max_skills,
-        quarantine_text_chars=config.ingest.quarantine_text_chars,
-    )
+    parsed = parse_lines(lines, **line_checks(config.ingest, datetime.now(UTC)))
     found = {r["reason"]: r["count"] for r in parsed.groupBy("reason").count().collect()}
     accepted = found.pop(None, 0)
     expected = {reason: n for reason, n in stats["malformed"].items() if n}
