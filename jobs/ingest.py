@@ -118,7 +118,8 @@ def list_local_files(source: str) -> Listing:
     once.
     """
     base = unquote(urlparse(source).path) if source.startswith("file:") else source
-    roots = [base] if os.path.lexists(base) else sorted(glob.glob(base, recursive=True))
+    named = os.path.lexists(base)
+    roots = [base] if named else sorted(glob.glob(base, recursive=True))
     found: dict[str, CrawlFile] = {}
     skipped: list[str] = []
     seen_dirs: set[str] = set()
@@ -144,7 +145,7 @@ def list_local_files(source: str) -> Listing:
             found[real] = CrawlFile(f"file:{real}", stat.st_size, modified, local=True)
 
     for root in roots:
-        visit(root, named=not os.path.isdir(root))
+        visit(root, named)
     return Listing(sorted(found.values(), key=lambda f: f.path), skipped, exists=bool(roots))
 
 
