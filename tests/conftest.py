@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import importlib
 import json
+import os
 import random
 import re
 import socket
@@ -68,6 +69,23 @@ def spark(tmp_path_factory: pytest.TempPathFactory, config: Config) -> Iterator[
     )
     yield session
     session.stop()
+
+
+# /proc/net/tcp{,6} spell a local address in hex, 32-bit words in host (little-endian) order.
+LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+
+
+def listening_addresses(pid: int) -> list[str]:
+    """The local addresses (hex, as /proc/net spells them) of `pid`'s listening TCP sockets."""
+    fds = Path(f"/proc/{pid}/fd")
+    inodes = {os.readlink(fd).removeprefix("socket:[").rstrip("]") for fd in fds.iterdir()}
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                found.append(fields[1].split(":")[0])
+    return found
 
 
 def free_port() -> int:

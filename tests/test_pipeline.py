@@ -10,7 +10,7 @@ import pytest
 
 from jobs._cli import run_stages
 from jobs.all import ALL
-from tests.conftest import Pipeline, profile, write_crawl
+from tests.conftest import LOOPBACK, Pipeline, listening_addresses, profile, write_crawl
 
 SMALL = ("--conf", "prepare.min_job_profiles=1", "--conf", "prepare.min_skill_profiles=1")
 
@@ -123,6 +123,18 @@ def test_rerun_changes_nothing_and_an_appended_crawl_updates_profiles_keeping_sp
     assert all(after[k].split == before[k].split for k in before)
     changed = [k for k in before if after[k] != before[k]]
     assert changed == ["p000"]
+
+
+def test_a_local_stage_listens_on_loopback_only(pipeline: Pipeline, tmp_path: Path) -> None:
+    # The stages of this process run on its session's local master: the driver's RPC and
+    # block manager listen beside it, on 127.0.0.1 (docs/cluster.md, "What listens").
+    write_crawl(tmp_path / "c.jsonl", [profile("p1")])
+    assert pipeline.run(["ingest"], "--input", str(tmp_path / "c.jsonl")) == 0
+    runtime = pipeline.spark.sparkContext._jvm.java.lang.management.ManagementFactory
+    pid = int(runtime.getRuntimeMXBean().getName().split("@")[0])
+    addresses = listening_addresses(pid)
+    assert len(addresses) >= 2, addresses  # the driver's RPC, the block manager
+    assert set(addresses) <= LOOPBACK, addresses
 
 
 def test_failed_stage_exits_1_and_records_why(

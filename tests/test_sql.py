@@ -39,7 +39,14 @@ from skillrank.servers import (
     write_state,
 )
 from skillrank.views import VIEWS
-from tests.conftest import SETTINGS, free_port, planted_crawl, write_crawl
+from tests.conftest import (
+    LOOPBACK,
+    SETTINGS,
+    free_port,
+    listening_addresses,
+    planted_crawl,
+    write_crawl,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -497,31 +504,14 @@ def test_status_says_where_the_server_is(served: Served) -> None:
     assert again.returncode == 0 and "already running" in again.stdout
 
 
-# /proc/net/tcp{,6} spell a local address in hex, 32-bit words in host (little-endian) order.
-_LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
-
-
-def _listening(pid: int) -> list[str]:
-    """The local addresses (hex, as /proc/net spells them) of `pid`'s listening TCP sockets."""
-    fds = Path(f"/proc/{pid}/fd")
-    inodes = {os.readlink(fd).removeprefix("socket:[").rstrip("]") for fd in fds.iterdir()}
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
-                found.append(fields[1].split(":")[0])
-    return found
-
-
 def test_the_local_server_listens_on_loopback_only(served: Served, config: Config) -> None:
     # The server's JVM runs a local master: its driver, block manager and Spark UI listen
     # beside the Thrift port, on 127.0.0.1 like it (nothing outside needs them).
     state = read_state(config, served.workdir, THRIFTSERVER)
     assert state is not None
-    addresses = _listening(state.pid)
+    addresses = listening_addresses(state.pid)
     assert len(addresses) >= 4, addresses  # Thrift, driver, block manager, UI
-    assert set(addresses) <= _LOOPBACK, addresses
+    assert set(addresses) <= LOOPBACK, addresses
 
 
 def test_delta_rs_reads_exactly_the_rows_spark_reads(served: Served, spark: SparkSession) -> None:
