@@ -197,9 +197,6 @@ def link_local_files(files: list[CrawlFile], links: Path) -> dict[str, str]:
     links.mkdir(parents=True, exist_ok=True)
     read_from = {}
     for i, f in enumerate(files):
-        if not f.local:
-            read_from[f.path] = f.path
-            continue
         link = links / f"f{i:06d}{'.jsonl.gz' if _is_gzip_named(f.path) else '.jsonl'}"
         link.symlink_to(f.path.removeprefix("file:"))
         read_from[f.path] = f"file:{link}"
@@ -329,7 +326,12 @@ def run(ctx: StageContext) -> StageResult:
 
     staging = resolve_path(ctx.workdir, f"{ctx.config.catalog.staging_dir}/{ctx.run_id}")
     try:
-        read_from = link_local_files(new, _links_dir(staging))
+        # One input: all its files are local (read through links), or none is.
+        read_from = (
+            link_local_files(new, _links_dir(staging))
+            if new[0].local
+            else {f.path: f.path for f in new}
+        )
         damaged = find_damaged_gzips(spark, read_from)
         # One parsing pass writes every line to a staging Parquet set; the table writes
         # and counts then read that instead of parsing again.
