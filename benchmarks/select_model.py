@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `skillrank` importable
 import numpy as np  # noqa: E402
 
 from skillrank.config import ConfigError, load_config  # noqa: E402
-from skillrank.evaluate import mean_intervals, model_method, score_profiles  # noqa: E402
+from skillrank.evaluate import mean_intervals, score_profiles  # noqa: E402
 from skillrank.families import FAMILIES  # noqa: E402
 from skillrank.shards import Manifest, iterate_batches  # noqa: E402
 
@@ -84,16 +84,15 @@ def main(argv: list[str] | None = None) -> int:
         label = " ".join(f"{k}={v}" for k, v in combination.items()) or "(defaults)"
         params = config.train
         started = time.perf_counter()
-        result = FAMILIES[params.model](
+        family = FAMILIES[params.model]
+        result = family.fit(
             manifest,
             params,
             args.workdir / "select-checkpoints" / "checkpoint.pt",
             log=io.StringIO(),
         )
         seconds = time.perf_counter() - started
-        method = model_method(
-            params.model, result.phi_t, result.background, params.background_weight
-        )
+        method = family.method(result.phi_t, result.background, params.background_weight)
         batches = iterate_batches(manifest_data.shards["validation"], 1000, shuffle=False)
         scores = score_profiles([method], batches, {}, [10, 20])
         columns = scores.metrics[method.name]

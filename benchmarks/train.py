@@ -443,17 +443,17 @@ def report_families(manifest_path: Path, config: Config, base: Path) -> None:
     """Each model family's whole fit with the default settings, through FAMILIES as the train
     stage calls it, against the target for the default family."""
     print(f"\nwhole fit per model family (default settings; default family {config.train.model}):")
-    for family, fit in FAMILIES.items():
-        params = dataclasses.replace(config.train, model=family)
+    for name, family in FAMILIES.items():
+        params = dataclasses.replace(config.train, model=name)
         clock = time.perf_counter()
-        result = fit(manifest_path, params, base / family / "ckpt.pt", log=io.StringIO())
+        result = family.fit(manifest_path, params, base / name / "ckpt.pt", log=io.StringIO())
         seconds = time.perf_counter() - clock
-        shutil.rmtree(base / family, ignore_errors=True)
+        shutil.rmtree(base / name, ignore_errors=True)
         target = ""
-        if family == config.train.model:
+        if name == config.train.model:
             target = f"; target <= {TARGET_FIT_S:g} s: {_verdict(seconds <= TARGET_FIT_S)}"
         print(
-            f"  {family:<8} {seconds:6.1f} s for {result.epochs_run} epochs (iterations),"
+            f"  {name:<8} {seconds:6.1f} s for {result.epochs_run} epochs (iterations),"
             f" {seconds / result.epochs_run:.2f} s each; best {result.best_epoch},"
             f" validation NDCG@10 {result.best_validation_ndcg:.4f}{target}"
         )

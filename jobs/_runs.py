@@ -21,7 +21,8 @@ from pyspark.sql import functions as F
 
 from jobs._cli import StageContext, StageError, require_table, run_id_of
 from skillrank.config import Config
-from skillrank.evaluate import Method, model_method
+from skillrank.evaluate import Method
+from skillrank.families import FAMILIES
 from skillrank.promotion import REJECTED, current_run_sql
 from skillrank.shards import Manifest
 from skillrank.tables import SPECS, conform, table_version
@@ -157,8 +158,8 @@ def load_phi(ctx: StageContext, run: Row) -> torch.Tensor:
 
 def load_model(ctx: StageContext, run: Row, name: str = "model") -> tuple[Method, Method]:
     """The run's model as two evaluation methods named `name`: its predictions of a profile
-    (``skillrank.evaluate.model_method``: phi, the background from `skill_background`, the
-    family and background weight from `runs`), and the ranking SkillRank publishes (phi's
+    (its family's ``method``, skillrank.families: phi, the background from `skill_background`,
+    the family and background weight from `runs`), and the ranking SkillRank publishes (phi's
     rows as they are). A run published before model families existed is the paper's softmax
     without a background (no skill_background rows: zeros)."""
     phi_t = load_phi(ctx, run)
@@ -178,7 +179,7 @@ def load_model(ctx: StageContext, run: Row, name: str = "model") -> tuple[Method
         ids, weights = zip(*((r.skill_id, r.weight) for r in rows), strict=True)
         background[list(ids)] = torch.tensor(weights, dtype=torch.float32)
     lam = float((run.hyperparameters or {}).get("background_weight", 0.0))
-    prediction = model_method(run.model or "softmax", phi_t, background, lam, name)
+    prediction = FAMILIES[run.model or "softmax"].method(phi_t, background, lam, name)
     return prediction, Method(name, phi_t, "sum")
 
 

@@ -62,7 +62,7 @@ from skillrank.trainer import count_split
 
 # Training profiles per batch while counting co-occurrences (memory: a few MB per batch).
 _COUNT_BATCH = 8192
-# The method compared with the baselines: the run's model (model_method's default name).
+# The method compared with the baselines: the run's model (its family method's default name).
 _MODEL = "model"
 # The run's pooled SkillRank, compared with its segment rankings.
 _POOLED = "pooled"

@@ -40,7 +40,6 @@ from jobs._cli import LogWriter, Stage, StageContext, StageError, StageResult, r
 from jobs._runs import current_run, profile_segments, record_event
 from skillrank import rankings
 from skillrank.config import Config, TrainConfig
-from skillrank.evaluate import model_method
 from skillrank.families import FAMILIES
 from skillrank.model import Batch
 from skillrank.promotion import (
@@ -110,12 +109,13 @@ def _paths(workdir: Path, config: Config) -> tuple[Path, Path]:
 
 def check_options(args: argparse.Namespace, config: Config) -> None:
     """Fail fast, before Spark starts, on options the model family does not take."""
-    if config.train.model == "mixture":
-        device = args.device or config.train.device
-        if args.resume:
-            raise StageError("--resume applies to train.model=softmax; a mixture fit starts over")
-        if device != "cpu":
-            raise StageError(f"train.model=mixture runs on cpu, not {device} (its EM is sparse)")
+    model, device = config.train.model, args.device or config.train.device
+    family = FAMILIES[model]
+    if args.resume and not family.resumable:
+        resumable = " or ".join(name for name, f in FAMILIES.items() if f.resumable)
+        raise StageError(f"--resume applies to train.model={resumable}; a {model} fit starts over")
+    if device != "cpu" and not family.cuda:
+        raise StageError(f"train.model={model} runs on cpu, not {device}")
 
 
 def check(args: argparse.Namespace, config: Config) -> None:
@@ -157,7 +157,7 @@ def run(ctx: StageContext) -> StageResult:
         with ctx.step("scored the test split (test loss)"):
             test_loss = _test_loss(ctx.config.train, manifest_path, result)
         segments = None
-        if ctx.config.train.model == "mixture":
+        if FAMILIES[ctx.config.train.model].segment_rows:
             with ctx.step("fitted the segment rows and the pooled rows' credit"):
                 segments = _fit_segments(ctx, manifest_path, result)
         with ctx.step("published phi and rankings"):
@@ -232,7 +232,7 @@ def _train(ctx: StageContext, manifest: Path, checkpoint: Path, device: str) -> 
     if params.num_processes > 1:
         return _train_distributed(ctx, manifest, checkpoint, device, config_json)
     try:
-        return FAMILIES[params.model](
+        return FAMILIES[params.model].fit(
             manifest,
             params,
             checkpoint,
@@ -265,7 +265,7 @@ def _train_distributed(
     try:
         result = distributor.run(
             train_process,
-            FAMILIES[params.model],
+            FAMILIES[params.model].fit,
             str(manifest),
             params,
             str(checkpoint),
@@ -478,7 +478,8 @@ def _insert_run(ctx: StageContext, device: str, manifest: Manifest, manifest_tex
 def _test_loss(params: TrainConfig, manifest_path: Path, result: TrainResult) -> float:
     """Mean KL of the published model on the test split: the one read of the test split,
     after training chose everything on the validation split."""
-    method = model_method(params.model, result.phi_t, result.background, params.background_weight)
+    family = FAMILIES[params.model]
+    method = family.method(result.phi_t, result.background, params.background_weight)
     test_loss, _ = score_split(method, Manifest.read(manifest_path), "test", params.batch_size)
     return test_loss
 

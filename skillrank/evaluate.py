@@ -188,24 +188,26 @@ def count_cooccurrences(batches: Iterable[Batch], jobs: int, skills: int) -> CoC
     return CoCounts(pair.view(jobs, skills), job, skill, profiles)
 
 
-def model_method(
-    model: str, phi_t: Tensor, background: Tensor, background_weight: float, name: str = "model"
+def softmax_method(
+    phi_t: Tensor, background: Tensor, background_weight: float = 0.0, name: str = "model"
 ) -> Method:
-    """A trained model (a train run's phi_t, J x S, and background, S) as a method.
+    """A softmax fit (a train run's phi_t, J x S, and its skill bias `background`, S) as a
+    method: a title's row is phi_t[j] + background, logits combined by softmax (the job
+    weights sum to 1, so the bias counts once: softmax(b + sum_k w_k phi_t[k])).
+    `background_weight`, the mixture's lam, is not used: the softmax learns its bias."""
+    return Method(name, phi_t + background[None, :], "softmax")
 
-    softmax: a title's row is phi_t[j] + background, logits combined by softmax (the job
-    weights sum to 1, so the bias counts once: softmax(b + sum_k w_k phi_t[k])). mixture: a
-    title's row is lam * p0 + (1 - lam) * theta_j, with p0 = softmax(background), theta_j =
+
+def mixture_method(
+    phi_t: Tensor, background: Tensor, background_weight: float, name: str = "model"
+) -> Method:
+    """A mixture fit (a train run's phi_t, J x S, and background, S) as a method: a title's
+    row is lam * p0 + (1 - lam) * theta_j, with p0 = softmax(background), theta_j =
     exp(phi_t[j]) (phi_t is log theta: its rows are distributions already) and lam =
-    `background_weight`, distributions combined as a mixture.
-    """
-    if model == "softmax":
-        return Method(name, phi_t + background[None, :], "softmax")
-    if model == "mixture":
-        rows = phi_t.exp().mul_(1.0 - background_weight)
-        rows.add_(background_weight * torch.softmax(background, dim=0)[None, :])
-        return Method(name, rows, "mixture")
-    raise ValueError(f"unknown model family {model!r}")
+    `background_weight`, distributions combined as a mixture."""
+    rows = phi_t.exp().mul_(1.0 - background_weight)
+    rows.add_(background_weight * torch.softmax(background, dim=0)[None, :])
+    return Method(name, rows, "mixture")
 
 
 def baseline_methods(counts: CoCounts, smoothing: float) -> list[Method]:

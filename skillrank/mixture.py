@@ -41,8 +41,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from skillrank.checkpoint import save_best
 from skillrank.config import TrainConfig
-from skillrank.evaluate import model_method
+from skillrank.evaluate import mixture_method
 from skillrank.model import Batch
 from skillrank.shards import Manifest, iterate_batches, read_vocabulary
 from skillrank.trainer import (
@@ -50,7 +51,6 @@ from skillrank.trainer import (
     EpochRecord,
     Ranks,
     TrainResult,
-    save_best,
     score_split,
     skill_popularity,
 )
@@ -332,7 +332,7 @@ def train_mixture(
         kl_sum, profiles = ranks.sum([step.kl_sum, float(step.profiles)], counts.device)
         totals = counts.double().sum(dim=1)
         phi_t = theta_matrix(counts, totals.float(), prior, alpha).log_()
-        method = model_method("mixture", phi_t, background, lam)
+        method = mixture_method(phi_t, background, lam)
         validation_loss, ndcg = score_split(
             method, manifest, "validation", params.batch_size, ranks
         )

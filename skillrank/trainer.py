@@ -3,9 +3,10 @@ with early stopping on validation NDCG@10, checkpoint every epoch.
 
 Reads only the shard manifest and its Parquet files (skillrank.shards), computes the loss
 and its gradient with skillrank.model (or, for SGD on CPU, the fused kernel of
-skillrank.kernel, which computes the same step), and writes one checkpoint file, replaced
-atomically after every epoch. The best epoch's phi lives on disk beside it
-(``best-epoch-<N>.pt``), not in memory, so training holds one copy of phi.
+skillrank.kernel, which computes the same step), and writes a checkpoint after every epoch
+(``skillrank.checkpoint``: replaced atomically, the previous one kept as a fallback). The best
+epoch's phi lives on disk beside it (``best-epoch-<N>.pt``), not in memory, so training holds
+one copy of phi.
 
 The model: a profile's logits are b + sum_k w_k phi_t[job_k] (job weights summing to 1).
 With train.skill_bias, the bias b (S,) starts at log p0, the log of each skill's smoothed
@@ -27,7 +28,7 @@ the epoch, applied at once after the epoch's gradient steps rather than between 
 pass over phi per epoch instead of one per step.
 
 Selection: after every epoch the validation split is scored with ``score_split`` (the model as
-``skillrank.evaluate.model_method("softmax", phi_t, b, 0)``): mean KL and NDCG@10. The epoch
+``skillrank.evaluate.softmax_method(phi_t, b)``): mean KL and NDCG@10. The epoch
 of the highest NDCG@10 is the best; training stops after train.patience epochs without an
 improvement of more than train.min_improvement, or after train.max_epochs.
 ``train(..., resume=True)`` continues from the checkpoint and, on CPU, reaches bit for bit
@@ -48,28 +49,27 @@ import dataclasses
 import json
 import math
 import os
-import pickle
-import shutil
 import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from skillrank.checkpoint import Checkpoint, load_best
 from skillrank.config import TrainConfig
 from skillrank.evaluate import (
     CoCounts,
     Method,
     cooccurrence_method,
     count_cooccurrences,
-    model_method,
     profile_metrics,
+    softmax_method,
 )
 from skillrank.kernel import Kernel, KernelUnavailable, load_kernel
 from skillrank.model import (
@@ -82,26 +82,8 @@ from skillrank.model import (
 )
 from skillrank.shards import Manifest, iterate_batches
 
-CHECKPOINT_FORMAT = 4
 # Cut-off of the selection metric: the best epoch has the highest validation NDCG@10.
 SELECTION_K = 10
-_CHECKPOINT_KEYS = {
-    "format",
-    "parameters",
-    "phi_t",
-    "background",
-    "optimizer",
-    "epoch",
-    "best_validation_loss",
-    "best_validation_ndcg",
-    "best_epoch",
-    "bad_epochs",
-    "rng_state",
-    "history",
-    "train_config",
-    "config",
-    "shards",
-}
 # Seconds between progress updates: redrawn in place on a terminal, a line in a log file.
 _PROGRESS_SECONDS = {True: 0.5, False: 30.0}
 # What a rank that has run out of train profiles contributes to a distributed step.
@@ -112,16 +94,6 @@ _EMPTY_BATCH = Batch(
     skill_ids=torch.zeros(0, dtype=torch.int64),
     skill_offsets=torch.zeros(1, dtype=torch.int64),
 )
-# Settings that may change on resume; any other difference is an error.
-_RESUMABLE_CHANGES = {
-    "device",
-    "max_epochs",
-    "patience",
-    "min_improvement",
-    "checkpoint_dir",
-    "num_processes",
-    "local_mode",
-}
 
 
 @dataclass(frozen=True)
@@ -159,8 +131,8 @@ class EpochRecord:
 @dataclass(frozen=True)
 class TrainResult:
     """What every model family returns: phi_t of the best epoch (jobs x skills, on CPU), the
-    background (S,; the softmax's skill bias, the mixture's log p0: see
-    ``skillrank.evaluate.model_method``) and how training went."""
+    background (S,; the softmax's skill bias, the mixture's log p0: see the family's
+    ``method`` in skillrank.families) and how training went."""
 
     phi_t: Tensor
     background: Tensor
@@ -187,13 +159,100 @@ def train(
 
     `device` overrides params.device. `config_json` (the whole configuration, as JSON) is
     stored in the checkpoint; it defaults to the train section. With `resume`, training
-    continues from `checkpoint_path`, which must come from the same settings (only those of
-    ``_RESUMABLE_CHANGES`` may differ: device, max_epochs, patience, min_improvement,
-    checkpoint_dir, num_processes, local_mode). Returns the best
-    epoch's phi_t (J x S) and skill bias (`background`, S; zeros without params.skill_bias),
-    and its validation KL and NDCG@10; it never reads the test split. With `ranks` of a world
-    > 1, this is one process of data-parallel training (see ``train_process``).
+    continues from `checkpoint_path`, which must come from the same settings (only device,
+    max_epochs, patience, min_improvement, checkpoint_dir, num_processes and local_mode may
+    differ: ``skillrank.checkpoint``). Returns the best epoch's phi_t (J x S) and skill bias
+    (`background`, S; zeros without params.skill_bias), and its validation KL and NDCG@10; it
+    never reads the test split. With `ranks` of a world > 1, this is one process of
+    data-parallel training (see ``train_process``).
     """
+    manifest, target = _set_up(manifest_path, params, device, ranks, log)
+    # Distributed steps exchange residuals, which the fused kernel does not expose.
+    kernel = _fused_kernel(params, target, log) if ranks.world == 1 else None
+    if resume:
+        phi_bias, optimizer, run = _resume(checkpoint_path, manifest, params, target, log, ranks)
+    else:
+        phi_bias, optimizer, run = _start(manifest, params, target, ranks)
+
+    while run.epoch < params.max_epochs and run.bad_epochs < params.patience:
+        epoch, started = run.epoch + 1, time.perf_counter()
+        train_loss, steps = _train_epoch(
+            phi_bias, optimizer, kernel, manifest, params, epoch, log, ranks
+        )
+        if params.l2:
+            # Decoupled weight decay, all of the epoch's steps at once; never on the bias.
+            phi_bias[: manifest.jobs].mul_((1.0 - params.learning_rate * params.l2) ** steps)
+        if ranks.world > 1:
+            # Every rank applied the same updates; on GPU scatter-adds are not deterministic,
+            # so rank 0's phi, the one checkpointed, is made everyone's.
+            dist.broadcast(phi_bias, 0)
+        validation_loss, validation_ndcg = _validation_scores(
+            phi_bias, _bias_weight(params), manifest, params.batch_size, ranks
+        )
+        seconds = time.perf_counter() - started
+        record = EpochRecord(epoch, train_loss, validation_loss, validation_ndcg, seconds)
+        # The checkpoint about to be replaced stays as the fallback, unless it is another
+        # run's (at a fresh run's first save).
+        previous_best = run.best_epoch if run.epoch else None
+        run = run.after(record, params.min_improvement)
+        _log_epoch(run, log)
+        if ranks.rank == 0:
+            checkpoint = _checkpoint(phi_bias, optimizer, run, params, config_json, manifest)
+            checkpoint.save(checkpoint_path, previous_best=previous_best)
+
+    if not run.best_epoch:
+        raise ValueError(
+            "the validation NDCG was never a number (phi diverged); lower train.learning_rate"
+        )
+    # Free the last epoch's phi (and optimizer state) before loading the best one.
+    del optimizer, phi_bias
+    ranks.barrier()  # rank 0 has written the best epoch's file
+    best_phi_t, background = load_best(checkpoint_path, run.best_epoch)
+    _log_stop(run, params, log)
+    return TrainResult(
+        best_phi_t,
+        background,
+        run.best_epoch,
+        run.best_validation_loss,
+        run.best_validation_ndcg,
+        run.epoch,
+        list(run.history),
+    )
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """The epochs run so far and early stopping's state: the best epoch (the highest
+    validation NDCG@10) with its scores, and the epochs since the last improvement."""
+
+    epoch: int = 0
+    best_epoch: int = 0
+    best_validation_loss: float = math.nan
+    best_validation_ndcg: float = -math.inf
+    bad_epochs: int = 0
+    history: tuple[EpochRecord, ...] = ()
+
+    def after(self, record: EpochRecord, min_improvement: float) -> _Selection:
+        """The selection after `record`'s epoch. The highest validation NDCG is the best phi
+        (nan, of a diverged phi, never is); only an improvement of more than min_improvement
+        resets the patience count."""
+        ndcg, best = record.validation_ndcg, self.best_validation_ndcg
+        improved = ndcg > best
+        return _Selection(
+            epoch=record.epoch,
+            best_epoch=record.epoch if improved else self.best_epoch,
+            best_validation_loss=record.validation_loss if improved else self.best_validation_loss,
+            best_validation_ndcg=ndcg if improved else best,
+            bad_epochs=0 if ndcg > best + min_improvement else self.bad_epochs + 1,
+            history=(*self.history, record),
+        )
+
+
+def _set_up(
+    manifest_path: Path, params: TrainConfig, device: str | None, ranks: Ranks, log: TextIO
+) -> tuple[Manifest, torch.device]:
+    """The manifest and the device to train on, once they are checked; ValueError when
+    training cannot start."""
     if params.model != "softmax":  # (every setting's range was checked on load)
         raise ValueError(f"train() trains train.model=softmax, got {params.model!r}")
     manifest = Manifest.read(manifest_path)
@@ -206,145 +265,140 @@ def train(
     target = torch.device(device or params.device)
     if target.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device cuda requested but torch sees no GPU")
-    config_json = config_json or json.dumps(dataclasses.asdict(params), sort_keys=True)
-
-    if ranks.world > len(manifest.shards["train"]):
+    shards = len(manifest.shards["train"])
+    if ranks.world > shards:
         raise ValueError(
-            f"the train split has {len(manifest.shards['train'])} shard files, fewer than the"
-            f" {ranks.world} training processes: lower prepare.rows_per_shard and rerun prepare"
+            f"the train split has {shards} shard files, fewer than the {ranks.world} training"
+            " processes: lower prepare.rows_per_shard and rerun prepare"
         )
-    if len(manifest.shards["train"]) % ranks.world:
+    if shards % ranks.world:
         print(
-            f"warning: the train split's {len(manifest.shards['train'])} shard files do not"
-            f" divide evenly among {ranks.world} processes: once the ranks with fewer run out,"
-            " steps take fewer profiles (see prepare.rows_per_shard)",
+            f"warning: the train split's {shards} shard files do not divide evenly among"
+            f" {ranks.world} processes: once the ranks with fewer run out, steps take fewer"
+            " profiles (see prepare.rows_per_shard)",
             file=log,
         )
-    # Distributed steps exchange residuals, which the fused kernel does not expose.
-    kernel = _fused_kernel(params, target, log) if ranks.world == 1 else None
-    shards = _shard_set(manifest)
-    jobs, bias_weight = manifest.jobs, _bias_weight(params)
-    if resume:
-        if ranks.rank > 0:  # rank 0 first: it may set an unreadable checkpoint aside
-            ranks.barrier()
-        state = _load_checkpoint(checkpoint_path, params, log)
-        if ranks.rank == 0:
-            ranks.barrier()
-        if state["shards"] != shards:
-            raise ValueError(
-                f"checkpoint {checkpoint_path} was trained on other shards ({state['shards']},"
-                f" now {shards}); train without --resume"
-            )
-        phi_bias = state["parameters"].to(target)
-        optimizer = _make_optimizer(phi_bias, params)
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng_state"])
-        epoch, best_epoch, bad_epochs = state["epoch"], state["best_epoch"], state["bad_epochs"]
-        best_loss, best_ndcg = state["best_validation_loss"], state["best_validation_ndcg"]
-        history = [EpochRecord(**r) for r in json.loads(state["history"])]
-        del state
-        print(f"resumed from {checkpoint_path} after epoch {epoch}", file=log)
+    return manifest, target
+
+
+def _start(
+    manifest: Manifest, params: TrainConfig, target: torch.device, ranks: Ranks
+) -> tuple[Tensor, torch.optim.Optimizer, _Selection]:
+    """A fresh start: phi_bias (phi_t's J rows from normal(0, init_std), then the bias row
+    b / its weight with b = log popularity, or 0 without train.skill_bias; see the module
+    docstring), its optimizer, and no epoch run."""
+    jobs = manifest.jobs
+    generator = torch.Generator().manual_seed(params.seed)
+    phi_bias = init_phi(jobs + 1, manifest.skills, params.init_std, generator)
+    if params.skill_bias:
+        phi_bias[jobs] = skill_popularity(manifest, params.batch_size, ranks).log()
+        phi_bias[jobs] /= _bias_weight(params)
     else:
-        # phi_bias: phi_t's J rows and the bias row b / bias_weight (see the module docstring).
-        generator = torch.Generator().manual_seed(params.seed)
-        phi_bias = init_phi(jobs + 1, manifest.skills, params.init_std, generator)
-        if params.skill_bias:
-            phi_bias[jobs] = skill_popularity(manifest, params.batch_size, ranks).log()
-            phi_bias[jobs] /= bias_weight
-        else:
-            phi_bias[jobs] = 0.0
-        phi_bias = phi_bias.to(target)
-        optimizer = _make_optimizer(phi_bias, params)
-        epoch, best_epoch, bad_epochs = 0, 0, 0
-        best_loss, best_ndcg = math.nan, -math.inf
-        history = []
+        phi_bias[jobs] = 0.0
+    phi_bias = phi_bias.to(target)
+    return phi_bias, _make_optimizer(phi_bias, params), _Selection()
 
-    while epoch < params.max_epochs and bad_epochs < params.patience:
-        epoch += 1
-        started = time.perf_counter()
-        train_loss, steps = _train_epoch(
-            phi_bias, optimizer, kernel, manifest, params, epoch, log, ranks
-        )
-        if params.l2:
-            # Decoupled weight decay, all of the epoch's steps at once; never on the bias.
-            phi_bias[:jobs].mul_((1.0 - params.learning_rate * params.l2) ** steps)
-        if ranks.world > 1:
-            # Every rank applied the same updates; on GPU scatter-adds are not deterministic,
-            # so rank 0's phi, the one checkpointed, is made everyone's.
-            dist.broadcast(phi_bias, 0)
-        validation_loss, validation_ndcg = _validation_scores(
-            phi_bias, bias_weight, manifest, params.batch_size, ranks
-        )
-        seconds = time.perf_counter() - started
-        history.append(EpochRecord(epoch, train_loss, validation_loss, validation_ndcg, seconds))
-        # The highest validation NDCG is the best phi (nan, of a diverged phi, never is); only
-        # an improvement of more than min_improvement resets the patience count.
-        bad_epochs = 0 if validation_ndcg > best_ndcg + params.min_improvement else bad_epochs + 1
-        improved = validation_ndcg > best_ndcg
-        previous_best_epoch = best_epoch  # the best of the checkpoint about to be replaced
-        if improved:
-            best_loss, best_ndcg, best_epoch = validation_loss, validation_ndcg, epoch
-        print(
-            f"epoch {epoch} train_loss={train_loss:.6f} validation_loss={validation_loss:.6f}"
-            f" validation_ndcg@{SELECTION_K}={validation_ndcg:.6f} seconds={seconds:.2f}"
-            + (" (best)" if improved else ""),
-            file=log,
-            flush=True,
-        )
-        if ranks.rank > 0:
-            continue
-        saved = phi_bias.cpu()
-        _save_checkpoint(
-            checkpoint_path,
-            {
-                "format": CHECKPOINT_FORMAT,
-                # What training resumes from; phi_t (a view of it: on disk once) and the
-                # bias b are what ``with_best_phi`` reads, as from the mixture's best file.
-                "parameters": saved,
-                "phi_t": saved[:jobs],
-                "background": saved[jobs] * bias_weight,
-                "optimizer": optimizer.state_dict(),
-                "epoch": epoch,
-                "best_validation_loss": best_loss,
-                "best_validation_ndcg": best_ndcg,
-                "best_epoch": best_epoch,
-                "bad_epochs": bad_epochs,
-                "rng_state": torch.get_rng_state(),
-                "history": json.dumps([dataclasses.asdict(r) for r in history]),
-                "train_config": json.dumps(dataclasses.asdict(params), sort_keys=True),
-                "config": config_json,
-                "shards": shards,
-            },
-            best_copy=_best_path(checkpoint_path, epoch) if improved else None,
-            # A fresh run's first save replaces another run's checkpoint: not a fallback.
-            keep_previous=resume or epoch > 1,
-        )
-        _remove_stale_best(checkpoint_path, {best_epoch, previous_best_epoch})
 
-    if not best_epoch:
+def _resume(
+    checkpoint_path: Path,
+    manifest: Manifest,
+    params: TrainConfig,
+    target: torch.device,
+    log: TextIO,
+    ranks: Ranks,
+) -> tuple[Tensor, torch.optim.Optimizer, _Selection]:
+    """phi_bias, its optimizer, the RNG state and the selection as the checkpoint left them."""
+    if ranks.rank > 0:  # rank 0 first: it may set an unreadable checkpoint aside
+        ranks.barrier()
+    checkpoint = Checkpoint.load(checkpoint_path, params, log)
+    if ranks.rank == 0:
+        ranks.barrier()
+    shards = _shard_set(manifest)
+    if checkpoint.shards != shards:
         raise ValueError(
-            "the validation NDCG was never a number (phi diverged); lower train.learning_rate"
+            f"checkpoint {checkpoint_path} was trained on other shards ({checkpoint.shards},"
+            f" now {shards}); train without --resume"
         )
-    # Free the last epoch's phi (and optimizer state) before loading the best one.
-    del optimizer, phi_bias
-    ranks.barrier()  # rank 0 has written the best epoch's file
-    best_phi_t, background = _load_best(checkpoint_path, best_epoch)
+    phi_bias = checkpoint.parameters.to(target)
+    optimizer = _make_optimizer(phi_bias, params)
+    optimizer.load_state_dict(checkpoint.optimizer)
+    torch.set_rng_state(checkpoint.rng_state)
+    run = _Selection(
+        epoch=checkpoint.epoch,
+        best_epoch=checkpoint.best_epoch,
+        best_validation_loss=checkpoint.best_validation_loss,
+        best_validation_ndcg=checkpoint.best_validation_ndcg,
+        bad_epochs=checkpoint.bad_epochs,
+        history=tuple(EpochRecord(**r) for r in json.loads(checkpoint.history)),
+    )
+    print(f"resumed from {checkpoint_path} after epoch {run.epoch}", file=log)
+    return phi_bias, optimizer, run
+
+
+def _checkpoint(
+    phi_bias: Tensor,
+    optimizer: torch.optim.Optimizer,
+    run: _Selection,
+    params: TrainConfig,
+    config_json: str | None,
+    manifest: Manifest,
+) -> Checkpoint:
+    """The checkpoint after the epoch just run: phi_bias and the optimizer as they are now;
+    `config_json` (the whole configuration) defaults to the train section."""
+    saved = phi_bias.cpu()
+    train_config = json.dumps(dataclasses.asdict(params), sort_keys=True)
+    return Checkpoint(
+        parameters=saved,
+        background=saved[-1] * _bias_weight(params),
+        optimizer=optimizer.state_dict(),
+        epoch=run.epoch,
+        best_validation_loss=run.best_validation_loss,
+        best_validation_ndcg=run.best_validation_ndcg,
+        best_epoch=run.best_epoch,
+        bad_epochs=run.bad_epochs,
+        rng_state=torch.get_rng_state(),
+        history=json.dumps([dataclasses.asdict(r) for r in run.history]),
+        train_config=train_config,
+        config=config_json or train_config,
+        shards=_shard_set(manifest),
+    )
+
+
+def _shard_set(manifest: Manifest) -> str:
+    """What identifies the training data: the prepare run and the vocabulary sizes."""
+    return f"{manifest.prepare_run_id} ({manifest.jobs} jobs x {manifest.skills} skills)"
+
+
+def _log_epoch(run: _Selection, log: TextIO) -> None:
+    """The log line of the epoch just run, ` (best)` when it is the best so far."""
+    r = run.history[-1]
+    print(
+        f"epoch {r.epoch} train_loss={r.train_loss:.6f} validation_loss={r.validation_loss:.6f}"
+        f" validation_ndcg@{SELECTION_K}={r.validation_ndcg:.6f} seconds={r.seconds:.2f}"
+        + (" (best)" if run.best_epoch == r.epoch else ""),
+        file=log,
+        flush=True,
+    )
+
+
+def _log_stop(run: _Selection, params: TrainConfig, log: TextIO) -> None:
+    """The final log line: why training stopped, and the best epoch."""
     why = (
         f"validation NDCG@{SELECTION_K} improved by at most {params.min_improvement}"
         f" for {params.patience} epochs"
-        if bad_epochs >= params.patience
+        if run.bad_epochs >= params.patience
         else "max_epochs reached"
     )
     print(
-        f"stopped after epoch {epoch} ({why}); best epoch {best_epoch}"
-        f" validation_ndcg@{SELECTION_K}={best_ndcg:.6f} validation_loss={best_loss:.6f}",
+        f"stopped after epoch {run.epoch} ({why}); best epoch {run.best_epoch}"
+        f" validation_ndcg@{SELECTION_K}={run.best_validation_ndcg:.6f}"
+        f" validation_loss={run.best_validation_loss:.6f}",
         file=log,
     )
-    return TrainResult(best_phi_t, background, best_epoch, best_loss, best_ndcg, epoch, history)
 
 
 def train_process(
-    family: Callable[..., TrainResult],
+    fit: Callable[..., TrainResult],
     manifest_path: str,
     params: TrainConfig,
     checkpoint_path: str,
@@ -355,8 +409,8 @@ def train_process(
     """One of the processes of data-parallel training, as TorchDistributor starts them
     (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT).
 
-    Joins the process group (gloo on CPU, NCCL on GPU, one GPU per process), runs `family`
-    (a training function of skillrank.families, ``train`` for the softmax) as its rank, and
+    Joins the process group (gloo on CPU, NCCL on GPU, one GPU per process), runs `fit` (a
+    family's training function, skillrank.families; ``train`` for the softmax) as its rank, and
     returns the result without phi (an empty tensor; phi is in the best
     epoch's checkpoint file, see ``with_best_phi``), so that nothing large is sent back.
     A process that fails leaves its error in one line beside the checkpoint (see
@@ -371,7 +425,7 @@ def train_process(
             device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
             torch.cuda.set_device(device)
         with open(os.devnull, "w") if ranks.rank else nullcontext(sys.stdout) as log:
-            result = family(
+            result = fit(
                 Path(manifest_path),
                 params,
                 Path(checkpoint_path),
@@ -416,7 +470,7 @@ def _error_files(checkpoint_path: Path) -> list[Path]:
 def with_best_phi(result: TrainResult, checkpoint_path: Path) -> TrainResult:
     """`result` (of ``train_process``) with the best epoch's phi_t and background read from
     its file."""
-    phi_t, background = _load_best(checkpoint_path, result.best_epoch)
+    phi_t, background = load_best(checkpoint_path, result.best_epoch)
     return dataclasses.replace(result, phi_t=phi_t, background=background)
 
 
@@ -554,7 +608,7 @@ def _validation_scores(
     if not math.isfinite(phi_bias.sum().item()):
         return math.nan, math.nan
     jobs = phi_bias.shape[0] - 1
-    method = model_method("softmax", phi_bias[:jobs], phi_bias[jobs] * bias_weight, 0.0)
+    method = softmax_method(phi_bias[:jobs], phi_bias[jobs] * bias_weight)
     return score_split(method, manifest, "validation", batch_size, ranks)
 
 
@@ -692,138 +746,3 @@ def _fused_kernel(params: TrainConfig, device: torch.device, log: TextIO) -> Ker
     except KernelUnavailable as exc:
         print(f"warning: fused kernel unavailable, using the torch path: {exc}", file=log)
         return None
-
-
-def _best_path(checkpoint_path: Path, epoch: int) -> Path:
-    return checkpoint_path.with_name(f"{checkpoint_path.stem}.best-epoch-{epoch}.pt")
-
-
-def _remove_stale_best(checkpoint_path: Path, best_epochs: set[int]) -> None:
-    """Delete best-phi files other than those the checkpoint and the previous one name."""
-    keep = {_best_path(checkpoint_path, epoch) for epoch in best_epochs}
-    for path in checkpoint_path.parent.glob(f"{checkpoint_path.stem}.best-epoch-*.pt"):
-        if path not in keep:
-            path.unlink()
-
-
-def save_best(checkpoint_path: Path, epoch: int, phi_t: Tensor, background: Tensor) -> None:
-    """Write a best epoch's file beside `checkpoint_path` (for ``with_best_phi``), replacing
-    other best files: how a family without checkpoints hands its result to the driver."""
-    path = _best_path(checkpoint_path, epoch)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"epoch": epoch, "phi_t": phi_t, "background": background}, tmp)
-    os.replace(tmp, path)
-    _remove_stale_best(checkpoint_path, {epoch})
-
-
-def _load_best(checkpoint_path: Path, epoch: int) -> tuple[Tensor, Tensor]:
-    """phi_t and background of a best epoch's file (a softmax checkpoint or the mixture's)."""
-    path = _best_path(checkpoint_path, epoch)
-    if not path.is_file():
-        raise ValueError(f"the best phi of epoch {epoch} is missing: {path}")
-    # Memory-mapped, not copied: only phi's pages are read, not the optimizer state beside
-    # it, and they stay valid even if a later run deletes the file.
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    if state["epoch"] != epoch:
-        raise ValueError(f"{path} holds epoch {state['epoch']}, expected {epoch}")
-    return state["phi_t"], state["background"]
-
-
-def _save_checkpoint(
-    path: Path, state: dict[str, Any], best_copy: Path | None, keep_previous: bool
-) -> None:
-    """Write `state` beside `path`, flush it to disk, then rename it over `path`.
-
-    With `best_copy`, the finished file is also hard-linked there before the rename: the
-    best phi is kept without writing phi twice, and a crash never leaves a checkpoint naming
-    a best epoch whose file is missing. The checkpoint being replaced stays as the previous
-    one (`<stem>.previous.pt`), the fallback when the new one turns out unreadable.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if best_copy is not None:
-        _link(tmp, best_copy)
-    if keep_previous and path.exists():
-        _link(path, _previous_path(path))
-    elif not keep_previous:
-        _previous_path(path).unlink(missing_ok=True)
-    os.replace(tmp, path)
-
-
-def _link(source: Path, target: Path) -> None:
-    """Make `target` a hard link to `source` (a copy where links are not supported),
-    replacing it in one rename."""
-    staged = target.with_name(f".{target.name}.tmp")
-    staged.unlink(missing_ok=True)  # left by a crash
-    try:
-        os.link(source, staged)
-    except OSError:
-        shutil.copyfile(source, staged)
-    os.replace(staged, target)
-
-
-def _shard_set(manifest: Manifest) -> str:
-    """What identifies the training data: the prepare run and the vocabulary sizes."""
-    return f"{manifest.prepare_run_id} ({manifest.jobs} jobs x {manifest.skills} skills)"
-
-
-def _previous_path(checkpoint_path: Path) -> Path:
-    return checkpoint_path.with_name(f"{checkpoint_path.stem}.previous.pt")
-
-
-def _load_checkpoint(path: Path, params: TrainConfig, log: TextIO) -> dict[str, Any]:
-    """The checkpoint at `path`, or, when that file is unreadable (truncated, not a
-    checkpoint, its best file gone), the previous epoch's beside it, with a warning."""
-    if not path.is_file():
-        raise ValueError(f"no checkpoint to resume from at {path}")
-    try:
-        state = _read_checkpoint(path, path)
-    except ValueError as exc:
-        previous = _previous_path(path)
-        if not previous.is_file():
-            raise
-        state = _read_checkpoint(previous, path)
-        # Set the unreadable file aside and put the previous one in its place, so that the
-        # next save keeps a readable previous checkpoint.
-        aside = path.with_name(f"{path.stem}.unreadable.pt")
-        os.replace(path, aside)
-        os.replace(previous, path)
-        print(
-            f"warning: {exc}; resuming from the previous checkpoint (epoch {state['epoch']});"
-            f" the unreadable file is kept as {aside}",
-            file=log,
-        )
-    saved = json.loads(state["train_config"])
-    current = dataclasses.asdict(params)
-    changed = sorted(k for k in current if saved.get(k) != current[k])
-    if set(changed) - _RESUMABLE_CHANGES:
-        raise ValueError(
-            f"checkpoint {path} was written with other settings: "
-            + ", ".join(f"train.{k} {saved.get(k)!r} -> {current[k]!r}" for k in changed)
-        )
-    return state
-
-
-def _read_checkpoint(path: Path, checkpoint_path: Path) -> dict[str, Any]:
-    """Load and check one checkpoint file (`checkpoint_path` or the previous one beside it);
-    ValueError when it cannot be used."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ValueError(f"checkpoint {path} is unreadable ({first})") from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"checkpoint {path} has format {found!r}, expected {CHECKPOINT_FORMAT}")
-    missing = _CHECKPOINT_KEYS - set(state)
-    if missing:
-        raise ValueError(f"checkpoint {path} lacks {', '.join(sorted(missing))}")
-    best = state["best_epoch"]
-    if best and not _best_path(checkpoint_path, best).is_file():
-        raise ValueError(f"checkpoint {path} names best epoch {best}, whose file is missing")
-    return state

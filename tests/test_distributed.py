@@ -196,8 +196,8 @@ def _profiles_of(batch: Batch) -> list[tuple[list[int], list[float], list[int]]]
 def _train_as_rank(
     manifest: Path, params: TrainConfig, checkpoint: Path, out: Path, resume: bool = False
 ) -> None:
-    family = FAMILIES[params.model]
-    result = train_process(family, str(manifest), params, str(checkpoint), resume, "cpu", "{}")
+    fit = FAMILIES[params.model].fit
+    result = train_process(fit, str(manifest), params, str(checkpoint), resume, "cpu", "{}")
     torch.save(result, out / f"result-{os.environ['RANK']}.pt")
 
 

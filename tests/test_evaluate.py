@@ -22,13 +22,13 @@ from skillrank.evaluate import (
     baseline_methods,
     count_cooccurrences,
     interval_coverage,
-    model_method,
     planted_relevance,
     planted_segment_relevance,
     planted_shares,
     profile_metrics,
     segment_rows,
     segment_truth_rows,
+    softmax_method,
     taxonomy_relevance,
     title_buckets,
     title_rows,
@@ -116,7 +116,7 @@ def test_model_kl_equals_training_loss() -> None:
     first = random_batch(rng, profiles=9, jobs=jobs, skills=skills)
     second = random_batch(rng, profiles=4, jobs=jobs, skills=skills)
     batches = [([f"a{i}" for i in range(9)], first), ([f"b{i}" for i in range(4)], second)]
-    model = model_method("softmax", phi_t, torch.zeros(phi_t.shape[1]), 0.0)
+    model = softmax_method(phi_t, torch.zeros(phi_t.shape[1]))
     table = as_table(profile_metrics([model], batches, {}, ks=[3]))
 
     # The mean per profile over both batches = the batch means weighted by batch size.
@@ -189,7 +189,7 @@ def test_segment_means_equal_means_over_their_profiles() -> None:
     integers = torch.tensor(rng.integers(0, 3, size=(jobs, skills)), dtype=torch.float32)
     tied = Method("tied", integers, "sum")
     phi_t = torch.tensor(rng.normal(size=(jobs, skills)), dtype=torch.float64)
-    model = model_method("softmax", phi_t, torch.zeros(phi_t.shape[1]), 0.0)
+    model = softmax_method(phi_t, torch.zeros(phi_t.shape[1]))
     profiles, ids = [], []
     for i in range(23):
         held = sorted(rng.choice(jobs, size=rng.integers(1, 3), replace=False).tolist())
@@ -592,7 +592,7 @@ def test_model_untangles_companion_jobs_that_cooccurrence_confuses() -> None:
         torch.set_num_threads(threads)
 
     counts = count_cooccurrences([batch], jobs, skills)
-    model_scores = model_method("softmax", phi_t, torch.zeros(phi_t.shape[1]), 0.0)
+    model_scores = softmax_method(phi_t, torch.zeros(phi_t.shape[1]))
     methods = {m.name: m for m in [model_scores, *baseline_methods(counts, 1.0)]}
     relevant = {j: np.arange(j * per_job, (j + 1) * per_job) for j in range(jobs)}
     precision = {

@@ -449,6 +449,37 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path: Path) -> None:
         train(manifest, _params(), tmp_path / "missing.pt", resume=True, log=io.StringIO())
 
 
+def test_resume_refuses_a_checkpoint_it_cannot_use_when_there_is_no_previous_one(
+    tmp_path: Path,
+) -> None:
+    manifest, _ = _planted_case(tmp_path, train_rows=200)
+    checkpoint = tmp_path / "c.pt"
+    # One epoch of a fresh run: its checkpoint, its best file, and no previous checkpoint.
+    train(manifest, _params(max_epochs=1), checkpoint, log=io.StringIO())
+    assert not (tmp_path / "c.previous.pt").exists()
+    state = torch.load(checkpoint, weights_only=True)
+    assert (state["format"], state["epoch"], state["best_epoch"]) == (4, 1, 1)
+    best = tmp_path / "c.best-epoch-1.pt"
+
+    def refused(message: str) -> None:
+        with pytest.raises(ValueError, match=re.escape(f"checkpoint {checkpoint} {message}")):
+            train(manifest, _params(max_epochs=2), checkpoint, resume=True, log=io.StringIO())
+        assert checkpoint.is_file() and not (tmp_path / "c.unreadable.pt").exists()
+
+    torch.save({**state, "format": 3}, checkpoint)
+    refused("has format 3, expected 4")
+    torch.save([1, 2], checkpoint)
+    refused("has format 'list', expected 4")
+    torch.save({k: v for k, v in state.items() if k not in ("rng_state", "shards")}, checkpoint)
+    refused("lacks rng_state, shards")
+    torch.save(state, checkpoint)
+    best.rename(tmp_path / "elsewhere.pt")
+    refused("names best epoch 1, whose file is missing")
+    (tmp_path / "elsewhere.pt").rename(best)
+    resumed = train(manifest, _params(max_epochs=2), checkpoint, resume=True, log=io.StringIO())
+    assert [r.epoch for r in resumed.history] == [1, 2]
+
+
 def test_training_without_validation_profiles_is_refused(tmp_path: Path) -> None:
     rows = _simple_profiles(20, "p")
     manifest = _write_shards(
