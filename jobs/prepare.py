@@ -2,11 +2,16 @@
 
     ./spark-submit.sh prepare [--workdir DIR] [--conf key=value ...]
 
+    ./spark-submit.sh prepare --strict   # fail when the alias map loses too many profiles
+
 Deduplicates snapshots (latest crawled_at wins), cleans text, assigns the salted-hash
 split and merges the result into `profiles` (a profile's row changes only when its
-content does). Then filters to the configured cities x industries, builds the vocabularies
-from the training split, and writes <shards_dir>/<run_id>/{train,validation,test,
-job_vocab,skill_vocab}/*.parquet plus <shards_dir>/manifest.json, replaced atomically.
+content does). Records every location and industry that matched no alias in
+`unrecognized_values` and warns (fails with --strict) when they cost more than
+prepare.max_unrecognized_share of the profiles that the other filter keeps. Then filters to
+the configured cities x industries, builds the vocabularies from the training split, and
+writes <shards_dir>/<run_id>/{train,validation,test,job_vocab,skill_vocab}/*.parquet plus
+<shards_dir>/manifest.json, replaced atomically.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from delta.tables import DeltaTable
 from pyspark import StorageLevel
@@ -26,6 +32,7 @@ from pyspark.sql import functions as F
 from jobs._cli import Stage, StageContext, StageError, StageResult, require_table, run_stages
 from skillrank.config import SPLITS, Config, load_aliases
 from skillrank.prepare import (
+    FILTER_REASONS,
     UNUSABLE_REASONS,
     assign_splits,
     build_vocabulary,
@@ -33,16 +40,26 @@ from skillrank.prepare import (
     deduplicate_profiles,
     encode_profiles,
     filter_profiles,
+    filter_reasons,
+    industry_matcher,
+    place_matcher,
+    unrecognized_values,
 )
 from skillrank.session import resolve_path
 from skillrank.shards import Manifest, ShardFile
 from skillrank.tables import SHARD_SCHEMA, SPECS, conform, declare_tables, table_version
 
 SHARD_SETS_KEPT = 2  # the current set and the one before, for a trainer still reading it
+SHOWN_UNRECOGNIZED = 5  # values per field named in the summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """prepare takes only the common options."""
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail (before writing shards) when locations and industries that match no alias"
+        " cost more than prepare.max_unrecognized_share of the eligible profiles",
+    )
 
 
 def _merge_profiles(ctx: StageContext, source: DataFrame) -> None:
@@ -97,7 +114,11 @@ def _read_version(ctx: StageContext, key: str, version: int) -> DataFrame:
 
 def run(ctx: StageContext) -> StageResult:
     spark, config, params = ctx.spark, ctx.config, ctx.config.prepare
-    declare_tables(spark, config, ["profiles_raw", "profiles", "job_vocab", "skill_vocab"])
+    declare_tables(
+        spark,
+        config,
+        ["profiles_raw", "profiles", "job_vocab", "skill_vocab", "unrecognized_values"],
+    )
     raw_version = table_version(spark, ctx.table("profiles_raw"))
     raw = _read_version(ctx, "profiles_raw", raw_version)
     raw_rows = raw.count()
@@ -110,17 +131,38 @@ def run(ctx: StageContext) -> StageResult:
             deduplicate_profiles(raw),
             title_aliases=aliases["titles"],
             skill_aliases=aliases["skills"],
-            city_aliases=aliases["cities"],
-            industry_aliases=aliases["industries"],
+            places=place_matcher(
+                aliases["cities"], aliases["regions"], aliases["countries"], aliases["other_places"]
+            ),
+            industries=industry_matcher(aliases["industries"], aliases["other_industries"]),
         )
-        _merge_profiles(ctx, assign_splits(cleaned, params.split_fractions, params.split_salt))
+        cleaned = filter_reasons(
+            assign_splits(cleaned, params.split_fractions, params.split_salt),
+            params.cities,
+            params.industries,
+        ).persist(StorageLevel.MEMORY_AND_DISK)
+        _merge_profiles(ctx, cleaned)
     profiles_version = table_version(spark, ctx.table("profiles"))
     profiles = _read_version(ctx, "profiles", profiles_version)
-    counts = profiles.agg(
-        F.count(F.lit(1)).alias("total"),
-        F.count_if(F.col("city").isin(params.cities)).alias("in_cities"),
-    ).first()
-    total, in_cities = int(counts.total), int(counts.in_cities)  # type: ignore[union-attr]
+    with ctx.step("recorded the values that match no alias in unrecognized_values"):
+        counted = cleaned.groupBy("filter_reason").count().collect()
+        reasons = {r.filter_reason: r["count"] for r in counted}
+        unrecognized = _record_unrecognized(ctx, cleaned)
+        cleaned.unpersist()
+    total = sum(reasons.values())
+    lost = sum(unrecognized["lost"].values())
+    eligible = reasons.get(None, 0) + lost
+    share = lost / eligible if eligible else 0.0
+    if share > params.max_unrecognized_share:
+        message = (
+            f"{lost} of {eligible} profiles that pass the other filter ({share:.1%}, above"
+            f" prepare.max_unrecognized_share {params.max_unrecognized_share:g}) have a location"
+            f" or industry that matches no alias in {params.aliases_file}: see"
+            f" unrecognized_values WHERE prepare_run_id = '{ctx.run_id}'"
+        )
+        if ctx.args.strict:
+            raise StageError(message)
+        ctx.log.warning(f"warning: {message}")
     kept = filter_profiles(profiles, params.cities, params.industries).persist(
         StorageLevel.MEMORY_AND_DISK
     )
@@ -197,8 +239,7 @@ def run(ctx: StageContext) -> StageResult:
 
     dropped = {
         "superseded_snapshot": raw_rows - total,
-        "outside_cities": total - in_cities,
-        "outside_industries": in_cities - sum(tally.values()),
+        **{r: reasons.get(r, 0) for r in FILTER_REASONS},
         **{r: sum(n for (_, why), n in tally.items() if why == r) for r in UNUSABLE_REASONS},
     }
     return StageResult(
@@ -210,12 +251,55 @@ def run(ctx: StageContext) -> StageResult:
         summary=[
             f"profiles_raw rows {raw_rows} -> profiles {total} -> kept {sum(tally.values())}"
             f" (dropped: {', '.join(f'{k}={v}' for k, v in dropped.items())})",
+            *unrecognized["lines"],
             f"vocabulary: {vocab_sizes['jobs']} jobs, {vocab_sizes['skills']} skills",
             "shards: "
             + ", ".join(f"{s}={split_rows[s]}" for s in SPLITS)
             + f" -> {local_root / 'manifest.json'}",
         ],
     )
+
+
+def _record_unrecognized(ctx: StageContext, cleaned: DataFrame) -> dict[str, Any]:
+    """Append this run's rows of unrecognized_values (one commit). Returns the profiles lost
+    per field ("lost") and the summary lines naming the costliest values ("lines")."""
+    params = ctx.config.prepare
+    found = unrecognized_values(cleaned, params.cities, params.industries).persist()
+    rows = found.withColumn("prepare_run_id", F.lit(ctx.run_id))
+    conform(rows, "unrecognized_values").write.insertInto(ctx.table("unrecognized_values"))
+    totals = {
+        r.field: (r.values, r.profiles, r.lost)
+        for r in found.groupBy("field")
+        .agg(
+            F.count(F.lit(1)).alias("values"),
+            F.sum("profiles").alias("profiles"),
+            F.sum("profiles_lost").alias("lost"),
+        )
+        .collect()
+    }
+    lines = []
+    for field in ("location", "industry"):
+        if field not in totals:
+            continue
+        values, profiles, lost = totals[field]
+        top = (
+            found.where(F.col("field") == field)
+            .orderBy(F.desc("profiles_lost"), F.desc("profiles"), "raw_value")
+            .limit(SHOWN_UNRECOGNIZED)
+            .collect()
+        )
+        shown = "; ".join(f"{r.raw_value!r} ({r.profiles_lost} of {r.profiles})" for r in top)
+        lines.append(
+            f"unrecognised {field}s: {values} values, {profiles} profiles, {lost} of them"
+            f" otherwise kept; costliest: {shown}"
+        )
+    found.unpersist()
+    if lines:
+        lines.append(
+            f"  extend {ctx.config.prepare.aliases_file} (a city's names or spellings,"
+            " other_places, industries, other_industries) so that these match"
+        )
+    return {"lost": {f: int(t[2]) for f, t in totals.items()}, "lines": lines}
 
 
 def _publish_manifest(root: Path, run_id: str, manifest: Manifest) -> None:

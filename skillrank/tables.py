@@ -197,6 +197,45 @@ SPECS: dict[str, TableSpec] = {
             ),
         ),
         TableSpec(
+            "unrecognized_values",
+            "prepare",
+            "Every location and industry that matched no alias of conf/aliases.yml, per prepare"
+            " run (one commit a run), with the profiles it cost: extend the alias map with the"
+            " costliest (docs/tables.md).",
+            StructType(
+                [
+                    _col("prepare_run_id", StringType(), "prepare run that found it", False),
+                    _col("field", StringType(), "location or industry", False),
+                    _col(
+                        "raw_value",
+                        StringType(),
+                        "the value as crawled (latest snapshot of each profile)",
+                        False,
+                    ),
+                    _col(
+                        "normalized_value",
+                        StringType(),
+                        "the value as prepare reads it (normalize_name: case, width, spaces)",
+                        False,
+                    ),
+                    _col("profiles", LongType(), "profiles whose value it is", False),
+                    _col(
+                        "profiles_lost",
+                        LongType(),
+                        "of them, those the other filter keeps (a location's with an industry of"
+                        " prepare.industries, an industry's in a city of prepare.cities): what"
+                        " the missing alias cost; summed over a run, the figure checked against"
+                        " prepare.max_unrecognized_share",
+                        False,
+                    ),
+                ]
+            ),
+            checks=(
+                ("field_location_or_industry", "field IN ('location', 'industry')"),
+                ("lost_within_profiles", "profiles_lost >= 0 AND profiles_lost <= profiles"),
+            ),
+        ),
+        TableSpec(
             "job_vocab",
             "prepare",
             "Job titles the model knows: dense ids, most frequent first.",
