@@ -6,11 +6,12 @@
 
 Deduplicates snapshots (latest crawled_at wins), cleans text, assigns the salted-hash
 split and merges the result into `profiles` (a profile's row changes only when its
-content does). Records every location and industry that matched no alias in
-`unrecognized_values` and warns (fails with --strict) when they cost more than
-prepare.max_unrecognized_share of the profiles that the other filter keeps. Then filters to
-the configured cities x industries, builds the vocabularies from the training split, and
-writes <shards_dir>/<run_id>/{train,validation,test,job_vocab,skill_vocab}/*.parquet plus
+content does). Warns (fails with --strict) when the locations and industries that match no
+alias cost more than prepare.max_unrecognized_share of the profiles that the other filter
+keeps. Then filters to the configured cities x industries, builds the vocabularies from the
+training split, records those values and the titles and skills of the profiles that the
+vocabularies leave without a title or skill in `unrecognized_values`, and writes
+<shards_dir>/<run_id>/{train,validation,test,job_vocab,skill_vocab}/*.parquet plus
 <shards_dir>/manifest.json, replaced atomically.
 """
 
@@ -22,11 +23,10 @@ import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from delta.tables import DeltaTable
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
 from jobs._cli import Stage, StageContext, StageError, StageResult, require_table, run_stages
@@ -44,6 +44,7 @@ from skillrank.prepare import (
     industry_matcher,
     place_matcher,
     unrecognized_values,
+    unusable_items,
 )
 from skillrank.session import resolve_path
 from skillrank.shards import Manifest, ShardFile
@@ -144,13 +145,13 @@ def run(ctx: StageContext) -> StageResult:
         _merge_profiles(ctx, cleaned)
     profiles_version = table_version(spark, ctx.table("profiles"))
     profiles = _read_version(ctx, "profiles", profiles_version)
-    with ctx.step("recorded the values that match no alias in unrecognized_values"):
+    with ctx.step("found the locations and industries that match no alias"):
         counted = cleaned.groupBy("filter_reason").count().collect()
         reasons = {r.filter_reason: r["count"] for r in counted}
-        unrecognized = _record_unrecognized(ctx, cleaned)
+        unmatched = unrecognized_values(cleaned, params.cities, params.industries).collect()
         cleaned.unpersist()
     total = sum(reasons.values())
-    lost = sum(unrecognized["lost"].values())
+    lost = sum(r.profiles_lost for r in unmatched)
     eligible = reasons.get(None, 0) + lost
     share = lost / eligible if eligible else 0.0
     if share > params.max_unrecognized_share:
@@ -161,6 +162,7 @@ def run(ctx: StageContext) -> StageResult:
             f" unrecognized_values WHERE prepare_run_id = '{ctx.run_id}'"
         )
         if ctx.args.strict:
+            _record_unrecognized(ctx, unmatched)
             raise StageError(message)
         ctx.log.warning(f"warning: {message}")
     kept = filter_profiles(profiles, params.cities, params.industries).persist(
@@ -195,6 +197,9 @@ def run(ctx: StageContext) -> StageResult:
         (r.split, r.drop_reason): r["count"]
         for r in encoded.groupBy("split", "drop_reason").count().collect()
     }
+    with ctx.step("recorded what matched no alias or vocabulary in unrecognized_values"):
+        unmatched += unusable_items(kept, encoded).collect()
+        _record_unrecognized(ctx, unmatched)
     kept.unpersist()
     usable = encoded.where(F.col("drop_reason").isNull())
     split_rows = {s: tally.get((s, None), 0) for s in SPLITS}
@@ -251,7 +256,7 @@ def run(ctx: StageContext) -> StageResult:
         summary=[
             f"profiles_raw rows {raw_rows} -> profiles {total} -> kept {sum(tally.values())}"
             f" (dropped: {', '.join(f'{k}={v}' for k, v in dropped.items())})",
-            *unrecognized["lines"],
+            *_unrecognized_lines(unmatched, params.aliases_file),
             f"vocabulary: {vocab_sizes['jobs']} jobs, {vocab_sizes['skills']} skills",
             "shards: "
             + ", ".join(f"{s}={split_rows[s]}" for s in SPLITS)
@@ -260,46 +265,41 @@ def run(ctx: StageContext) -> StageResult:
     )
 
 
-def _record_unrecognized(ctx: StageContext, cleaned: DataFrame) -> dict[str, Any]:
-    """Append this run's rows of unrecognized_values (one commit). Returns the profiles lost
-    per field ("lost") and the summary lines naming the costliest values ("lines")."""
-    params = ctx.config.prepare
-    found = unrecognized_values(cleaned, params.cities, params.industries).persist()
-    rows = found.withColumn("prepare_run_id", F.lit(ctx.run_id))
-    conform(rows, "unrecognized_values").write.insertInto(ctx.table("unrecognized_values"))
-    totals = {
-        r.field: (r.values, r.profiles, r.lost)
-        for r in found.groupBy("field")
-        .agg(
-            F.count(F.lit(1)).alias("values"),
-            F.sum("profiles").alias("profiles"),
-            F.sum("profiles_lost").alias("lost"),
-        )
-        .collect()
-    }
+def _record_unrecognized(ctx: StageContext, rows: list[Row]) -> None:
+    """Append this run's rows of unrecognized_values, in one commit."""
+    schema = SPECS["unrecognized_values"].schema
+    frame = ctx.spark.createDataFrame([(ctx.run_id, *row) for row in rows], schema)
+    frame.write.insertInto(ctx.table("unrecognized_values"))
+
+
+# What to do about an unrecognised value of each field (summary lines).
+_REMEDIES = {
+    "location": "a city's names or spellings, or other_places",
+    "industry": "industries or other_industries",
+    "title": "titles (a spelling of a known title), or lower prepare.min_job_profiles",
+    "skill": "skills (a spelling of a known skill), or lower prepare.min_skill_profiles",
+}
+
+
+def _unrecognized_lines(rows: list[Row], aliases_file: str) -> list[str]:
+    """Per field: how many values and profiles, the costliest values, and what to extend."""
     lines = []
-    for field in ("location", "industry"):
-        if field not in totals:
+    for field, remedy in _REMEDIES.items():
+        found = sorted(
+            (r for r in rows if r.field == field),
+            key=lambda r: (-r.profiles_lost, -r.profiles, r.raw_value),
+        )
+        if not found:
             continue
-        values, profiles, lost = totals[field]
-        top = (
-            found.where(F.col("field") == field)
-            .orderBy(F.desc("profiles_lost"), F.desc("profiles"), "raw_value")
-            .limit(SHOWN_UNRECOGNIZED)
-            .collect()
+        shown = "; ".join(
+            f"{r.raw_value!r} ({r.profiles_lost} of {r.profiles})"
+            for r in found[:SHOWN_UNRECOGNIZED]
         )
-        shown = "; ".join(f"{r.raw_value!r} ({r.profiles_lost} of {r.profiles})" for r in top)
         lines.append(
-            f"unrecognised {field}s: {values} values, {profiles} profiles, {lost} of them"
-            f" otherwise kept; costliest: {shown}"
+            f"unrecognised {field}s: {len(found)} values, {sum(r.profiles_lost for r in found)}"
+            f" profiles lost; costliest: {shown} (extend {aliases_file}: {remedy})"
         )
-    found.unpersist()
-    if lines:
-        lines.append(
-            f"  extend {ctx.config.prepare.aliases_file} (a city's names or spellings,"
-            " other_places, industries, other_industries) so that these match"
-        )
-    return {"lost": {f: int(t[2]) for f, t in totals.items()}, "lines": lines}
+    return lines
 
 
 def _publish_manifest(root: Path, run_id: str, manifest: Manifest) -> None:

@@ -461,6 +461,39 @@ def unrecognized_values(cleaned: DataFrame, cities: list[str], industries: list[
     )
 
 
+def unusable_items(profiles: DataFrame, encoded: DataFrame) -> DataFrame:
+    """The titles and skills that cost encode_profiles' dropped profiles: the titles of every
+    profile dropped as no_known_title (none of them is in the vocabulary), the skills of
+    every one dropped as no_known_skill.
+
+    In: the filtered profiles (profile_id, titles, skills) and encode_profiles' output. Out:
+    unrecognized_values' columns: field (title / skill), raw_value and normalized_value (the
+    cleaned name), profiles (of `profiles`, holding it), profiles_lost (of them, those
+    dropped for that reason).
+    """
+    parts = []
+    fields = zip(("title", "skill"), ("titles", "skills"), UNUSABLE_REASONS, strict=True)
+    for field, column, reason in fields:
+        held = profiles.select("profile_id", F.explode(F.array_distinct(column)).alias("item"))
+        lost = encoded.where(F.col("drop_reason") == reason).select(
+            "profile_id", F.lit(1).alias("_lost")
+        )
+        parts.append(
+            held.join(F.broadcast(lost), "profile_id", "left")
+            .groupBy("item")
+            .agg(F.count(F.lit(1)).alias("profiles"), F.count("_lost").alias("profiles_lost"))
+            .where(F.col("profiles_lost") > 0)
+            .select(
+                F.lit(field).alias("field"),
+                F.col("item").alias("raw_value"),
+                F.col("item").alias("normalized_value"),
+                "profiles",
+                "profiles_lost",
+            )
+        )
+    return parts[0].unionByName(parts[1])
+
+
 def build_vocabulary(
     profiles: DataFrame,
     items_column: str,

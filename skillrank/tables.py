@@ -199,17 +199,18 @@ SPECS: dict[str, TableSpec] = {
         TableSpec(
             "unrecognized_values",
             "prepare",
-            "Every location and industry that matched no alias of conf/aliases.yml, per prepare"
-            " run (one commit a run), with the profiles it cost: extend the alias map with the"
-            " costliest (docs/tables.md).",
+            "Every location and industry that matched no alias of conf/aliases.yml, and every"
+            " title and skill that cost a profile by missing the vocabulary, per prepare run"
+            " (one commit a run), with the profiles it cost (docs/tables.md).",
             StructType(
                 [
                     _col("prepare_run_id", StringType(), "prepare run that found it", False),
-                    _col("field", StringType(), "location or industry", False),
+                    _col("field", StringType(), "location, industry, title or skill", False),
                     _col(
                         "raw_value",
                         StringType(),
-                        "the value as crawled (latest snapshot of each profile)",
+                        "the value as crawled (latest snapshot of each profile); a title or"
+                        " skill as cleaned",
                         False,
                     ),
                     _col(
@@ -218,20 +219,26 @@ SPECS: dict[str, TableSpec] = {
                         "the value as prepare reads it (normalize_name: case, width, spaces)",
                         False,
                     ),
-                    _col("profiles", LongType(), "profiles whose value it is", False),
+                    _col(
+                        "profiles",
+                        LongType(),
+                        "profiles whose value it is (a title's or skill's: of those in the"
+                        " configured cities and industries)",
+                        False,
+                    ),
                     _col(
                         "profiles_lost",
                         LongType(),
-                        "of them, those the other filter keeps (a location's with an industry of"
-                        " prepare.industries, an industry's in a city of prepare.cities): what"
-                        " the missing alias cost; summed over a run, the figure checked against"
-                        " prepare.max_unrecognized_share",
+                        "of them, those it cost: a location's with an industry of"
+                        " prepare.industries, an industry's in a city of prepare.cities (the"
+                        " two sum to what prepare.max_unrecognized_share bounds); a title's or"
+                        " skill's dropped as no_known_title or no_known_skill",
                         False,
                     ),
                 ]
             ),
             checks=(
-                ("field_location_or_industry", "field IN ('location', 'industry')"),
+                ("known_field", "field IN ('location', 'industry', 'title', 'skill')"),
                 ("lost_within_profiles", "profiles_lost >= 0 AND profiles_lost <= profiles"),
             ),
         ),

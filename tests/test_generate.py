@@ -246,7 +246,8 @@ def test_places_written_in_real_world_shapes_reach_the_shards(
     assert 0.99 * in_scope <= kept <= in_scope
     run = pipeline.table("stage_runs").where("stage = 'prepare'").first()
     assert run.rows_dropped["unrecognized_location"] == 0
-    assert pipeline.table("unrecognized_values").count() == 0
+    places = pipeline.table("unrecognized_values").where("field IN ('location', 'industry')")
+    assert places.count() == 0
 
 
 def test_refuses_to_replace_a_directory_it_did_not_write(

@@ -38,6 +38,7 @@ from skillrank.prepare import (
     place_forms,
     place_matcher,
     unrecognized_values,
+    unusable_items,
 )
 from skillrank.tables import POSITION
 from skillrank.views import view_statements
@@ -507,4 +508,29 @@ def test_filter_reasons_and_unrecognized_values_add_up(spark: SparkSession) -> N
         ("industry", "Widgets", "widgets", 3, 2),  # h is in no configured city
         ("location", "Tacoma, WA", "tacoma, wa", 1, 1),
         ("location", "tacoma,  wa", "tacoma, wa", 1, 0),  # its industry is outside anyway
+    ]
+
+
+def test_unusable_items_name_what_cost_the_dropped_profiles(spark: SparkSession) -> None:
+    profiles = spark.createDataFrame(
+        [
+            ("a", ["nurse"], ["triage"]),
+            ("b", ["zookeeper", "juggler"], ["triage"]),  # no known title
+            ("c", ["zookeeper"], ["feeding"]),  # no known title
+            ("d", ["nurse"], ["feeding", "juggling"]),  # no known skill
+            ("e", ["zookeeper", "nurse"], ["juggling", "triage"]),  # usable
+        ],
+        "profile_id string, titles array<string>, skills array<string>",
+    )
+    encoded = spark.createDataFrame(
+        [("a", None), ("b", "no_known_title"), ("c", "no_known_title"),
+         ("d", "no_known_skill"), ("e", None)],
+        "profile_id string, drop_reason string",
+    )  # fmt: skip
+    got = sorted(tuple(r) for r in unusable_items(profiles, encoded).collect())
+    assert got == [
+        ("skill", "feeding", "feeding", 2, 1),
+        ("skill", "juggling", "juggling", 2, 1),
+        ("title", "juggler", "juggler", 1, 1),
+        ("title", "zookeeper", "zookeeper", 3, 2),
     ]
