@@ -114,7 +114,8 @@ def crawl_params(config: Config) -> CrawlParams:
         industry_rate=g.industry_rate,
         missing_location_rate=g.missing_location_rate,
         missing_industry_rate=g.missing_industry_rate,
-        cities={c: list(aliases["cities"][c]) for c in config.prepare.cities},
+        cities={c: list(aliases["cities"][c]["spellings"]) for c in config.prepare.cities},
+        city_parts={c: _city_parts(aliases, c) for c in config.prepare.cities},
         industries={i: list(aliases["industries"][i]) for i in config.prepare.industries},
         other_locations=list(g.other_locations),
         other_industries=list(g.other_industries),
@@ -123,10 +124,22 @@ def crawl_params(config: Config) -> CrawlParams:
         case_variant_rate=g.case_variant_rate,
         spacing_variant_rate=g.spacing_variant_rate,
         alias_variant_rate=g.alias_variant_rate,
+        location_pattern_rate=g.location_pattern_rate,
         max_line_bytes=config.ingest.max_line_bytes,
         max_field_chars=config.ingest.max_field_chars,
         max_positions_ingest=config.ingest.max_positions,
         max_skills_ingest=config.ingest.max_skills,
+    )
+
+
+def _city_parts(aliases: dict[str, Any], code: str) -> tuple[list[str], list[str], list[str]]:
+    """A city's names, its region's spellings and its country's (conf/aliases.yml)."""
+    region = aliases["cities"][code]["region"]
+    country = region.split("-")[0]
+    return (
+        list(aliases["cities"][code]["names"]),
+        list(aliases["regions"][region]),
+        list(aliases["countries"][country]),
     )
 
 

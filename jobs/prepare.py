@@ -2,11 +2,17 @@
 
     ./spark-submit.sh prepare [--workdir DIR] [--conf key=value ...]
 
+    ./spark-submit.sh prepare --strict   # fail when the alias map loses too many profiles
+
 Deduplicates snapshots (latest crawled_at wins), cleans text, assigns the salted-hash
 split and merges the result into `profiles` (a profile's row changes only when its
-content does). Then filters to the configured cities x industries, builds the vocabularies
-from the training split, and writes <shards_dir>/<run_id>/{train,validation,test,
-job_vocab,skill_vocab}/*.parquet plus <shards_dir>/manifest.json, replaced atomically.
+content does). Warns (fails with --strict) when the locations and industries that match no
+alias cost more than prepare.max_unrecognized_share of the profiles that the other filter
+keeps. Then filters to the configured cities x industries, builds the vocabularies from the
+training split, records those values and the titles and skills of the profiles that the
+vocabularies leave without a title or skill in `unrecognized_values`, and writes
+<shards_dir>/<run_id>/{train,validation,test,job_vocab,skill_vocab}/*.parquet plus
+<shards_dir>/manifest.json, replaced atomically.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ from pathlib import Path
 
 from delta.tables import DeltaTable
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
 from jobs._cli import Stage, StageContext, StageError, StageResult, require_table, run_stages
 from skillrank.config import SPLITS, Config, load_aliases
 from skillrank.prepare import (
+    FILTER_REASONS,
     UNUSABLE_REASONS,
     assign_splits,
     build_vocabulary,
@@ -33,16 +40,27 @@ from skillrank.prepare import (
     deduplicate_profiles,
     encode_profiles,
     filter_profiles,
+    filter_reasons,
+    industry_matcher,
+    place_matcher,
+    unrecognized_values,
+    unusable_items,
 )
 from skillrank.session import resolve_path
 from skillrank.shards import Manifest, ShardFile
 from skillrank.tables import SHARD_SCHEMA, SPECS, conform, declare_tables, table_version
 
 SHARD_SETS_KEPT = 2  # the current set and the one before, for a trainer still reading it
+SHOWN_UNRECOGNIZED = 5  # values per field named in the summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """prepare takes only the common options."""
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail (before writing shards) when locations and industries that match no alias"
+        " cost more than prepare.max_unrecognized_share of the eligible profiles",
+    )
 
 
 def _merge_profiles(ctx: StageContext, source: DataFrame) -> None:
@@ -97,7 +115,11 @@ def _read_version(ctx: StageContext, key: str, version: int) -> DataFrame:
 
 def run(ctx: StageContext) -> StageResult:
     spark, config, params = ctx.spark, ctx.config, ctx.config.prepare
-    declare_tables(spark, config, ["profiles_raw", "profiles", "job_vocab", "skill_vocab"])
+    declare_tables(
+        spark,
+        config,
+        ["profiles_raw", "profiles", "job_vocab", "skill_vocab", "unrecognized_values"],
+    )
     raw_version = table_version(spark, ctx.table("profiles_raw"))
     raw = _read_version(ctx, "profiles_raw", raw_version)
     raw_rows = raw.count()
@@ -110,17 +132,39 @@ def run(ctx: StageContext) -> StageResult:
             deduplicate_profiles(raw),
             title_aliases=aliases["titles"],
             skill_aliases=aliases["skills"],
-            city_aliases=aliases["cities"],
-            industry_aliases=aliases["industries"],
+            places=place_matcher(
+                aliases["cities"], aliases["regions"], aliases["countries"], aliases["other_places"]
+            ),
+            industries=industry_matcher(aliases["industries"], aliases["other_industries"]),
         )
-        _merge_profiles(ctx, assign_splits(cleaned, params.split_fractions, params.split_salt))
+        cleaned = filter_reasons(
+            assign_splits(cleaned, params.split_fractions, params.split_salt),
+            params.cities,
+            params.industries,
+        ).persist(StorageLevel.MEMORY_AND_DISK)
+        _merge_profiles(ctx, cleaned)
     profiles_version = table_version(spark, ctx.table("profiles"))
     profiles = _read_version(ctx, "profiles", profiles_version)
-    counts = profiles.agg(
-        F.count(F.lit(1)).alias("total"),
-        F.count_if(F.col("city").isin(params.cities)).alias("in_cities"),
-    ).first()
-    total, in_cities = int(counts.total), int(counts.in_cities)  # type: ignore[union-attr]
+    with ctx.step("found the locations and industries that match no alias"):
+        counted = cleaned.groupBy("filter_reason").count().collect()
+        reasons = {r.filter_reason: r["count"] for r in counted}
+        unmatched = unrecognized_values(cleaned, params.cities, params.industries).collect()
+        cleaned.unpersist()
+    total = sum(reasons.values())
+    lost = sum(r.profiles_lost for r in unmatched)
+    eligible = reasons.get(None, 0) + lost
+    share = lost / eligible if eligible else 0.0
+    if share > params.max_unrecognized_share:
+        message = (
+            f"{lost} of {eligible} profiles that pass the other filter ({share:.1%}, above"
+            f" prepare.max_unrecognized_share {params.max_unrecognized_share:g}) have a location"
+            f" or industry that matches no alias in {params.aliases_file}: see"
+            f" unrecognized_values WHERE prepare_run_id = '{ctx.run_id}'"
+        )
+        if ctx.args.strict:
+            _record_unrecognized(ctx, unmatched)
+            raise StageError(message)
+        ctx.log.warning(f"warning: {message}")
     kept = filter_profiles(profiles, params.cities, params.industries).persist(
         StorageLevel.MEMORY_AND_DISK
     )
@@ -153,6 +197,9 @@ def run(ctx: StageContext) -> StageResult:
         (r.split, r.drop_reason): r["count"]
         for r in encoded.groupBy("split", "drop_reason").count().collect()
     }
+    with ctx.step("recorded what matched no alias or vocabulary in unrecognized_values"):
+        unmatched += unusable_items(kept, encoded).collect()
+        _record_unrecognized(ctx, unmatched)
     kept.unpersist()
     usable = encoded.where(F.col("drop_reason").isNull())
     split_rows = {s: tally.get((s, None), 0) for s in SPLITS}
@@ -197,8 +244,7 @@ def run(ctx: StageContext) -> StageResult:
 
     dropped = {
         "superseded_snapshot": raw_rows - total,
-        "outside_cities": total - in_cities,
-        "outside_industries": in_cities - sum(tally.values()),
+        **{r: reasons.get(r, 0) for r in FILTER_REASONS},
         **{r: sum(n for (_, why), n in tally.items() if why == r) for r in UNUSABLE_REASONS},
     }
     return StageResult(
@@ -210,12 +256,50 @@ def run(ctx: StageContext) -> StageResult:
         summary=[
             f"profiles_raw rows {raw_rows} -> profiles {total} -> kept {sum(tally.values())}"
             f" (dropped: {', '.join(f'{k}={v}' for k, v in dropped.items())})",
+            *_unrecognized_lines(unmatched, params.aliases_file),
             f"vocabulary: {vocab_sizes['jobs']} jobs, {vocab_sizes['skills']} skills",
             "shards: "
             + ", ".join(f"{s}={split_rows[s]}" for s in SPLITS)
             + f" -> {local_root / 'manifest.json'}",
         ],
     )
+
+
+def _record_unrecognized(ctx: StageContext, rows: list[Row]) -> None:
+    """Append this run's rows of unrecognized_values, in one commit."""
+    schema = SPECS["unrecognized_values"].schema
+    frame = ctx.spark.createDataFrame([(ctx.run_id, *row) for row in rows], schema)
+    frame.write.insertInto(ctx.table("unrecognized_values"))
+
+
+# What to do about an unrecognised value of each field (summary lines).
+_REMEDIES = {
+    "location": "a city's names or spellings, or other_places",
+    "industry": "industries or other_industries",
+    "title": "titles (a spelling of a known title), or lower prepare.min_job_profiles",
+    "skill": "skills (a spelling of a known skill), or lower prepare.min_skill_profiles",
+}
+
+
+def _unrecognized_lines(rows: list[Row], aliases_file: str) -> list[str]:
+    """Per field: how many values and profiles, the costliest values, and what to extend."""
+    lines = []
+    for field, remedy in _REMEDIES.items():
+        found = sorted(
+            (r for r in rows if r.field == field),
+            key=lambda r: (-r.profiles_lost, -r.profiles, r.raw_value),
+        )
+        if not found:
+            continue
+        shown = "; ".join(
+            f"{r.raw_value!r} ({r.profiles_lost} of {r.profiles})"
+            for r in found[:SHOWN_UNRECOGNIZED]
+        )
+        lines.append(
+            f"unrecognised {field}s: {len(found)} values, {sum(r.profiles_lost for r in found)}"
+            f" profiles lost; costliest: {shown} (extend {aliases_file}: {remedy})"
+        )
+    return lines
 
 
 def _publish_manifest(root: Path, run_id: str, manifest: Manifest) -> None:

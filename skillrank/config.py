@@ -108,6 +108,9 @@ class PrepareConfig:
     job_weighting: Literal["uniform", "tenure"]
     rows_per_shard: AtLeastOne
     aliases_file: str
+    # Share of the profiles that pass one filter (city or industry) lost to a value of the
+    # other that no alias matches, above which prepare warns (fails with --strict).
+    max_unrecognized_share: Rate
 
 
 @dataclass(frozen=True)
@@ -156,6 +159,7 @@ class GenerateConfig:
     case_variant_rate: Rate
     spacing_variant_rate: Rate
     alias_variant_rate: Rate
+    location_pattern_rate: Rate
 
 
 @dataclass(frozen=True)
@@ -324,18 +328,50 @@ def read_properties(name: str) -> list[str]:
     return items
 
 
-def load_aliases(config: Config) -> dict[str, dict[str, list[str]]]:
-    """The alias map of conf/aliases.yml: section -> canonical value -> spellings."""
+# conf/aliases.yml: section -> what it holds (see the file's header).
+_ALIAS_LISTS = ("countries", "regions", "industries", "titles", "skills")  # name -> spellings
+_ALIAS_NAMES = ("other_places", "other_industries")  # a list of names
+_CITY_KEYS = {"region", "names", "spellings"}
+
+
+def load_aliases(config: Config) -> dict[str, Any]:
+    """The alias map of conf/aliases.yml, its shape checked: `cities` (code -> region,
+    names, spellings), `countries`, `regions`, `industries`, `titles`, `skills` (name ->
+    spellings), `other_places` and `other_industries` (lists of names)."""
     path = PROJECT_ROOT / config.prepare.aliases_file
     data = _read_yaml(path) or {}
-    expected = {"cities", "industries", "titles", "skills"}
-    if set(data) != expected:
-        raise ConfigError(f"{path}: expected sections {sorted(expected)}, got {sorted(data)}")
-    for section, mapping in data.items():
-        if not isinstance(mapping, dict) or not all(
-            isinstance(v, list) and all(isinstance(s, str) for s in v) for v in mapping.values()
-        ):
+    expected = {"cities", *_ALIAS_LISTS, *_ALIAS_NAMES}
+    if not isinstance(data, dict) or set(data) != expected:
+        found = sorted(data) if isinstance(data, dict) else data
+        raise ConfigError(f"{path}: expected sections {sorted(expected)}, got {found}")
+
+    def strings(value: Any) -> bool:
+        return isinstance(value, list) and all(isinstance(s, str) for s in value)
+
+    for section in _ALIAS_LISTS:
+        mapping = data[section]
+        if not isinstance(mapping, dict) or not all(strings(v) for v in mapping.values()):
             raise ConfigError(f"{path}: section {section!r} must map names to lists of strings")
+    for section in _ALIAS_NAMES:
+        if not strings(data[section]):
+            raise ConfigError(f"{path}: section {section!r} must be a list of strings")
+    if not isinstance(data["cities"], dict):
+        raise ConfigError(f"{path}: section 'cities' must map city codes to their places")
+    for code, city in data["cities"].items():
+        if not (
+            isinstance(city, dict)
+            and set(city) == _CITY_KEYS
+            and city["region"] in data["regions"]
+            and strings(city["names"])
+            and strings(city["spellings"])
+        ):
+            raise ConfigError(
+                f"{path}: cities.{code} must hold region (a code of regions), names and"
+                " spellings (lists of strings)"
+            )
+    for region in data["regions"]:
+        if str(region).split("-")[0] not in data["countries"]:
+            raise ConfigError(f"{path}: regions.{region}: its country is not in countries")
     return data
 
 

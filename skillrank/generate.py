@@ -472,13 +472,30 @@ def truth_tables(truth: Truth) -> dict[str, dict[str, list[object]]]:
     }
 
 
+# How real profiles write a place (docs/generator.md, `location_pattern_rate`).
+PLACE_SHAPES = (
+    "{name}",
+    "Greater {name} Area",
+    "{name} Area",
+    "{name} Metropolitan Area",
+    "{name} Metro Area",
+    "{name} Metro",
+    "{name}, {region}",
+    "{name}, {region}, {country}",
+    "{name}, {country}",
+    "{name} Area, {country}",
+)
+
+
 @dataclass(frozen=True)
 class CrawlParams:
     """How profiles are drawn from the truth and written (see conf/skillrank.yml `generate`).
 
     `cities`/`industries`: canonical code -> spellings (conf/aliases.yml) of the places and
-    industries the default filter keeps; `title_aliases`/`skill_aliases`: normalised label ->
-    alternative spellings. The ingest limits shape the malformed lines.
+    industries the default filter keeps; `city_parts`: city code -> (its names, the spellings
+    of its region, those of its country), for `location_pattern_rate`;
+    `title_aliases`/`skill_aliases`: normalised label -> alternative spellings. The ingest
+    limits shape the malformed lines.
     """
 
     crawl_start: str
@@ -501,6 +518,7 @@ class CrawlParams:
     missing_location_rate: float
     missing_industry_rate: float
     cities: dict[str, list[str]]
+    city_parts: dict[str, tuple[list[str], list[str], list[str]]]
     industries: dict[str, list[str]]
     other_locations: list[str]
     other_industries: list[str]
@@ -509,6 +527,7 @@ class CrawlParams:
     case_variant_rate: float
     spacing_variant_rate: float
     alias_variant_rate: float
+    location_pattern_rate: float
     max_line_bytes: int
     max_field_chars: int
     max_positions_ingest: int
@@ -756,7 +775,7 @@ class _ShardGenerator:
             record = {
                 "profile_id": profile_id,
                 "crawled_at": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "location": self._place(city, p.cities, p.other_locations),
+                "location": self._location(city),
                 "industry": self._place(industry, p.industries, p.other_industries),
                 "positions": [
                     {
@@ -815,6 +834,26 @@ class _ShardGenerator:
         if isinstance(choice, str):
             return self._variant(self.rnd.choice(spellings[choice]))
         return self._variant(others[choice])
+
+    def _location(self, choice: str | int | None) -> str | None:
+        """A location: a city's spelling, or with `location_pattern_rate` one of the shapes
+        real profiles write, or another place (no draw at rate 0: the crawl stays as it was)."""
+        p = self.p
+        if not (
+            isinstance(choice, str)
+            and p.location_pattern_rate
+            and self.rnd.random() < p.location_pattern_rate
+        ):
+            return self._place(choice, p.cities, p.other_locations)
+        names, regions, countries = p.city_parts[choice]
+        shape = self.rnd.choice(PLACE_SHAPES)
+        return self._variant(
+            shape.format(
+                name=self.rnd.choice(names),
+                region=self.rnd.choice(regions),
+                country=self.rnd.choice(countries),
+            )
+        )
 
     def _count_final(
         self, positions: list[_Position], skill_ids: list[int], city: object, industry: object

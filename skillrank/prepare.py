@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, StringType
+from pyspark.sql.types import ArrayType, StringType, StructField, StructType
 
 from skillrank.config import SPLITS
 
@@ -24,6 +25,22 @@ _SPACES = re.compile(NAME_SPACES)
 
 # Why ``encode_profiles`` finds a profile unusable (its drop_reason column).
 UNUSABLE_REASONS = ("no_known_title", "no_known_skill")
+
+# What a location or an industry turned out to be (clean_profiles' *_status columns): one of
+# conf/aliases.yml's canonical values; known to be something else (an `other_places` place, a
+# region or country holding no city of the map, an `other_industries` industry); matching
+# nothing the map knows (a spelling to add to it); or absent.
+MATCHED, OTHER, UNRECOGNIZED, MISSING = "matched", "other", "unrecognized", "missing"
+
+# Why ``filter_reasons`` leaves a profile out, decided in this order (location first).
+FILTER_REASONS = (
+    "missing_location",
+    "unrecognized_location",
+    "outside_cities",
+    "missing_industry",
+    "unrecognized_industry",
+    "outside_industries",
+)
 
 
 def normalize_text(text: str | None) -> str | None:
@@ -57,6 +74,213 @@ def alias_lookup(aliases: Mapping[str, list[str]], keep_unknown: bool) -> dict[s
     return lookup
 
 
+# Shapes a place name takes inside a location ("Greater Seattle Area", "Mumbai Metropolitan
+# Region", "Delhi NCR"), stripped one at a time: each step leaves a form to look up.
+_METRO_PREFIXES = ("greater ",)
+_METRO_SUFFIXES = (
+    " metropolitan area",
+    " metropolitan region",
+    " metro area",
+    " metropolitan",
+    " metroplex",
+    " metro",
+    " area",
+    " region",
+    " bay",
+    " ncr",
+    " city",
+)
+_HYPHENS = re.compile(r"\s*[-\u2010-\u2015]\s*")
+
+
+def place_key(text: str | None) -> str | None:
+    """A place name or region as looked up: normalize_text, dots dropped ("U.S." = "us")."""
+    key = normalize_text(text)
+    key = None if key is None else _SPACES.sub(" ", key.replace(".", "")).strip(" ")
+    return key or None
+
+
+def place_forms(place: str) -> list[str]:
+    """The forms of one place name (a key) to look up, most literal first: the name, then the
+    name with each metro shape stripped in turn, then the first name of a hyphenated metro
+    ("seattle-tacoma-bellevue" -> "seattle")."""
+    forms = [place]
+    while True:
+        form = forms[-1]
+        for prefix in _METRO_PREFIXES:
+            if form.startswith(prefix) and len(form) > len(prefix):
+                form = form[len(prefix) :]
+        for suffix in _METRO_SUFFIXES:
+            if form.endswith(suffix) and len(form) > len(suffix):
+                form = form[: -len(suffix)]
+                break
+        if form == forms[-1]:
+            break
+        forms.append(form.strip(" "))
+    first = _HYPHENS.split(forms[-1], maxsplit=1)[0]
+    return forms + [first] if first and first != forms[-1] else forms
+
+
+@dataclass(frozen=True)
+class PlaceMatcher:
+    """Locations -> canonical city codes, from the place sections of conf/aliases.yml.
+
+    Built by ``place_matcher``; ``match`` is the rule conf/aliases.yml describes.
+    """
+
+    spellings: Mapping[str, str]  # whole location key -> city code
+    names: Mapping[str, frozenset[str]]  # place name key -> city codes of that name
+    areas: Mapping[str, frozenset[str]]  # city code -> its region and country codes
+    qualifiers: Mapping[str, frozenset[str]]  # region or country key -> region/country codes
+    held: frozenset[str]  # region and country codes holding a city of the map
+    others: frozenset[str]  # place forms known to be no city of the map
+
+    def match(self, location: str | None) -> tuple[str | None, str]:
+        """(city code or None, MATCHED / OTHER / UNRECOGNIZED / MISSING) of one location.
+
+        "Seattle, WA, USA": place "seattle", then each of region and country must hold the
+        city. A place that is no city is OTHER when known to lie elsewhere (an other place,
+        a bare region or country, a region or country holding no city of the map), else
+        UNRECOGNIZED ("Tacoma, WA": maybe Seattle's, the map does not say).
+        """
+        key = place_key(location)
+        if key is None:
+            return None, MISSING
+        if key in self.spellings:
+            return self.spellings[key], MATCHED
+        place, *rest = [part.strip(" ") for part in key.split(",")]
+        given = [self._areas_of(q) for q in rest if q]
+        forms = place_forms(place) if place else []
+        if None not in given:
+            for form in forms:
+                for code in sorted(self.names.get(form, ())):
+                    if all(areas & self.areas[code] for areas in given if areas is not None):
+                        return code, MATCHED
+        if any(form in self.others for form in forms):
+            return None, OTHER
+        if None in given or not forms:
+            return None, UNRECOGNIZED
+        if not given:
+            bare_area = any(form in self.qualifiers for form in forms)
+            return None, OTHER if bare_area else UNRECOGNIZED
+        codes = frozenset().union(*(a for a in given if a is not None))
+        finest = {c for c in codes if "-" in c} or codes  # a region if one is given
+        return None, UNRECOGNIZED if finest & self.held else OTHER
+
+    def _areas_of(self, qualifier: str) -> frozenset[str] | None:
+        """Region and country codes a qualifier names; a census-style "ny-nj-pa" names each
+        of its parts. None when any part is unknown."""
+        if qualifier in self.qualifiers:
+            return self.qualifiers[qualifier]
+        parts = [self.qualifiers.get(p) for p in _HYPHENS.split(qualifier)]
+        if len(parts) < 2 or None in parts:
+            return None
+        return frozenset().union(*(p for p in parts if p is not None))
+
+
+def place_matcher(
+    cities: Mapping[str, Mapping[str, object]],
+    regions: Mapping[str, list[str]],
+    countries: Mapping[str, list[str]],
+    other_places: list[str],
+) -> PlaceMatcher:
+    """The PlaceMatcher of conf/aliases.yml's `cities` (code -> region, names, spellings),
+    `regions` and `countries` (ISO 3166 code -> spellings) and `other_places`."""
+    spellings: dict[str, str] = {}
+    names: dict[str, set[str]] = {}
+    areas: dict[str, frozenset[str]] = {}
+    for code, city in cities.items():
+        region = str(city["region"])
+        areas[code] = frozenset({region, region.split("-")[0]})
+        for spelling in _strings(city["spellings"]):
+            key = place_key(spelling)
+            if key is not None:
+                spellings[key] = code
+        for name in _strings(city["names"]):
+            key = place_key(name)
+            if key is not None:
+                names.setdefault(key, set()).add(code)
+    qualifiers: dict[str, set[str]] = {}
+    for section in (regions, countries):
+        for area, words in section.items():
+            for word in words:
+                key = place_key(word)
+                if key is not None:
+                    qualifiers.setdefault(key, set()).add(area)
+    others = {
+        form
+        for place in other_places
+        for form in place_forms(place_key(place.split(",")[0]) or "")
+        if form
+    }
+    return PlaceMatcher(
+        spellings=spellings,
+        names={k: frozenset(v) for k, v in names.items()},
+        areas=areas,
+        qualifiers={k: frozenset(v) for k, v in qualifiers.items()},
+        held=frozenset().union(*areas.values()),
+        others=frozenset(others),
+    )
+
+
+def _strings(value: object) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+_WORDS = re.compile(r"[^\W_]+")
+_FILLER = {"and", "the"}
+
+
+def industry_key(text: str | None) -> str | None:
+    """An industry as compared: normalize_text, "&" read as "and", then the words without
+    "and"/"the", each singular, run together ("Hospitals & Healthcare" -> "hospitalhealthcare")."""
+    key = normalize_text(text)
+    if key is None:
+        return None
+    words = [w for w in _WORDS.findall(key.replace("&", " and ")) if w not in _FILLER]
+    return "".join(_singular(w) for w in words) or None
+
+
+def _singular(word: str) -> str:
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        return word[:-1]
+    return word
+
+
+@dataclass(frozen=True)
+class IndustryMatcher:
+    """Industries -> canonical codes, from `industries` and `other_industries` of
+    conf/aliases.yml (``industry_matcher``)."""
+
+    codes: Mapping[str, str]  # industry key -> code
+    others: frozenset[str]  # keys of industries known to be none of the codes
+
+    def match(self, industry: str | None) -> tuple[str | None, str]:
+        """(code or None, MATCHED / OTHER / UNRECOGNIZED / MISSING) of one industry."""
+        key = industry_key(industry)
+        if key is None:
+            return None, MISSING
+        if key in self.codes:
+            return self.codes[key], MATCHED
+        return None, OTHER if key in self.others else UNRECOGNIZED
+
+
+def industry_matcher(
+    industries: Mapping[str, list[str]], other_industries: list[str]
+) -> IndustryMatcher:
+    """The IndustryMatcher of code -> spellings (the code itself one of them) and the others."""
+    codes = {
+        key: code
+        for code, spellings in industries.items()
+        for spelling in [code, *spellings]
+        if (key := industry_key(spelling)) is not None
+    }
+    others = {key for name in other_industries if (key := industry_key(name)) is not None}
+    return IndustryMatcher(codes=codes, others=frozenset(others - set(codes)))
+
+
 def deduplicate_profiles(raw: DataFrame) -> DataFrame:
     """One row per profile_id: the latest crawled_at wins.
 
@@ -73,7 +297,7 @@ def _cleaner(lookup: dict[str, str | None], keep_unknown: bool) -> Column:
     """A UDF over an array of raw strings: normalise and apply aliases, element by element.
 
     The result stays aligned with the input; a value that cleans to nothing (empty, or
-    an unknown city or industry) becomes null.
+    unknown when not `keep_unknown`) becomes null.
     """
 
     seen: dict[str | None, str | None] = {}  # per Python worker: names repeat a lot
@@ -93,6 +317,20 @@ def _cleaner(lookup: dict[str, str | None], keep_unknown: bool) -> Column:
     return F.udf(clean, ArrayType(StringType()), useArrow=False)  # type: ignore[return-value]
 
 
+def _matcher(match: Callable[[str | None], tuple[str | None, str]]) -> Column:
+    """A UDF over one raw string: struct(code, status) of ``match`` (a matcher's method)."""
+
+    seen: dict[str | None, tuple[str | None, str]] = {}  # per Python worker: few distinct
+
+    def run(value: str | None) -> tuple[str | None, str]:
+        if value not in seen:
+            seen[value] = match(value)
+        return seen[value]
+
+    schema = StructType([StructField("code", StringType()), StructField("status", StringType())])
+    return F.udf(run, schema, useArrow=False)  # type: ignore[return-value]
+
+
 def _present(values: Column) -> Column:
     return F.filter(values, lambda v: v.isNotNull())
 
@@ -101,42 +339,50 @@ def clean_profiles(
     profiles: DataFrame,
     title_aliases: Mapping[str, list[str]],
     skill_aliases: Mapping[str, list[str]],
-    city_aliases: Mapping[str, list[str]],
-    industry_aliases: Mapping[str, list[str]],
+    places: PlaceMatcher,
+    industries: IndustryMatcher,
 ) -> DataFrame:
     """Normalise titles and skills, map locations and industries to canonical codes.
 
     In: profiles_raw columns (one row per profile). Out: profile_id, crawled_at, city,
-    industry (null when unrecognised), positions (titles cleaned), titles (distinct,
-    first seen first), skills (distinct, sorted), source_file, line_number.
+    industry (null unless matched), positions (titles cleaned), titles (distinct, first seen
+    first), skills (distinct, sorted), source_file, line_number, and what the `profiles`
+    table does not keep: raw_location, raw_industry (as crawled), location_status and
+    industry_status (MATCHED, OTHER, UNRECOGNIZED or MISSING).
     """
     titles = _cleaner(alias_lookup(title_aliases, True), True)
     skills = _cleaner(alias_lookup(skill_aliases, True), True)
-    cities = _cleaner(alias_lookup(city_aliases, False), False)
-    industries = _cleaner(alias_lookup(industry_aliases, False), False)
+    city = _matcher(places.match)(F.col("location"))  # type: ignore[operator]
+    industry = _matcher(industries.match)(F.col("industry"))  # type: ignore[operator]
     positions = F.coalesce(
         F.col("positions"), F.array().cast(profiles.schema["positions"].dataType)
     )
     return profiles.select(
         "profile_id",
         "crawled_at",
-        cities(F.array("location"))[0].alias("city"),  # type: ignore[operator]
-        industries(F.array("industry"))[0].alias("industry"),  # type: ignore[operator]
+        city.alias("_city"),
+        industry.alias("_industry"),
         positions.alias("positions"),
         titles(positions["title"]).alias("_titles"),  # type: ignore[operator]
         F.array_sort(F.array_distinct(_present(skills("skills")))).alias("skills"),  # type: ignore[operator]
         "source_file",
         "line_number",
+        F.col("location").alias("raw_location"),
+        F.col("industry").alias("raw_industry"),
     ).select(
         "profile_id",
         "crawled_at",
-        "city",
-        "industry",
+        F.col("_city.code").alias("city"),
+        F.col("_industry.code").alias("industry"),
         F.zip_with("positions", "_titles", lambda p, t: p.withField("title", t)).alias("positions"),
         F.array_distinct(_present(F.col("_titles"))).alias("titles"),
         "skills",
         "source_file",
         "line_number",
+        "raw_location",
+        "raw_industry",
+        F.col("_city.status").alias("location_status"),
+        F.col("_industry.status").alias("industry_status"),
     )
 
 
@@ -160,6 +406,92 @@ def assign_splits(profiles: DataFrame, fractions: Mapping[str, float], salt: str
 def filter_profiles(profiles: DataFrame, cities: list[str], industries: list[str]) -> DataFrame:
     """Keep profiles whose city and industry are among the configured codes."""
     return profiles.where(F.col("city").isin(cities) & F.col("industry").isin(industries))
+
+
+def filter_reasons(cleaned: DataFrame, cities: list[str], industries: list[str]) -> DataFrame:
+    """Add ``filter_reason``: why filter_profiles leaves a profile out, null when it keeps it.
+
+    In: clean_profiles' columns. The location decides first (missing_location,
+    unrecognized_location, outside_cities: known to be elsewhere, or a city not configured),
+    then the industry likewise (FILTER_REASONS).
+    """
+    reason = F.lit(None).cast("string")
+    for field, codes, outside in (
+        ("industry", industries, "outside_industries"),
+        ("location", cities, "outside_cities"),
+    ):
+        status = F.col(f"{field}_status")
+        code = F.col("city" if field == "location" else "industry")
+        reason = (
+            F.when(status == MISSING, f"missing_{field}")
+            .when(status == UNRECOGNIZED, f"unrecognized_{field}")
+            .when(~F.coalesce(code.isin(codes), F.lit(False)), outside)
+            .otherwise(reason)
+        )
+    return cleaned.withColumn("filter_reason", reason)
+
+
+def unrecognized_values(cleaned: DataFrame, cities: list[str], industries: list[str]) -> DataFrame:
+    """Every location and industry value that matched nothing the alias map knows.
+
+    In: clean_profiles' columns. Out: field (location / industry), raw_value (as crawled),
+    normalized_value (normalize_text of it), profiles (holding it), profiles_lost (of them,
+    those the other filter keeps: a location's with an industry of `industries`, an
+    industry's in a city of `cities`; what the missing alias cost).
+    """
+    parts = []
+    for field, other, codes in (("location", "industry", industries), ("industry", "city", cities)):
+        parts.append(
+            cleaned.where(F.col(f"{field}_status") == UNRECOGNIZED)
+            .groupBy(F.col(f"raw_{field}").alias("raw_value"))
+            .agg(
+                F.count(F.lit(1)).alias("profiles"),
+                F.count_if(F.col(other).isin(codes)).alias("profiles_lost"),
+            )
+            .select(F.lit(field).alias("field"), "raw_value", "profiles", "profiles_lost")
+        )
+    normalized = F.udf(normalize_text, StringType(), useArrow=False)
+    found = parts[0].unionByName(parts[1])
+    return found.select(
+        "field",
+        "raw_value",
+        normalized("raw_value").alias("normalized_value"),  # type: ignore[operator]
+        "profiles",
+        "profiles_lost",
+    )
+
+
+def unusable_items(profiles: DataFrame, encoded: DataFrame) -> DataFrame:
+    """The titles and skills that cost encode_profiles' dropped profiles: the titles of every
+    profile dropped as no_known_title (none of them is in the vocabulary), the skills of
+    every one dropped as no_known_skill.
+
+    In: the filtered profiles (profile_id, titles, skills) and encode_profiles' output. Out:
+    unrecognized_values' columns: field (title / skill), raw_value and normalized_value (the
+    cleaned name), profiles (of `profiles`, holding it), profiles_lost (of them, those
+    dropped for that reason).
+    """
+    parts = []
+    fields = zip(("title", "skill"), ("titles", "skills"), UNUSABLE_REASONS, strict=True)
+    for field, column, reason in fields:
+        held = profiles.select("profile_id", F.explode(F.array_distinct(column)).alias("item"))
+        lost = encoded.where(F.col("drop_reason") == reason).select(
+            "profile_id", F.lit(1).alias("_lost")
+        )
+        parts.append(
+            held.join(F.broadcast(lost), "profile_id", "left")
+            .groupBy("item")
+            .agg(F.count(F.lit(1)).alias("profiles"), F.count("_lost").alias("profiles_lost"))
+            .where(F.col("profiles_lost") > 0)
+            .select(
+                F.lit(field).alias("field"),
+                F.col("item").alias("raw_value"),
+                F.col("item").alias("normalized_value"),
+                "profiles",
+                "profiles_lost",
+            )
+        )
+    return parts[0].unionByName(parts[1])
 
 
 def build_vocabulary(

@@ -197,6 +197,52 @@ SPECS: dict[str, TableSpec] = {
             ),
         ),
         TableSpec(
+            "unrecognized_values",
+            "prepare",
+            "Every location and industry that matched no alias of conf/aliases.yml, and every"
+            " title and skill that cost a profile by missing the vocabulary, per prepare run"
+            " (one commit a run), with the profiles it cost (docs/tables.md).",
+            StructType(
+                [
+                    _col("prepare_run_id", StringType(), "prepare run that found it", False),
+                    _col("field", StringType(), "location, industry, title or skill", False),
+                    _col(
+                        "raw_value",
+                        StringType(),
+                        "the value as crawled (latest snapshot of each profile); a title or"
+                        " skill as cleaned",
+                        False,
+                    ),
+                    _col(
+                        "normalized_value",
+                        StringType(),
+                        "the value as prepare reads it (normalize_name: case, width, spaces)",
+                        False,
+                    ),
+                    _col(
+                        "profiles",
+                        LongType(),
+                        "profiles whose value it is (a title's or skill's: of those in the"
+                        " configured cities and industries)",
+                        False,
+                    ),
+                    _col(
+                        "profiles_lost",
+                        LongType(),
+                        "of them, those it cost: a location's with an industry of"
+                        " prepare.industries, an industry's in a city of prepare.cities (the"
+                        " two sum to what prepare.max_unrecognized_share bounds); a title's or"
+                        " skill's dropped as no_known_title or no_known_skill",
+                        False,
+                    ),
+                ]
+            ),
+            checks=(
+                ("known_field", "field IN ('location', 'industry', 'title', 'skill')"),
+                ("lost_within_profiles", "profiles_lost >= 0 AND profiles_lost <= profiles"),
+            ),
+        ),
+        TableSpec(
             "job_vocab",
             "prepare",
             "Job titles the model knows: dense ids, most frequent first.",

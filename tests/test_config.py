@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Annotated
 
 import pytest
+import yaml
 
 from jobs._launch import main as launch
-from skillrank.config import Bound, Config, ConfigError, GenerateConfig, load_config
+from skillrank.config import CONF_DIR, Bound, Config, ConfigError, GenerateConfig, load_config
 from skillrank.session import driver_environment, spark_settings
 
 
@@ -127,6 +128,18 @@ def test_numbers_are_read_in_every_usual_spelling(text: str, number: float) -> N
             "'train.title_prior' must be one of neighbours, words, popularity",
         ),
         ("train.l2=-1.0", "'train.l2' must be >= 0, got -1.0"),
+        (
+            "prepare.max_unrecognized_share=1.5",
+            "'prepare.max_unrecognized_share' must be in [0, 1], got 1.5",
+        ),
+        (
+            "prepare.max_unrecognized_share=lots",
+            "'prepare.max_unrecognized_share' must be a number",
+        ),
+        (
+            "generate.location_pattern_rate=-0.1",
+            "'generate.location_pattern_rate' must be in [0, 1]",
+        ),
     ],
 )
 def test_bad_overrides_name_the_problem(override: str, message: str) -> None:
@@ -156,6 +169,30 @@ def _outside(bound: Bound, number: type) -> str:
     if bound.high != math.inf:
         return str(bound.high if bound.high_open else bound.high + step)
     return str(bound.low if bound.low_open else bound.low - step)
+
+
+def test_a_bad_unrecognized_share_exits_2_before_spark(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workdir = tmp_path / "w"
+    args = ["prepare", "--strict", "--conf", "prepare.max_unrecognized_share=2", "--workdir"]
+    assert launch([*args, str(workdir)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "'prepare.max_unrecognized_share' must be in [0, 1], got 2.0" in line
+    assert not workdir.exists()  # no JVM, no work directory
+
+
+def test_the_alias_map_is_checked_on_load(tmp_path: Path) -> None:
+    aliases = yaml.safe_load((CONF_DIR / "aliases.yml").read_text(encoding="utf-8"))
+    aliases["cities"]["SEATTLE"]["region"] = "US-XX"
+    path = tmp_path / "aliases.yml"
+    path.write_text(yaml.safe_dump(aliases), encoding="utf-8")
+    with pytest.raises(ConfigError, match="cities.SEATTLE must hold region"):
+        load_config(overrides=[f"prepare.aliases_file={path}"])
+    del aliases["other_places"]
+    path.write_text(yaml.safe_dump(aliases), encoding="utf-8")
+    with pytest.raises(ConfigError, match="expected sections"):
+        load_config(overrides=[f"prepare.aliases_file={path}"])
 
 
 def test_every_bounded_key_refuses_a_value_outside_it_before_spark(

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from jobs._cli import StageContext, StageError, StageResult, parse_stage_args
 from jobs.generate import STAGE, build_truth, crawl_params
@@ -27,6 +28,7 @@ from skillrank.generate import (
     truth_tables,
 )
 from skillrank.ingest import REASONS, line_checks, parse_lines
+from tests.conftest import Pipeline
 
 # Mean squared z-score of empirical vs planted skill frequencies: about 1 when the generator
 # samples the planted distribution; the bound leaves room for chance, not for a wrong model.
@@ -141,7 +143,7 @@ def test_profiles_look_like_the_crawl_format(
     profiles = _profiles(shard.lines)
     aliases = load_aliases(config)
     city_spellings = {
-        normalize_label(s) for c in config.prepare.cities for s in aliases["cities"][c]
+        normalize_label(s) for c in config.prepare.cities for s in aliases["cities"][c]["spellings"]
     }
     others = {normalize_label(s) for s in params.other_locations}
     snapshots: dict[str, list[str]] = defaultdict(list)
@@ -212,6 +214,40 @@ def test_other_seed_other_data_same_seed_same_bytes(
     assert not differing, f"same seed, different bytes in {differing}"
     assert sorted(again) == sorted(first)
     assert [p.name for p in tmp_path.iterdir()] == ["crawl"], "temporary directories left behind"
+
+
+def test_places_written_in_real_world_shapes_reach_the_shards(
+    spark: SparkSession, config: Config, pipeline: Pipeline, tmp_path: Path
+) -> None:
+    # Every located person in a target city writes the place in one of PLACE_SHAPES, from
+    # the city's names, region and country; prepare must still find >= 99% of those in
+    # the target cities and industries, and no one else.
+    output = tmp_path / "crawl"
+    _run_stage(spark, config, output, location_pattern_rate=1.0, malformed_rate=0.0)
+    stats = json.loads((output / "stats.json").read_text())
+    aliases = load_aliases(config)
+    spellings = [s for city in aliases["cities"].values() for s in city["spellings"]]
+    listed = {normalize_label(s) for s in [*spellings, *config.generate.other_locations]}
+    lines = [json.loads(line) for f in sorted(output.glob("crawl-*.jsonl.gz"))
+             for line in gzip.decompress(f.read_bytes()).splitlines()]  # fmt: skip
+    locations = {r["location"] for r in lines if r["location"]}
+    unlisted = {loc for loc in locations if normalize_label(loc) not in listed}
+    assert len(unlisted) > 200, "the knob drew few new spellings"
+    small = ("--conf", "prepare.min_job_profiles=1", "--conf", "prepare.min_skill_profiles=1")
+    assert pipeline.run(["ingest", "prepare"], "--input", str(output), *small) == 0
+    prepare = config.prepare
+    kept = (
+        pipeline.table("profiles")
+        .where(F.col("city").isin(prepare.cities) & F.col("industry").isin(prepare.industries))
+        .count()
+    )
+    in_scope = stats["profiles_in_scope"]
+    print(f"{kept} of {in_scope} in-scope profiles kept; {len(unlisted)} unlisted spellings")
+    assert 0.99 * in_scope <= kept <= in_scope
+    run = pipeline.table("stage_runs").where("stage = 'prepare'").first()
+    assert run.rows_dropped["unrecognized_location"] == 0
+    places = pipeline.table("unrecognized_values").where("field IN ('location', 'industry')")
+    assert places.count() == 0
 
 
 def test_refuses_to_replace_a_directory_it_did_not_write(
@@ -374,7 +410,11 @@ def test_city_skills_show_up_in_that_city_only(config: Config, segment_crawl: Pa
 
     aliases = load_aliases(config)
     title_of, skill_of = _canonical(aliases["titles"]), _canonical(aliases["skills"])
-    city_of = {normalize_label(s): c for c in config.prepare.cities for s in aliases["cities"][c]}
+    city_of = {
+        normalize_label(s): c
+        for c in config.prepare.cities
+        for s in aliases["cities"][c]["spellings"]
+    }
     latest: dict[str, dict] = {}  # each profile's final snapshot, whose skills are all there
     for path in sorted(segment_crawl.glob("crawl-*.jsonl.gz")):
         for record in _profiles(gzip.decompress(path.read_bytes()).splitlines()):

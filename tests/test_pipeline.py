@@ -84,6 +84,8 @@ def test_pipeline_writes_profiles_vocabularies_and_shards(
     run = pipeline.table("stage_runs").where("stage = 'prepare'").first()
     assert run.rows_in == 62 and run.rows_out == 60
     assert run.rows_dropped["outside_cities"] == 1 and run.rows_dropped["outside_industries"] == 1
+    assert sum(run.rows_dropped.values()) == 2  # no other reason, no unrecognised value
+    assert pipeline.table("unrecognized_values").count() == 0
     assert run.input_versions["profiles_raw"] == manifest.delta_versions["profiles_raw"]
 
 
@@ -123,6 +125,94 @@ def test_rerun_changes_nothing_and_an_appended_crawl_updates_profiles_keeping_sp
     assert all(after[k].split == before[k].split for k in before)
     changed = [k for k in before if after[k] != before[k]]
     assert changed == ["p000"]
+
+
+def _alias_gaps_crawl() -> list[dict[str, Any]]:
+    """40 profiles prepare keeps, and some it drops for each reason: "Emerald City, WA" (a
+    nickname of Seattle the alias map lacks) and the typo "Computer Sofware" cost profiles, a
+    title and a skill held once miss the vocabulary (prepare.min_*_profiles=2)."""
+    records = [
+        profile(f"k{i:02d}", positions=[_job("Nurse")], skills=["Triage"]) for i in range(40)
+    ]
+    records.append(profile("zoo", positions=[_job("Zookeeper")], skills=["Triage"]))
+    records.append(profile("jug", positions=[_job("Nurse")], skills=["Juggling"]))
+    odd = [
+        *(("Emerald City, WA", "Computer Software"),) * 3,  # lost: the industry is kept
+        ("Emerald City, WA", "Farming"),  # not lost: outside the industries anyway
+        *(("Seattle", "Computer Sofware"),) * 2,  # lost: the city is kept
+        ("Dallas, Texas", "Computer Sofware"),  # not lost: outside the cities anyway
+        ("Paris, France", "Computer Software"),
+        (None, "Computer Software"),
+        ("Seattle, WA", "Farming"),
+        ("Seattle, WA", ""),
+    ]
+    for i, (location, industry) in enumerate(odd):
+        records.append(profile(f"x{i:02d}", location=location, industry=industry))
+    return records
+
+
+# A title and a skill held by one profile miss the vocabulary.
+VOCABULARY_OF_2 = ("--conf", "prepare.min_job_profiles=2", "--conf", "prepare.min_skill_profiles=2")
+
+
+def test_unrecognized_values_add_up_to_the_profiles_lost_and_warn(
+    pipeline: Pipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    crawl = write_crawl(tmp_path / "c.jsonl", _alias_gaps_crawl())
+    assert pipeline.run(["ingest", "prepare"], "--input", str(crawl), *VOCABULARY_OF_2) == 0
+    run = pipeline.table("stage_runs").where("stage = 'prepare'").first()
+    found = pipeline.table("unrecognized_values").where(f"prepare_run_id = '{run.run_id}'")
+    assert sorted(tuple(r)[1:] for r in found.collect()) == [
+        ("industry", "Computer Sofware", "computer sofware", 3, 2),
+        ("location", "Emerald City, WA", "emerald city, wa", 4, 3),
+        ("skill", "juggling", "juggling", 1, 1),
+        ("title", "zookeeper", "zookeeper", 1, 1),
+    ]
+    assert run.rows_dropped == {
+        "superseded_snapshot": 0,
+        "missing_location": 1,
+        "unrecognized_location": 4,  # the location rows' profiles
+        "outside_cities": 2,  # Paris; Dallas, Texas (a region holding no target city)
+        "missing_industry": 1,
+        "unrecognized_industry": 2,  # the industry rows' profiles_lost
+        "outside_industries": 1,
+        "no_known_title": 1,  # the title rows' profiles_lost
+        "no_known_skill": 1,  # the skill rows' profiles_lost
+    }
+    assert (run.rows_in, run.rows_out) == (53, 40)
+    assert run.rows_in - run.rows_out == sum(run.rows_dropped.values())
+    captured = capsys.readouterr()
+    (warning,) = captured.err.strip().splitlines()
+    # 3 + 2 lost to the alias map, of the 42 the filter keeps and those 5.
+    assert "warning: 5 of 47 profiles that pass the other filter (10.6%, above" in warning
+    assert f"prepare_run_id = '{run.run_id}'" in warning
+    assert "'Emerald City, WA' (3 of 4)" in captured.out  # the summary names the costliest
+    assert "'Computer Sofware' (2 of 3)" in captured.out
+    assert (
+        "unrecognised titles: 1 values, 1 profiles lost; costliest: 'zookeeper' (1 of 1)"
+        in captured.out
+    )
+
+
+def test_strict_fails_before_the_shards_when_aliases_lose_too_many(
+    pipeline: Pipeline, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    crawl = write_crawl(tmp_path / "c.jsonl", _alias_gaps_crawl())
+    args = ("--input", str(crawl), "--strict", *VOCABULARY_OF_2)
+    assert pipeline.run(["ingest", "prepare"], *args) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "prepare failed: 5 of 47 profiles that pass the other filter (10.6%" in line
+    run = pipeline.table("stage_runs").where("stage = 'prepare'").first()
+    assert run.status == "failed" and run.error.startswith("5 of 47 profiles")
+    assert not (pipeline.workdir / "shards" / "manifest.json").exists()
+    found = pipeline.table("unrecognized_values").where(f"prepare_run_id = '{run.run_id}'")
+    # What to fix is recorded all the same (the places: the vocabulary was not built).
+    assert sorted(r.field for r in found.collect()) == ["industry", "location"]
+    # A threshold above the share: the same data passes, without a warning.
+    loose = ("--conf", "prepare.max_unrecognized_share=0.2")
+    assert pipeline.run(["prepare"], "--strict", *loose, *VOCABULARY_OF_2) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert pipeline.manifest().rows["train"] > 0
 
 
 def test_a_local_stage_listens_on_loopback_only(pipeline: Pipeline, tmp_path: Path) -> None:

@@ -19,8 +19,12 @@ from pyspark.sql.types import (
     TimestampType,
 )
 
-from skillrank.config import Config
+from skillrank.config import Config, load_aliases
 from skillrank.prepare import (
+    MATCHED,
+    MISSING,
+    OTHER,
+    UNRECOGNIZED,
     alias_lookup,
     assign_splits,
     build_vocabulary,
@@ -28,7 +32,13 @@ from skillrank.prepare import (
     deduplicate_profiles,
     encode_profiles,
     filter_profiles,
+    filter_reasons,
+    industry_matcher,
     normalize_text,
+    place_forms,
+    place_matcher,
+    unrecognized_values,
+    unusable_items,
 )
 from skillrank.tables import POSITION
 from skillrank.views import view_statements
@@ -46,8 +56,17 @@ RAW_SCHEMA = StructType(
         StructField("skills", ArrayType(StringType())),
     ]
 )
-CITIES = {"SEATTLE": ["Greater Seattle Area", "Seattle, WA"], "MUMBAI": ["Mumbai, India"]}
-INDUSTRIES = {"COMPUTER_SOFTWARE": ["Computer Software"], "REAL_ESTATE": ["Real Estate"]}
+# A small alias map of the shape of conf/aliases.yml's place and industry sections.
+CITIES = {
+    "SEATTLE": {"region": "US-WA", "names": ["Seattle"], "spellings": ["Seattle, WA"]},
+    "MUMBAI": {"region": "IN-MH", "names": ["Mumbai", "Bombay"], "spellings": []},
+}
+REGIONS = {"US-WA": ["Washington", "WA"], "US-TX": ["Texas"], "IN-MH": ["Maharashtra"]}
+COUNTRIES = {"US": ["United States", "USA"], "IN": ["India"], "FR": ["France"]}
+PLACES = place_matcher(CITIES, REGIONS, COUNTRIES, ["Paris, Île-de-France, France"])
+INDUSTRIES = industry_matcher(
+    {"COMPUTER_SOFTWARE": ["Computer Software"], "REAL_ESTATE": ["Real Estate"]}, ["Farming"]
+)
 TITLES = {"senior software engineer": ["sr. software engineer"]}
 SKILLS = {"microsoft office": ["MS Office"]}
 
@@ -151,11 +170,23 @@ def test_clean_profiles_normalises_and_applies_aliases(spark: SparkSession) -> N
             skills=["SQL", "ms office", "sql ", "", None],
         ),  # fmt: skip
         _raw("b", _t(1), location="Paris", industry="Farming"),
+        _raw("c", _t(1), location="Tacoma, WA", industry="Widgets"),
+        _raw("d", _t(1), location=" ", industry=None),
     ]
-    cleaned = clean_profiles(_frame(spark, rows), TITLES, SKILLS, CITIES, INDUSTRIES)
+    cleaned = clean_profiles(_frame(spark, rows), TITLES, SKILLS, PLACES, INDUSTRIES)
     got = {r.profile_id: r for r in cleaned.collect()}
     a = got["a"]
     assert (a.city, a.industry) == ("SEATTLE", "REAL_ESTATE")
+    statuses = {
+        pid: (r.city, r.location_status, r.raw_location, r.industry, r.industry_status)
+        for pid, r in got.items()
+    }
+    assert statuses == {
+        "a": ("SEATTLE", MATCHED, "greater  SEATTLE area", "REAL_ESTATE", MATCHED),
+        "b": (None, OTHER, "Paris", None, OTHER),
+        "c": (None, UNRECOGNIZED, "Tacoma, WA", None, UNRECOGNIZED),
+        "d": (None, MISSING, " ", None, MISSING),
+    }
     assert a.titles == ["senior software engineer", "data scientist"]
     assert [p.title for p in a.positions] == [
         "senior software engineer", None, "senior software engineer", "data scientist"
@@ -177,7 +208,7 @@ def test_look_alike_titles_and_skills_are_one_job_and_one_skill(spark: SparkSess
         person("d", "\ufeffData\u00a0Scientist", "PYTHON\u2066"),
         person("e", "data\u200dscientist", "python"),  # no space: shown as one word
     ]
-    cleaned = clean_profiles(_frame(spark, rows), TITLES, SKILLS, CITIES, INDUSTRIES)
+    cleaned = clean_profiles(_frame(spark, rows), TITLES, SKILLS, PLACES, INDUSTRIES)
     jobs = build_vocabulary(cleaned, "titles", "job_id", "job_title", min_profiles=1)
     assert [tuple(r) for r in jobs.orderBy("job_id").collect()] == [
         (0, "data scientist", 4), (1, "datascientist", 1)
@@ -187,7 +218,7 @@ def test_look_alike_titles_and_skills_are_one_job_and_one_skill(spark: SparkSess
 
 
 def test_alias_lookup_maps_spellings_and_canonical_names() -> None:
-    lookup = alias_lookup(CITIES, keep_unknown=False)
+    lookup = alias_lookup({"SEATTLE": ["Seattle, WA", "Seattle"]}, keep_unknown=False)
     assert lookup["seattle, wa"] == "SEATTLE"
     assert lookup["seattle"] == "SEATTLE"
     assert alias_lookup(TITLES, keep_unknown=True)["sr. software engineer"] == (
@@ -298,3 +329,208 @@ def test_encode_profiles_weights_and_drop_reasons(spark: SparkSession) -> None:
     p1 = tenure.where("profile_id = 'p1'").first()
     assert p1.job_ids == [0, 1]
     assert p1.job_weights == pytest.approx([36 / 48, 12 / 48])
+
+
+# How profiles write each target city, after public naming conventions: LinkedIn's metro
+# names ("Greater X Area", "X Metropolitan Area"), "city, state/region[, country]" with full
+# names and postal abbreviations, the US Census metro names ("Seattle-Tacoma-Bellevue, WA",
+# "New York-Newark-Jersey City, NY-NJ-PA"), India's "Mumbai Metropolitan Region", "Delhi
+# NCR", local and former names (Bombay), boroughs and districts of the city.
+CITY_SPELLINGS = {
+    "SAN_FRANCISCO_BAY_AREA": [
+        "San Francisco Bay Area", "San Francisco, California, United States",
+        "San Francisco, CA", "San Francisco, CA, USA", "SF Bay Area", "Bay Area",
+        "San Francisco Metropolitan Area", "San Francisco Metro Area",
+        "San Francisco-Oakland-Berkeley, CA", "San Jose-San Francisco-Oakland, CA",
+        "Silicon Valley", "SAN FRANCISCO", "San Francisco, U.S.", "Greater San Francisco Area",
+    ],
+    "NEW_YORK_METROPOLITAN_AREA": [
+        "New York Metropolitan Area", "Greater New York City Area",
+        "New York City Metropolitan Area", "New York, New York, United States", "New York, NY",
+        "New York, NY, USA", "New York City, NY", "NYC", "Greater NYC Area", "NYC Metro Area",
+        "New York-Newark-Jersey City, NY-NJ-PA", "Manhattan, New York",
+        "Brooklyn, New York, United States", "Queens, NY", "New York, N.Y.",
+    ],
+    "SEATTLE": [
+        "Greater Seattle Area", "Seattle, Washington", "Seattle, Washington, United States",
+        "Seattle, WA", "Seattle, WA, US", "Seattle Area", "Seattle Metropolitan Area",
+        "Seattle-Tacoma-Bellevue, WA", "Seattle Metro", "Seattle, Wash.",
+        "seattle, washington state", "Seattle, United States of America",
+    ],
+    "PITTSBURGH": [
+        "Greater Pittsburgh Area", "Pittsburgh, Pennsylvania",
+        "Pittsburgh, Pennsylvania, United States", "Pittsburgh, PA", "Pittsburgh, PA, USA",
+        "Pittsburgh Metropolitan Area", "Pittsburgh Metro Area", "Pittsburgh, Pa.", "PGH",
+    ],
+    "MUMBAI": [
+        "Mumbai Area, India", "Mumbai, Maharashtra, India", "Mumbai, India",
+        "Mumbai Metropolitan Region", "Greater Mumbai", "Mumbai Suburban, Maharashtra, India",
+        "Navi Mumbai, Maharashtra", "Thane, Maharashtra, India", "Bombay", "Bombay, India",
+        "Mumbai Metropolitan Area",
+    ],
+    "NEW_DELHI": [
+        "New Delhi Area, India", "Delhi Area, India", "New Delhi, Delhi, India",
+        "New Delhi, India", "Delhi, India", "Delhi NCR", "NCR", "Greater Delhi Area",
+        "Delhi, National Capital Territory of Delhi, India", "New Delhi, NCT of Delhi",
+        "National Capital Region, India",
+    ],
+}  # fmt: skip
+# Real places that share a name, or part of one, with a target city, and must not match it.
+NOT_TARGETS = [
+    "New York Mills, Minnesota", "New York Mills", "New York Mills, New York",
+    "West New York, New Jersey", "New York, Lincolnshire, England", "Delhi, Ontario",
+    "Delhi, Ontario, Canada", "Delhi, New York", "Delhi, California", "Delhi, Louisiana",
+    "Delhi, Iowa", "Bombay, New York", "Pittsburg, California", "Pittsburg, Kansas",
+    "Pittsburg, Texas", "East Pittsburgh, Pennsylvania", "Washington, Pennsylvania",
+    "San Francisco, Córdoba, Argentina", "San Francisco, Heredia, Costa Rica",
+    "Paris, Texas", "London, Ontario", "Tacoma, WA", "Maharashtra, India", "Washington",
+]  # fmt: skip
+INDUSTRY_SPELLINGS = {
+    "COMPUTER_SOFTWARE": ["Computer Software", "computer  software", "Software Development",
+                          "Software"],
+    "HOSPITAL_AND_HEALTH_CARE": ["Hospital & Health Care", "Hospitals and Health Care",
+                                 "Hospitals & Healthcare", "HOSPITAL AND HEALTHCARE"],
+    "FINANCIAL_SERVICES": ["Financial Services", "Financial Service", "financial services"],
+    "REAL_ESTATE": ["Real Estate", "Real-Estate", "REAL ESTATE"],
+    "RESEARCH": ["Research", "Research Services"],
+    "MARKETING_AND_ADVERTISING": ["Marketing and Advertising", "Marketing & Advertising",
+                                  "Advertising Services", "Marketing, Advertising"],
+}  # fmt: skip
+NOT_TARGET_INDUSTRIES = [
+    "Banking", "Higher Education", "Internet", "Information Technology & Services",
+    "IT Services and IT Consulting", "Computer Hardware", "Computer Games", "Market Research",
+    "Commercial Real Estate", "Mental Health Care", "Investment Banking", "Insurance",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def aliases(config: Config) -> dict:
+    return load_aliases(config)
+
+
+def test_every_usual_spelling_of_a_target_city_matches_it(aliases: dict) -> None:
+    places = place_matcher(
+        aliases["cities"], aliases["regions"], aliases["countries"], aliases["other_places"]
+    )
+    got = {(code, s): places.match(s) for code, spellings in CITY_SPELLINGS.items()
+           for s in spellings}  # fmt: skip
+    assert {k: v for k, v in got.items() if v != (k[0], MATCHED)} == {}
+    # The rules match them, not the list: the whole spellings alone miss most of them.
+    spellings_only = {code: {**city, "names": []} for code, city in aliases["cities"].items()}
+    bare = place_matcher(spellings_only, aliases["regions"], aliases["countries"], [])
+    missed = [s for _, s in got if bare.match(s)[1] != MATCHED]
+    assert len(missed) > 0.6 * len(got), missed
+
+
+def test_places_that_only_look_like_a_target_city_do_not_match(aliases: dict) -> None:
+    places = place_matcher(
+        aliases["cities"], aliases["regions"], aliases["countries"], aliases["other_places"]
+    )
+    matched = {s: places.match(s) for s in NOT_TARGETS}
+    assert {s: m for s, m in matched.items() if m[0] is not None} == {}
+    # Known to lie elsewhere (outside_cities) where a region or country says so; unknown
+    # (a spelling to look at) where they might be a target's: "Tacoma, WA", "Delhi, New York".
+    assert matched["Delhi, Ontario"] == (None, OTHER)
+    assert matched["New York Mills, Minnesota"] == (None, OTHER)
+    assert matched["Tacoma, WA"] == (None, UNRECOGNIZED)
+    assert matched["New York Mills"] == (None, UNRECOGNIZED)
+
+
+def test_industry_spellings_old_and_new_match_and_others_do_not(aliases: dict) -> None:
+    industries = industry_matcher(aliases["industries"], aliases["other_industries"])
+    got = {(code, s): industries.match(s) for code, spellings in INDUSTRY_SPELLINGS.items()
+           for s in spellings}  # fmt: skip
+    assert {k: v for k, v in got.items() if v != (k[0], MATCHED)} == {}
+    others = {s: industries.match(s) for s in NOT_TARGET_INDUSTRIES}
+    assert {s: m for s, m in others.items() if m != (None, OTHER)} == {}
+    assert industries.match("Widgets") == (None, UNRECOGNIZED)
+    assert industries.match(" ") == (None, MISSING)
+
+
+def test_the_generators_other_places_and_industries_are_known_elsewhere(
+    config: Config, aliases: dict
+) -> None:
+    places = place_matcher(
+        aliases["cities"], aliases["regions"], aliases["countries"], aliases["other_places"]
+    )
+    industries = industry_matcher(aliases["industries"], aliases["other_industries"])
+    g = config.generate
+    wrong = [(p, places.match(p)) for p in g.other_locations if places.match(p) != (None, OTHER)]
+    wrong += [
+        (i, industries.match(i)) for i in g.other_industries if industries.match(i) != (None, OTHER)
+    ]
+    assert wrong == []
+    for code, city in aliases["cities"].items():  # and every listed spelling is its city's
+        assert {s: places.match(s) for s in city["spellings"]} == dict.fromkeys(
+            city["spellings"], (code, MATCHED)
+        )
+
+
+def test_place_forms_strip_metro_shapes() -> None:
+    assert place_forms("greater new york city area") == ["greater new york city area",
+                                                         "new york city", "new york"]  # fmt: skip
+    assert place_forms("seattle-tacoma-bellevue metro") == [
+        "seattle-tacoma-bellevue metro", "seattle-tacoma-bellevue", "seattle"
+    ]  # fmt: skip
+    assert place_forms("bay area") == ["bay area", "bay"]
+    assert place_forms("area") == ["area"]
+
+
+def test_filter_reasons_and_unrecognized_values_add_up(spark: SparkSession) -> None:
+    rows = [
+        ("a", "Seattle, WA", "Computer Software"),  # kept
+        ("b", "Tacoma, WA", "Computer Software"),  # unrecognized location, industry kept
+        ("c", "tacoma,  wa", "Farming"),  # unrecognized location, outside industry
+        ("d", "Paris", "Computer Software"),  # outside
+        ("e", None, "Real Estate"),  # missing location
+        ("f", "Bombay", "Widgets"),  # city kept, unrecognized industry
+        ("g", "Mumbai, India", "Widgets"),
+        ("h", "Dallas, Texas", "Widgets"),  # outside city first
+        ("i", "Seattle", None),  # missing industry
+        ("j", "Seattle", "Farming"),  # outside industries
+        ("k", "Mumbai", "Real Estate"),  # kept; outside_cities where MUMBAI is not configured
+    ]
+    raw = _frame(spark, [_raw(p, _t(1), location=loc, industry=ind) for p, loc, ind in rows])
+    cleaned = clean_profiles(raw, TITLES, SKILLS, PLACES, INDUSTRIES)
+    cities, industries = ["SEATTLE", "MUMBAI"], ["COMPUTER_SOFTWARE", "REAL_ESTATE"]
+    reasons = filter_reasons(cleaned, cities, industries)
+    got = {r.profile_id: r.filter_reason for r in reasons.collect()}
+    assert got == {
+        "a": None, "b": "unrecognized_location", "c": "unrecognized_location",
+        "d": "outside_cities", "e": "missing_location", "f": "unrecognized_industry",
+        "g": "unrecognized_industry", "h": "outside_cities", "i": "missing_industry",
+        "j": "outside_industries", "k": None,
+    }  # fmt: skip
+    only_seattle = filter_reasons(cleaned, ["SEATTLE"], industries)
+    assert only_seattle.where("profile_id = 'k'").first().filter_reason == "outside_cities"
+    found = unrecognized_values(cleaned, cities, industries)
+    assert sorted(tuple(r) for r in found.collect()) == [
+        ("industry", "Widgets", "widgets", 3, 2),  # h is in no configured city
+        ("location", "Tacoma, WA", "tacoma, wa", 1, 1),
+        ("location", "tacoma,  wa", "tacoma, wa", 1, 0),  # its industry is outside anyway
+    ]
+
+
+def test_unusable_items_name_what_cost_the_dropped_profiles(spark: SparkSession) -> None:
+    profiles = spark.createDataFrame(
+        [
+            ("a", ["nurse"], ["triage"]),
+            ("b", ["zookeeper", "juggler"], ["triage"]),  # no known title
+            ("c", ["zookeeper"], ["feeding"]),  # no known title
+            ("d", ["nurse"], ["feeding", "juggling"]),  # no known skill
+            ("e", ["zookeeper", "nurse"], ["juggling", "triage"]),  # usable
+        ],
+        "profile_id string, titles array<string>, skills array<string>",
+    )
+    encoded = spark.createDataFrame(
+        [("a", None), ("b", "no_known_title"), ("c", "no_known_title"),
+         ("d", "no_known_skill"), ("e", None)],
+        "profile_id string, drop_reason string",
+    )  # fmt: skip
+    got = sorted(tuple(r) for r in unusable_items(profiles, encoded).collect())
+    assert got == [
+        ("skill", "feeding", "feeding", 2, 1),
+        ("skill", "juggling", "juggling", 2, 1),
+        ("title", "juggler", "juggler", 1, 1),
+        ("title", "zookeeper", "zookeeper", 3, 2),
+    ]
