@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 
 from pyspark.sql import Row, SparkSession
 
@@ -49,7 +50,7 @@ class _TextFormat(logging.Formatter):
 class _JsonFormat(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         at = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
-        fields = {"time": at, "level": record.levelname}
+        fields: dict[str, object] = {"time": at, "level": record.levelname}
         fields |= {k: getattr(record, k, None) for k in ("stage", "run_id")}
         return json.dumps(fields | {"message": record.getMessage()})
 
@@ -135,7 +136,7 @@ class Stage:
 class _OneLineParser(argparse.ArgumentParser):
     """argparse that reports a usage error as one line (no usage dump) and exits 2."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise SystemExit(2)
 

@@ -44,7 +44,9 @@ def _on_trained_run(stage: Stage) -> Stage:
 
     def run(ctx: StageContext) -> StageResult:
         runs = ctx.spark.table(ctx.table("runs"))
-        ctx.args.run_id = runs.orderBy(F.desc("started_at")).first().run_id
+        latest = runs.orderBy(F.desc("started_at")).first()
+        assert latest is not None  # train has just recorded its run
+        ctx.args.run_id = latest.run_id
         return stage.run(ctx)
 
     return dataclasses.replace(stage, run=run, check=lambda args, config: None)
@@ -96,7 +98,7 @@ def summarize(ctx: StageContext) -> list[str]:
     counts = " UNION ALL ".join(
         f"SELECT {i} AS i, count(*) AS n FROM {n}" for i, n in enumerate(names)
     )
-    rows = dict(ctx.spark.sql(counts).collect()) if names else {}
+    rows: dict[int, int] = dict(ctx.spark.sql(counts).collect()) if names else {}
     lines += [f"  {name:<32} {rows[i]:>10,} rows" for i, name in enumerate(names)]
     lines += [
         f"Training shards: {ctx.workdir / ctx.config.catalog.shards_dir / 'manifest.json'}",

@@ -19,6 +19,7 @@ import argparse
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -68,7 +69,7 @@ _MODEL = "model"
 _POOLED = "pooled"
 # (metric, k, segment) printed in the closing summary: k "title_k" means evaluate.title_k;
 # segment "buckets" stands for each bucket of titles by training profiles, in order.
-_HEADLINES = (
+_HEADLINES: tuple[tuple[str, int | Literal["title_k"] | None, str], ...] = (
     ("kl", None, "all"),
     ("recall", 20, "all"),
     ("precision", 10, "all"),
@@ -224,7 +225,9 @@ def _coverage_rows(
     for label, members in segments.items():
         judged = [j for j in members.tolist() if j in covered]
         if judged:
-            values = {_MODEL: {("interval_coverage", None): np.array([covered[j] for j in judged])}}
+            values: dict[str, dict[tuple[str, int | None], np.ndarray]] = {
+                _MODEL: {("interval_coverage", None): np.array([covered[j] for j in judged])}
+            }
             rows += segment_rows(label, "coverage_titles", len(judged), values, plain)
     return rows
 

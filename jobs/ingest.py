@@ -217,7 +217,7 @@ def find_damaged_gzips(spark: SparkSession, read_from: dict[str, str]) -> dict[s
     jvm = spark.sparkContext._jvm
     hadoop = jvm.org.apache.hadoop  # type: ignore[union-attr]
     io_error = jvm.java.lang.Class.forName("java.io.IOException")  # type: ignore[union-attr]
-    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
     codecs = hadoop.io.compress.CompressionCodecFactory(hadoop_conf)
     damaged = {}
     for source, uri in read_from.items():
@@ -372,8 +372,8 @@ def run(ctx: StageContext) -> StageResult:
         records.append(
             (f.path, f.size, f.modified_at, ctx.run_id, lines, accepted, lines - accepted)
         )
-    listing = spark.createDataFrame(records, SPECS["ingested_files"].schema)
-    conform(listing, "ingested_files").write.insertInto(ctx.table("ingested_files"))
+    ingested = spark.createDataFrame(records, SPECS["ingested_files"].schema)
+    conform(ingested, "ingested_files").write.insertInto(ctx.table("ingested_files"))
 
     lines = sum(r[4] for r in records)
     accepted = sum(r[5] for r in records)

@@ -69,6 +69,7 @@ def run(ctx: StageContext) -> StageResult:
     held = spark.sql(
         f"SELECT {pinned_run_sql(events)}, {promoted_run_sql(ctx.table('runs'), events)}"
     ).first()
+    assert held is not None  # a SELECT without FROM has one row
     keep |= {run for run in held if run}
     ended = runs.where(F.col("status").isin("succeeded", REJECTED, "failed")).collect()
     # A failed run's rows are normally gone already (train deletes them); not if that failed.

@@ -61,6 +61,7 @@ def run(ctx: StageContext) -> StageResult:
     if target is not None and row is None:
         raise StageError(f"no run {target!r} in {ctx.table('runs')} (see: runs list)")
     if action == "show":
+        assert row is not None  # check(): show, pin and promote name a run
         events = (
             ctx.spark.table(ctx.table("run_events"))
             .where(F.col("run_id") == target)
@@ -74,6 +75,7 @@ def run(ctx: StageContext) -> StageResult:
             raise StageError("no run is pinned")
         record_event(ctx, pin, UNPINNED, actor, reason)
     elif action == "pin":
+        assert row is not None
         if row.status != "succeeded":
             hint = f" (promote it first: runs promote {target})" if row.status == REJECTED else ""
             raise StageError(
@@ -81,6 +83,7 @@ def run(ctx: StageContext) -> StageResult:
             )
         record_event(ctx, target, PINNED, actor, reason)
     else:  # promote
+        assert row is not None
         if row.status not in ("succeeded", REJECTED):
             raise StageError(f"run {target} is {row.status}: only a complete run can be promoted")
         if row.status == REJECTED:
@@ -97,7 +100,9 @@ def run(ctx: StageContext) -> StageResult:
 
 def _pinned(ctx: StageContext) -> str | None:
     """The run a pin holds the views on, or None."""
-    return ctx.spark.sql(f"SELECT {pinned_run_sql(ctx.table('run_events'))}").first()[0]
+    row = ctx.spark.sql(f"SELECT {pinned_run_sql(ctx.table('run_events'))}").first()
+    assert row is not None  # a SELECT without FROM has one row
+    return row[0]
 
 
 def _listing(rows: list[Row], current: Row | None, pin: str | None) -> list[str]:

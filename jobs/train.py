@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -278,7 +279,8 @@ def _train_distributed(
         where = "above" if params.local_mode else "in the executors' stdout logs"
         cause = errors[0] if errors else f"{str(exc).strip().splitlines()[0]} (output {where})"
         raise StageError(f"distributed training failed: {cause}") from exc
-    return with_best_phi(result, checkpoint)
+    # run returns rank 0's return value: train_process's TrainResult.
+    return with_best_phi(cast(TrainResult, result), checkpoint)
 
 
 def _fit_segments(ctx: StageContext, manifest_path: Path, result: TrainResult) -> Segments:
@@ -290,12 +292,14 @@ def _fit_segments(ctx: StageContext, manifest_path: Path, result: TrainResult) -
     manifest = Manifest.read(manifest_path)
     codes = {split: profile_segments(ctx, manifest, split) for split in ("train", "validation")}
     columns = [(name, _SEGMENT_COLUMNS.index(name)) for name in params.segments]
-    names = [
+    names: list[tuple[str, str]] = [
         (name, value)
         for name, column in columns
-        for value in sorted({c[column] for c in codes["train"].values() if c[column] is not None})
+        for value in sorted(
+            {v for v in (c[column] for c in codes["train"].values()) if v is not None}
+        )
     ]
-    index = {name: g for g, name in enumerate(names)}
+    index: dict[tuple[str, str | None], int] = {name: g for g, name in enumerate(names)}
 
     def segment_of(split: str) -> Callable[[list[str]], torch.Tensor]:
         lookup = codes[split]
@@ -319,7 +323,7 @@ def _fit_segments(ctx: StageContext, manifest_path: Path, result: TrainResult) -
     kl, kl_pooled, scored = segment_kl(
         batches("validation"), segment_of("validation"), fit, theta, p0, lam, grid
     )
-    chosen = {}
+    chosen: dict[str, float] = {}
     for (name, _), row in zip(columns, kl, strict=True):
         best = int(np.nanargmin(row)) if scored else 0
         chosen[name] = grid[best]

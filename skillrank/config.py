@@ -448,7 +448,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         for bound in bounds:
             bound.check(key, value)
         return value
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, key + ".")
     if origin is Literal:
         if value not in typing.get_args(hint):

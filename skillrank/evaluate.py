@@ -33,7 +33,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -451,7 +451,7 @@ def title_rows(
         titles = max((int(mask.sum()) for mask in inside.values()), default=0)
         if titles == 0:
             continue
-        values = {
+        values: dict[str, dict[tuple[str, int | None], np.ndarray]] = {
             name: {
                 (f"{prefix}_{metric}", k): per_method[name][metric][mask]
                 for metric in ("precision", "recall", "ndcg")
@@ -577,7 +577,7 @@ def planted_shares(
     rows = zip(
         truth_skills["occupation_id"],
         truth_skills["skill_key"],
-        truth_skills["probability"],
+        cast(Sequence[float], truth_skills["probability"]),
         strict=True,
     )
     for occupation, key, probability in rows:
@@ -634,7 +634,7 @@ def segment_truth_rows(
     pairs = sorted(key for key in relevant if all(key in ranked for ranked in rankings.values()))
     if not pairs:
         return []
-    values = {}
+    values: dict[str, dict[tuple[str, int | None], np.ndarray]] = {}
     for name, ranked in rankings.items():
         hits = []
         for pair in pairs:

@@ -251,11 +251,11 @@ def plan_truth(
             onet_related[row["onet_code"]].append(row["related_code"])
     related_ptr, related_idx, related_cum = [0], [], []
     for i, o in enumerate(occupations):
-        members = set(by_isco[o["isco_group"]])
+        related = set(by_isco[o["isco_group"]])
         for code in onet_related.get(o["onet_code"], ()):
-            members.update(by_onet.get(code, ()))
-        members.discard(i)
-        ordered = sorted(members)
+            related.update(by_onet.get(code, ()))
+        related.discard(i)
+        ordered = sorted(related)
         related_idx += ordered
         if ordered:
             related_cum += _cumulative(popularity[ordered])
@@ -745,8 +745,8 @@ class _ShardGenerator:
             draw = self.rng.random(len(t.skill_prob[occ])) < t.skill_prob[occ]
             held[occ] = t.skill_idx[occ][draw]
         source_of: dict[int, set[int]] = defaultdict(set)
-        for occ, skill_ids in held.items():
-            for s in skill_ids.tolist():
+        for occ, planted_ids in held.items():
+            for s in planted_ids.tolist():
                 source_of[s].add(occ)
         order = list(source_of)
         rnd.shuffle(order)
@@ -772,7 +772,7 @@ class _ShardGenerator:
                 if source_of[s] & present and (final or rnd.random() >= p.recrawl_skill_drop_rate)
             ]
             del skill_ids[p.max_skills_ingest :]  # a site lists at most so many skills
-            record = {
+            record: dict[str, object] = {
                 "profile_id": profile_id,
                 "crawled_at": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "location": self._location(city),

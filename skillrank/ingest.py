@@ -253,8 +253,8 @@ def parse_lines(
         )
 
     verdict: Column = F.lit(None).cast("struct<code: string, detail: string>")
-    for condition, code, name in reversed(checks):
-        outcome = F.struct(F.lit(code).alias("code"), F.lit(name).cast("string").alias("detail"))
+    for condition, code, detail in reversed(checks):
+        outcome = F.struct(F.lit(code).alias("code"), F.lit(detail).cast("string").alias("detail"))
         verdict = F.when(condition, outcome).otherwise(verdict)
     return (
         parsed.withColumn("_verdict", verdict)

@@ -64,7 +64,7 @@ class Kernel:
 
     def __init__(self, library: ctypes.CDLL) -> None:
         i64, ptr = ctypes.c_int64, ctypes.c_void_p
-        batch_args = [ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64]
+        batch_args = (ptr, i64, i64, ptr, ptr, ptr, ptr, ptr, i64, i64, i64)
         self._sgd_step = library.skr_sgd_step
         self._sgd_step.argtypes = [*batch_args, ctypes.c_float, ptr, i64, ctypes.c_int, ptr]
         self._sgd_step.restype = ctypes.c_int

@@ -154,8 +154,8 @@ def phi_histogram_figure(out_dir: Path, phi_t: Tensor) -> Figure:
     fig = MplFigure(figsize=(7.0, 4.2), layout="constrained")
     ax = fig.add_subplot()
     # Weighted hist of the bin starts redraws the precomputed counts; log=True keeps empty
-    # bins off a log axis.
-    ax.hist(edges[:-1], bins=edges, weights=counts, log=True, color="#4c72b0")
+    # bins off a log axis. (matplotlib types bins as Sequence[float]; an array is what it takes.)
+    ax.hist(edges[:-1], bins=edges, weights=counts, log=True, color="#4c72b0")  # type: ignore[arg-type]
     ax.axvline(0.0, color="black", linewidth=1)
     ax.text(
         0.98,
@@ -439,10 +439,10 @@ def evaluation_figure(out_dir: Path, rows: Sequence[Mapping[str, object]]) -> Fi
             target = planted
         else:
             continue
-        key = (method, metric, int(_number(row, "k")))
-        target[key] = _number(row, "value")
+        cell = (method, metric, int(_number(row, "k")))
+        target[cell] = _number(row, "value")
         if row.get("ci_low") is not None and row.get("ci_high") is not None:
-            intervals[key] = (_number(row, "ci_low"), _number(row, "ci_high"))
+            intervals[cell] = (_number(row, "ci_low"), _number(row, "ci_high"))
         if method not in methods:
             methods.append(method)
     if not scores and not planted:
@@ -612,7 +612,8 @@ def _count_histogram(ax: Axes, counts: np.ndarray, median: float, xlabel: str, w
     top = int(counts.max())
     bins = min(50, top + 1)
     # Bin edges on half-integers so each integer count falls inside one bin.
-    ax.hist(counts, bins=np.linspace(-0.5, top + 0.5, bins + 1), color="#4c72b0")
+    # (matplotlib types bins as Sequence[float]; an array is what it takes.)
+    ax.hist(counts, bins=np.linspace(-0.5, top + 0.5, bins + 1), color="#4c72b0")  # type: ignore[arg-type]
     ax.axvline(median, color="black", linestyle="--", linewidth=1)
     ax.text(
         0.97,

@@ -34,7 +34,7 @@ def hadoop_path(spark: SparkSession, uri: str) -> tuple[Any, Any]:
     session's Hadoop configuration: how the stages list, read and delete files of any
     scheme Spark reads."""
     path = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(uri)  # type: ignore[union-attr]
-    return path, path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+    return path, path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
 
 
 def _local_path(workdir: Path, path: str) -> Path:
@@ -81,7 +81,7 @@ def record_package_jars(spark: SparkSession, config: Config) -> list[str]:
     """After Ivy resolved the packages, remember their JARs so later runs skip resolution."""
     jars = sorted(
         uri.removeprefix("file://").removeprefix("file:")
-        for uri in spark.conf.get("spark.jars", "").split(",")
+        for uri in (spark.conf.get("spark.jars", "") or "").split(",")
         if uri.endswith(".jar")
     )
     if jars:

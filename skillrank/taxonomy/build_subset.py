@@ -13,6 +13,7 @@ import csv
 import gzip
 import io
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 from skillrank.generate import clean_label, normalize_label
@@ -33,7 +34,7 @@ def _read_csv(path: Path, tab: bool = False) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def _write_csv_gz(path: Path, header: list[str], rows: list[tuple[object, ...]]) -> None:
+def _write_csv_gz(path: Path, header: list[str], rows: Sequence[tuple[object, ...]]) -> None:
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(header)
@@ -106,7 +107,7 @@ def build(source: Path, target: Path) -> None:
         for r in related
     ]
 
-    generic: list[tuple[object, ...]] = []
+    generic: list[tuple[str, str, float]] = []
     esco_breadth = Counter(skill for (_, skill) in relations)
     for skill, count in esco_breadth.most_common(ESCO_GENERIC_TOP):
         generic.append((skill, "esco-occupations", round(count / len(occupations), 4)))
