@@ -455,7 +455,7 @@ def unrecognized_values(cleaned: DataFrame, cities: list[str], industries: list[
     return found.select(
         "field",
         "raw_value",
-        normalized("raw_value").alias("normalized_value"),  # type: ignore[operator]
+        normalized("raw_value").alias("normalized_value"),
         "profiles",
         "profiles_lost",
     )
