@@ -34,16 +34,6 @@ from skillrank.shards import Manifest
 # worker; the rest follow in collection order.
 _SHARED_SCOPE = {"test_evaluation.py": "test_publish.py"}
 _LONGEST = ("test_sql.py", "test_cluster.py")
-# Options of every JVM the tests start (the shared session's, and those of ./spark-submit.sh
-# runs, which inherit the environment): compile with C1 only, collect with the serial
-# collector. On test-sized data most of a JVM's CPU goes to compiling, not to the work: an
-# in-process ingest..evaluate of a 500-profile crawl took 123 s against 183 s with the default
-# JIT (one run each, 2026-11-30, machine shared with other tests).
-FAST_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    os.environ.setdefault("SPARK_SUBMIT_OPTS", FAST_JVM)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

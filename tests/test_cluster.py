@@ -25,7 +25,7 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 
 from skillrank.publish import RUN_TABLES
-from tests.conftest import FAST_JVM, SETTINGS, free_port, planted_crawl, write_crawl
+from tests.conftest import SETTINGS, free_port, planted_crawl, write_crawl
 from tests.test_distributed import VALIDATION_LOSS_TOLERANCE
 
 pytestmark = pytest.mark.cluster
@@ -39,6 +39,7 @@ SMALL += ("--conf", "prepare.rows_per_shard=70")
 WORKERS = 2
 # Every JVM here lives a minute or two, in which the C2 JIT compiler burns about half the
 # CPU time of a stage on the 2-core test machine: C1 alone is enough (results don't change).
+FAST_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 STAGES = ("ingest", "prepare", "train")
 # The two runs train on the same shard rows, but Spark may lay them out in another order,
 # and SGD follows the order: phi may differ by this much (its weights are about -2 to 4).
