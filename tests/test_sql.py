@@ -90,7 +90,7 @@ class Served:
     answers: list[list[tuple[Any, ...]]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
-    def submit(self, command: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    def submit(self, command: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
         """./spark-submit.sh <command> with the common options, then `args` (they win)."""
         return subprocess.run(
             [SCRIPT, command, *self.options, *args], capture_output=True, text=True,
