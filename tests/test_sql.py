@@ -89,6 +89,7 @@ class Served:
     # What a client querying through the server saw while the second run was published.
     answers: list[list[tuple[Any, ...]]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    while_publishing: int = 0  # answers taken between PUBLISH_STARTS and PUBLISH_ENDS
 
     def submit(self, command: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
         """./spark-submit.sh <command> with the common options, then `args` (they win)."""
@@ -96,6 +97,13 @@ class Served:
             [SCRIPT, command, *self.options, *args], capture_output=True, text=True,
             timeout=timeout,
             env=dict(os.environ),
+        )  # fmt: skip
+
+    def start(self, command: str, *args: str) -> subprocess.Popen:
+        """submit's command as a running process; standard error joins its standard output."""
+        return subprocess.Popen(
+            [SCRIPT, command, *self.options, *args], stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, env=dict(os.environ),
         )  # fmt: skip
 
     def rows(self, spark: SparkSession, table: str) -> list[Row]:
@@ -121,32 +129,51 @@ PUBLISH_QUERY = (
 )
 
 
+# The second run's train stage logs these lines when it starts to stage its tables and when
+# it has published them: in between, the client queries without pause.
+PUBLISH_STARTS, PUBLISH_ENDS = "[train]   staged ", "[train] passed the gates; published run"
+
+
 def _train_while_querying(served: Served) -> None:
-    """train and evaluate the second run (one application) while a client keeps running
-    PUBLISH_QUERY through the server; its answers and errors go into `served`."""
-    done = threading.Event()
+    """train and evaluate the second run (one application) while a client runs PUBLISH_QUERY
+    through the server: every 2 s before and after the publish, back to back during it (the
+    train stage's own lines tell when). Answers and errors go into `served`."""
+    publishing, done = threading.Event(), threading.Event()
 
     def keep_querying() -> None:
         with closing(_connect(served)) as connection, closing(connection.cursor()) as cursor:
             extra = 2  # a few answers after the run is published
             while extra > 0:
                 extra -= done.is_set()
+                busy = publishing.is_set() and not done.is_set()
                 try:
                     cursor.execute(PUBLISH_QUERY)
                     served.answers.append(cursor.fetchall())
+                    served.while_publishing += busy
                 except Exception as exc:  # every failure is a finding
                     served.errors.append(repr(exc))
-                time.sleep(0.2)  # leave the 2 cores mostly to train
+                if not busy:
+                    publishing.wait(2.0)  # leave the 2 cores to train until it publishes
 
     reader = threading.Thread(target=keep_querying)
     reader.start()
     started = time.monotonic()
+    process = served.start("all", "--from", "train", "--to", "evaluate")
     try:
-        result = served.submit("all", "--from", "train", "--to", "evaluate")
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith(PUBLISH_STARTS):
+                publishing.set()
+            elif line.startswith(PUBLISH_ENDS):
+                done.set()
+        assert process.wait(timeout=900) == 0, "".join(lines)[-3000:]
     finally:
+        publishing.set()
         done.set()
         reader.join(timeout=600)
-    _succeeded(result)
+        process.kill()
     print(f"{len(served.answers)} answers while run 2 ran ({time.monotonic() - started:.0f} s)")
 
 
@@ -525,6 +552,7 @@ def test_delta_rs_reads_exactly_the_rows_spark_reads(served: Served, spark: Spar
 
 def test_queries_during_a_publish_see_one_complete_run(served: Served, spark: SparkSession) -> None:
     assert served.errors == []
+    assert served.while_publishing >= 3, served.while_publishing
     expected = {}
     for row in served.rows(spark, "job_skill_rank"):
         n, total = expected.get(row.run_id, (0, 0.0))
