@@ -127,7 +127,6 @@ def crawl_params(config: Config) -> CrawlParams:
         location_pattern_rate=g.location_pattern_rate,
         max_line_bytes=config.ingest.max_line_bytes,
         max_field_chars=config.ingest.max_field_chars,
-        max_positions_ingest=config.ingest.max_positions,
         max_skills_ingest=config.ingest.max_skills,
     )
 

@@ -530,7 +530,6 @@ class CrawlParams:
     location_pattern_rate: float
     max_line_bytes: int
     max_field_chars: int
-    max_positions_ingest: int
     max_skills_ingest: int
 
 
