@@ -41,7 +41,7 @@ from skillrank.ingest import (
     parse_lines,
     quarantined_lines,
 )
-from skillrank.session import hadoop_path, resolve_path
+from skillrank.session import hadoop_path, local_path, resolve_path
 from skillrank.tables import SPECS, conform, declare_tables, table_version
 
 CRAWL_SUFFIXES = (".jsonl", ".jsonl.gz")  # matched case-insensitively
@@ -394,9 +394,10 @@ def run(ctx: StageContext) -> StageResult:
 
 
 def _links_dir(staging: str) -> Path:
-    if not staging.startswith("file:"):
+    local = local_path(staging)
+    if local is None:
         raise StageError(f"local crawl files need a local catalog.staging_dir, not {staging!r}")
-    return Path(unquote(urlparse(staging).path)) / "links"
+    return local / "links"
 
 
 def _delete_path(spark: SparkSession, uri: str) -> None:

@@ -23,6 +23,7 @@ import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from delta.tables import DeltaTable
 from pyspark import StorageLevel
@@ -46,7 +47,7 @@ from skillrank.prepare import (
     unrecognized_values,
     unusable_items,
 )
-from skillrank.session import resolve_path
+from skillrank.session import local_path, resolve_path
 from skillrank.shards import Manifest, ShardFile
 from skillrank.tables import SHARD_SCHEMA, SPECS, conform, declare_tables, table_version
 
@@ -92,7 +93,8 @@ def _write_shards(
     )
 
 
-def _shard_listing(ctx: StageContext, path: str, base: str) -> list[ShardFile]:
+def _shard_listing(ctx: StageContext, path: str, base: Path) -> list[ShardFile]:
+    """The Parquet files Spark wrote at `path` with their rows, named relative to `base`."""
     counts = (
         ctx.spark.read.parquet(path)
         .groupBy(F.col("_metadata.file_path").alias("file"))
@@ -100,13 +102,18 @@ def _shard_listing(ctx: StageContext, path: str, base: str) -> list[ShardFile]:
         .orderBy("file")
         .collect()
     )
-    return [ShardFile(r.file.split(base, 1)[1].lstrip("/"), r["count"]) for r in counts]
+    # Spark reports each file as a percent-encoded URI.
+    return [
+        ShardFile(str(Path(unquote(urlparse(r.file).path)).relative_to(base)), r["count"])
+        for r in counts
+    ]
 
 
 def _local_dir(uri: str) -> Path:
-    if not uri.startswith("file:"):
+    local = local_path(uri)
+    if local is None:
         raise StageError(f"shards_dir must be a local path for now, got {uri}")
-    return Path(uri.removeprefix("file://").removeprefix("file:"))
+    return local
 
 
 def _read_version(ctx: StageContext, key: str, version: int) -> DataFrame:
@@ -214,7 +221,7 @@ def run(ctx: StageContext) -> StageResult:
         for split in SPLITS:
             path = f"{set_uri}/{split}"
             _write_shards(usable, split, split_rows[split], params.rows_per_shard, path)
-            split_files[split] = _shard_listing(ctx, path, str(local_root))
+            split_files[split] = _shard_listing(ctx, path, local_root)
         encoded.unpersist()
         for name, vocab, key in (
             ("job_vocab", job_vocab, "job_id"),
@@ -233,7 +240,7 @@ def run(ctx: StageContext) -> StageResult:
         jobs=vocab_sizes["jobs"],
         skills=vocab_sizes["skills"],
         vocab_files={
-            name: _shard_listing(ctx, f"{set_uri}/{name}", str(local_root))
+            name: _shard_listing(ctx, f"{set_uri}/{name}", local_root)
             for name in ("job_vocab", "skill_vocab")
         },
         split_files=split_files,

@@ -58,7 +58,7 @@ from skillrank.publish import (
     ranked_pairs,
 )
 from skillrank.segments import SegmentFit, fit_segments, segment_kl, segment_rankings
-from skillrank.session import resolve_path
+from skillrank.session import local_path, resolve_path
 from skillrank.shards import Manifest, iterate_batches
 from skillrank.tables import SPECS, conform, declare_tables, table_version
 from skillrank.trainer import (
@@ -365,7 +365,8 @@ def _publish(
     spark, k = ctx.spark, ctx.config.publish
     phi_t = result.phi_t
     staging = resolve_path(ctx.workdir, f"{ctx.config.catalog.staging_dir}/{ctx.run_id}")
-    fs, root = pafs.FileSystem.from_uri(staging)
+    local = local_path(staging)  # Arrow would read a file: URI percent-decoded
+    fs, root = (pafs.LocalFileSystem(), str(local)) if local else pafs.FileSystem.from_uri(staging)
     concentration = (
         segments.fit.title_credit + ctx.config.train.prior_strength if segments else None
     )

@@ -23,10 +23,20 @@ from skillrank.servers import served_metastore_port
 
 
 def resolve_path(workdir: Path, path: str) -> str:
-    """A config path as a URI: URIs pass through, relative paths land under the work directory."""
+    """A config path as a URI: URIs pass through, relative paths land under the work directory
+    as file:<absolute path>, not percent-encoded: Hadoop's Path takes the string as it is, so
+    an encoded space would name a directory "%20"."""
     if "://" in path:
         return path
-    return (workdir / path).resolve().as_uri()
+    return f"file:{(workdir / path).resolve()}"
+
+
+def local_path(uri: str) -> Path | None:
+    """The local path of a file: URI as resolve_path writes it (file:/..., file:///...), read
+    as Hadoop reads it (no percent-decoding); None for any other scheme."""
+    if not uri.startswith("file:"):
+        return None
+    return Path("/" + uri.removeprefix("file:").lstrip("/"))
 
 
 def hadoop_path(spark: SparkSession, uri: str) -> tuple[Any, Any]:

@@ -181,7 +181,7 @@ class Pipeline:
 @pytest.fixture
 def pipeline(spark: SparkSession, tmp_path: Path, request: pytest.FixtureRequest) -> Pipeline:
     name = re.sub(r"\W+", "_", request.node.name.lower())[:40]
-    return Pipeline(spark, tmp_path / "work", f"t_{name}_{uuid.uuid4().hex[:6]}")
+    return Pipeline(spark, tmp_path / "work dir", f"t_{name}_{uuid.uuid4().hex[:6]}")
 
 
 # --- planted crawls: titles with their own skills, and a published, evaluated run of one ---
@@ -306,7 +306,7 @@ def evaluated_runs(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
     """Shared by test_publish and test_evaluation, which read it; tests that add runs to it
     name the runs they look at."""
     tmp_path = tmp_path_factory.mktemp("evaluated")
-    pipeline = Pipeline(spark, tmp_path / "work", f"t_evaluated_{uuid.uuid4().hex[:6]}")
+    pipeline = Pipeline(spark, tmp_path / "work dir", f"t_evaluated_{uuid.uuid4().hex[:6]}")
     crawl = write_crawl(tmp_path / "crawl.jsonl", spread_crawl(600, seed=11))
     assert pipeline.run(["ingest", "prepare"], "--input", str(crawl), *SETTINGS) == 0
     run_ids = []

@@ -14,7 +14,7 @@ import yaml
 
 from jobs._launch import main as launch
 from skillrank.config import CONF_DIR, Bound, Config, ConfigError, GenerateConfig, load_config
-from skillrank.session import driver_environment, spark_settings
+from skillrank.session import driver_environment, local_path, resolve_path, spark_settings
 
 
 def test_defaults_hold_the_papers_six_cities_and_industries() -> None:
@@ -282,3 +282,13 @@ def test_config_files_overlay_the_environment_and_conf_overrides_them(tmp_path: 
         first.write_text(text)
         with pytest.raises(ConfigError, match=message):
             load_config("local", [], [str(first)])
+
+
+def test_a_work_directory_path_reaches_spark_as_written(tmp_path: Path) -> None:
+    spaced = tmp_path / "work dir"
+    uri = resolve_path(spaced, "shards")
+    assert uri == f"file:{spaced}/shards"  # Hadoop would read "%20" as three characters
+    assert local_path(uri) == spaced / "shards"
+    assert local_path("file:///data/crawl") == Path("/data/crawl")
+    assert local_path("s3a://bucket/shards") is None
+    assert resolve_path(spaced, "s3a://bucket/shards") == "s3a://bucket/shards"
