@@ -126,6 +126,16 @@ class StageResult:
 
 
 @dataclass(frozen=True)
+class StageTime:
+    """One finished stage of a process: what `all`'s closing table shows."""
+
+    stage: str
+    seconds: float
+    rows_in: int
+    rows_out: int
+
+
+@dataclass(frozen=True)
 class Stage:
     name: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
@@ -245,12 +255,13 @@ def require_table(
 def run_stages(
     command: list[Stage] | StageRange,
     argv: list[str] | None = None,
-    epilogue: Callable[[StageContext], list[str]] | None = None,
+    epilogue: Callable[[StageContext, list[StageTime]], list[str]] | None = None,
 ) -> int:
     """Run stages (or the stages a range picks) in order in one SparkSession, recording each
     in stage_runs.
 
-    `epilogue`, when given, prints a closing summary after the last stage. Returns the exit code.
+    `epilogue`, when given, prints a closing summary after the last stage (from the stages'
+    times and row counts). Returns the exit code.
     """
     name, _ = _name_and_stages(command)
     prog = f"skillrank {name}"
@@ -270,6 +281,7 @@ def run_stages(
     cleared = clear_staging(spark, resolve_path(workdir, config.catalog.staging_dir))
     if cleared:
         LOG.info(f"removed {cleared} staging entries of killed runs", extra={"stage": name})
+    times: list[StageTime] = []
     for stage in stages:
         ctx = StageContext(spark, config, workdir, _new_run_id(stage.name), args)
         started = datetime.now(UTC)
@@ -291,7 +303,10 @@ def run_stages(
         _record(ctx, stage.name, started, clock, result, None)
         for line in result.summary:
             ctx.log.info(line)
-        ctx.log.info(f"done in {time.monotonic() - clock:.1f}s")
+        times.append(
+            StageTime(stage.name, time.monotonic() - clock, result.rows_in, result.rows_out)
+        )
+        ctx.log.info(f"done in {times[-1].seconds:.1f}s")
         if result.exit_code:
             if stage is not stages[-1]:
                 later = ", ".join(s.name for s in stages[stages.index(stage) + 1 :])
@@ -299,7 +314,7 @@ def run_stages(
                           f" {later}")  # fmt: skip
             return result.exit_code
     if epilogue is not None:
-        for line in epilogue(ctx):
+        for line in epilogue(ctx, times):
             LOG.info(line)
     return 0
 

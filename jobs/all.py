@@ -1,4 +1,4 @@
-"""all: the stages in order, in one Spark application, ending with a summary of the tables.
+"""all: the stages in order, in one Spark application, ending with each stage's time and rows.
 
     ./spark-submit.sh all [--input PATH] [--from STAGE] [--to STAGE] [--workdir DIR]
                           [--conf key=value ...]
@@ -16,14 +16,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
+import resource
 import sys
+from pathlib import Path
 
 from pyspark.sql import functions as F
 
 from jobs import evaluate, generate, ingest, prepare, report, train
-from jobs._cli import Stage, StageContext, StageError, StageRange, StageResult, run_stages
+from jobs._cli import (
+    Stage,
+    StageContext,
+    StageError,
+    StageRange,
+    StageResult,
+    StageTime,
+    run_stages,
+)
 from jobs._runs import check_trained
-from skillrank.tables import SPECS
 
 
 def _latest_run(parser: argparse.ArgumentParser) -> None:
@@ -90,25 +100,42 @@ def select(args: argparse.Namespace) -> list[Stage]:
 ALL = StageRange("all", STAGES, _range_arguments, select)
 
 
-def summarize(ctx: StageContext) -> list[str]:
-    """Row counts of every table and where to look next."""
-    lines = ["", f"SkillRank tables in database {ctx.config.catalog.database}:"]
-    names = [ctx.table(key) for key in SPECS if ctx.spark.catalog.tableExists(ctx.table(key))]
-    # One query for every count: one Spark job, not one per table.
-    counts = " UNION ALL ".join(
-        f"SELECT {i} AS i, count(*) AS n FROM {n}" for i, n in enumerate(names)
-    )
-    rows: dict[int, int] = dict(ctx.spark.sql(counts).collect()) if names else {}
-    lines += [f"  {name:<32} {rows[i]:>10,} rows" for i, name in enumerate(names)]
+def summarize(ctx: StageContext, times: list[StageTime]) -> list[str]:
+    """The stages' times and rows, the processes' peak memory, and where to look next."""
+    lines = ["", f"  {'stage':<10} {'seconds':>8} {'rows in':>12} {'rows out':>12}"]
     lines += [
+        f"  {t.stage:<10} {t.seconds:>8.1f} {t.rows_in:>12,} {t.rows_out:>12,}" for t in times
+    ]
+    lines.append(f"  {'total':<10} {sum(t.seconds for t in times):>8.1f}")
+    jvm = ctx.spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()  # type: ignore[union-attr]
+    python = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    lines += [
+        f"Peak memory: Spark's JVM {_gib(_peak_rss(int(jvm)))}, this Python process"
+        f" {_gib(python)}, its largest child process {_gib(children)}",
+        f"Every stage's row counts and versions: SELECT * FROM {ctx.table('stage_runs')}",
         f"Training shards: {ctx.workdir / ctx.config.catalog.shards_dir / 'manifest.json'}",
-        "Query them with:",
+        "Query the rankings with:",
         f'  ./spark-submit.sh sql --workdir {ctx.workdir} -e "SELECT * FROM'
         f" {ctx.config.catalog.database}.current_job_skill_rank"
         " WHERE job_title = (SELECT job_title FROM"
         f' {ctx.table("job_vocab")} WHERE job_id = 0) ORDER BY rank LIMIT 10"',
     ]
     return lines
+
+
+def _peak_rss(pid: int) -> int | None:
+    """Peak resident memory (bytes) of a process on this machine, from Linux's /proc."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^VmHWM:\s+(\d+) kB", status, flags=re.M)
+    return int(found.group(1)) * 1024 if found else None
+
+
+def _gib(size: int | None) -> str:
+    return "unknown" if size is None else f"{size / 2**30:.2f} GiB"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,20 +2,24 @@
 
 A master and two workers (one core, 1 GiB each) from pyspark's own distribution, on
 127.0.0.1; ingest, prepare and train run through ./spark-submit.sh (`all --from ingest --to
-train`, one application) with --master spark://... in one work directory, and with the default
-local master in another, on the same crawl.
+train`, one application) with --master spark://... in one work directory and, side by side,
+in this process on the shared local session (tests/conftest.py's Pipeline), on the same crawl.
+Then train again with two processes in both: on the cluster's executors and on this machine.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 
 from skillrank.publish import RUN_TABLES
-from tests.conftest import SETTINGS, free_port, planted_crawl, write_crawl
+from tests.conftest import SETTINGS, Pipeline, free_port, planted_crawl, write_crawl
 from tests.test_distributed import VALIDATION_LOSS_TOLERANCE
 
 pytestmark = pytest.mark.cluster
@@ -163,12 +167,6 @@ def crawl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_crawl(tmp_path_factory.mktemp("crawl") / "crawl.jsonl", lines)
 
 
-def _run_stages(workdir: Path, crawl: Path, *master: str) -> Path:
-    range_ = ("--from", STAGES[0], "--to", STAGES[-1])
-    _submit("all", workdir, *master, *range_, "--input", str(crawl))
-    return workdir
-
-
 def _submit(stage: str, workdir: Path, *options: str) -> str:
     """Run one stage through ./spark-submit.sh; its standard output."""
     # The driver's JVM (spark-submit.sh reads `java -version`, which JAVA_TOOL_OPTIONS spoils).
@@ -185,40 +183,56 @@ def _submit(stage: str, workdir: Path, *options: str) -> str:
     return result.stdout
 
 
+@dataclass(frozen=True)
+class InWorkdir:
+    """The tables of a work directory's own warehouse, read by path with the shared session."""
+
+    spark: SparkSession
+    workdir: Path
+
+    def table(self, name: str) -> DataFrame:
+        path = self.workdir / "warehouse" / "skillrank.db" / name
+        return self.spark.read.format("delta").load(str(path))
+
+
+Tables = InWorkdir | Pipeline
+
+
 @pytest.fixture(scope="module")
 def runs(
-    cluster: Cluster, crawl: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, Path]:
-    """The work directories of the cluster run and the local run, which go side by side
-    (they share nothing but the crawl, and each mostly waits on its JVM)."""
-    with ThreadPoolExecutor(2) as pool:
-        on_cluster = pool.submit(
-            _run_stages, tmp_path_factory.mktemp("on_cluster"), crawl, "--master", cluster.url
-        )
-        on_local = pool.submit(_run_stages, tmp_path_factory.mktemp("on_local"), crawl)
-        return on_cluster.result(), on_local.result()
+    cluster: Cluster, crawl: Path, spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[InWorkdir, Pipeline]:
+    """The cluster run, and the local run in this process meanwhile (the cluster's JVMs
+    mostly wait on each other)."""
+    workdir = tmp_path_factory.mktemp("on_cluster")
+    local = Pipeline(
+        spark, tmp_path_factory.mktemp("on_local"), f"t_cluster_{uuid.uuid4().hex[:6]}"
+    )
+    range_ = ("--from", STAGES[0], "--to", STAGES[-1], "--input", str(crawl))
+    with ThreadPoolExecutor(1) as pool:
+        on_cluster = pool.submit(_submit, "all", workdir, "--master", cluster.url, *range_)
+        assert local.run(["ingest", "prepare"], "--input", str(crawl), *SMALL, *SETTINGS) == 0
+        assert local.run(["train"], *SMALL, *SETTINGS) == 0
+        on_cluster.result()
+    return InWorkdir(spark, workdir), local
 
 
 @pytest.fixture(scope="module")
-def on_cluster(runs: tuple[Path, Path]) -> Path:
+def on_cluster(runs: tuple[InWorkdir, Pipeline]) -> InWorkdir:
     return runs[0]
 
 
 @pytest.fixture(scope="module")
-def on_local(runs: tuple[Path, Path]) -> Path:
+def on_local(runs: tuple[InWorkdir, Pipeline]) -> Pipeline:
     return runs[1]
 
 
-def _table(spark: SparkSession, workdir: Path, name: str) -> DataFrame:
-    return spark.read.format("delta").load(str(workdir / "warehouse" / "skillrank.db" / name))
-
-
-def _rows(spark: SparkSession, workdir: Path, name: str, *columns: str) -> list[tuple]:
-    return sorted(tuple(r) for r in _table(spark, workdir, name).select(*columns).collect())
+def _rows(tables: Tables, name: str, *columns: str) -> list[tuple]:
+    return sorted(tuple(r) for r in tables.table(name).select(*columns).collect())
 
 
 def test_the_cluster_ran_every_stage_on_both_executors(
-    spark: SparkSession, cluster: Cluster, on_cluster: Path
+    cluster: Cluster, on_cluster: InWorkdir
 ) -> None:
     (app,) = cluster.state()["completedapps"]
     assert app["name"] == "skillrank-all" and app["state"] == "FINISHED", app
@@ -226,33 +240,33 @@ def test_the_cluster_ran_every_stage_on_both_executors(
         # An executor of the application ran on this worker and fetched the --py-files zip.
         zips = list((worker_dir / app["id"]).glob("*/skillrank-*.zip"))
         assert zips, f"no executor of {app['name']} fetched the zip in {worker_dir}"
-    stages = _rows(spark, on_cluster, "stage_runs", "started_at", "stage", "status")
+    stages = _rows(on_cluster, "stage_runs", "started_at", "stage", "status")
     assert [(stage, status) for _, stage, status in stages] == [
         (stage, "succeeded") for stage in STAGES
     ]
 
 
-def test_same_vocabularies(spark: SparkSession, on_cluster: Path, on_local: Path) -> None:
+def test_same_vocabularies(on_cluster: InWorkdir, on_local: Pipeline) -> None:
     for table, columns in (
         ("job_vocab", ("job_id", "job_title")),
         ("skill_vocab", ("skill_id", "skill_name")),
     ):
-        cluster_rows = _rows(spark, on_cluster, table, *columns)
-        assert cluster_rows == _rows(spark, on_local, table, *columns), table
+        cluster_rows = _rows(on_cluster, table, *columns)
+        assert cluster_rows == _rows(on_local, table, *columns), table
         assert len(cluster_rows) == {"job_vocab": 4, "skill_vocab": 13}[table]
 
 
-def test_same_split_per_profile(spark: SparkSession, on_cluster: Path, on_local: Path) -> None:
-    cluster_split = _rows(spark, on_cluster, "profiles", "profile_id", "split")
-    assert cluster_split == _rows(spark, on_local, "profiles", "profile_id", "split")
+def test_same_split_per_profile(on_cluster: InWorkdir, on_local: Pipeline) -> None:
+    cluster_split = _rows(on_cluster, "profiles", "profile_id", "split")
+    assert cluster_split == _rows(on_local, "profiles", "profile_id", "split")
     assert len(cluster_split) == 300
     assert {split for _, split in cluster_split} == {"train", "validation", "test"}
 
 
-def test_same_quarantine(spark: SparkSession, on_cluster: Path, on_local: Path) -> None:
+def test_same_quarantine(on_cluster: InWorkdir, on_local: Pipeline) -> None:
     columns = ("line_number", "reason", "reason_detail", "raw_bytes", "raw_text")
-    cluster_rows = _rows(spark, on_cluster, "quarantine", *columns)
-    assert cluster_rows == _rows(spark, on_local, "quarantine", *columns)
+    cluster_rows = _rows(on_cluster, "quarantine", *columns)
+    assert cluster_rows == _rows(on_local, "quarantine", *columns)
     assert [(line, reason) for line, reason, *_ in cluster_rows] == [
         (301, "invalid_json"),
         (302, "not_an_object"),
@@ -261,19 +275,19 @@ def test_same_quarantine(spark: SparkSession, on_cluster: Path, on_local: Path) 
     ]
 
 
-def _phi(spark: SparkSession, workdir: Path) -> dict[tuple[int, int], float]:
-    return {(j, s): w for j, s, w in _rows(spark, workdir, "phi", "job_id", "skill_id", "weight")}
+def _phi(tables: Tables) -> dict[tuple[int, int], float]:
+    return {(j, s): w for j, s, w in _rows(tables, "phi", "job_id", "skill_id", "weight")}
 
 
-def test_phi_within_tolerance(spark: SparkSession, on_cluster: Path, on_local: Path) -> None:
-    cluster_phi, local_phi = _phi(spark, on_cluster), _phi(spark, on_local)
+def test_phi_within_tolerance(on_cluster: InWorkdir, on_local: Pipeline) -> None:
+    cluster_phi, local_phi = _phi(on_cluster), _phi(on_local)
     assert sorted(cluster_phi) == sorted(local_phi) and len(cluster_phi) == 4 * 13
     worst = max(abs(cluster_phi[k] - local_phi[k]) for k in cluster_phi)
     assert worst <= PHI_TOLERANCE, f"largest difference in phi: {worst}"
 
 
-def _top10(spark: SparkSession, workdir: Path) -> dict[str, list[str]]:
-    ranks = _rows(spark, workdir, "job_skill_rank", "job_title", "rank", "skill_name")
+def _top10(tables: Tables) -> dict[str, list[str]]:
+    ranks = _rows(tables, "job_skill_rank", "job_title", "rank", "skill_name")
     top: dict[str, list[str]] = {}
     for title, rank, skill in ranks:
         if rank <= 10:
@@ -281,9 +295,9 @@ def _top10(spark: SparkSession, workdir: Path) -> dict[str, list[str]]:
     return top
 
 
-def test_same_top10_skillrank(spark: SparkSession, on_cluster: Path, on_local: Path) -> None:
-    cluster_top = _top10(spark, on_cluster)
-    assert cluster_top == _top10(spark, on_local)
+def test_same_top10_skillrank(on_cluster: InWorkdir, on_local: Pipeline) -> None:
+    cluster_top = _top10(on_cluster)
+    assert cluster_top == _top10(on_local)
     assert sorted(cluster_top) == ["accountant", "data scientist", "nurse", "welder"]
     assert all(len(skills) == 10 for skills in cluster_top.values())
 
@@ -292,26 +306,27 @@ def test_same_top10_skillrank(spark: SparkSession, on_cluster: Path, on_local: P
 
 
 @pytest.fixture(scope="module")
-def distributed(cluster: Cluster, on_cluster: Path, on_local: Path) -> tuple[str, str]:
+def distributed(cluster: Cluster, on_cluster: InWorkdir, on_local: Pipeline) -> tuple[str, str]:
     """train again with two processes, in both work directories side by side: on the
     cluster's executors (one per worker), and on this machine (TorchDistributor's local
-    mode, torchrun under the driver). Their standard outputs."""
+    mode, torchrun under this process's driver). Their standard outputs."""
     two = ("--conf", "train.num_processes=2")
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(1) as pool:
         on_executors = pool.submit(
             _submit,
             "train",
-            on_cluster,
+            on_cluster.workdir,
             *("--master", cluster.url, *two, "--conf", "train.local_mode=false"),
         )
-        on_driver = pool.submit(_submit, "train", on_local, *two)
-        return on_executors.result(), on_driver.result()
+        with redirect_stdout(io.StringIO()) as out:
+            assert on_local.run(["train"], *SMALL, *SETTINGS, *two) == 0
+        return on_executors.result(), out.getvalue()
 
 
-def _compare_runs(spark: SparkSession, workdir: Path) -> None:
+def _compare_runs(tables: Tables) -> None:
     """The work directory's two train runs (one process, then two) both succeeded, reach the
     same validation loss within the tolerance and publish the same tables."""
-    runs = _table(spark, workdir, "runs").orderBy("started_at").collect()
+    runs = tables.table("runs").orderBy("started_at").collect()
     assert [r.status for r in runs] == ["succeeded", "succeeded"]
     single, distributed = runs
     assert json.loads(distributed.config_json)["train"]["num_processes"] == 2
@@ -319,10 +334,10 @@ def _compare_runs(spark: SparkSession, workdir: Path) -> None:
         single.validation_loss, rel=VALIDATION_LOSS_TOLERANCE
     )
     for table in ("training_history", *RUN_TABLES):
-        counts = _table(spark, workdir, table).groupBy("run_id").count().collect()
+        counts = tables.table(table).groupBy("run_id").count().collect()
         rows = {r.run_id: r["count"] for r in counts}
         assert rows[single.run_id] == rows[distributed.run_id] > 0, table
-    ranked = _rows(spark, workdir, "job_skill_rank", "run_id", "job_title", "rank", "skill_name")
+    ranked = _rows(tables, "job_skill_rank", "run_id", "job_title", "rank", "skill_name")
     top = {
         run.run_id: [(t, r, k) for i, t, r, k in ranked if i == run.run_id and r <= 3]
         for run in runs
@@ -332,10 +347,10 @@ def _compare_runs(spark: SparkSession, workdir: Path) -> None:
 
 
 def test_training_with_a_process_on_each_worker(
-    spark: SparkSession, cluster: Cluster, on_cluster: Path, distributed: tuple[str, str]
+    cluster: Cluster, on_cluster: InWorkdir, distributed: tuple[str, str]
 ) -> None:
     assert "2 processes (on the executors)" in distributed[0]
-    _compare_runs(spark, on_cluster)
+    _compare_runs(on_cluster)
     (latest,) = [a for a in cluster.state()["completedapps"] if a["name"] == "skillrank-train"]
     assert latest["state"] == "FINISHED"
     for worker_dir in cluster.worker_dirs:
@@ -345,7 +360,7 @@ def test_training_with_a_process_on_each_worker(
 
 
 def test_two_processes_on_the_driver_machine(
-    spark: SparkSession, on_local: Path, distributed: tuple[str, str]
+    on_local: Pipeline, distributed: tuple[str, str]
 ) -> None:
     assert "2 processes (on this machine)" in distributed[1]
-    _compare_runs(spark, on_local)
+    _compare_runs(on_local)

@@ -3,9 +3,10 @@ docs/sql.md checked against the tables, the views' comments, delta-rs reading th
 and queries that keep running while a new run publishes.
 
 One work directory, built by ./spark-submit.sh (the embedded metastore of the shared test
-session cannot be served): `all` on a crawl with planted answers (the suite's one end-to-end
-run of the script), `thriftserver start` on free ports, then a second train run, published
-while a client keeps querying, and its evaluation. Queries go over HiveServer2's protocol
+session cannot be served): `all --to train` on a crawl with planted answers, `thriftserver
+start` on free ports, then `all --from train`: a second train run, published while a client
+keeps querying, its evaluation and report (the two make the suite's one end-to-end run of
+the script). Queries go over HiveServer2's protocol
 (impyla), as a JDBC/ODBC client's would, and through `./spark-submit.sh sql`.
 """
 
@@ -85,7 +86,8 @@ class Served:
     workdir: Path
     port: int
     options: tuple[str, ...]  # --workdir and --conf options of every command
-    all_output: str = ""  # standard output of `all`
+    # Standard output of `all --to train` and of `all --from train`.
+    outputs: list[str] = field(default_factory=list)
     # What a client querying through the server saw while the second run was published.
     answers: list[list[tuple[Any, ...]]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -135,7 +137,7 @@ PUBLISH_STARTS, PUBLISH_ENDS = "[train]   staged ", "[train] passed the gates; p
 
 
 def _train_while_querying(served: Served) -> None:
-    """train and evaluate the second run (one application) while a client runs PUBLISH_QUERY
+    """train, evaluate and report the second run (one application) while a client runs PUBLISH_QUERY
     through the server: every 2 s before and after the publish, back to back during it (the
     train stage's own lines tell when). Answers and errors go into `served`."""
     publishing, done = threading.Event(), threading.Event()
@@ -158,7 +160,7 @@ def _train_while_querying(served: Served) -> None:
     reader = threading.Thread(target=keep_querying)
     reader.start()
     started = time.monotonic()
-    process = served.start("all", "--from", "train", "--to", "evaluate")
+    process = served.start("all", "--from", "train")
     try:
         assert process.stdout is not None
         lines = []
@@ -169,6 +171,7 @@ def _train_while_querying(served: Served) -> None:
             elif line.startswith(PUBLISH_ENDS):
                 done.set()
         assert process.wait(timeout=900) == 0, "".join(lines)[-3000:]
+        served.outputs.append("".join(lines))
     finally:
         publishing.set()
         done.set()
@@ -187,9 +190,11 @@ def served(tmp_path_factory: pytest.TempPathFactory, config: Config) -> Iterator
         *("--conf", f"sql.port={port}", "--conf", f"sql.metastore_port={free_port()}"),
     )
     served = Served(tmp / "work", port, options)
-    # Run 1 (5 epochs), its evaluation and report.
-    ran = _succeeded(served.submit("all", "--input", str(crawl), "--conf", "train.max_epochs=5"))
-    served.all_output = ran.stdout
+    # Run 1 (5 epochs).
+    ran = served.submit(
+        "all", "--input", str(crawl), "--to", "train", "--conf", "train.max_epochs=5"
+    )
+    served.outputs.append(_succeeded(ran).stdout)
     # A server killed with its machine leaves pid files behind: they must not block a start.
     for kind in (THRIFTSERVER, METASTORE):
         stale = ServerState(kind, _dead_pid(), "127.0.0.1", 1, "gone.log", "2026-01-01T00:00:00Z")
@@ -198,7 +203,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, config: Config) -> Iterator
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"up at jdbc:hive2://127.0.0.1:{port}/skillrank" in started.stdout
-        # Run 2 (the latest), published under a client's queries, and its evaluation.
+        # Run 2 (the latest), published under a client's queries, its evaluation and report.
         _train_while_querying(served)
         yield served
     finally:
@@ -570,15 +575,24 @@ def test_queries_during_a_publish_see_one_complete_run(served: Served, spark: Sp
 
 
 def test_all_reports_each_stage_of_the_run(served: Served) -> None:
-    out = served.all_output
+    first, second = served.outputs
     quarantined = "quarantined 2 (invalid_json=1, not_an_object=1)"
-    assert f"[ingest] raw lines {PROFILES + 2} = accepted {PROFILES} + {quarantined}" in out
-    assert re.search(rf"skillrank\.profiles +{PROFILES} rows", out), out
-    assert "[train] passed the gates; published run train-" in out
-    # evaluate and report ran on that run: no planted truth here (--input).
-    assert "no planted truth at" in out
+    assert f"[ingest] raw lines {PROFILES + 2} = accepted {PROFILES} + {quarantined}" in first
+    assert "[train] passed the gates; published run train-" in first
+    # evaluate and report ran on the second run: no planted truth here (--input).
+    assert "no planted truth at" in second
     (page,) = (served.workdir / "reports").glob("train-*/report.html")
     assert 'href="fig2_loss.png"' in page.read_text(encoding="utf-8")
+    # Each `all` ends with its stages' seconds, rows in and rows out, and peak memory.
+    tables = {}
+    for out in (first, second):
+        table = re.findall(r"^ +(\w+) +[\d.]+ +([\d,]+) +([\d,]+)$", out, flags=re.M)
+        tables[tuple(stage for stage, *_ in table)] = dict((stage, io) for stage, *io in table)
+        assert re.search(r"^ +total +[\d.]+$", out, flags=re.M), out[-3000:]
+        assert re.search(r"Peak memory: Spark's JVM \d+\.\d\d GiB, this Python process", out)
+    assert list(tables) == [("ingest", "prepare", "train"), ("train", "evaluate", "report")]
+    ingested = tables["ingest", "prepare", "train"]["ingest"]
+    assert ingested == [str(PROFILES + len(MALFORMED)), str(PROFILES)]
 
 
 def test_the_sql_command_reads_the_tables_the_server_serves(
