@@ -35,6 +35,7 @@ from skillrank.config import SPLITS, Config, load_aliases
 from skillrank.prepare import (
     FILTER_REASONS,
     UNUSABLE_REASONS,
+    alias_matchers,
     assign_splits,
     build_vocabulary,
     clean_profiles,
@@ -42,8 +43,6 @@ from skillrank.prepare import (
     encode_profiles,
     filter_profiles,
     filter_reasons,
-    industry_matcher,
-    place_matcher,
     unrecognized_values,
     unusable_items,
 )
@@ -134,15 +133,14 @@ def run(ctx: StageContext) -> StageResult:
         raise StageError("profiles_raw is empty: run ingest first")
 
     aliases = load_aliases(config)
+    places, industries = alias_matchers(aliases)
     with ctx.step("deduplicated, cleaned, split and merged into profiles"):
         cleaned = clean_profiles(
             deduplicate_profiles(raw),
             title_aliases=aliases["titles"],
             skill_aliases=aliases["skills"],
-            places=place_matcher(
-                aliases["cities"], aliases["regions"], aliases["countries"], aliases["other_places"]
-            ),
-            industries=industry_matcher(aliases["industries"], aliases["other_industries"]),
+            places=places,
+            industries=industries,
         )
         cleaned = filter_reasons(
             assign_splits(cleaned, params.split_fractions, params.split_salt),

@@ -365,7 +365,7 @@ def _publish(
     spark, k = ctx.spark, ctx.config.publish
     phi_t = result.phi_t
     staging = resolve_path(ctx.workdir, f"{ctx.config.catalog.staging_dir}/{ctx.run_id}")
-    local = local_path(staging)  # Arrow would read a file: URI percent-decoded
+    local = local_path(staging)  # Arrow refuses a file: URI holding a space
     fs, root = (pafs.LocalFileSystem(), str(local)) if local else pafs.FileSystem.from_uri(staging)
     concentration = (
         segments.fit.title_credit + ctx.config.train.prior_strength if segments else None

@@ -10,6 +10,7 @@ import re
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -291,6 +292,14 @@ def deduplicate_profiles(raw: DataFrame) -> DataFrame:
         F.col("crawled_at").desc(), "line_sha256", "source_file", "line_number"
     )
     return raw.withColumn("_rank", F.row_number().over(order)).where("_rank = 1").drop("_rank")
+
+
+def alias_matchers(aliases: Mapping[str, Any]) -> tuple[PlaceMatcher, IndustryMatcher]:
+    """The place and the industry matcher of conf/aliases.yml (load_aliases' mapping)."""
+    places = place_matcher(
+        aliases["cities"], aliases["regions"], aliases["countries"], aliases["other_places"]
+    )
+    return places, industry_matcher(aliases["industries"], aliases["other_industries"])
 
 
 def _cleaner(lookup: dict[str, str | None], keep_unknown: bool) -> Column:

@@ -26,6 +26,7 @@ from skillrank.prepare import (
     OTHER,
     UNRECOGNIZED,
     alias_lookup,
+    alias_matchers,
     assign_splits,
     build_vocabulary,
     clean_profiles,
@@ -409,9 +410,7 @@ def aliases(config: Config) -> dict:
 
 
 def test_every_usual_spelling_of_a_target_city_matches_it(aliases: dict) -> None:
-    places = place_matcher(
-        aliases["cities"], aliases["regions"], aliases["countries"], aliases["other_places"]
-    )
+    places, _ = alias_matchers(aliases)
     got = {(code, s): places.match(s) for code, spellings in CITY_SPELLINGS.items()
            for s in spellings}  # fmt: skip
     assert {k: v for k, v in got.items() if v != (k[0], MATCHED)} == {}
@@ -423,9 +422,7 @@ def test_every_usual_spelling_of_a_target_city_matches_it(aliases: dict) -> None
 
 
 def test_places_that_only_look_like_a_target_city_do_not_match(aliases: dict) -> None:
-    places = place_matcher(
-        aliases["cities"], aliases["regions"], aliases["countries"], aliases["other_places"]
-    )
+    places, _ = alias_matchers(aliases)
     matched = {s: places.match(s) for s in NOT_TARGETS}
     assert {s: m for s, m in matched.items() if m[0] is not None} == {}
     # Known to lie elsewhere (outside_cities) where a region or country says so; unknown
@@ -437,7 +434,7 @@ def test_places_that_only_look_like_a_target_city_do_not_match(aliases: dict) ->
 
 
 def test_industry_spellings_old_and_new_match_and_others_do_not(aliases: dict) -> None:
-    industries = industry_matcher(aliases["industries"], aliases["other_industries"])
+    _, industries = alias_matchers(aliases)
     got = {(code, s): industries.match(s) for code, spellings in INDUSTRY_SPELLINGS.items()
            for s in spellings}  # fmt: skip
     assert {k: v for k, v in got.items() if v != (k[0], MATCHED)} == {}
@@ -450,10 +447,7 @@ def test_industry_spellings_old_and_new_match_and_others_do_not(aliases: dict) -
 def test_the_generators_other_places_and_industries_are_known_elsewhere(
     config: Config, aliases: dict
 ) -> None:
-    places = place_matcher(
-        aliases["cities"], aliases["regions"], aliases["countries"], aliases["other_places"]
-    )
-    industries = industry_matcher(aliases["industries"], aliases["other_industries"])
+    places, industries = alias_matchers(aliases)
     g = config.generate
     wrong = [(p, places.match(p)) for p in g.other_locations if places.match(p) != (None, OTHER)]
     wrong += [
