@@ -733,19 +733,21 @@ def declare_tables(spark: SparkSession, config: Config, keys: list[str]) -> None
         spec = SPECS[key]
         if not spark.catalog.tableExists(table_name(config, key)):
             _clear_unregistered_location(spark, config, key)
-        builder = (
-            DeltaTable.createIfNotExists(spark)
-            .tableName(table_name(config, key))
-            .comment(f"{spec.comment} Owner: {spec.owner}.")
-            .addColumns(spec.schema)
-            .partitionedBy(*spec.partition_by)
-        )
-        # A new table gets its constraints in its first commit (an ALTER TABLE ... ADD
-        # CONSTRAINT is one commit and one Spark job each); one that an older version created
-        # without some gets them below.
-        for name, condition in spec.checks:
-            builder = builder.property(_constraint_property(name), condition)
-        builder.execute()
+            builder = (
+                DeltaTable.createIfNotExists(spark)
+                .tableName(table_name(config, key))
+                .comment(f"{spec.comment} Owner: {spec.owner}.")
+                .addColumns(spec.schema)
+                .partitionedBy(*spec.partition_by)
+            )
+            # A new table gets its constraints in its first commit (an ALTER TABLE ... ADD
+            # CONSTRAINT is one commit and one Spark job each); one that an older version
+            # created without some gets them below.
+            for name, condition in spec.checks:
+                builder = builder.property(_constraint_property(name), condition)
+            builder.execute()
+        # An existing table (CREATE ... IF NOT EXISTS would leave it as it is) gains what
+        # this version declares and it lacks.
         _add_missing_columns(spark, table_name(config, key), spec.schema)
         if spec.checks:
             properties = spark.sql(f"SHOW TBLPROPERTIES {table_name(config, key)}").collect()
