@@ -108,11 +108,10 @@ def summarize(ctx: StageContext, times: list[StageTime]) -> list[str]:
     ]
     lines.append(f"  {'total':<10} {sum(t.seconds for t in times):>8.1f}")
     jvm = ctx.spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()  # type: ignore[union-attr]
+    # (A child's peak would include what it shared with this process when forked.)
     python = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     lines += [
-        f"Peak memory: Spark's JVM {_gib(_peak_rss(int(jvm)))}, this Python process"
-        f" {_gib(python)}, its largest child process {_gib(children)}",
+        f"Peak memory: Spark's JVM {_gib(_peak_rss(int(jvm)))}, this Python process {_gib(python)}",
         f"Every stage's row counts and versions: SELECT * FROM {ctx.table('stage_runs')}",
         f"Training shards: {ctx.workdir / ctx.config.catalog.shards_dir / 'manifest.json'}",
         "Query the rankings with:",
