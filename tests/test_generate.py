@@ -19,6 +19,7 @@ from pyspark.sql import functions as F
 
 from jobs._cli import StageContext, StageError, StageResult, parse_stage_args
 from jobs.generate import STAGE, build_truth, crawl_params
+from jobs.ingest import read_lines
 from skillrank.config import Config, ConfigError, load_aliases
 from skillrank.generate import (
     CrawlParams,
@@ -27,7 +28,7 @@ from skillrank.generate import (
     normalize_label,
     truth_tables,
 )
-from skillrank.ingest import REASONS, line_checks, parse_lines
+from skillrank.ingest import REASONS, accepted_profiles, line_checks, number_lines, parse_lines
 from skillrank.prepare import (
     UNRECOGNIZED,
     alias_matchers,
@@ -240,13 +241,12 @@ def test_places_written_in_real_world_shapes_are_matched_by_prepare(
     locations = {r["location"] for r in lines if r["location"]}
     unlisted = {loc for loc in locations if normalize_label(loc) not in listed}
     assert len(unlisted) > 200, "the knob drew few new spellings"
-    raw = spark.read.text(str(output / "crawl-*.jsonl.gz")).select(
-        "value", F.input_file_name().alias("source_file"), F.lit(0).alias("line_number")
-    )
+    files = {f.as_uri(): f.name for f in sorted(output.glob("crawl-*.jsonl.gz"))}
+    raw = number_lines(read_lines(spark, files))
     parsed = parse_lines(raw, **line_checks(config.ingest, datetime.now(UTC)))
     places, industries = alias_matchers(aliases)
     cleaned = clean_profiles(
-        deduplicate_profiles(parsed.where("reason IS NULL")),
+        deduplicate_profiles(accepted_profiles(parsed)),
         aliases["titles"],
         aliases["skills"],
         places,
