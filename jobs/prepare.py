@@ -29,6 +29,7 @@ from delta.tables import DeltaTable
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import from_arrow_schema
 
 from jobs._cli import Stage, StageContext, StageError, StageResult, require_table, run_stages
 from skillrank.config import SPLITS, Config, load_aliases
@@ -47,8 +48,8 @@ from skillrank.prepare import (
     unusable_items,
 )
 from skillrank.session import local_path, resolve_path
-from skillrank.shards import Manifest, ShardFile
-from skillrank.tables import SHARD_SCHEMA, SPECS, conform, declare_tables, table_version
+from skillrank.shards import SHARD_COLUMNS, SHARD_FILE_SCHEMA, Manifest, ShardFile
+from skillrank.tables import SPECS, conform, declare_tables, table_version
 
 SHARD_SETS_KEPT = 2  # the current set and the one before, for a trainer still reading it
 SHOWN_UNRECOGNIZED = 5  # values per field named in the summary
@@ -84,7 +85,7 @@ def _write_shards(
     shards = max(1, math.ceil(rows / rows_per_shard))
     (
         encoded.where(F.col("split") == split)
-        .select([F.col(f.name).cast(f.dataType) for f in SHARD_SCHEMA])
+        .select([F.col(f.name).cast(f.dataType) for f in from_arrow_schema(SHARD_FILE_SCHEMA)])
         .repartitionByRange(shards, "profile_id")
         .sortWithinPartitions("profile_id")
         .write.mode("overwrite")
@@ -242,7 +243,7 @@ def run(ctx: StageContext) -> StageResult:
             for name in ("job_vocab", "skill_vocab")
         },
         split_files=split_files,
-        shard_columns={f.name: f.dataType.simpleString() for f in SHARD_SCHEMA},
+        shard_columns=SHARD_COLUMNS,
         delta_versions=versions,
     )
     _publish_manifest(local_root, ctx.run_id, manifest)

@@ -117,6 +117,15 @@ def check_options(args: argparse.Namespace, config: Config) -> None:
         raise StageError(f"--resume applies to train.model={resumable}; a {model} fit starts over")
     if device != "cpu" and not family.cuda:
         raise StageError(f"train.model={model} runs on cpu, not {device}")
+    processes = config.train.num_processes
+    if device == "cuda" and (processes == 1 or config.train.local_mode):
+        # NCCL takes one GPU per process; processes on the executors use theirs.
+        gpus = torch.cuda.device_count()
+        if gpus < processes:
+            raise StageError(
+                f"--device cuda with {processes} training process(es) on this machine needs"
+                f" {processes} GPU(s) (one per process), torch sees {gpus}"
+            )
 
 
 def check(args: argparse.Namespace, config: Config) -> None:

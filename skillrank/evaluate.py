@@ -41,8 +41,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from skillrank.model import Batch
-from skillrank.prepare import normalize_text
 from skillrank.rankings import top_k
+from skillrank.text import normalize_text
 
 if TYPE_CHECKING:
     from skillrank.generate import Taxonomy
@@ -781,7 +781,9 @@ def _profile_values(method: Method, batch: Batch, ks: Sequence[int]) -> np.ndarr
         per_sample_weights=batch.job_weights.to(table.dtype),
     )
     counts = torch.diff(batch.skill_offsets)
-    rows = torch.repeat_interleave(torch.arange(batch.size, device=scores.device), counts)
+    rows = torch.repeat_interleave(
+        torch.arange(batch.size, device=scores.device), counts, output_size=batch.skill_ids.numel()
+    )
     sizes = counts.to(torch.float64)
     columns: list[Tensor] = []
     if method.has_distribution:
@@ -815,9 +817,9 @@ def _ranking_values(hits: Tensor, sizes: Tensor, k: int) -> dict[str, Tensor]:
     found = rel.cumsum(dim=1)
     n_hits = found[:, -1]
     # The ideal ranking puts min(k, |truth|) relevant items first.
-    ideal_hits = torch.minimum(sizes, torch.tensor(float(k), dtype=torch.float64))
+    ideal_hits = sizes.clamp(max=float(k))
     ideal_positions = torch.clamp(ideal_hits, max=width).to(torch.int64)
-    ideal = torch.cat([torch.zeros(1, dtype=torch.float64), discount.cumsum(0)])
+    ideal = torch.cat([discount.new_zeros(1), discount.cumsum(0)])
     ideal = ideal[ideal_positions]
     return {
         "precision": n_hits / k,

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from skillrank.ingest import REASONS
-from skillrank.prepare import normalize_text
+from skillrank.text import normalize_text
 
 TAXONOMY_DIR = Path(__file__).resolve().parent / "taxonomy"
 

@@ -329,7 +329,7 @@ def train_mixture(
         counts = step.counts
         if ranks.world > 1:
             dist.all_reduce(counts)
-        kl_sum, profiles = ranks.sum([step.kl_sum, float(step.profiles)], counts.device)
+        kl_sum, profiles = ranks.sum([step.kl_sum, float(step.profiles)])
         totals = counts.double().sum(dim=1)
         phi_t = theta_matrix(counts, totals.float(), prior, alpha).log_()
         method = mixture_method(phi_t, background, lam)

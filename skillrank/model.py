@@ -29,6 +29,7 @@ offsets marking where each profile starts, and the same for skill ids.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -57,14 +58,22 @@ class Batch:
         return self.job_offsets.numel() - 1
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Batch:
-        """The same batch on `device`, with weights cast to `dtype` when given."""
+        """The same batch on `device`, with weights cast to `dtype` when given. A copy to a
+        GPU from pinned memory (``pin_memory``) does not wait for the GPU's earlier work."""
+        non_blocking = torch.device(device).type == "cuda"
         return Batch(
-            job_ids=self.job_ids.to(device),
-            job_weights=self.job_weights.to(device, dtype=dtype or self.job_weights.dtype),
-            job_offsets=self.job_offsets.to(device),
-            skill_ids=self.skill_ids.to(device),
-            skill_offsets=self.skill_offsets.to(device),
+            job_ids=self.job_ids.to(device, non_blocking=non_blocking),
+            job_weights=self.job_weights.to(
+                device, dtype=dtype or self.job_weights.dtype, non_blocking=non_blocking
+            ),
+            job_offsets=self.job_offsets.to(device, non_blocking=non_blocking),
+            skill_ids=self.skill_ids.to(device, non_blocking=non_blocking),
+            skill_offsets=self.skill_offsets.to(device, non_blocking=non_blocking),
         )
+
+    def pin_memory(self) -> Batch:
+        """The same batch in page-locked host memory, for copies to a GPU."""
+        return Batch(*(tensor.pin_memory() for tensor in dataclasses.astuple(self)))
 
 
 def append_job(batch: Batch, job: int, weight: float) -> Batch:
@@ -128,12 +137,14 @@ def kl_loss_and_residual(phi_t: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
     loss = _kl_from_log_probs(log_p, batch)
     residual = log_p.exp_()
     counts = torch.diff(batch.skill_offsets)
+    # output_size: the sizes are known on the host, so a GPU need not be waited for.
+    mentions = batch.skill_ids.numel()
     profile_of_skill = torch.repeat_interleave(
-        torch.arange(batch.size, device=residual.device), counts
+        torch.arange(batch.size, device=residual.device), counts, output_size=mentions
     )
     residual.index_put_(
         (profile_of_skill, batch.skill_ids),
-        -(1.0 / counts.to(residual.dtype)).repeat_interleave(counts),
+        -(1.0 / counts.to(residual.dtype)).repeat_interleave(counts, output_size=mentions),
         accumulate=True,
     )
     return loss, residual
@@ -150,7 +161,9 @@ def row_gradients(
     """
     job_counts = torch.diff(job_offsets)
     profile_of_job = torch.repeat_interleave(
-        torch.arange(job_counts.numel(), device=residual.device), job_counts
+        torch.arange(job_counts.numel(), device=residual.device),
+        job_counts,
+        output_size=job_ids.numel(),
     )
     weights = job_weights.to(residual.dtype) * scale
     return job_ids, residual[profile_of_job] * weights[:, None]
@@ -169,7 +182,9 @@ def kl_loss_autograd(phi_t: Tensor, batch: Batch) -> Tensor:
 def _kl_from_log_probs(log_p: Tensor, batch: Batch) -> Tensor:
     # With t uniform over n skills: KL_i = sum_k (1/n)(log(1/n) - log p_k) = -log n - mean log p_k.
     counts = torch.diff(batch.skill_offsets)
-    rows = torch.repeat_interleave(torch.arange(batch.size, device=log_p.device), counts)
+    rows = torch.repeat_interleave(
+        torch.arange(batch.size, device=log_p.device), counts, output_size=batch.skill_ids.numel()
+    )
     picked = log_p[rows, batch.skill_ids]
     mean_log_p = torch.zeros(batch.size, dtype=log_p.dtype, device=log_p.device)
     mean_log_p.index_add_(0, rows, picked).div_(counts.to(log_p.dtype))

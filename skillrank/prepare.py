@@ -7,7 +7,6 @@ All functions take DataFrames and explicit scalars and return DataFrames; the pr
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,12 +16,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, StringType, StructField, StructType
 
 from skillrank.config import SPLITS
-
-# A run of whitespace as Python's \s sees it (Unicode White_Space and U+001C..U+001F),
-# spelled out so that Java's regex, in the SQL function normalize_name
-# (skillrank/views.py), reads the same class: Java's (?U)\s leaves out U+001C..U+001F.
-NAME_SPACES = r"[\t\n\x0b\f\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+"
-_SPACES = re.compile(NAME_SPACES)
+from skillrank.text import SPACES, normalize_text
 
 # Why ``encode_profiles`` finds a profile unusable (its drop_reason column).
 UNUSABLE_REASONS = ("no_known_title", "no_known_skill")
@@ -42,21 +36,6 @@ FILTER_REASONS = (
     "unrecognized_industry",
     "outside_industries",
 )
-
-
-def normalize_text(text: str | None) -> str | None:
-    """A name (title, skill, place, industry) as stored: the one rule of docs/sql.md.
-
-    Format characters (Unicode category Cf: zero-width spaces and joiners, bidirectional
-    controls, soft hyphen, byte order mark) removed, so ``data<ZWJ>scientist`` becomes
-    ``datascientist``; then NFKC, full case folding, whitespace runs as one space, trimmed.
-    None, or nothing left -> None. The SQL function ``normalize_name`` does the same.
-    """
-    if text is None:
-        return None
-    visible = "".join(c for c in text if unicodedata.category(c) != "Cf")
-    folded = _SPACES.sub(" ", unicodedata.normalize("NFKC", visible).casefold()).strip(" ")
-    return folded or None
 
 
 def alias_lookup(aliases: Mapping[str, list[str]], keep_unknown: bool) -> dict[str, str | None]:
@@ -97,7 +76,7 @@ _HYPHENS = re.compile(r"\s*[-\u2010-\u2015]\s*")
 def place_key(text: str | None) -> str | None:
     """A place name or region as looked up: normalize_text, dots dropped ("U.S." = "us")."""
     key = normalize_text(text)
-    key = None if key is None else _SPACES.sub(" ", key.replace(".", "")).strip(" ")
+    key = None if key is None else SPACES.sub(" ", key.replace(".", "")).strip(" ")
     return key or None
 
 

@@ -8,10 +8,12 @@ so memory holds at most about ``buffer_size`` profiles plus one record batch, ne
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +23,19 @@ import torch
 
 from skillrank.model import Batch
 
-COLUMNS = ["profile_id", "job_ids", "job_weights", "skill_ids"]
+# The shard files' columns: the file contract between prepare, which writes them with Spark
+# (as pyspark's from_arrow_schema reads this), and the trainer, which reads them here
+# (docs/tables.md, "Training shards").
+SHARD_FILE_SCHEMA = pa.schema(
+    [
+        pa.field("profile_id", pa.string(), nullable=False),
+        pa.field("job_ids", pa.list_(pa.int32()), nullable=False),
+        pa.field("job_weights", pa.list_(pa.float32()), nullable=False),
+        pa.field("skill_ids", pa.list_(pa.int32()), nullable=False),
+    ]
+)
+# As manifest.json records them: column -> Arrow type.
+SHARD_COLUMNS = {field.name: str(field.type) for field in SHARD_FILE_SCHEMA}
 # Rows per Parquet read; small enough to keep memory bounded, large enough to be fast.
 _READ_ROWS = 8192
 
@@ -53,7 +67,7 @@ class Manifest:
     skills: int
     vocab_files: dict[str, list[ShardFile]]  # job_vocab, skill_vocab
     split_files: dict[str, list[ShardFile]]  # train, validation, test
-    shard_columns: dict[str, str]  # column -> Spark type of the shards
+    shard_columns: dict[str, str]  # column -> Arrow type of the shards (SHARD_COLUMNS)
     delta_versions: dict[str, int]  # the input tables' versions the set was written from
     root: Path = Path(".")  # the directory the paths are under
 
@@ -183,7 +197,7 @@ def iterate_batches(
     held = 0
     for index in order:
         for record_batch in pq.ParquetFile(files[index]).iter_batches(
-            batch_size=_READ_ROWS, columns=COLUMNS
+            batch_size=_READ_ROWS, columns=SHARD_FILE_SCHEMA.names
         ):
             pending.append(record_batch)
             held += record_batch.num_rows
@@ -203,6 +217,52 @@ def iterate_batches(
             table = table.take(pa.array(rng.permutation(table.num_rows)))
         for start in range(0, table.num_rows, batch_size):
             yield _to_batch(table.slice(start, batch_size))
+
+
+_Item = TypeVar("_Item")
+# How often a read-ahead thread that waits for room in its queue checks whether to stop.
+_READ_AHEAD_POLL_S = 0.1
+
+
+def read_ahead(items: Iterator[_Item], depth: int = 2) -> Iterator[_Item]:
+    """The same items in the same order, produced by a background thread up to `depth`
+    ahead of the consumer: reading the next batches overlaps the work on this one (steps on a
+    GPU, which wait on the device, not on the interpreter). An exception raised by `items`
+    is raised here, in its place; closing this iterator stops the thread."""
+    ready: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=_READ_AHEAD_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((False, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((False, exc))
+
+    thread = threading.Thread(target=produce, name="read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            more, item = ready.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _to_batch(table: pa.Table) -> tuple[list[str], Batch]:

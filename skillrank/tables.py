@@ -706,16 +706,6 @@ SPECS: dict[str, TableSpec] = {
     ]
 }
 
-# Shard columns: the file contract between Spark and the trainer (see docs/tables.md).
-SHARD_SCHEMA = StructType(
-    [
-        StructField("profile_id", StringType(), False),
-        StructField("job_ids", ArrayType(IntegerType()), False),
-        StructField("job_weights", ArrayType(FloatType()), False),
-        StructField("skill_ids", ArrayType(IntegerType()), False),
-    ]
-)
-
 
 def table_name(config: Config, key: str) -> str:
     """Fully qualified name (database.table) of a logical table."""

@@ -51,7 +51,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +80,7 @@ from skillrank.model import (
     kl_loss_and_residual,
     row_gradients,
 )
-from skillrank.shards import Manifest, iterate_batches
+from skillrank.shards import Manifest, iterate_batches, read_ahead
 
 # Cut-off of the selection metric: the best epoch has the highest validation NDCG@10.
 SELECTION_K = 10
@@ -102,16 +102,18 @@ class Ranks:
 
     rank: int = 0
     world: int = 1
+    # Where the process group's collectives take their tensors: NCCL only reduces on the GPU.
+    device: torch.device = torch.device("cpu")
 
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
 
-    def sum(self, values: list[float], device: torch.device) -> list[float]:
+    def sum(self, values: list[float]) -> list[float]:
         """Each value summed over the ranks."""
         if self.world == 1:
             return values
-        total = torch.tensor(values, dtype=torch.float64, device=device)
+        total = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(total)
         return total.tolist()
 
@@ -417,14 +419,22 @@ def train_process(
     ``process_errors``): on the executors, TorchDistributor tells the driver only that
     training failed.
     """
-    cuda = torch.device(device).type == "cuda"
-    dist.init_process_group("nccl" if cuda else "gloo")
-    ranks = Ranks(dist.get_rank(), dist.get_world_size())
+    rank = int(os.environ.get("RANK", "0"))
     try:
-        if cuda:
-            device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        if torch.device(device).type == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            if local >= torch.cuda.device_count():
+                raise ValueError(
+                    f"local process {local} has no GPU of its own (torch sees"
+                    f" {torch.cuda.device_count()}): NCCL takes one GPU per process"
+                )
+            device = f"cuda:{local}"
             torch.cuda.set_device(device)
-        with open(os.devnull, "w") if ranks.rank else nullcontext(sys.stdout) as log:
+            dist.init_process_group("nccl")
+        else:
+            dist.init_process_group("gloo")
+        ranks = Ranks(rank, dist.get_world_size(), torch.device(device))
+        with open(os.devnull, "w") if rank else nullcontext(sys.stdout) as log:
             result = fit(
                 Path(manifest_path),
                 params,
@@ -438,12 +448,13 @@ def train_process(
         ranks.barrier()  # leave together: gloo may abort a process whose peer has gone
         return dataclasses.replace(result, phi_t=torch.empty(0))
     except Exception as exc:
-        error = _error_path(Path(checkpoint_path), ranks.rank)
+        error = _error_path(Path(checkpoint_path), rank)
         error.parent.mkdir(parents=True, exist_ok=True)
-        error.write_text(f"rank {ranks.rank}: {type(exc).__name__}: {exc}".splitlines()[0])
+        error.write_text(f"rank {rank}: {type(exc).__name__}: {exc}".splitlines()[0])
         raise
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def process_errors(checkpoint_path: Path) -> list[str]:
@@ -490,7 +501,7 @@ def score_split(
     }
     count = values["profiles"]
     sums = [values["kl"] * count, values["ndcg"] * count] if count else [0.0, 0.0]
-    kl, ndcg, count = ranks.sum([*sums, count], method.title_scores.device)
+    kl, ndcg, count = ranks.sum([*sums, count])
     return (kl / count, ndcg / count) if count else (math.nan, math.nan)
 
 
@@ -538,6 +549,7 @@ def _train_epoch(
         world=ranks.world,
     )
     steps = 0
+    loss: float | Tensor
     if ranks.world > 1:
         while True:
             _, batch = next(batches, ([], _EMPTY_BATCH))
@@ -549,11 +561,16 @@ def _train_epoch(
             steps += 1
             progress.update(profiles, loss)
     else:
-        for _, batch in batches:
+        prepared: Iterator[Batch] = (
+            _with_bias(batch, manifest.jobs, params) for _, batch in batches
+        )
+        if phi_t.device.type == "cuda":
+            # The next batches are read and pinned in a thread while the GPU takes this one.
+            prepared = read_ahead(batch.pin_memory() for batch in prepared)
+        for batch in prepared:
             # The epoch's last, smaller batch is a smaller step: in every step each profile
             # weighs 1 / batch_size, as in distributed steps.
             weight = min(1.0, batch.size / params.batch_size)
-            batch = _with_bias(batch, manifest.jobs, params)
             if kernel is not None:
                 loss = kernel.sgd_step(phi_t, batch, params.learning_rate * weight)
             else:
@@ -594,7 +611,7 @@ def skill_popularity(manifest: Manifest, batch_size: int, ranks: Ranks = Ranks()
     )
     for _, batch in batches:
         mentions += torch.bincount(batch.skill_ids, minlength=manifest.skills)
-    summed = ranks.sum(mentions.tolist(), torch.device("cpu"))
+    summed = ranks.sum(mentions.tolist())
     return popularity(torch.tensor(summed, dtype=torch.float64))
 
 
@@ -618,13 +635,14 @@ def _torch_step(
     batch: Batch,
     params: TrainConfig,
     weight: float = 1.0,
-) -> float:
-    """One step on the batch's mean loss times `weight`; returns the mean loss."""
+) -> Tensor:
+    """One step on the batch's mean loss times `weight`; returns the mean loss, a tensor on
+    phi_t's device (reading it waits for a GPU; the progress line reads it now and then)."""
     loss, rows, row_grads = kl_loss_and_grad(phi_t, batch)
     if weight != 1.0:
         row_grads.mul_(weight)
     _apply_gradient(phi_t, optimizer, rows, row_grads, params)
-    return loss.item()
+    return loss.detach()
 
 
 def _distributed_step(
@@ -684,7 +702,11 @@ def _apply_gradient(
     params: TrainConfig,
 ) -> None:
     """One optimizer step with the sparse gradient (rows, row_grads) of phi_t."""
-    if params.optimizer == "sgd":
+    if params.optimizer == "sgd" and phi_t.is_cuda:
+        # The same SGD step, phi_t[rows] -= lr * row_grads, duplicates summed: in place on a
+        # GPU, where coalescing a sparse gradient would wait for the device every step.
+        phi_t.index_add_(0, rows, row_grads, alpha=-params.learning_rate)
+    elif params.optimizer == "sgd":
         # Only the batch's job rows change: a sparse gradient keeps SGD's cost per batch
         # proportional to the rows touched, not to all of phi.
         phi_t.grad = torch.sparse_coo_tensor(
@@ -703,9 +725,11 @@ class _Progress:
         self.label, self.total, self.log = label, total, log
         self.interactive = log.isatty()
         self.started = self.shown = time.perf_counter()
-        self.count, self.loss_sum = 0, 0.0
+        self.count = 0
+        # A tensor on the GPU while training there, read only when shown.
+        self.loss_sum: float | Tensor = 0.0
 
-    def update(self, profiles: int, batch_loss: float) -> None:
+    def update(self, profiles: int, batch_loss: float | Tensor) -> None:
         self.count += profiles
         self.loss_sum += batch_loss * profiles
         now = time.perf_counter()
@@ -715,14 +739,14 @@ class _Progress:
 
     def finish(self) -> float:
         self._show(final=True)
-        return self.loss_sum / self.count
+        return float(self.loss_sum) / self.count
 
     def _show(self, final: bool) -> None:
         filled = round(20 * self.count / max(self.total, 1))
         rate = self.count / max(time.perf_counter() - self.started, 1e-9)
         text = (
             f"{self.label} [{'#' * filled}{'.' * (20 - filled)}] {self.count:,}/{self.total:,}"
-            f" profiles {rate:,.0f} profiles/s loss={self.loss_sum / max(self.count, 1):.6f}"
+            f" profiles {rate:,.0f} profiles/s loss={float(self.loss_sum) / max(self.count, 1):.6f}"
         )
         if self.interactive:  # redraw one line; end it when the epoch is done
             self.log.write("\r" + text + ("\n" if final else ""))

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pyspark.sql import SparkSession
 
 from skillrank.config import Config
-from skillrank.prepare import NAME_SPACES
 from skillrank.promotion import current_run_sql
 from skillrank.publish import RUN_TABLES
 from skillrank.tables import SPECS, table_name
+from skillrank.text import NAME_SPACES
 
 
 @dataclass(frozen=True)
@@ -292,7 +292,7 @@ def view_statements(config: Config) -> dict[str, tuple[str, str]]:
             f" TBLPROPERTIES ('{_DIGEST_PROPERTY}' = '{digest}') AS {query}",
             digest,
         )
-    # skillrank.prepare.normalize_text in Spark SQL: Java's regex for Cf and whitespace,
+    # skillrank.text.normalize_text in Spark SQL: Java's regex for Cf and whitespace,
     # ICU4J (a JAR of Spark's) for NFKC and full case folding, called through reflect, which
     # fails on NULL (hence the CASE). tests/test_prepare.py checks that the two agree.
     visible = "regexp_replace(s, " + _quote(r"\p{Cf}") + ", '')"

@@ -96,6 +96,26 @@ def test_bad_arguments_fail_fast_with_one_line(
     assert not (tmp_path / "w").exists()  # nothing was touched
 
 
+@pytest.mark.parametrize(("gpus", "processes"), [(0, 1), (1, 2)])
+def test_cuda_needs_a_gpu_per_training_process(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    gpus: int,
+    processes: int,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    settings = ["--conf", "train.model=softmax", "--conf", f"train.num_processes={processes}"]
+    code = launch(["train", "--device", "cuda", *settings, "--workdir", str(tmp_path / "w")])
+    assert code == 2
+    expected = (
+        f"--device cuda with {processes} training process(es) on this machine needs"
+        f" {processes} GPU(s) (one per process), torch sees {gpus}"
+    )
+    assert expected in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
 def test_version_names_the_checkout_and_its_packages(capsys: pytest.CaptureFixture[str]) -> None:
     assert launch(["--version"]) == 0
     torch_release = torch.__version__.split("+")[0]  # without the build's local label

@@ -161,7 +161,7 @@ def test_a_distributed_step_is_the_step_on_the_union_of_the_batches(
         torch.float64,
     )
     phi_t = _initial_phi()
-    loss = _torch_step(phi_t, _make_optimizer(phi_t, params), union, params)
+    loss = float(_torch_step(phi_t, _make_optimizer(phi_t, params), union, params))
     # The step of rank 0's 3 profiles alone: 3 of batch_size 5, so 3/5 of their mean gradient.
     tail = phi_t.clone()
     smaller = dataclasses.replace(params, learning_rate=params.learning_rate * 3 / 5)

@@ -35,13 +35,13 @@ from skillrank.prepare import (
     filter_profiles,
     filter_reasons,
     industry_matcher,
-    normalize_text,
     place_forms,
     place_matcher,
     unrecognized_values,
     unusable_items,
 )
 from skillrank.tables import POSITION
+from skillrank.text import normalize_text
 from skillrank.views import view_statements
 
 RAW_SCHEMA = StructType(

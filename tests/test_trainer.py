@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import json
 import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +21,7 @@ import torch
 
 from skillrank.config import SPLITS, TrainConfig, load_config
 from skillrank.model import Batch, append_job, kl_loss, kl_loss_and_grad, kl_loss_autograd
-from skillrank.shards import Manifest, ShardFile, iterate_batches
+from skillrank.shards import Manifest, ShardFile, iterate_batches, read_ahead
 from skillrank.trainer import train
 from tests.conftest import random_batch
 
@@ -43,6 +48,21 @@ def test_explicit_gradient_equals_autograd() -> None:
     )
     assert torch.allclose(kl_loss(phi_t, batch), expected_loss.detach(), atol=1e-12)
     assert torch.equal(phi_t, reference.detach()), "kl_loss_and_grad changed phi_t in place"
+
+
+def test_training_needs_no_spark() -> None:
+    """The trainer, every model family and the training benchmark import no pyspark: the
+    processes TorchDistributor starts, and a GPU machine with torch alone, can train."""
+    code = (
+        "import sys; sys.path.insert(0, 'benchmarks');"
+        " import skillrank.families, skillrank.shards, train;"
+        " print(sorted({m.split('.')[0] for m in sys.modules} & {'pyspark', 'py4j'}))"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"
 
 
 def test_loss_is_zero_only_when_prediction_matches_target() -> None:
@@ -155,6 +175,35 @@ def test_batches_carry_each_profiles_jobs_and_skills(tmp_path: Path) -> None:
     assert batch.job_offsets.tolist() == [0, 2, 3, 6]
     assert batch.skill_ids.tolist() == [1, 0, 4, 5, 2, 3]
     assert batch.skill_offsets.tolist() == [0, 1, 4, 6]
+
+
+def test_read_ahead_keeps_order_raises_in_place_and_stops_when_closed() -> None:
+    assert list(read_ahead(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise RuntimeError("shard 3 unreadable")
+
+    got = []
+    with pytest.raises(RuntimeError, match="shard 3 unreadable"):
+        for item in read_ahead(failing()):
+            got.append(item)
+    assert got == [1, 2]
+
+    produced: list[int] = []
+
+    def endless() -> Iterator[int]:
+        for i in itertools.count():
+            produced.append(i)
+            yield i
+
+    ahead = read_ahead(endless(), depth=2)
+    assert next(ahead) == 0
+    ahead.close()
+    assert "read-ahead" not in [thread.name for thread in threading.enumerate()]
+    # One taken, two queued, one waiting for room when the stop came.
+    assert len(produced) <= 4
 
 
 def test_append_job_gives_every_profile_one_more_job_after_its_own() -> None:
