@@ -16,6 +16,7 @@ met. It measures and reports; it asserts nothing about speed. See benchmarks/REA
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import subprocess
@@ -41,7 +42,7 @@ SPARK_SUBMIT = ROOT / "spark-submit.sh"
 DUCKDB_SQL = Path(__file__).resolve().parent / "etl_duckdb.sql"
 TARGET_RATIO = 2.0
 
-_DONE = re.compile(r"^\[(\w+)\] done in ([0-9.]+)s")
+DONE = re.compile(r"^\[(\w+)\] done in ([0-9.]+)s")
 _INGEST = re.compile(
     r"^\[ingest\] raw lines (\d+) = accepted (\d+) \+ quarantined (\d+)(?: \((.*)\))?"
 )
@@ -121,7 +122,7 @@ def run_stage(stage: str, options: list[str], log: Path) -> StageRun:
             if line.startswith("["):
                 lines.append(line.rstrip("\n"))
                 print(f"    {lines[-1]}", flush=True)
-                done = _DONE.match(line)
+                done = DONE.match(line)
                 if done and done.group(1) == stage:
                     stage_s = float(done.group(2))
         rc = proc.wait()
@@ -130,11 +131,12 @@ def run_stage(stage: str, options: list[str], log: Path) -> StageRun:
         tail = log.read_text(errors="replace").splitlines()[-15:]
         print("\n".join(tail), file=sys.stderr)
         print(
-            f"etl benchmark: error: {stage} failed with exit code {rc} (log: {log})",
+            f"benchmark: error: {stage} failed with exit code {rc} (log: {log})",
             file=sys.stderr,
         )
         raise SystemExit(rc)
-    print(f"    ({stage}: process {wall_s:.1f}s, stage {stage_s:.1f}s; log {log})", flush=True)
+    own = "" if math.isnan(stage_s) else f", stage {stage_s:.1f}s"
+    print(f"    ({stage}: process {wall_s:.1f}s{own}; log {log})", flush=True)
     return StageRun(stage, wall_s, stage_s, lines)
 
 
@@ -245,7 +247,7 @@ def _rate(n: int, seconds: float) -> str:
     return f"{n / seconds:,.0f}/s" if seconds > 0 else "n/a"
 
 
-def _verdict(ratio: float) -> str:
+def verdict(ratio: float) -> str:
     met = "MET" if ratio <= TARGET_RATIO else "NOT MET"
     return f"{ratio:.2f}x -> target (<= {TARGET_RATIO:g}x) {met}"
 
@@ -313,10 +315,10 @@ def print_report(
         )
 
     print("\nSpark / DuckDB wall time:")
-    print(f"  stages' own durations summed ({spark_stage:.1f}s): {_verdict(spark_stage / duck_s)}")
+    print(f"  stages' own durations summed ({spark_stage:.1f}s): {verdict(spark_stage / duck_s)}")
     print(
         f"  end-to-end processes, JVM start included ({spark_wall:.1f}s): "
-        f"{_verdict(spark_wall / duck_s)}"
+        f"{verdict(spark_wall / duck_s)}"
     )
     print(
         "  (Spark's stages also write Delta tables, clean titles and skills, build the"
