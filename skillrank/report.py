@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,9 +31,10 @@ from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.patches import Patch
 from matplotlib.typing import ColorType
-from sklearn.cluster import SpectralCoclustering
+from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
 from sklearn.manifold import TSNE
+from sklearn.utils.extmath import randomized_svd
 from torch import Tensor
 
 from skillrank.evaluate import BASELINES, DIFFERENCE
@@ -186,8 +188,14 @@ def cocluster(matrix: np.ndarray, n_clusters: int, seed: int) -> tuple[np.ndarra
     Returns (row labels, column labels), one integer label per row and per column; rows and
     columns that share a label form one co-cluster. ``n_clusters`` is lowered to
     ``min(rows, columns)`` when larger (there cannot be more co-clusters than rows or
-    columns); with a single co-cluster every label is 0. sklearn works on a float64 copy plus
-    a normalised one, so a 12000 x 16000 matrix peaks at about 5.5 GB.
+    columns); with a single co-cluster every label is 0.
+
+    Dhillon's algorithm, as sklearn's SpectralCoclustering runs it: the matrix scaled by its
+    row sums and its column sums to the power -1/2; its singular vectors 2 to
+    1 + ceil(log2 n_clusters) by randomized SVD; k-means (k-means++, 10 starts) on the rows'
+    and the columns' vectors, each scaled back the same way. Here in float32 on one scaled
+    copy of the matrix: sklearn's class works on float64 copies, 8.1 GiB of peak memory for
+    the report at the paper's scale (12,000 x 15,000).
     """
     if matrix.ndim != 2 or 0 in matrix.shape:
         raise ValueError(f"expected a non-empty 2-D matrix, got shape {matrix.shape}")
@@ -198,10 +206,27 @@ def cocluster(matrix: np.ndarray, n_clusters: int, seed: int) -> tuple[np.ndarra
     rows, columns = matrix.shape
     n_clusters = min(n_clusters, rows, columns)
     if n_clusters == 1:
-        # SpectralCoclustering discards the first singular vector, leaving nothing to cluster.
+        # The first singular vector is discarded, leaving nothing to cluster.
         return np.zeros(rows, dtype=np.int64), np.zeros(columns, dtype=np.int64)
-    model = SpectralCoclustering(n_clusters=n_clusters, random_state=seed).fit(matrix)
-    return model.row_labels_.astype(np.int64), model.column_labels_.astype(np.int64)
+    scaled = matrix.astype(np.float32)  # a copy, scaled in place
+    row_scale, column_scale = (
+        _inverse_sqrt(scaled.sum(axis=1, dtype=np.float64)),
+        _inverse_sqrt(scaled.sum(axis=0, dtype=np.float64)),
+    )
+    scaled *= row_scale[:, None]
+    scaled *= column_scale[None, :]
+    vectors = 1 + math.ceil(math.log2(n_clusters))
+    u, _, vt = randomized_svd(scaled, vectors, random_state=seed)
+    del scaled
+    points = np.vstack((row_scale[:, None] * u[:, 1:], column_scale[:, None] * vt[1:].T))
+    labels = KMeans(n_clusters, init="k-means++", n_init=10, random_state=seed).fit(points)
+    return labels.labels_[:rows].astype(np.int64), labels.labels_[rows:].astype(np.int64)
+
+
+def _inverse_sqrt(sums: np.ndarray) -> np.ndarray:
+    """1 / sqrt(sums) as float32, 0 where a sum is 0 (an empty row or column)."""
+    with np.errstate(divide="ignore"):
+        return np.where(sums > 0, 1.0 / np.sqrt(sums), 0.0).astype(np.float32)
 
 
 def cocluster_figure(
