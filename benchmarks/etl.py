@@ -78,6 +78,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--crawl", metavar="DIR", help="existing crawl directory (default: generate one)"
     )
+    add_run_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """--workdir, --keep, --conf and --duckdb-threads, as etl.py and pipeline.py take them."""
     parser.add_argument(
         "--workdir",
         metavar="DIR",
@@ -99,7 +105,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         help="DuckDB threads (default: DuckDB's own default, one per core)",
     )
-    return parser.parse_args(argv)
 
 
 def run_stage(stage: str, options: list[str], log: Path) -> StageRun:

@@ -28,6 +28,7 @@ if str(ROOT) not in sys.path:  # run as a script: make `skillrank` importable
 from _workdir import work_directory  # noqa: E402
 from etl import (  # noqa: E402
     DONE,
+    add_run_arguments,
     crawl_files,
     crawl_pattern,
     run_duckdb,
@@ -47,27 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Run `all` end to end, print its stage table and the ETL's DuckDB ratio."
     )
-    parser.add_argument(
-        "--workdir",
-        metavar="DIR",
-        help="where everything is written; must not exist yet (default: a temp dir, removed)",
-    )
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the temporary work directory at the end"
-    )
-    parser.add_argument(
-        "--conf",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="config override passed to `all` and used by the DuckDB side"
-        " (e.g. generate.profiles=20000 for a quick run)",
-    )
-    parser.add_argument(
-        "--duckdb-threads",
-        type=int,
-        help="DuckDB threads (default: DuckDB's own default, one per core)",
-    )
+    add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
