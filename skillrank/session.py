@@ -66,6 +66,10 @@ def derby_version() -> str:
     return engines[0].name.removeprefix("derby-").removesuffix(".jar")
 
 
+# Ivy's repositories for the first resolution: Maven Central alone (see the file).
+IVY_SETTINGS = PROJECT_ROOT / "conf" / "ivysettings.xml"
+
+
 def jar_packages() -> list[str]:
     """Maven coordinates resolved through Ivy: the Delta JAR matching the installed pyspark
     and delta-spark, and Derby's network server and client (for ``thriftserver``)."""
@@ -153,6 +157,7 @@ def spark_settings(config: Config, workdir: Path) -> dict[str, str]:
     else:
         settings["spark.jars.packages"] = ",".join(jar_packages())
         settings["spark.jars.excludes"] = ",".join(config.spark.jar_excludes)
+        settings["spark.jars.ivySettings"] = str(IVY_SETTINGS)
     settings.update(config.spark.extra_conf)
     return settings
 

@@ -8,6 +8,7 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
+from xml.etree import ElementTree
 
 import pytest
 import yaml
@@ -244,6 +245,19 @@ def test_rules_across_keys_are_checked_on_load(overrides: list[str], message: st
 def test_unknown_environment_lists_the_known_ones() -> None:
     with pytest.raises(ConfigError, match=r"unknown environment 'mars' \(known: .*local"):
         load_config("mars")
+
+
+def test_the_first_resolution_asks_maven_central_alone(tmp_path: Path) -> None:
+    # No JARs recorded in this Ivy directory yet: Spark resolves the packages with the
+    # project's Ivy settings, whose one repository is Maven Central.
+    config = load_config(overrides=[f"spark.ivy_dir={tmp_path / 'ivy'}"])
+    settings = spark_settings(config, tmp_path)
+    assert settings["spark.jars.packages"].startswith("io.delta:delta-spark_")
+    resolvers = ElementTree.parse(settings["spark.jars.ivySettings"]).getroot().find("resolvers")
+    assert resolvers is not None
+    assert [(r.tag, r.get("root")) for r in resolvers] == [
+        ("ibiblio", "https://repo1.maven.org/maven2/")
+    ]
 
 
 def test_cluster_overlay_loads_with_object_store_and_external_metastore(tmp_path: Path) -> None:
