@@ -88,43 +88,18 @@ def check(args: argparse.Namespace, config: Config) -> None:
 
 def crawl_params(config: Config) -> CrawlParams:
     """The generator's crawl settings: generate knobs, alias spellings and ingest limits."""
-    g = config.generate
     aliases = load_aliases(config)
 
     def keyed(section: str) -> dict[str, list[str]]:
         return {normalize_label(k): list(v) for k, v in aliases[section].items()}
 
     return CrawlParams(
-        crawl_start=g.crawl_start,
-        crawl_window_days=g.crawl_window_days,
-        recrawl_rate=g.recrawl_rate,
-        third_snapshot_rate=g.third_snapshot_rate,
-        recrawl_gap_days=(g.recrawl_gap_days[0], g.recrawl_gap_days[1]),
-        recrawl_new_job_rate=g.recrawl_new_job_rate,
-        recrawl_skill_drop_rate=g.recrawl_skill_drop_rate,
-        duplicate_rate=g.duplicate_rate,
-        malformed_rate=g.malformed_rate,
-        extra_positions_mean=g.extra_positions_mean,
-        max_positions=g.max_positions,
-        same_occupation_rate=g.same_occupation_rate,
-        switch_rate=g.switch_rate,
-        tenure_months_mean=g.tenure_months_mean,
-        current_job_rate=g.current_job_rate,
-        city_rate=g.city_rate,
-        industry_rate=g.industry_rate,
-        missing_location_rate=g.missing_location_rate,
-        missing_industry_rate=g.missing_industry_rate,
+        knobs=config.generate,
         cities={c: list(aliases["cities"][c]["spellings"]) for c in config.prepare.cities},
         city_parts={c: _city_parts(aliases, c) for c in config.prepare.cities},
         industries={i: list(aliases["industries"][i]) for i in config.prepare.industries},
-        other_locations=list(g.other_locations),
-        other_industries=list(g.other_industries),
         title_aliases=keyed("titles"),
         skill_aliases=keyed("skills"),
-        case_variant_rate=g.case_variant_rate,
-        spacing_variant_rate=g.spacing_variant_rate,
-        alias_variant_rate=g.alias_variant_rate,
-        location_pattern_rate=g.location_pattern_rate,
         max_line_bytes=config.ingest.max_line_bytes,
         max_field_chars=config.ingest.max_field_chars,
         max_skills_ingest=config.ingest.max_skills,
@@ -144,28 +119,7 @@ def _city_parts(aliases: dict[str, Any], code: str) -> tuple[list[str], list[str
 
 def build_truth(config: Config) -> Truth:
     """The planted truth of the configured seed and knobs, from the packaged taxonomy."""
-    g = config.generate
-    return plan_truth(
-        load_taxonomy(),
-        seed=g.seed,
-        occupation_zipf=g.occupation_zipf,
-        focus_isco_groups=list(g.focus_isco_groups),
-        focus_boost=g.focus_boost,
-        title_zipf=g.title_zipf,
-        essential_rate=g.essential_rate,
-        optional_rate=g.optional_rate,
-        hot_technology_rate=g.hot_technology_rate,
-        technology_rate=g.technology_rate,
-        rate_jitter=g.rate_jitter,
-        generic_skills=g.generic_skills,
-        generic_rate=g.generic_rate,
-        generic_zipf=g.generic_zipf,
-        segment_cities=list(config.prepare.cities),
-        segment_skills=g.segment_skills,
-        segment_skill_rate=g.segment_skill_rate,
-        companies=g.companies,
-        company_zipf=g.company_zipf,
-    )
+    return plan_truth(load_taxonomy(), config.generate, list(config.prepare.cities))
 
 
 def _parameters(config: Config, params: CrawlParams) -> dict[str, Any]:
@@ -175,7 +129,10 @@ def _parameters(config: Config, params: CrawlParams) -> dict[str, Any]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return {
         "generate": dataclasses.asdict(config.generate),
-        "crawl": json.loads(json.dumps(dataclasses.asdict(params))),
+        # What the crawl takes besides the section above: spellings and ingest's limits.
+        "crawl": json.loads(
+            json.dumps({k: v for k, v in dataclasses.asdict(params).items() if k != "knobs"})
+        ),
         "taxonomy_sha256": digest.hexdigest(),
     }
 
@@ -218,8 +175,8 @@ def run(ctx: StageContext) -> StageResult:
 
     truth = build_truth(ctx.config)
     # +1: a spacing variant doubles one space.
-    fields = [*truth.titles, *truth.skills, *truth.companies, *params.other_locations]
-    longest = max(len(text) + 1 for text in [*fields, *params.other_industries])
+    fields = [*truth.titles, *truth.skills, *truth.companies, *params.knobs.other_locations]
+    longest = max(len(text) + 1 for text in [*fields, *params.knobs.other_industries])
     if longest > params.max_field_chars:
         raise StageError(
             f"ingest.max_field_chars ({params.max_field_chars}) is below the longest generated "

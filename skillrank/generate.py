@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from skillrank.config import GenerateConfig
 from skillrank.ingest import REASONS
 from skillrank.text import normalize_text
 
@@ -116,13 +117,41 @@ def load_taxonomy(directory: Path = TAXONOMY_DIR) -> Taxonomy:
 
 
 @dataclass(frozen=True)
+class Ragged:
+    """Rows of different lengths in flat lists: row r holds ``items[lo:hi]`` with
+    ``(lo, hi) = bounds(r)``, each item with its probability within the row (``probs``) and
+    the row's cumulative probabilities (``cum``, ending at 1), so one bisect draws from a row."""
+
+    starts: list[int]
+    items: list[int]
+    probs: list[float]
+    cum: list[float]
+
+    @classmethod
+    def of(cls, rows: Iterable[tuple[list[int], np.ndarray]]) -> Ragged:
+        """The rows of (items, weights) pairs, each row's weights normalised; a row may be
+        empty."""
+        starts, items, probs, cum = [0], [], [], []
+        for members, weights in rows:
+            items += members
+            if members:
+                probs += (weights / weights.sum()).tolist()
+                cum += _cumulative(weights)
+            starts.append(len(items))
+        return cls(starts, items, probs, cum)
+
+    def bounds(self, row: int) -> tuple[int, int]:
+        return self.starts[row], self.starts[row + 1]
+
+
+@dataclass(frozen=True)
 class Truth:
     """The planted world: what the generator samples from, by integer index.
 
-    Occupation o has titles ``title_idx[title_ptr[o]:title_ptr[o+1]]`` with cumulative
-    probabilities ``title_cum`` over the same range, related occupations likewise in
-    ``related_*``, and ``skill_idx[o]`` with per-position inclusion probabilities
-    ``skill_prob[o]`` (relation code index into RELATIONS or -1, generic flag alongside).
+    Occupation o has the titles of row o of ``occupation_titles`` and the related occupations
+    of row o of ``related`` (``Ragged``: each with its probability), and ``skill_idx[o]``
+    with per-position inclusion probabilities ``skill_prob[o]`` (relation code index into
+    RELATIONS or -1, generic flag alongside).
     ``segment_idx[city][o]``: the skills a position of occupation o held by a person located
     in that city (canonical code) also lists, each with probability ``segment_rate``; empty
     when no city-specific skills are planted.
@@ -136,13 +165,8 @@ class Truth:
     popularity_cum: list[float]
     titles: list[str]
     title_keys: list[str]
-    title_ptr: list[int]
-    title_idx: list[int]
-    title_prob: list[float]
-    title_cum: list[float]
-    related_ptr: list[int]
-    related_idx: list[int]
-    related_cum: list[float]
+    occupation_titles: Ragged
+    related: Ragged
     skills: list[str]
     skill_keys: list[str]
     skill_idx: list[np.ndarray]
@@ -171,29 +195,8 @@ def _cumulative(weights: Iterable[float]) -> list[float]:
     return out
 
 
-def plan_truth(
-    taxonomy: Taxonomy,
-    *,
-    seed: int,
-    occupation_zipf: float,
-    focus_isco_groups: list[str],
-    focus_boost: float,
-    title_zipf: float,
-    essential_rate: float,
-    optional_rate: float,
-    hot_technology_rate: float,
-    technology_rate: float,
-    rate_jitter: float,
-    generic_skills: int,
-    generic_rate: float,
-    generic_zipf: float,
-    segment_cities: list[str],
-    segment_skills: int,
-    segment_skill_rate: float,
-    companies: int,
-    company_zipf: float,
-) -> Truth:
-    """Fix the planted world for `seed` from the taxonomy and the popularity/rate knobs.
+def plan_truth(taxonomy: Taxonomy, knobs: GenerateConfig, segment_cities: list[str]) -> Truth:
+    """Fix the planted world for `knobs.seed` from the taxonomy and the `generate` knobs.
 
     Occupation popularity is Zipf over a seeded random order, times `focus_boost` for ISCO
     sub-major groups in `focus_isco_groups`. A position lists each skill of its occupation
@@ -201,139 +204,25 @@ def plan_truth(
     with probability generic_rate / k**generic_zipf, independently. Each city of
     `segment_cities` gets, per occupation, `segment_skills` skills the occupation neither
     lists nor has as generic, listed with probability `segment_skill_rate` (``_plan_segments``).
+    The steps below draw from one seed stream in this order.
     """
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
+    rng = np.random.default_rng(np.random.SeedSequence(knobs.seed, spawn_key=(0,)))
     occupations = taxonomy.occupations
     ids = [o["occupation_id"] for o in occupations]
     index_of = {oid: i for i, oid in enumerate(ids)}
-    n_occ = len(ids)
-
-    rank = np.empty(n_occ, dtype=np.int64)
-    rank[rng.permutation(n_occ)] = np.arange(n_occ)
-    boost = np.array(
-        [focus_boost if o["isco_group"][:2] in focus_isco_groups else 1.0 for o in occupations]
+    popularity = _occupation_popularity(occupations, knobs, rng)
+    titles, title_keys, occupation_titles = _occupation_titles(taxonomy, index_of, knobs)
+    related = _related_occupations(occupations, taxonomy.onet_related, popularity)
+    skills = _SkillNames()
+    relation_of = _skill_relations(taxonomy, index_of, skills)
+    generic_idx, generic_source, generic_breadth = _generic_skills(taxonomy, skills, knobs)
+    generic_rates = (
+        knobs.generic_rate * _zipf_weights(len(generic_idx), knobs.generic_zipf)
+    ).tolist()
+    listed = _listed_skills(
+        relation_of, dict(zip(generic_idx, generic_rates, strict=True)), knobs, rng
     )
-    popularity = _zipf_weights(n_occ, occupation_zipf)[rank] * boost
-    popularity /= popularity.sum()
-
-    # Titles: the preferred label (rank 0) is the most common, alternatives follow.
-    title_keys: list[str] = []
-    titles: list[str] = []
-    key_index: dict[str, int] = {}
-    per_occ_titles: list[list[int]] = [[] for _ in range(n_occ)]
-    for row in sorted(
-        taxonomy.titles, key=lambda r: (index_of[r["occupation_id"]], int(r["rank"]))
-    ):
-        key = normalize_label(row["title"])
-        if key not in key_index:
-            key_index[key] = len(title_keys)
-            title_keys.append(key)
-            titles.append(display_label(row["title"]))
-        per_occ_titles[index_of[row["occupation_id"]]].append(key_index[key])
-    title_ptr, title_idx, title_prob, title_cum = [0], [], [], []
-    for members in per_occ_titles:
-        weights = _zipf_weights(len(members), title_zipf)
-        title_idx += members
-        title_prob += (weights / weights.sum()).tolist()
-        title_cum += _cumulative(weights)
-        title_ptr.append(len(title_idx))
-
-    # Related: same ISCO unit group, or linked to an O*NET primary related occupation.
-    by_isco: dict[str, list[int]] = defaultdict(list)
-    by_onet: dict[str, list[int]] = defaultdict(list)
-    for i, o in enumerate(occupations):
-        by_isco[o["isco_group"]].append(i)
-        if o["onet_code"]:
-            by_onet[o["onet_code"]].append(i)
-    onet_related: dict[str, list[str]] = defaultdict(list)
-    for row in taxonomy.onet_related:
-        if row["tier"].startswith("Primary"):
-            onet_related[row["onet_code"]].append(row["related_code"])
-    related_ptr, related_idx, related_cum = [0], [], []
-    for i, o in enumerate(occupations):
-        related = set(by_isco[o["isco_group"]])
-        for code in onet_related.get(o["onet_code"], ()):
-            related.update(by_onet.get(code, ()))
-        related.discard(i)
-        ordered = sorted(related)
-        related_idx += ordered
-        if ordered:
-            related_cum += _cumulative(popularity[ordered])
-        related_ptr.append(len(related_idx))
-
-    # Skills, merged by matching key; the first spelling seen is kept for display.
-    skill_keys: list[str] = []
-    skills: list[str] = []
-    skill_index: dict[str, int] = {}
-
-    def skill_id(label: str) -> int:
-        key = normalize_label(label)
-        if key not in skill_index:
-            skill_index[key] = len(skill_keys)
-            skill_keys.append(key)
-            skills.append(display_label(label))
-        return skill_index[key]
-
-    base_rate = {
-        "essential": essential_rate,
-        "optional": optional_rate,
-        "hot_technology": hot_technology_rate,
-        "technology": technology_rate,
-    }
-    relation_of: list[dict[int, str]] = [{} for _ in range(n_occ)]
-
-    def relate(occ: int, label: str, relation: str) -> None:
-        sid = skill_id(label)
-        current = relation_of[occ].get(sid)
-        if current is None or RELATIONS.index(relation) < RELATIONS.index(current):
-            relation_of[occ][sid] = relation
-
-    for row in taxonomy.occupation_skills:
-        relate(index_of[row["occupation_id"]], row["skill"], row["relation"])
-    technology: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for row in taxonomy.onet_technology:
-        technology[row["onet_code"]].append((row["skill"], row["hot"]))
-    for i, o in enumerate(occupations):
-        for label, hot in technology.get(o["onet_code"], ()):
-            relate(i, label, "hot_technology" if hot == "Y" else "technology")
-
-    generic_idx: list[int] = []
-    generic_source: list[str] = []
-    generic_breadth: list[float] = []
-    for row in taxonomy.generic_candidates:  # sorted by breadth, broadest first
-        sid = skill_id(row["skill"])
-        if sid not in generic_idx and len(generic_idx) < generic_skills:
-            generic_idx.append(sid)
-            generic_source.append(row["source"])
-            generic_breadth.append(float(row["breadth"]))
-    generic_rates = (generic_rate * _zipf_weights(len(generic_idx), generic_zipf)).tolist()
-    generic_of = dict(zip(generic_idx, generic_rates, strict=True))
-
-    skill_idx, skill_prob, skill_rel, skill_gen = [], [], [], []
-    for i in range(n_occ):
-        own = sorted(relation_of[i])
-        jitter = rng.uniform(rate_jitter, 1.0, size=len(own))
-        prob = {sid: base_rate[relation_of[i][sid]] * j for sid, j in zip(own, jitter, strict=True)}
-        for sid, g in generic_of.items():
-            prob[sid] = 1.0 - (1.0 - prob.get(sid, 0.0)) * (1.0 - g)
-        members = sorted(prob)
-        skill_idx.append(np.array(members, dtype=np.int64))
-        skill_prob.append(np.array([prob[s] for s in members]))
-        relations = [
-            RELATIONS.index(relation_of[i][s]) if s in relation_of[i] else -1 for s in members
-        ]
-        skill_rel.append(np.array(relations, dtype=np.int8))
-        skill_gen.append(np.array([s in generic_of for s in members]))
-
-    names = [
-        stem + " " + noun + suffix
-        for suffix in _COMPANY_SUFFIXES
-        for stem in _COMPANY_STEMS
-        for noun in _COMPANY_NOUNS
-    ]
-    chosen = rng.permutation(len(names))[: min(companies, len(names))]
-    company_names = [names[c] for c in chosen]
-
+    company_names = _company_names(knobs.companies, rng)
     return Truth(
         occupation_ids=ids,
         occupation_labels=[o["label"] for o in occupations],
@@ -343,30 +232,211 @@ def plan_truth(
         popularity_cum=_cumulative(popularity),
         titles=titles,
         title_keys=title_keys,
-        title_ptr=title_ptr,
-        title_idx=title_idx,
-        title_prob=title_prob,
-        title_cum=title_cum,
-        related_ptr=related_ptr,
-        related_idx=related_idx,
-        related_cum=related_cum,
-        skills=skills,
-        skill_keys=skill_keys,
-        skill_idx=skill_idx,
-        skill_prob=skill_prob,
-        skill_relation=skill_rel,
-        skill_generic=skill_gen,
+        occupation_titles=occupation_titles,
+        related=related,
+        skills=skills.names,
+        skill_keys=skills.keys,
+        skill_idx=listed.idx,
+        skill_prob=listed.prob,
+        skill_relation=listed.relation,
+        skill_generic=listed.generic,
         generic_idx=generic_idx,
         generic_rate=generic_rates,
         generic_source=generic_source,
         generic_breadth=generic_breadth,
         segment_idx=_plan_segments(
-            seed, segment_cities, skill_idx, len(skill_keys), segment_skills
+            knobs.seed, segment_cities, listed.idx, len(skills.keys), knobs.segment_skills
         ),
-        segment_rate=segment_skill_rate,
+        segment_rate=knobs.segment_skill_rate,
         companies=company_names,
-        company_cum=_cumulative(_zipf_weights(len(company_names), company_zipf)),
+        company_cum=_cumulative(_zipf_weights(len(company_names), knobs.company_zipf)),
     )
+
+
+def _occupation_popularity(
+    occupations: list[dict[str, str]], knobs: GenerateConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """Zipf over a seeded random order of the occupations, boosted for the focus groups;
+    sums to 1."""
+    n_occ = len(occupations)
+    rank = np.empty(n_occ, dtype=np.int64)
+    rank[rng.permutation(n_occ)] = np.arange(n_occ)
+    boost = np.array(
+        [
+            knobs.focus_boost if o["isco_group"][:2] in knobs.focus_isco_groups else 1.0
+            for o in occupations
+        ]
+    )
+    popularity = _zipf_weights(n_occ, knobs.occupation_zipf)[rank] * boost
+    popularity /= popularity.sum()
+    return popularity
+
+
+def _occupation_titles(
+    taxonomy: Taxonomy, index_of: dict[str, int], knobs: GenerateConfig
+) -> tuple[list[str], list[str], Ragged]:
+    """The titles as shown and their matching keys (merged by key, first spelling kept), and
+    each occupation's titles, Zipf by rank: the preferred label (rank 0) is the most common,
+    alternatives follow."""
+    title_keys: list[str] = []
+    titles: list[str] = []
+    key_index: dict[str, int] = {}
+    per_occ_titles: list[list[int]] = [[] for _ in index_of]
+    for row in sorted(
+        taxonomy.titles, key=lambda r: (index_of[r["occupation_id"]], int(r["rank"]))
+    ):
+        key = normalize_label(row["title"])
+        if key not in key_index:
+            key_index[key] = len(title_keys)
+            title_keys.append(key)
+            titles.append(display_label(row["title"]))
+        per_occ_titles[index_of[row["occupation_id"]]].append(key_index[key])
+    occupation_titles = Ragged.of(
+        (members, _zipf_weights(len(members), knobs.title_zipf)) for members in per_occ_titles
+    )
+    return titles, title_keys, occupation_titles
+
+
+def _related_occupations(
+    occupations: list[dict[str, str]], onet_related: list[dict[str, str]], popularity: np.ndarray
+) -> Ragged:
+    """Each occupation's related ones, drawn by popularity: the same ISCO unit group, or
+    linked to an O*NET primary related occupation."""
+    by_isco: dict[str, list[int]] = defaultdict(list)
+    by_onet: dict[str, list[int]] = defaultdict(list)
+    for i, o in enumerate(occupations):
+        by_isco[o["isco_group"]].append(i)
+        if o["onet_code"]:
+            by_onet[o["onet_code"]].append(i)
+    primary: dict[str, list[str]] = defaultdict(list)
+    for row in onet_related:
+        if row["tier"].startswith("Primary"):
+            primary[row["onet_code"]].append(row["related_code"])
+    rows = []
+    for i, o in enumerate(occupations):
+        linked = set(by_isco[o["isco_group"]])
+        for code in primary.get(o["onet_code"], ()):
+            linked.update(by_onet.get(code, ()))
+        linked.discard(i)
+        ordered = sorted(linked)
+        rows.append((ordered, popularity[ordered]))
+    return Ragged.of(rows)
+
+
+class _SkillNames:
+    """Skills merged by matching key, numbered in the order first seen; the first spelling
+    seen is kept for display."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.names: list[str] = []
+        self._index: dict[str, int] = {}
+
+    def id(self, label: str) -> int:
+        key = normalize_label(label)
+        if key not in self._index:
+            self._index[key] = len(self.keys)
+            self.keys.append(key)
+            self.names.append(display_label(label))
+        return self._index[key]
+
+
+def _skill_relations(
+    taxonomy: Taxonomy, index_of: dict[str, int], skills: _SkillNames
+) -> list[dict[int, str]]:
+    """Per occupation, skill id -> its closest relation (RELATIONS order): ESCO's essential
+    and optional skills, then O*NET's (hot) technologies."""
+    relation_of: list[dict[int, str]] = [{} for _ in index_of]
+
+    def relate(occ: int, label: str, relation: str) -> None:
+        sid = skills.id(label)
+        current = relation_of[occ].get(sid)
+        if current is None or RELATIONS.index(relation) < RELATIONS.index(current):
+            relation_of[occ][sid] = relation
+
+    for row in taxonomy.occupation_skills:
+        relate(index_of[row["occupation_id"]], row["skill"], row["relation"])
+    technology: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for row in taxonomy.onet_technology:
+        technology[row["onet_code"]].append((row["skill"], row["hot"]))
+    for i, o in enumerate(taxonomy.occupations):
+        for label, hot in technology.get(o["onet_code"], ()):
+            relate(i, label, "hot_technology" if hot == "Y" else "technology")
+    return relation_of
+
+
+def _generic_skills(
+    taxonomy: Taxonomy, skills: _SkillNames, knobs: GenerateConfig
+) -> tuple[list[int], list[str], list[float]]:
+    """The `generic_skills` broadest candidates: their ids, sources and breadths."""
+    generic_idx: list[int] = []
+    generic_source: list[str] = []
+    generic_breadth: list[float] = []
+    for row in taxonomy.generic_candidates:  # sorted by breadth, broadest first
+        sid = skills.id(row["skill"])
+        if sid not in generic_idx and len(generic_idx) < knobs.generic_skills:
+            generic_idx.append(sid)
+            generic_source.append(row["source"])
+            generic_breadth.append(float(row["breadth"]))
+    return generic_idx, generic_source, generic_breadth
+
+
+@dataclass(frozen=True)
+class _ListedSkills:
+    """Per occupation: the skills a position lists (ids ascending), each one's probability,
+    relation code (index into RELATIONS, -1 for a generic skill only) and generic flag."""
+
+    idx: list[np.ndarray]
+    prob: list[np.ndarray]
+    relation: list[np.ndarray]
+    generic: list[np.ndarray]
+
+
+def _listed_skills(
+    relation_of: list[dict[int, str]],
+    generic_of: dict[int, float],
+    knobs: GenerateConfig,
+    rng: np.random.Generator,
+) -> _ListedSkills:
+    """Each occupation's own skills at rate(relation) x U(rate_jitter, 1), combined with the
+    generic skills' rates as independent events."""
+    base_rate = {
+        "essential": knobs.essential_rate,
+        "optional": knobs.optional_rate,
+        "hot_technology": knobs.hot_technology_rate,
+        "technology": knobs.technology_rate,
+    }
+    listed = _ListedSkills([], [], [], [])
+    for relations_of_occ in relation_of:
+        own = sorted(relations_of_occ)
+        jitter = rng.uniform(knobs.rate_jitter, 1.0, size=len(own))
+        prob = {
+            sid: base_rate[relations_of_occ[sid]] * j for sid, j in zip(own, jitter, strict=True)
+        }
+        for sid, g in generic_of.items():
+            prob[sid] = 1.0 - (1.0 - prob.get(sid, 0.0)) * (1.0 - g)
+        members = sorted(prob)
+        listed.idx.append(np.array(members, dtype=np.int64))
+        listed.prob.append(np.array([prob[s] for s in members]))
+        relations = [
+            RELATIONS.index(relations_of_occ[s]) if s in relations_of_occ else -1 for s in members
+        ]
+        listed.relation.append(np.array(relations, dtype=np.int8))
+        listed.generic.append(np.array([s in generic_of for s in members]))
+    return listed
+
+
+def _company_names(count: int, rng: np.random.Generator) -> list[str]:
+    """`count` (at most all) company names made of a stem, a noun and a suffix, in a seeded
+    order."""
+    names = [
+        stem + " " + noun + suffix
+        for suffix in _COMPANY_SUFFIXES
+        for stem in _COMPANY_STEMS
+        for noun in _COMPANY_NOUNS
+    ]
+    chosen = rng.permutation(len(names))[: min(count, len(names))]
+    return [names[c] for c in chosen]
 
 
 def _plan_segments(
@@ -415,12 +485,12 @@ def truth_tables(truth: Truth) -> dict[str, dict[str, list[object]]]:
     n_occ = len(truth.occupation_ids)
     titles: dict[str, list[object]] = defaultdict(list)
     for o in range(n_occ):
-        for j in range(truth.title_ptr[o], truth.title_ptr[o + 1]):
-            t = truth.title_idx[j]
+        for j in range(*truth.occupation_titles.bounds(o)):
+            t = truth.occupation_titles.items[j]
             titles["title"].append(truth.titles[t])
             titles["title_key"].append(truth.title_keys[t])
             titles["occupation_id"].append(truth.occupation_ids[o])
-            titles["probability"].append(truth.title_prob[j])
+            titles["probability"].append(truth.occupation_titles.probs[j])
     skills: dict[str, list[object]] = defaultdict(list)
     for o in range(n_occ):
         for s, p, r, g in zip(
@@ -489,45 +559,22 @@ PLACE_SHAPES = (
 
 @dataclass(frozen=True)
 class CrawlParams:
-    """How profiles are drawn from the truth and written (see conf/skillrank.yml `generate`).
+    """How profiles are drawn from the truth and written: the `generate` section as configured
+    (`knobs`, conf/skillrank.yml) and what the crawl takes from conf/aliases.yml and from
+    ingest's limits.
 
-    `cities`/`industries`: canonical code -> spellings (conf/aliases.yml) of the places and
-    industries the default filter keeps; `city_parts`: city code -> (its names, the spellings
-    of its region, those of its country), for `location_pattern_rate`;
-    `title_aliases`/`skill_aliases`: normalised label -> alternative spellings. The ingest
-    limits shape the malformed lines.
+    `cities`/`industries`: canonical code -> spellings of the places and industries the
+    default filter keeps; `city_parts`: city code -> (its names, the spellings of its region,
+    those of its country), for `knobs.location_pattern_rate`; `title_aliases`/`skill_aliases`:
+    normalised label -> alternative spellings. The ingest limits shape the malformed lines.
     """
 
-    crawl_start: str
-    crawl_window_days: int
-    recrawl_rate: float
-    third_snapshot_rate: float
-    recrawl_gap_days: tuple[int, int]
-    recrawl_new_job_rate: float
-    recrawl_skill_drop_rate: float
-    duplicate_rate: float
-    malformed_rate: float
-    extra_positions_mean: float
-    max_positions: int
-    same_occupation_rate: float
-    switch_rate: float
-    tenure_months_mean: float
-    current_job_rate: float
-    city_rate: float
-    industry_rate: float
-    missing_location_rate: float
-    missing_industry_rate: float
+    knobs: GenerateConfig
     cities: dict[str, list[str]]
     city_parts: dict[str, tuple[list[str], list[str], list[str]]]
     industries: dict[str, list[str]]
-    other_locations: list[str]
-    other_industries: list[str]
     title_aliases: dict[str, list[str]]
     skill_aliases: dict[str, list[str]]
-    case_variant_rate: float
-    spacing_variant_rate: float
-    alias_variant_rate: float
-    location_pattern_rate: float
     max_line_bytes: int
     max_field_chars: int
     max_skills_ingest: int
@@ -630,7 +677,7 @@ class _ShardGenerator:
         self.rnd = random.Random(int(py_seq.generate_state(1, dtype=np.uint64)[0]))
         self.lines: list[bytes] = []
         self.stats = ShardStats()
-        start = date.fromisoformat(params.crawl_start)
+        start = date.fromisoformat(params.knobs.crawl_start)
         self.crawl_start = datetime(start.year, start.month, start.day, tzinfo=UTC)
         self.city_codes = sorted(params.cities)
         self.industry_codes = sorted(params.industries)
@@ -662,17 +709,19 @@ class _ShardGenerator:
     def _previous_occupation(self, occ: int) -> int:
         """The occupation of the job before (or after) one in `occ`: same, related or any."""
         r = self.rnd.random()
-        if r < self.p.switch_rate:
+        if r < self.p.knobs.switch_rate:
             return self._occupation()
-        lo, hi = self.truth.related_ptr[occ], self.truth.related_ptr[occ + 1]
-        if r < self.p.switch_rate + self.p.same_occupation_rate or lo == hi:
+        related = self.truth.related
+        lo, hi = related.bounds(occ)
+        if r < self.p.knobs.switch_rate + self.p.knobs.same_occupation_rate or lo == hi:
             return occ
-        return self.truth.related_idx[self._pick(self.truth.related_cum, lo, hi)]
+        return related.items[self._pick(related.cum, lo, hi)]
 
     def _title(self, occ: int) -> tuple[str, str]:
         """A title of occupation `occ`: its matching key and how this profile spells it."""
         t = self.truth
-        title = t.title_idx[self._pick(t.title_cum, t.title_ptr[occ], t.title_ptr[occ + 1])]
+        titles = t.occupation_titles
+        title = titles.items[self._pick(titles.cum, *titles.bounds(occ))]
         key = t.title_keys[title]
         return key, self._variant(t.titles[title], self.p.title_aliases.get(key))
 
@@ -682,100 +731,60 @@ class _ShardGenerator:
     def _variant(self, text: str, aliases: list[str] | None = None) -> str:
         """A natural spelling of `text`: an alias, another case, or odd spacing, sometimes."""
         rnd, p = self.rnd, self.p
-        if aliases and rnd.random() < p.alias_variant_rate:
+        if aliases and rnd.random() < p.knobs.alias_variant_rate:
             text = rnd.choice(aliases)
-        if rnd.random() < p.case_variant_rate:
+        if rnd.random() < p.knobs.case_variant_rate:
             text = rnd.choice((text.lower(), text.upper(), text[:1].upper() + text[1:].lower()))
-        if " " in text and rnd.random() < p.spacing_variant_rate:
+        if " " in text and rnd.random() < p.knobs.spacing_variant_rate:
             text = text.replace(" ", rnd.choice(("  ", "\u00a0")), 1)
         return text
 
     def _tenure(self) -> int:
-        return 1 + int(self.rnd.expovariate(1.0 / self.p.tenure_months_mean))
+        return 1 + int(self.rnd.expovariate(1.0 / self.p.knobs.tenure_months_mean))
 
     # --- one person -------------------------------------------------------------------
 
     def add_profile(self, profile_id: str) -> None:
-        rnd, p, t = self.rnd, self.p, self.truth
-        n_snapshots = 1
-        if rnd.random() < p.recrawl_rate:
-            n_snapshots = 3 if rnd.random() < p.third_snapshot_rate else 2
-        crawled = [self.crawl_start + timedelta(seconds=rnd.randrange(p.crawl_window_days * 86400))]
-        for _ in range(n_snapshots - 1):
-            gap = rnd.randint(p.recrawl_gap_days[0], p.recrawl_gap_days[1])
-            crawled.append(crawled[-1] + timedelta(days=gap, seconds=rnd.randrange(86400)))
+        """One person: when they were crawled, their career at each snapshot, the skills
+        they list, where they live and work, then a line per snapshot (the random draws in
+        this order, which fixes the shard's bytes)."""
+        crawled = self._crawl_times()
         months = [c.year * 12 + c.month - 1 for c in crawled]
-
-        # The career at the first snapshot, most recent first, built backwards in time.
-        n_positions = 1 + min(int(self.rng.poisson(p.extra_positions_mean)), p.max_positions - 1)
-        occupations = [self._occupation()]
-        for _ in range(n_positions - 1):
-            occupations.append(self._previous_occupation(occupations[-1]))
-        end: int | None = (
-            None if rnd.random() < p.current_job_rate else months[0] - rnd.randint(1, 6)
-        )
-        cursor = months[0] if end is None else end
-        positions: list[_Position] = []
-        for occ in occupations:
-            start = max(cursor - self._tenure(), _EARLIEST_MONTH)
-            positions.append(_Position(occ, *self._title(occ), self._company(), start, end))
-            end = max(start - rnd.randint(0, 3), _EARLIEST_MONTH)
-            cursor = end
-        snapshots = [list(positions)]
-        # Later snapshots: sometimes a new current job (the previous one ends when it starts).
-        for i in range(1, n_snapshots):
-            current = snapshots[-1]
-            if len(current) < p.max_positions and rnd.random() < p.recrawl_new_job_rate:
-                last = current[0]
-                earliest = max(months[i - 1], last.start) + 1
-                start = rnd.randint(min(earliest, months[i]), months[i])
-                occ = self._previous_occupation(last.occupation)
-                end = start if last.end is None else min(last.end, start)
-                ended = _Position(
-                    last.occupation, last.title_key, last.title, last.company, last.start, end
-                )
-                new = _Position(occ, *self._title(occ), self._company(), start, None)
-                current = [new, ended, *current[1:]]
-            snapshots.append(current)
-
-        # Skills: independent draws per distinct occupation held, in one order for the person.
-        held: dict[int, np.ndarray] = {}
-        for occ in dict.fromkeys(pos.occupation for pos in snapshots[-1]):
-            draw = self.rng.random(len(t.skill_prob[occ])) < t.skill_prob[occ]
-            held[occ] = t.skill_idx[occ][draw]
-        source_of: dict[int, set[int]] = defaultdict(set)
-        for occ, planted_ids in held.items():
-            for s in planted_ids.tolist():
-                source_of[s].add(occ)
-        order = list(source_of)
-        rnd.shuffle(order)
-        spelled = {
-            s: self._variant(t.skills[s], p.skill_aliases.get(t.skill_keys[s])) for s in order
-        }
-
+        snapshots = self._snapshots(months)
+        held, source_of, order, spelled = self._skills(snapshots[-1])
+        p = self.p
         city = self._choose(
-            self.city_codes, p.city_rate, p.missing_location_rate, len(p.other_locations)
+            self.city_codes,
+            p.knobs.city_rate,
+            p.knobs.missing_location_rate,
+            len(p.knobs.other_locations),
         )
         industry = self._choose(
-            self.industry_codes, p.industry_rate, p.missing_industry_rate, len(p.other_industries)
+            self.industry_codes,
+            p.knobs.industry_rate,
+            p.knobs.missing_industry_rate,
+            len(p.knobs.other_industries),
         )
-        if isinstance(city, str) and city in t.segment_idx:
-            self._add_city_skills(t.segment_idx[city], list(held), source_of, order, spelled)
+        if isinstance(city, str) and city in self.truth.segment_idx:
+            self._add_city_skills(
+                self.truth.segment_idx[city], list(held), source_of, order, spelled
+            )
         self.stats.profiles += 1
         for i, (when, current) in enumerate(zip(crawled, snapshots, strict=True)):
-            final = i == n_snapshots - 1
+            final = i == len(snapshots) - 1
             present = {pos.occupation for pos in current}
             skill_ids = [
                 s
                 for s in order
-                if source_of[s] & present and (final or rnd.random() >= p.recrawl_skill_drop_rate)
+                if source_of[s] & present
+                and (final or self.rnd.random() >= p.knobs.recrawl_skill_drop_rate)
             ]
             del skill_ids[p.max_skills_ingest :]  # a site lists at most so many skills
             record: dict[str, object] = {
                 "profile_id": profile_id,
                 "crawled_at": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "location": self._location(city),
-                "industry": self._place(industry, p.industries, p.other_industries),
+                "industry": self._place(industry, p.industries, p.knobs.other_industries),
                 "positions": [
                     {
                         "title": pos.title,
@@ -790,6 +799,80 @@ class _ShardGenerator:
             self._emit(record)
             if final:
                 self._count_final(current, skill_ids, city, industry)
+
+    def _crawl_times(self) -> list[datetime]:
+        """When the person's profile was crawled: once, or recrawled after gaps."""
+        rnd, knobs = self.rnd, self.p.knobs
+        n_snapshots = 1
+        if rnd.random() < knobs.recrawl_rate:
+            n_snapshots = 3 if rnd.random() < knobs.third_snapshot_rate else 2
+        crawled = [
+            self.crawl_start + timedelta(seconds=rnd.randrange(knobs.crawl_window_days * 86400))
+        ]
+        for _ in range(n_snapshots - 1):
+            gap = rnd.randint(knobs.recrawl_gap_days[0], knobs.recrawl_gap_days[1])
+            crawled.append(crawled[-1] + timedelta(days=gap, seconds=rnd.randrange(86400)))
+        return crawled
+
+    def _snapshots(self, months: list[int]) -> list[list[_Position]]:
+        """The career at each crawl (`months` of the crawls), most recent position first: at
+        the first, built backwards in time; at a later one, sometimes a new current job (the
+        previous one ends when it starts)."""
+        rnd, knobs = self.rnd, self.p.knobs
+        n_positions = 1 + min(
+            int(self.rng.poisson(knobs.extra_positions_mean)), knobs.max_positions - 1
+        )
+        occupations = [self._occupation()]
+        for _ in range(n_positions - 1):
+            occupations.append(self._previous_occupation(occupations[-1]))
+        end: int | None = (
+            None if rnd.random() < knobs.current_job_rate else months[0] - rnd.randint(1, 6)
+        )
+        cursor = months[0] if end is None else end
+        positions: list[_Position] = []
+        for occ in occupations:
+            start = max(cursor - self._tenure(), _EARLIEST_MONTH)
+            positions.append(_Position(occ, *self._title(occ), self._company(), start, end))
+            end = max(start - rnd.randint(0, 3), _EARLIEST_MONTH)
+            cursor = end
+        snapshots = [list(positions)]
+        for i in range(1, len(months)):
+            current = snapshots[-1]
+            if len(current) < knobs.max_positions and rnd.random() < knobs.recrawl_new_job_rate:
+                last = current[0]
+                earliest = max(months[i - 1], last.start) + 1
+                start = rnd.randint(min(earliest, months[i]), months[i])
+                occ = self._previous_occupation(last.occupation)
+                end = start if last.end is None else min(last.end, start)
+                ended = _Position(
+                    last.occupation, last.title_key, last.title, last.company, last.start, end
+                )
+                new = _Position(occ, *self._title(occ), self._company(), start, None)
+                current = [new, ended, *current[1:]]
+            snapshots.append(current)
+        return snapshots
+
+    def _skills(
+        self, final: list[_Position]
+    ) -> tuple[dict[int, np.ndarray], dict[int, set[int]], list[int], dict[int, str]]:
+        """Independent draws per distinct occupation of the final career: the skills each
+        occupation gave (`held`), the occupations behind each skill, the person's one order
+        of their skills, and how the person spells each."""
+        t = self.truth
+        held: dict[int, np.ndarray] = {}
+        for occ in dict.fromkeys(pos.occupation for pos in final):
+            draw = self.rng.random(len(t.skill_prob[occ])) < t.skill_prob[occ]
+            held[occ] = t.skill_idx[occ][draw]
+        source_of: dict[int, set[int]] = defaultdict(set)
+        for occ, planted_ids in held.items():
+            for s in planted_ids.tolist():
+                source_of[s].add(occ)
+        order = list(source_of)
+        self.rnd.shuffle(order)
+        spelled = {
+            s: self._variant(t.skills[s], self.p.skill_aliases.get(t.skill_keys[s])) for s in order
+        }
+        return held, source_of, order, spelled
 
     def _add_city_skills(
         self,
@@ -840,10 +923,10 @@ class _ShardGenerator:
         p = self.p
         if not (
             isinstance(choice, str)
-            and p.location_pattern_rate
-            and self.rnd.random() < p.location_pattern_rate
+            and p.knobs.location_pattern_rate
+            and self.rnd.random() < p.knobs.location_pattern_rate
         ):
-            return self._place(choice, p.cities, p.other_locations)
+            return self._place(choice, p.cities, p.knobs.other_locations)
         names, regions, countries = p.city_parts[choice]
         shape = self.rnd.choice(PLACE_SHAPES)
         return self._variant(
@@ -868,10 +951,10 @@ class _ShardGenerator:
         line = _dumps(record)
         self.lines.append(line)
         self.stats.snapshots += 1
-        if self.rnd.random() < self.p.duplicate_rate:
+        if self.rnd.random() < self.p.knobs.duplicate_rate:
             self.lines.append(line)
             self.stats.duplicate_lines += 1
-        if self.rnd.random() < self.p.malformed_rate:
+        if self.rnd.random() < self.p.knobs.malformed_rate:
             reason = REASONS[self.rnd.randrange(len(REASONS))]
             self.lines.append(self.malformers[reason](dict(record)))
             self.stats.malformed[reason] += 1

@@ -80,9 +80,14 @@ def _z2(
 def test_single_position_skill_frequencies_match_planted_distribution(
     config: Config, truth: Truth, params: CrawlParams
 ) -> None:
-    single = dataclasses.replace(
-        params, extra_positions_mean=0.0, recrawl_rate=0.0, duplicate_rate=0.0, malformed_rate=0.0
+    knobs = dataclasses.replace(
+        params.knobs,
+        extra_positions_mean=0.0,
+        recrawl_rate=0.0,
+        duplicate_rate=0.0,
+        malformed_rate=0.0,
     )
+    single = dataclasses.replace(params, knobs=knobs)
     shard = generate_shard(truth, single, 0, 0, 30000, seed=7)
     tables = truth_tables(truth)
     occupations_of: dict[str, set[str]] = defaultdict(set)
@@ -145,19 +150,19 @@ def test_single_position_skill_frequencies_match_planted_distribution(
 def test_profiles_look_like_the_crawl_format(
     config: Config, truth: Truth, params: CrawlParams
 ) -> None:
-    clean = dataclasses.replace(params, malformed_rate=0.0)
+    clean = dataclasses.replace(params, knobs=dataclasses.replace(params.knobs, malformed_rate=0.0))
     shard = generate_shard(truth, clean, 3, 1000, 3000, seed=11)
     profiles = _profiles(shard.lines)
     aliases = load_aliases(config)
     city_spellings = {
         normalize_label(s) for c in config.prepare.cities for s in aliases["cities"][c]["spellings"]
     }
-    others = {normalize_label(s) for s in params.other_locations}
+    others = {normalize_label(s) for s in params.knobs.other_locations}
     snapshots: dict[str, list[str]] = defaultdict(list)
     for p in profiles:
         snapshots[p["profile_id"]].append(p["crawled_at"])
         positions = p["positions"]
-        assert 1 <= len(positions) <= params.max_positions
+        assert 1 <= len(positions) <= params.knobs.max_positions
         assert all(pos["end"] is not None for pos in positions[1:]), p
         starts = [pos["start"] for pos in positions]
         assert starts == sorted(starts, reverse=True), f"positions not most recent first: {starts}"
@@ -168,7 +173,7 @@ def test_profiles_look_like_the_crawl_format(
     assert 0.1 < len(recrawled) / 3000 < 0.3
     assert {len(set(t)) for t in snapshots.values()} == {1, 2, 3}
     in_scope = shard.stats.profiles_in_scope / 3000
-    expected = params.city_rate * params.industry_rate
+    expected = params.knobs.city_rate * params.knobs.industry_rate
     assert abs(in_scope - expected) < 0.05, (in_scope, expected)
     assert len(shard.lines) == shard.stats.snapshots + shard.stats.duplicate_lines
 
