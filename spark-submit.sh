@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # SkillRank entry point for scheduled batches and data engineers.
 #
-#   ./spark-submit.sh <stage> [--workdir DIR] [--env NAME] [--conf KEY=VALUE]... [--master URL] [options]
-#   stages: generate, ingest, prepare, train, evaluate, report, all [--from S] [--to S]
-#   tools: setup, sql, thriftserver start|stop|status
+#   ./spark-submit.sh <stage> [--workdir DIR] [--env NAME] [--config FILE]... [--conf KEY=VALUE]...
+#       [--master URL] [options]
+#   stages: generate, ingest, prepare, train, evaluate, report, all [--from S] [--to S],
+#       runs [list|show|promote|pin|unpin], maintain
+#   tools: setup, sql, thriftserver start|stop|status; --version; --help lists them all
 #
 # On first use it creates the virtual environment .venv from pyproject.toml (and again
 # whenever pyproject.toml changes); the Delta Lake JARs are resolved by Ivy on the first
