@@ -93,6 +93,9 @@ class StageContext:
     workdir: Path
     run_id: str
     args: argparse.Namespace
+    # What a stage leaves to the later stages of the same run_stages call (one application),
+    # so that they need not read it back: train's published phi (jobs._runs.load_phi).
+    handoff: dict[str, object] = field(default_factory=dict)
 
     def table(self, key: str) -> str:
         return table_name(self.config, key)
@@ -282,8 +285,9 @@ def run_stages(
     if cleared:
         LOG.info(f"removed {cleared} staging entries of killed runs", extra={"stage": name})
     times: list[StageTime] = []
+    handoff: dict[str, object] = {}
     for stage in stages:
-        ctx = StageContext(spark, config, workdir, _new_run_id(stage.name), args)
+        ctx = StageContext(spark, config, workdir, _new_run_id(stage.name), args, handoff)
         started = datetime.now(UTC)
         clock = time.monotonic()
         ctx.log.info(f"run {ctx.run_id} (workdir {workdir}, master {master})")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -26,6 +27,9 @@ from skillrank.families import FAMILIES
 from skillrank.promotion import REJECTED, current_run_sql
 from skillrank.shards import Manifest
 from skillrank.tables import SPECS, conform, table_version
+
+# StageContext.handoff's key for (run id, phi_t) of the run train published.
+_PHI_HANDOFF = "phi"
 
 
 def add_run_argument(parser: argparse.ArgumentParser) -> None:
@@ -128,13 +132,25 @@ def replace_run_rows(ctx: StageContext, key: str, rows: DataFrame, run_id: str) 
     return table_version(ctx.spark, name)
 
 
+def hand_off_phi(ctx: StageContext, run_id: str, phi_t: torch.Tensor) -> None:
+    """Leave the phi_t that train published for run_id to the later stages of this
+    application (``load_phi``); only the latest run's, so one phi is kept at most."""
+    ctx.handoff[_PHI_HANDOFF] = (run_id, phi_t)
+
+
 def load_phi(ctx: StageContext, run: Row) -> torch.Tensor:
-    """The run's phi as phi_t (jobs x skills, float32), read from the Delta table `phi`.
+    """The run's phi as phi_t (jobs x skills, float32): the tensor train published when it
+    ran earlier in this application (``hand_off_phi``: the same values, so callers must not
+    change it in place), else read from the Delta table `phi`.
 
     Spark names the Parquet files of the run's partition in the table's current snapshot
     (deleted rows never come back); pyarrow reads them batch by batch into one dense array,
     so memory holds phi plus one record batch, not 190 million rows.
     """
+    handed = ctx.handoff.get(_PHI_HANDOFF)
+    if isinstance(handed, tuple) and handed[0] == run.run_id:
+        ctx.log.info(f"  phi of {run.run_id}: as train published it in this application")
+        return cast(torch.Tensor, handed[1])
     phi = ctx.spark.table(ctx.table("phi")).where(F.col("run_id") == run.run_id)
     files = phi.inputFiles()
     if not files:

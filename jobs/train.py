@@ -38,7 +38,7 @@ from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
 from jobs._cli import LogWriter, Stage, StageContext, StageError, StageResult, run_stages
-from jobs._runs import current_run, profile_segments, record_event
+from jobs._runs import current_run, hand_off_phi, profile_segments, record_event
 from skillrank import rankings
 from skillrank.config import Config, TrainConfig
 from skillrank.families import FAMILIES
@@ -172,6 +172,7 @@ def run(ctx: StageContext) -> StageResult:
                 segments = _fit_segments(ctx, manifest_path, result)
         with ctx.step("published phi and rankings"):
             _publish(ctx, result, manifest, segments)
+        hand_off_phi(ctx, ctx.run_id, result.phi_t)
         with ctx.step("scored co-occurrence counting on the validation split (a gate)"):
             cooccurrence_ndcg = cooccurrence_validation_ndcg(
                 manifest, ctx.config.evaluate.smoothing, ctx.config.evaluate.batch_size

@@ -309,16 +309,21 @@ def evaluated_runs(spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
     pipeline = Pipeline(spark, tmp_path / "work dir", f"t_evaluated_{uuid.uuid4().hex[:6]}")
     crawl = write_crawl(tmp_path / "crawl.jsonl", spread_crawl(600, seed=11))
     assert pipeline.run(["ingest", "prepare"], "--input", str(crawl), *SETTINGS) == 0
+    truth = write_planted_truth(tmp_path / "truth")
     run_ids = []
-    for family in ("softmax", "mixture"):
+    evaluated = ("--truth", str(truth), *EVALUATE)
+    for family, stages, more in (
+        ("softmax", ["train"], ()),
+        ("mixture", ["train", "evaluate"], evaluated),
+    ):
         # Switching families on purpose: the mixture replaces the softmax run whatever the
-        # validation loss gate would say (test_publish checks the gates).
+        # validation loss gate would say (test_publish checks the gates). The mixture's
+        # evaluate runs in train's application, on the phi train hands it in memory
+        # (test_evaluation's rerun reads it back from the table and finds the same rows).
         switch = ("--conf", "publish.gate_validation_loss_increase=100.0")
-        assert pipeline.run(["train"], *SETTINGS, "--conf", f"train.model={family}", *switch) == 0
+        settings = (*SETTINGS, "--conf", f"train.model={family}", *switch, *more)
+        assert pipeline.run(stages, *settings) == 0
         latest = pipeline.table("runs").orderBy("started_at").collect()[-1]
         assert latest.model == family
         run_ids.append(latest.run_id)
-    truth = write_planted_truth(tmp_path / "truth")
-    run = ("--run-id", run_ids[1], "--truth", str(truth))
-    assert pipeline.run(["evaluate"], *run, *SETTINGS, *EVALUATE) == 0
     return Evaluated(pipeline, mixture=run_ids[1], softmax=run_ids[0], truth=truth)

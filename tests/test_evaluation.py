@@ -3,12 +3,19 @@
 
 from __future__ import annotations
 
+import argparse
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from pyspark.sql import Row, SparkSession
 from pyspark.sql import functions as F
 
+from jobs._cli import StageContext
+from jobs._runs import hand_off_phi, load_phi
+from skillrank.config import load_config
 from skillrank.evaluate import BASELINES
 from tests.conftest import CITY_SKILL, EVALUATE, GENERIC, PLANTED, SETTINGS, Evaluated, Pipeline
 
@@ -147,11 +154,27 @@ def test_every_mean_has_an_interval_and_the_model_a_difference_per_baseline(
 def test_rerunning_evaluate_replaces_the_runs_rows(
     evaluated: Pipeline, evaluated_runs: Evaluated
 ) -> None:
+    # The first evaluate ran with train (conftest): on the phi train handed over in memory;
+    # this one reads it from the table.
     before = _evaluation(evaluated)
     run = ("--run-id", evaluated_runs.mixture, "--truth", str(evaluated_runs.truth))
     assert evaluated.run(["evaluate"], *run, *SETTINGS, *EVALUATE) == 0
     assert evaluated.table("evaluation").count() == len(before)
     assert _evaluation(evaluated) == before
+
+
+def test_a_later_stage_takes_the_phi_train_handed_over(spark: SparkSession) -> None:
+    # In one application (`all`), evaluate and report use the tensor train published; the
+    # table is read only for another run (the rerun above shows the two give the same rows).
+    ctx = StageContext(
+        spark, load_config(), Path("/nonexistent"), "evaluate-x", argparse.Namespace()
+    )
+    phi_t = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    hand_off_phi(ctx, "train-a", phi_t)
+    assert load_phi(ctx, Row(run_id="train-a", jobs=2, skills=3)) is phi_t
+    later = torch.zeros(2, 3)
+    hand_off_phi(ctx, "train-b", later)  # a later run's replaces it
+    assert load_phi(ctx, Row(run_id="train-b", jobs=2, skills=3)) is later
 
 
 def test_evaluate_names_a_run_that_does_not_exist(evaluated: Pipeline) -> None:
