@@ -22,13 +22,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from pyspark.sql import Row, SparkSession
 
 from skillrank.config import PROJECT_ROOT, Config, ConfigError, load_config, read_properties
 from skillrank.session import build_spark, hadoop_path, resolve_path
 from skillrank.tables import SPECS, conform, declare_tables, table_name
+
+if TYPE_CHECKING:  # torch is not imported before Spark starts
+    from torch import Tensor
 
 
 class StageError(RuntimeError):
@@ -94,8 +97,9 @@ class StageContext:
     run_id: str
     args: argparse.Namespace
     # What a stage leaves to the later stages of the same run_stages call (one application),
-    # so that they need not read it back: train's published phi (jobs._runs.load_phi).
-    handoff: dict[str, object] = field(default_factory=dict)
+    # so that they need not read it back: the run id and phi_t train published
+    # (jobs._runs.load_phi).
+    handoff: dict[str, tuple[str, Tensor]] = field(default_factory=dict)
 
     def table(self, key: str) -> str:
         return table_name(self.config, key)
@@ -285,7 +289,7 @@ def run_stages(
     if cleared:
         LOG.info(f"removed {cleared} staging entries of killed runs", extra={"stage": name})
     times: list[StageTime] = []
-    handoff: dict[str, object] = {}
+    handoff: dict[str, tuple[str, Tensor]] = {}
     for stage in stages:
         ctx = StageContext(spark, config, workdir, _new_run_id(stage.name), args, handoff)
         started = datetime.now(UTC)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -147,10 +146,10 @@ def load_phi(ctx: StageContext, run: Row) -> torch.Tensor:
     (deleted rows never come back); pyarrow reads them batch by batch into one dense array,
     so memory holds phi plus one record batch, not 190 million rows.
     """
-    handed = ctx.handoff.get(_PHI_HANDOFF)
-    if isinstance(handed, tuple) and handed[0] == run.run_id:
+    handed_run, handed_phi = ctx.handoff.get(_PHI_HANDOFF, ("", None))
+    if handed_run == run.run_id and handed_phi is not None:
         ctx.log.info(f"  phi of {run.run_id}: as train published it in this application")
-        return cast(torch.Tensor, handed[1])
+        return handed_phi
     phi = ctx.spark.table(ctx.table("phi")).where(F.col("run_id") == run.run_id)
     files = phi.inputFiles()
     if not files:
