@@ -33,6 +33,8 @@ from skillrank.tables import SPECS, conform, declare_tables, table_name
 if TYPE_CHECKING:  # torch is not imported before Spark starts
     from torch import Tensor
 
+    from skillrank.evaluate import CoCounts
+
 
 class StageError(RuntimeError):
     """An expected failure (bad input, nothing to do that should have been there)."""
@@ -90,16 +92,24 @@ class LogWriter(io.TextIOBase):
 
 
 @dataclass
+class Handoff:
+    """What a stage leaves to the later stages of the same run_stages call (one application),
+    so that they need not read or compute it again (jobs._runs): the run id and phi_t train
+    published (load_phi), and the prepare run id and the co-occurrence counts of its train
+    split that train counted (training_counts)."""
+
+    phi: tuple[str, Tensor] | None = None
+    counts: tuple[str, CoCounts] | None = None
+
+
+@dataclass
 class StageContext:
     spark: SparkSession
     config: Config
     workdir: Path
     run_id: str
     args: argparse.Namespace
-    # What a stage leaves to the later stages of the same run_stages call (one application),
-    # so that they need not read it back: the run id and phi_t train published
-    # (jobs._runs.load_phi).
-    handoff: dict[str, tuple[str, Tensor]] = field(default_factory=dict)
+    handoff: Handoff = field(default_factory=Handoff)
 
     def table(self, key: str) -> str:
         return table_name(self.config, key)
@@ -289,7 +299,7 @@ def run_stages(
     if cleared:
         LOG.info(f"removed {cleared} staging entries of killed runs", extra={"stage": name})
     times: list[StageTime] = []
-    handoff: dict[str, tuple[str, Tensor]] = {}
+    handoff = Handoff()
     for stage in stages:
         ctx = StageContext(spark, config, workdir, _new_run_id(stage.name), args, handoff)
         started = datetime.now(UTC)

@@ -21,14 +21,12 @@ from pyspark.sql import functions as F
 
 from jobs._cli import StageContext, StageError, require_table, run_id_of
 from skillrank.config import Config
-from skillrank.evaluate import Method
+from skillrank.evaluate import CoCounts, Method
 from skillrank.families import FAMILIES
 from skillrank.promotion import REJECTED, current_run_sql
 from skillrank.shards import Manifest
 from skillrank.tables import SPECS, conform, table_version
-
-# StageContext.handoff's key for (run id, phi_t) of the run train published.
-_PHI_HANDOFF = "phi"
+from skillrank.trainer import count_split
 
 
 def add_run_argument(parser: argparse.ArgumentParser) -> None:
@@ -134,7 +132,23 @@ def replace_run_rows(ctx: StageContext, key: str, rows: DataFrame, run_id: str) 
 def hand_off_phi(ctx: StageContext, run_id: str, phi_t: torch.Tensor) -> None:
     """Leave the phi_t that train published for run_id to the later stages of this
     application (``load_phi``); only the latest run's, so one phi is kept at most."""
-    ctx.handoff[_PHI_HANDOFF] = (run_id, phi_t)
+    ctx.handoff.phi = (run_id, phi_t)
+
+
+def hand_off_counts(ctx: StageContext, manifest: Manifest, counts: CoCounts) -> None:
+    """Leave the co-occurrence counts of the manifest's train split to the later stages of
+    this application (``training_counts``)."""
+    ctx.handoff.counts = (manifest.prepare_run_id, counts)
+
+
+def training_counts(ctx: StageContext, manifest: Manifest, batch_size: int) -> CoCounts:
+    """The co-occurrence counts of the manifest's train split: those train counted earlier
+    in this application on the same shards (``hand_off_counts``; callers must not change
+    them in place), else counted now in batches of `batch_size` profiles."""
+    if ctx.handoff.counts is not None and ctx.handoff.counts[0] == manifest.prepare_run_id:
+        ctx.log.info(f"  training counts of {manifest.prepare_run_id}: as train counted them")
+        return ctx.handoff.counts[1]
+    return count_split(manifest, "train", batch_size)
 
 
 def load_phi(ctx: StageContext, run: Row) -> torch.Tensor:
@@ -144,12 +158,11 @@ def load_phi(ctx: StageContext, run: Row) -> torch.Tensor:
 
     Spark names the Parquet files of the run's partition in the table's current snapshot
     (deleted rows never come back); pyarrow reads them batch by batch into one dense array,
-    so memory holds phi plus one record batch, not 190 million rows.
+    so memory holds phi plus one record batch.
     """
-    handed_run, handed_phi = ctx.handoff.get(_PHI_HANDOFF, ("", None))
-    if handed_run == run.run_id and handed_phi is not None:
+    if ctx.handoff.phi is not None and ctx.handoff.phi[0] == run.run_id:
         ctx.log.info(f"  phi of {run.run_id}: as train published it in this application")
-        return handed_phi
+        return ctx.handoff.phi[1]
     phi = ctx.spark.table(ctx.table("phi")).where(F.col("run_id") == run.run_id)
     files = phi.inputFiles()
     if not files:
@@ -157,16 +170,20 @@ def load_phi(ctx: StageContext, run: Row) -> torch.Tensor:
     fs, _ = pafs.FileSystem.from_uri(files[0])
     paths = [pafs.FileSystem.from_uri(f)[1] for f in files]
     phi_t = np.full((run.jobs, run.skills), np.nan, dtype=np.float32)
-    rows = 0
     dataset = pads.dataset(paths, format="parquet", filesystem=fs)
-    for batch in dataset.to_batches(columns=["job_id", "skill_id", "weight"]):
-        columns = [batch.column(i).to_numpy() for i in range(3)]
-        phi_t[columns[0], columns[1]] = columns[2]
-        rows += batch.num_rows
-    if rows != run.jobs * run.skills or np.isnan(phi_t).any():
+    for batch in dataset.to_batches(columns=["job_id", "weights"]):
+        weights = batch.column(1)
+        if not (weights.value_lengths().to_numpy() == run.skills).all():
+            raise StageError(
+                f"{ctx.table('phi')} holds a row of other than {run.skills} weights for run"
+                f" {run.run_id}"
+            )
+        values = weights.flatten().to_numpy()
+        phi_t[batch.column(0).to_numpy()] = values.reshape(batch.num_rows, run.skills)
+    if np.isnan(phi_t).any():
         raise StageError(
-            f"{ctx.table('phi')} holds {rows} rows for run {run.run_id},"
-            f" expected {run.jobs} x {run.skills} distinct entries"
+            f"{ctx.table('phi')} lacks jobs of run {run.run_id} (or holds NaN): expected one"
+            f" row for each of its {run.jobs} jobs"
         )
     return torch.from_numpy(phi_t)
 

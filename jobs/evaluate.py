@@ -35,6 +35,7 @@ from jobs._runs import (
     run_manifest,
     segments_of_test_profiles,
     sibling_runs,
+    training_counts,
 )
 from skillrank.config import Config, load_aliases
 from skillrank.evaluate import (
@@ -59,7 +60,6 @@ from skillrank.prepare import alias_lookup
 from skillrank.rankings import INTERVAL_LEVEL
 from skillrank.shards import iterate_batches, read_vocabulary
 from skillrank.tables import SPECS, declare_tables
-from skillrank.trainer import count_split
 
 # Training profiles per batch while counting co-occurrences (memory: a few MB per batch).
 _COUNT_BATCH = 8192
@@ -109,7 +109,7 @@ def run(ctx: StageContext) -> StageResult:
         models = [load_model(ctx, train_run, _MODEL)]
         models += [load_model(ctx, run, run.model) for run in siblings]
     with ctx.step("counted training co-occurrences (baselines)"):
-        counts = count_split(manifest, "train", _COUNT_BATCH)
+        counts = training_counts(ctx, manifest, _COUNT_BATCH)
         baselines = baseline_methods(counts, params.smoothing)
     methods = [prediction for prediction, _ in models] + baselines
     title_methods = [ranking for _, ranking in models] + baselines

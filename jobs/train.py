@@ -38,7 +38,13 @@ from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
 from jobs._cli import LogWriter, Stage, StageContext, StageError, StageResult, run_stages
-from jobs._runs import current_run, hand_off_phi, profile_segments, record_event
+from jobs._runs import (
+    current_run,
+    hand_off_counts,
+    hand_off_phi,
+    profile_segments,
+    record_event,
+)
 from skillrank import rankings
 from skillrank.config import Config, TrainConfig
 from skillrank.families import FAMILIES
@@ -54,7 +60,6 @@ from skillrank.promotion import (
 from skillrank.publish import (
     RUN_TABLES,
     named_neighbors,
-    pair_support,
     ranked_pairs,
 )
 from skillrank.segments import SegmentFit, fit_segments, segment_kl, segment_rankings
@@ -66,6 +71,7 @@ from skillrank.trainer import (
     TrainResult,
     clear_process_errors,
     cooccurrence_validation_ndcg,
+    count_split,
     process_errors,
     score_split,
     train_process,
@@ -78,8 +84,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 # of one block (block x skills floats) on the driver.
 _PHI_BLOCK_JOBS = 256
 _RANK_BLOCK = 1024
-# Rows per staged Parquet file (phi has J x S rows: about 190 million at paper scale).
-_STAGED_FILE_ROWS = 8_000_000
+# Bytes per staged Parquet file (phi's weights are J x S floats: 770 MB at paper scale).
+_STAGED_FILE_BYTES = 96 << 20
 # Profiles per batch of a segment pass.
 _SEGMENT_BATCH = 16384
 # The profile columns a segment can come from, in the order profile_segments gives them.
@@ -170,13 +176,17 @@ def run(ctx: StageContext) -> StageResult:
         if FAMILIES[ctx.config.train.model].segment_rows:
             with ctx.step("fitted the segment rows and the pooled rows' credit"):
                 segments = _fit_segments(ctx, manifest_path, result)
-        with ctx.step("published phi and rankings"):
-            _publish(ctx, result, manifest, segments)
-        hand_off_phi(ctx, ctx.run_id, result.phi_t)
+        batch_size = ctx.config.evaluate.batch_size
+        with ctx.step("counted the training split's (title, skill) pairs"):
+            counts = count_split(manifest, "train", batch_size)
         with ctx.step("scored co-occurrence counting on the validation split (a gate)"):
             cooccurrence_ndcg = cooccurrence_validation_ndcg(
-                manifest, ctx.config.evaluate.smoothing, ctx.config.evaluate.batch_size
+                counts, manifest, ctx.config.evaluate.smoothing, batch_size
             )
+        with ctx.step("published phi and rankings"):
+            _publish(ctx, result, manifest, segments, counts.pair)
+        hand_off_phi(ctx, ctx.run_id, result.phi_t)
+        hand_off_counts(ctx, manifest, counts)
         outcome = _run_outcome(result, test_loss)
         reasons = gate_reasons(
             RunScores(ctx.run_id, **{k: outcome[k] for k in _SCORES}),
@@ -370,8 +380,11 @@ def _publish(
     result: TrainResult,
     manifest: Manifest,
     segments: Segments | None,
+    pairs: torch.Tensor,
 ) -> None:
-    """Stage phi and the rankings as Parquet (block by block), then append them with Spark."""
+    """Stage phi and the rankings as Parquet (block by block), then append them with Spark.
+
+    `pairs` (J x S, CoCounts.pair of the train split) gives each ranked pair its support."""
     spark, k = ctx.spark, ctx.config.publish
     phi_t = result.phi_t
     staging = resolve_path(ctx.workdir, f"{ctx.config.catalog.staging_dir}/{ctx.run_id}")
@@ -383,8 +396,12 @@ def _publish(
     staged = {
         "phi": rankings.phi_blocks(phi_t, _PHI_BLOCK_JOBS),
         "skill_background": iter([rankings.background_columns(result.background)]),
-        "job_skill_rank": rankings.top_skills_per_job(phi_t, k.top_k, _RANK_BLOCK, concentration),
-        "skill_job_rank": rankings.top_jobs_per_skill(phi_t, k.top_k, _RANK_BLOCK),
+        "job_skill_rank": _with_support(
+            rankings.top_skills_per_job(phi_t, k.top_k, _RANK_BLOCK, concentration), pairs
+        ),
+        "skill_job_rank": _with_support(
+            rankings.top_jobs_per_skill(phi_t, k.top_k, _RANK_BLOCK), pairs
+        ),
         "job_neighbors": rankings.job_neighbors(phi_t, k.neighbors_k, _RANK_BLOCK),
         "skill_neighbors": rankings.skill_neighbors(phi_t, k.neighbors_k, _RANK_BLOCK),
         "job_skill_rank_by_segment": _segment_blocks(
@@ -407,7 +424,6 @@ def _publish(
 
         job_vocab = parquet(manifest.vocabulary_files("job"))
         skill_vocab = parquet(manifest.vocabulary_files("skill"))
-        support = pair_support(parquet(manifest.shards["train"])).cache()
         job_skill_rank = read("job_skill_rank")
         if concentration is None:  # no posterior: the interval and rank range are unknown
             job_skill_rank = job_skill_rank.withColumns(
@@ -422,8 +438,8 @@ def _publish(
             "skill_background": read("skill_background").join(
                 F.broadcast(skill_vocab.select("skill_id", "skill_name")), "skill_id"
             ),
-            "job_skill_rank": ranked_pairs(job_skill_rank, support, job_vocab, skill_vocab),
-            "skill_job_rank": ranked_pairs(read("skill_job_rank"), support, job_vocab, skill_vocab),
+            "job_skill_rank": ranked_pairs(job_skill_rank, job_vocab, skill_vocab),
+            "skill_job_rank": ranked_pairs(read("skill_job_rank"), job_vocab, skill_vocab),
             "job_neighbors": named_neighbors(read("job_neighbors"), job_vocab, "job"),
             "skill_neighbors": named_neighbors(read("skill_neighbors"), skill_vocab, "skill"),
         }
@@ -436,38 +452,55 @@ def _publish(
         for key, df in outputs.items():
             with ctx.step(f"wrote {key}"):
                 conform(df, key).write.insertInto(ctx.table(key))
-        support.unpersist()
     finally:
         if fs.get_file_info(root).type != pafs.FileType.NotFound:
             fs.delete_dir(root)
 
 
+def _with_support(blocks: Iterator[dict], pairs: torch.Tensor) -> Iterator[dict]:
+    """Blocks of ranked (job_id, skill_id) pairs, each with its support: pairs[job, skill],
+    the training profiles that hold both (CoCounts.pair)."""
+    for columns in blocks:
+        jobs, skills = (torch.from_numpy(columns[key]).long() for key in ("job_id", "skill_id"))
+        yield columns | {"support": pairs[jobs, skills].to(torch.int64).numpy()}
+
+
 def _write_blocks(fs: pafs.FileSystem, path: str, blocks: Iterator[dict]) -> int:
     """Write blocks of numpy columns as the Parquet files of one staged dataset; its rows.
 
-    A new file starts every _STAGED_FILE_ROWS rows, so that Spark reads them in parallel.
+    A 2-D column becomes a list column, one row of it per row (phi's weights). A new file
+    starts every _STAGED_FILE_BYTES, so that Spark reads and writes them in parallel.
     """
     fs.create_dir(path, recursive=True)
-    writer, rows, files, total = None, 0, 0, 0
+    writer, size, files, total = None, 0, 0, 0
     try:
         for block in blocks:
-            table = pa.table(block)
-            if writer is None or rows >= _STAGED_FILE_ROWS:
+            table = pa.table({name: _arrow_column(column) for name, column in block.items()})
+            if writer is None or size >= _STAGED_FILE_BYTES:
                 if writer is not None:
                     writer.close()
                 name = f"{path}/part-{files:05d}.parquet"
-                writer, rows, files = (
+                writer, size, files = (
                     pq.ParquetWriter(name, table.schema, filesystem=fs),
                     0,
                     files + 1,
                 )
             writer.write_table(table)
-            rows += table.num_rows
+            size += table.nbytes
             total += table.num_rows
     finally:
         if writer is not None:
             writer.close()
     return total
+
+
+def _arrow_column(column: np.ndarray) -> pa.Array:
+    """A numpy column as Arrow: a 2-D one as a list per row, over the same values."""
+    if column.ndim == 1:
+        return pa.array(column)
+    rows, width = column.shape
+    offsets = pa.array(np.arange(0, (rows + 1) * width, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(column).reshape(-1)))
 
 
 def _insert_run(ctx: StageContext, device: str, manifest: Manifest, manifest_text: str) -> None:

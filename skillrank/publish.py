@@ -23,24 +23,10 @@ RUN_TABLES = (
 )
 
 
-def pair_support(train_profiles: DataFrame) -> DataFrame:
-    """(job_id, skill_id, support): how many training profiles hold both; from the shards."""
-    pairs = train_profiles.select(
-        F.explode(F.array_distinct("job_ids")).alias("job_id"),
-        F.array_distinct("skill_ids").alias("skill_ids"),
-    ).select("job_id", F.explode("skill_ids").alias("skill_id"))
-    return pairs.groupBy("job_id", "skill_id").agg(F.count(F.lit(1)).alias("support"))
-
-
-def ranked_pairs(
-    ranked: DataFrame, support: DataFrame, job_vocab: DataFrame, skill_vocab: DataFrame
-) -> DataFrame:
-    """A top-k ranking (job_id, skill_id, rank, weight, probability) with names and support."""
-    return (
-        ranked.join(support, ["job_id", "skill_id"], "left")
-        .withColumn("support", F.coalesce("support", F.lit(0)))
-        .join(F.broadcast(job_vocab.select("job_id", "job_title")), "job_id")
-        .join(F.broadcast(skill_vocab.select("skill_id", "skill_name")), "skill_id")
+def ranked_pairs(ranked: DataFrame, job_vocab: DataFrame, skill_vocab: DataFrame) -> DataFrame:
+    """A top-k ranking (job_id, skill_id, rank, weight, probability, support) with names."""
+    return ranked.join(F.broadcast(job_vocab.select("job_id", "job_title")), "job_id").join(
+        F.broadcast(skill_vocab.select("skill_id", "skill_name")), "skill_id"
     )
 
 

@@ -426,16 +426,17 @@ SPECS: dict[str, TableSpec] = {
         TableSpec(
             "phi",
             "train",
-            "The learned matrix phi, every (job, skill) entry; partitioned by run_id.",
+            "The learned matrix phi, one row per (run, job) holding the job's weight of every"
+            " skill; partitioned by run_id. current_phi shows one row per (job, skill).",
             StructType(
                 [
                     _RUN_ID,
                     _col("job_id", IntegerType(), "job title (job_vocab.job_id)", False),
-                    _col("skill_id", IntegerType(), "skill (skill_vocab.skill_id)", False),
                     _col(
-                        "weight",
-                        FloatType(),
-                        "phi[skill, job]: higher means the job implies the skill more",
+                        "weights",
+                        ArrayType(FloatType()),
+                        "phi[:, job]: weights[skill_id] (from 0) is the weight of skill"
+                        " skill_vocab.skill_id; higher means the job implies the skill more",
                         False,
                     ),
                 ]
@@ -721,21 +722,9 @@ def declare_tables(spark: SparkSession, config: Config, keys: list[str]) -> None
         spark.sql(f"CREATE DATABASE IF NOT EXISTS {config.catalog.database}")
     for key in keys:
         spec = SPECS[key]
-        if not spark.catalog.tableExists(table_name(config, key)):
-            _clear_unregistered_location(spark, config, key)
-            builder = (
-                DeltaTable.createIfNotExists(spark)
-                .tableName(table_name(config, key))
-                .comment(f"{spec.comment} Owner: {spec.owner}.")
-                .addColumns(spec.schema)
-                .partitionedBy(*spec.partition_by)
-            )
-            # A new table gets its constraints in its first commit (an ALTER TABLE ... ADD
-            # CONSTRAINT is one commit and one Spark job each); one that an older version
-            # created without some gets them below.
-            for name, condition in spec.checks:
-                builder = builder.property(_constraint_property(name), condition)
-            builder.execute()
+        if key == "phi":
+            _upgrade_long_phi(spark, config)
+        _create_table(spark, config, key)
         # An existing table (CREATE ... IF NOT EXISTS would leave it as it is) gains what
         # this version declares and it lacks.
         _add_missing_columns(spark, table_name(config, key), spec.schema)
@@ -748,6 +737,59 @@ def declare_tables(spark: SparkSession, config: Config, keys: list[str]) -> None
                         f"ALTER TABLE {table_name(config, key)}"
                         f" ADD CONSTRAINT {name} CHECK ({condition})"
                     )
+
+
+def _create_table(spark: SparkSession, config: Config, key: str) -> None:
+    """Create the table with its schema, comments and constraints unless it exists."""
+    if spark.catalog.tableExists(table_name(config, key)):
+        return
+    spec = SPECS[key]
+    _clear_unregistered_location(spark, config, key)
+    builder = (
+        DeltaTable.createIfNotExists(spark)
+        .tableName(table_name(config, key))
+        .comment(f"{spec.comment} Owner: {spec.owner}.")
+        .addColumns(spec.schema)
+        .partitionedBy(*spec.partition_by)
+    )
+    # A new table gets its constraints in its first commit (an ALTER TABLE ... ADD
+    # CONSTRAINT is one commit and one Spark job each); one that an older version
+    # created without some gets them in declare_tables.
+    for name, condition in spec.checks:
+        builder = builder.property(_constraint_property(name), condition)
+    builder.execute()
+
+
+def _upgrade_long_phi(spark: SparkSession, config: Config) -> None:
+    """Convert a `phi` of the long layout that versions before 2026-12-01 wrote (one row per
+    (run, job, skill), ``skill_id`` and ``weight``) to one row per (run, job), keeping every run.
+
+    The old table is renamed to <phi>_long_layout, the new one created and filled from it in
+    one commit (its runs not there yet), and the old one dropped: a kill at any step is taken
+    up where it stopped by the next call, and no run is ever in neither table.
+    """
+    name = table_name(config, "phi")
+    legacy = f"{name}_long_layout"
+    if spark.catalog.tableExists(name) and "weights" not in spark.table(name).columns:
+        print(
+            f"warning: {name} holds one row per job and skill (the layout of versions before"
+            f" 2026-12-01): converting it to one row per job, once",
+            file=sys.stderr,
+        )
+        spark.sql(f"ALTER TABLE {name} RENAME TO {legacy}")
+    if not spark.catalog.tableExists(legacy):
+        return
+    _create_table(spark, config, "phi")
+    converted = spark.table(name).select("run_id").distinct()
+    by_job = (
+        spark.table(legacy)
+        .join(converted, "run_id", "left_anti")
+        .groupBy("run_id", "job_id")
+        .agg(F.array_sort(F.collect_list(F.struct("skill_id", "weight"))).alias("entries"))
+        .withColumn("weights", F.col("entries.weight"))
+    )
+    conform(by_job, "phi").write.insertInto(name)
+    spark.sql(f"DROP TABLE {legacy}")
 
 
 def _constraint_property(name: str) -> str:

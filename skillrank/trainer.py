@@ -511,12 +511,15 @@ def count_split(manifest: Manifest, split: str, batch_size: int) -> CoCounts:
     return count_cooccurrences((batch for _, batch in batches), manifest.jobs, manifest.skills)
 
 
-def cooccurrence_validation_ndcg(manifest: Manifest, smoothing: float, batch_size: int) -> float:
-    """Validation NDCG@SELECTION_K of co-occurrence counting (counted on the train split,
-    smoothed by `smoothing`), scored as score_split scores a model: the promotion gate's
-    baseline."""
-    method = cooccurrence_method(count_split(manifest, "train", batch_size), smoothing)
-    return score_split(method, manifest, "validation", batch_size)[1]
+def cooccurrence_validation_ndcg(
+    counts: CoCounts, manifest: Manifest, smoothing: float, batch_size: int
+) -> float:
+    """Validation NDCG@SELECTION_K of co-occurrence counting (`counts`: count_split of the
+    train split, smoothed by `smoothing`), scored as score_split scores a model: the promotion
+    gate's baseline."""
+    return score_split(cooccurrence_method(counts, smoothing), manifest, "validation", batch_size)[
+        1
+    ]
 
 
 def _train_epoch(

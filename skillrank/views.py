@@ -280,7 +280,24 @@ def view_statements(config: Config) -> dict[str, tuple[str, str]]:
             f"SELECT * FROM {{{key}}} WHERE run_id = {{current}}",
         )
         for key in ("runs", *RUN_TABLES)
+        if key != "phi"
     ]
+    current_views.append(
+        View(
+            "current_phi",
+            "The current run only (docs/operations.md). The learned matrix phi, one row per"
+            " (job, skill): the table phi's weights arrays exploded.",
+            (
+                ("run_id", _RUN[1]),
+                ("job_id", "job title (job_vocab.job_id)"),
+                ("skill_id", "skill (skill_vocab.skill_id)"),
+                ("weight", "phi[skill, job]: higher means the job implies the skill more"),
+            ),
+            "SELECT run_id, job_id, skill_id, weight FROM {phi}"
+            " LATERAL VIEW posexplode(weights) entries AS skill_id, weight"
+            " WHERE run_id = {current}",
+        )
+    )
     statements = {}
     for view in (*current_views, *VIEWS):
         columns = ", ".join(f"{name} COMMENT {_quote(text)}" for name, text in view.columns)

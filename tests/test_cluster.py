@@ -276,7 +276,8 @@ def test_same_quarantine(on_cluster: InWorkdir, on_local: Pipeline) -> None:
 
 
 def _phi(tables: Tables) -> dict[tuple[int, int], float]:
-    return {(j, s): w for j, s, w in _rows(tables, "phi", "job_id", "skill_id", "weight")}
+    rows = _rows(tables, "phi", "job_id", "weights")
+    return {(j, s): w for j, weights in rows for s, w in enumerate(weights)}
 
 
 def test_phi_within_tolerance(on_cluster: InWorkdir, on_local: Pipeline) -> None:

@@ -793,6 +793,41 @@ def test_published_ranks_break_ties_by_the_lower_id() -> None:
             assert got[r] == [(n, i, values[i]) for n, i in enumerate(best, 1)], (item_key, r)
 
 
+def test_neighbors_in_blocks_are_the_exact_cosine_top_k() -> None:
+    # 11 jobs x 8 skills in blocks of 3 (and of 20: one block): every pair of blocks, the
+    # diagonal ones and the ragged last one, must give each row its k most similar others.
+    phi_t = torch.randn(11, 8, generator=torch.Generator().manual_seed(5))
+    for neighbors, vectors, key, other in (
+        (rankings.job_neighbors, torch.softmax(phi_t.double(), 1), "job_id", "neighbor_job_id"),
+        (
+            rankings.skill_neighbors,
+            torch.softmax(phi_t.double(), 0).T,
+            "skill_id",
+            "neighbor_skill_id",
+        ),
+    ):
+        unit = vectors / vectors.norm(dim=1, keepdim=True)
+        cosine = (unit @ unit.T).fill_diagonal_(-torch.inf)
+        for k, block in ((4, 3), (4, 20), (30, 3)):
+            rows = [
+                (int(r), int(rank), int(n), float(s))
+                for columns in neighbors(phi_t, k, block)
+                for r, rank, n, s in zip(
+                    columns[key], columns["rank"], columns[other], columns["similarity"],
+                    strict=True,
+                )
+            ]  # fmt: skip
+            width = min(k, len(vectors) - 1)
+            assert len(rows) == len(vectors) * width, (key, k, block)
+            for r, rank, n, similarity in rows:
+                assert n != r and similarity == pytest.approx(float(cosine[r, n]), abs=1e-6)
+                expected = torch.sort(cosine[r], descending=True).values[rank - 1]
+                assert similarity == pytest.approx(float(expected), abs=1e-6), (key, r, rank)
+            assert {(r, n) for r, _, n, _ in rows} == {
+                (r, int(n)) for r in range(len(vectors)) for n in cosine[r].topk(width).indices
+            }
+
+
 def test_top_k_ranks_by_score_then_lowest_id() -> None:
     # Scores from {0, 1, 2, 3}: ties at the k-th score in most rows, and inside the top k.
     rng = np.random.default_rng(8)

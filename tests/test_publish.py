@@ -73,7 +73,7 @@ def _published_arrays(p: Pipeline, run_id: str) -> tuple[np.ndarray, np.ndarray]
     `skill_background`."""
     phi_t = np.full((4, SKILLS), np.nan, dtype=np.float32)
     for row in p.table("phi").where(F.col("run_id") == run_id).collect():
-        phi_t[row.job_id, row.skill_id] = row.weight
+        phi_t[row.job_id] = row.weights
     background = np.full(SKILLS, np.nan, dtype=np.float32)
     for row in p.table("skill_background").where(F.col("run_id") == run_id).collect():
         background[row.skill_id] = row.weight
@@ -119,7 +119,7 @@ def test_the_softmax_family_publishes_its_best_epoch_and_bias(published: Evaluat
 
 def test_skillrank_finds_the_planted_skills_and_agrees_with_phi(published: Evaluated) -> None:
     run_id = published.mixture
-    phi = {(r.job_id, r.skill_id): r.weight for r in published.rows("phi", run_id)}
+    phi = {(r.job_id, s): w for r in published.rows("phi", run_id) for s, w in enumerate(r.weights)}
     ranks = published.rows("job_skill_rank", run_id)
     by_job: dict[str, list[Any]] = {}
     for row in ranks:
@@ -174,7 +174,7 @@ def test_support_matches_a_count_over_training_profiles(published: Evaluated) ->
 def test_neighbors_are_the_most_cosine_similar_vectors(published: Evaluated) -> None:
     phi_t = np.zeros((4, SKILLS))
     for row in published.rows("phi", published.mixture):
-        phi_t[row.job_id, row.skill_id] = row.weight
+        phi_t[row.job_id] = row.weights
     job2vec = np.exp(phi_t) / np.exp(phi_t).sum(axis=1, keepdims=True)
     skill2vec = (np.exp(phi_t) / np.exp(phi_t).sum(axis=0, keepdims=True)).T
     for table, vectors, key, other in (

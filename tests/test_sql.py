@@ -546,9 +546,12 @@ def test_the_local_server_listens_on_loopback_only(served: Served, config: Confi
     assert set(addresses) <= LOOPBACK, addresses
 
 
-def test_delta_rs_reads_exactly_the_rows_spark_reads(served: Served, spark: SparkSession) -> None:
-    path = served.table_path("job_skill_rank")
-    by_spark = sorted(tuple(r) for r in served.rows(spark, "job_skill_rank"))
+@pytest.mark.parametrize("key", ["job_skill_rank", "phi"])  # phi: one array of weights a row
+def test_delta_rs_reads_exactly_the_rows_spark_reads(
+    served: Served, spark: SparkSession, key: str
+) -> None:
+    path = served.table_path(key)
+    by_spark = sorted(tuple(r) for r in served.rows(spark, key))
     table = DeltaTable(str(path)).to_pyarrow_table()
     by_delta_rs = sorted(tuple(r.values()) for r in table.to_pylist())
     assert table.column_names == spark.read.format("delta").load(str(path)).columns

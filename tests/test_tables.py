@@ -144,3 +144,48 @@ def test_a_table_of_an_older_version_gains_the_new_columns_in_place(
     assert spark.table(table).columns == [f.name for f in SPECS["runs"].schema]
     kept = spark.table(table).select("run_id", "status", "model", "validation_ndcg").collect()
     assert [tuple(r) for r in kept] == [("r1", "succeeded", None, None)]
+
+
+def test_phi_of_the_long_layout_becomes_one_row_per_job_every_run_kept(
+    spark: SparkSession, config: Config
+) -> None:
+    local = replace(config, catalog=replace(config.catalog, database="t_long_phi"))
+    declare_tables(spark, local, [])
+    table = table_name(local, "phi")
+    # phi as versions before 2026-12-01 wrote it: one row per (run, job, skill).
+    spark.sql(
+        f"CREATE TABLE {table} (run_id string NOT NULL, job_id int NOT NULL, skill_id int NOT"
+        " NULL, weight float NOT NULL) USING delta PARTITIONED BY (run_id)"
+    )
+    long_rows = [
+        (run, j, s, j - s / 4 + (run == "r2"))
+        for run in ("r1", "r2")
+        for j in range(2)
+        for s in (2, 0, 1)
+    ]
+    spark.createDataFrame(
+        long_rows, "run_id string, job_id int, skill_id int, weight float"
+    ).write.insertInto(table)
+    expected = sorted(
+        (run, j, [j - s / 4 + (run == "r2") for s in range(3)])
+        for run in ("r1", "r2")
+        for j in range(2)
+    )
+    declare_tables(spark, local, ["phi"])
+    assert spark.table(table).columns == ["run_id", "job_id", "weights"]
+    assert sorted(tuple(r) for r in spark.table(table).collect()) == expected
+    assert not spark.catalog.tableExists(f"{table}_long_layout")
+    # Killed after the rename (the old table holds runs the new one lacks): taken up again,
+    # the runs already converted not twice.
+    legacy = f"{table}_long_layout"
+    spark.sql(
+        f"CREATE TABLE {legacy} (run_id string, job_id int, skill_id int, weight float) USING delta"
+    )
+    spark.sql(
+        f"INSERT INTO {legacy} VALUES ('r1', 0, 0, 9.0), ('r3', 0, 1, 0.5), ('r3', 0, 0, -1.0)"
+    )
+    declare_tables(spark, local, ["phi"])
+    assert sorted(tuple(r) for r in spark.table(table).collect()) == sorted(
+        [*expected, ("r3", 0, [-1.0, 0.5])]
+    )
+    assert not spark.catalog.tableExists(f"{table}_long_layout")
