@@ -24,6 +24,7 @@ from jobs._cli import common_parser
 from jobs._launch import PYFILES_UNUSED_SECONDS, STAGE_NAMES, python_files_zip
 from jobs._launch import main as launch
 from jobs.all import NAMES as ALL_NAMES
+from tests.conftest import submit_environment
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = str(ROOT / "spark-submit.sh")
@@ -35,7 +36,7 @@ def _run(
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
         [SCRIPT, *args], capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})},
+        env=submit_environment(**(env or {})),
     )  # fmt: skip
 
 
@@ -219,7 +220,7 @@ def test_a_second_process_on_a_busy_work_directory_is_refused(tmp_path: Path) ->
     workdir = tmp_path / "w"
     first = subprocess.Popen(
         [SCRIPT, "sql", "--workdir", str(workdir), "-e", "SELECT 1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=submit_environment(),
     )  # fmt: skip
     try:
         # The launcher takes the lock, then becomes spark-submit (and the JVM): the lock

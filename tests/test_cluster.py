@@ -29,7 +29,15 @@ import pytest
 from pyspark.sql import DataFrame, SparkSession
 
 from skillrank.publish import RUN_TABLES
-from tests.conftest import SETTINGS, Pipeline, free_port, planted_crawl, write_crawl
+from tests.conftest import (
+    FAST_JVM,
+    SETTINGS,
+    Pipeline,
+    free_port,
+    planted_crawl,
+    submit_environment,
+    write_crawl,
+)
 from tests.test_distributed import VALIDATION_LOSS_TOLERANCE
 
 pytestmark = pytest.mark.cluster
@@ -41,9 +49,6 @@ SPARK_CLASS = str(Path(pyspark.__file__).parent / "bin" / "spark-class")
 SMALL = ("--conf", "spark.driver_memory=1g", "--conf", "spark.shuffle_partitions=2")
 SMALL += ("--conf", "prepare.rows_per_shard=70")
 WORKERS = 2
-# Every JVM here lives a minute or two, in which the C2 JIT compiler burns about half the
-# CPU time of a stage on the 2-core test machine: C1 alone is enough (results don't change).
-FAST_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 STAGES = ("ingest", "prepare", "train")
 # The two runs train on the same shard rows, but Spark may lay them out in another order,
 # and SGD follows the order: phi may differ by this much (its weights are about -2 to 4).
@@ -169,8 +174,9 @@ def crawl(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _submit(stage: str, workdir: Path, *options: str) -> str:
     """Run one stage through ./spark-submit.sh; its standard output."""
-    # The driver's JVM (spark-submit.sh reads `java -version`, which JAVA_TOOL_OPTIONS spoils).
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_SUBMIT_OPTS": FAST_JVM}
+    # The driver's JVM takes FAST_JVM from SPARK_SUBMIT_OPTS, not from JAVA_TOOL_OPTIONS,
+    # which spoils the `java -version` that spark-submit.sh reads.
+    env = submit_environment(SPARK_LOCAL_IP="127.0.0.1")
     result = subprocess.run(
         [str(ROOT / "spark-submit.sh"), stage, "--workdir", str(workdir), *SMALL, *SETTINGS]
         + list(options),

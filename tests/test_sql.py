@@ -46,6 +46,7 @@ from tests.conftest import (
     free_port,
     listening_addresses,
     planted_crawl,
+    submit_environment,
     write_crawl,
 )
 
@@ -98,14 +99,14 @@ class Served:
         return subprocess.run(
             [SCRIPT, command, *self.options, *args], capture_output=True, text=True,
             timeout=timeout,
-            env=dict(os.environ),
+            env=submit_environment(),
         )  # fmt: skip
 
     def start(self, command: str, *args: str) -> subprocess.Popen:
         """submit's command as a running process; standard error joins its standard output."""
         return subprocess.Popen(
             [SCRIPT, command, *self.options, *args], stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, env=dict(os.environ),
+            stderr=subprocess.STDOUT, text=True, env=submit_environment(),
         )  # fmt: skip
 
     def rows(self, spark: SparkSession, table: str) -> list[Row]:
