@@ -33,6 +33,7 @@ from skillrank.shards import Manifest
 # test_publish.py (they share evaluated_runs). The two longest files start first, one per
 # worker; the rest follow in collection order.
 _SHARED_SCOPE = {"test_evaluation.py": "test_publish.py"}
+_LONGEST = ("test_sql.py", "test_cluster.py")
 
 # The JVMs of the stages a test starts through ./spark-submit.sh live a minute or two, in
 # which the C2 JIT compiler and the parallel collector's threads burn a large share of the
@@ -45,9 +46,6 @@ FAST_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 def submit_environment(**extra: str) -> dict[str, str]:
     """The environment of a ./spark-submit.sh a test starts: this one's, FAST_JVM, `extra`."""
     return {**os.environ, "SPARK_SUBMIT_OPTS": FAST_JVM, **extra}
-
-
-_LONGEST = ("test_sql.py", "test_cluster.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
