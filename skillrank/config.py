@@ -194,6 +194,7 @@ class TrainConfig:
 class PublishConfig:
     top_k: AtLeastOne
     neighbors_k: AtLeastOne
+    view_min_support: AtLeastOne
     gate_validation_loss_increase: NonNegative
     gate_ndcg_below_cooccurrence: NonNegative
 

@@ -31,8 +31,15 @@ def ranked_pairs(ranked: DataFrame, job_vocab: DataFrame, skill_vocab: DataFrame
 
 
 def named_neighbors(neighbors: DataFrame, vocab: DataFrame, kind: str) -> DataFrame:
-    """Neighbour pairs (<kind>_id, neighbor_<kind>_id, rank, similarity) with both names."""
+    """Neighbour pairs (<kind>_id, neighbor_<kind>_id, rank, similarity) with both names and
+    the neighbour's training profiles (the vocabulary's profile_count)."""
     key, name = f"{kind}_id", "job_title" if kind == "job" else "skill_name"
     names = F.broadcast(vocab.select(key, name))
-    other = names.withColumnsRenamed({key: f"neighbor_{key}", name: f"neighbor_{name}"})
+    other = F.broadcast(
+        vocab.select(
+            F.col(key).alias(f"neighbor_{key}"),
+            F.col(name).alias(f"neighbor_{name}"),
+            F.col("profile_count").alias("neighbor_profiles"),
+        )
+    )
     return neighbors.join(names, key).join(other, f"neighbor_{key}")

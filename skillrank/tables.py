@@ -608,6 +608,12 @@ SPECS: dict[str, TableSpec] = {
                         "cosine similarity of the two job2vec vectors; higher is more similar",
                         False,
                     ),
+                    _col(
+                        "neighbor_profiles",
+                        LongType(),
+                        "training profiles holding the similar job title (its vocabulary"
+                        " profile_count); null in runs published before 2026-12-01",
+                    ),
                 ]
             ),
             checks=_NEIGHBOR_CHECKS,
@@ -629,6 +635,12 @@ SPECS: dict[str, TableSpec] = {
                         DoubleType(),
                         "cosine similarity of the two skill2vec vectors; higher is more similar",
                         False,
+                    ),
+                    _col(
+                        "neighbor_profiles",
+                        LongType(),
+                        "training profiles holding the similar skill (its vocabulary"
+                        " profile_count); null in runs published before 2026-12-01",
                     ),
                 ]
             ),

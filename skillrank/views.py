@@ -30,6 +30,9 @@ class View:
     columns: tuple[tuple[str, str], ...]
     # SELECT with {table} placeholders (logical table keys) and {current} (the run_id).
     query: str
+    # The column of a view with a support floor (publish.view_min_support): the view shows
+    # the rows of its table function <name>_supported_by(min_support) at the default floor.
+    support: str = ""
 
 
 _RUN = ("run_id", "train run the row comes from (runs.run_id): the current one")
@@ -48,11 +51,20 @@ _RANK_RANGE = (
     ),
 )
 
+
+def _floored(name: str) -> str:
+    """The sentence of a floored view's comment that says what it leaves out."""
+    return (
+        " Rows with support below publish.view_min_support are left out (the others keep"
+        f" their rank among all); {name}_supported_by(n) takes another floor."
+    )
+
+
 VIEWS = (
     View(
         "skills_for_job",
         "SkillRank of the current run: the top publish.top_k skills of every job title."
-        " Filter: WHERE job_title = '...' ORDER BY rank.",
+        " Filter: WHERE job_title = '...' ORDER BY rank." + _floored("skills_for_job"),
         (
             ("job_title", "job title, as in job_vocab (spelled by normalize_name)"),
             ("rank", "1 = the job's strongest skill"),
@@ -68,6 +80,7 @@ VIEWS = (
         "SELECT job_title, rank, skill_name, weight, probability, probability_low,"
         " probability_high, rank_best, rank_worst, support, run_id FROM {job_skill_rank}"
         " WHERE run_id = {current}",
+        support="support",
     ),
     View(
         "skills_for_job_in",
@@ -129,7 +142,7 @@ VIEWS = (
     View(
         "jobs_for_skill",
         "The top publish.top_k job titles of every skill in the current run."
-        " Filter: WHERE skill_name = '...' ORDER BY rank.",
+        " Filter: WHERE skill_name = '...' ORDER BY rank." + _floored("jobs_for_skill"),
         (
             ("skill_name", "skill, as in skill_vocab (spelled by normalize_name)"),
             ("rank", "1 = the job title that implies the skill most"),
@@ -141,34 +154,40 @@ VIEWS = (
         ),
         "SELECT skill_name, rank, job_title, weight, probability, support, run_id"
         " FROM {skill_job_rank} WHERE run_id = {current}",
+        support="support",
     ),
     View(
         "similar_jobs",
         "The publish.neighbors_k job titles nearest to every job title (job2vec cosine),"
-        " current run. Filter: WHERE job_title = '...' ORDER BY rank.",
+        " current run. Filter: WHERE job_title = '...' ORDER BY rank." + _floored("similar_jobs"),
         (
             ("job_title", "job title"),
             ("rank", "1 = the most similar other job title"),
             ("similar_job_title", "a similar job title"),
             ("similarity", "cosine similarity of the two job2vec vectors, in [-1, 1]"),
+            ("support", "training profiles holding the similar job title"),
             _RUN,
         ),
-        "SELECT job_title, rank, neighbor_job_title, similarity, run_id"
+        "SELECT job_title, rank, neighbor_job_title, similarity, neighbor_profiles, run_id"
         " FROM {job_neighbors} WHERE run_id = {current}",
+        support="support",
     ),
     View(
         "similar_skills",
         "The publish.neighbors_k skills nearest to every skill (skill2vec cosine),"
-        " current run. Filter: WHERE skill_name = '...' ORDER BY rank.",
+        " current run. Filter: WHERE skill_name = '...' ORDER BY rank."
+        + _floored("similar_skills"),
         (
             ("skill_name", "skill"),
             ("rank", "1 = the most similar other skill"),
             ("similar_skill_name", "a similar skill"),
             ("similarity", "cosine similarity of the two skill2vec vectors, in [-1, 1]"),
+            ("support", "training profiles holding the similar skill"),
             _RUN,
         ),
-        "SELECT skill_name, rank, neighbor_skill_name, similarity, run_id"
+        "SELECT skill_name, rank, neighbor_skill_name, similarity, neighbor_profiles, run_id"
         " FROM {skill_neighbors} WHERE run_id = {current}",
+        support="support",
     ),
     View(
         "upskilling",
@@ -302,6 +321,22 @@ def view_statements(config: Config) -> dict[str, tuple[str, str]]:
     for view in (*current_views, *VIEWS):
         columns = ", ".join(f"{name} COMMENT {_quote(text)}" for name, text in view.columns)
         query = view.query.format(current=current, previous=previous, **names)
+        if view.support:
+            # The rows at any floor, the view's columns; the view calls it at the default.
+            function = f"{view.name}{FLOOR_SUFFIX}"
+            statements[function] = _function(
+                database,
+                function,
+                f"(min_support BIGINT DEFAULT {config.publish.view_min_support}"
+                f" COMMENT {_quote(_FLOOR_ARGUMENT)}) RETURNS TABLE",
+                f"The rows of {view.name} that at least min_support training profiles back"
+                f" ({view.support} >= min_support); {view.name} itself shows those of the"
+                " default (publish.view_min_support).",
+                f"SELECT * FROM ({query}) AS shown({', '.join(n for n, _ in view.columns)})"
+                # Null: a run published before its table had the column (not floored).
+                f" WHERE coalesce({view.support} >= {function}.min_support, true)",
+            )
+            query = f"SELECT * FROM {database}.{function}()"
         digest = _digest(columns, view.comment, query)
         statements[view.name] = (
             f"CREATE OR REPLACE VIEW {database}.{view.name} {f'({columns})' if columns else ''}"
@@ -382,7 +417,14 @@ def declare_views(spark: SparkSession, config: Config) -> list[str]:
 
 
 _DIGEST_PROPERTY = "skillrank.definition"
-_FUNCTIONS = ("normalize_name", "skill_gap")
+# The table function of each view with a support floor: <view>_supported_by(min_support).
+FLOOR_SUFFIX = "_supported_by"
+_FLOOR_ARGUMENT = "fewest training profiles a row needs (its support column)"
+_FUNCTIONS = (
+    "normalize_name",
+    "skill_gap",
+    *(f"{view.name}{FLOOR_SUFFIX}" for view in VIEWS if view.support),
+)
 
 
 def _digest(*parts: str) -> str:

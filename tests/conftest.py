@@ -31,7 +31,7 @@ from skillrank.shards import Manifest
 # tests/run.sh runs the suite on two pytest-xdist workers, one file at a time per worker (so
 # that a module's fixtures are built once), test_evaluation.py on the worker that runs
 # test_publish.py (they share evaluated_runs). The two longest files start first, one per
-# worker; the rest follow in collection order.
+# worker; the rest follow by file name (pytest_collection_modifyitems).
 _SHARED_SCOPE = {"test_evaluation.py": "test_publish.py"}
 _LONGEST = ("test_sql.py", "test_cluster.py")
 
@@ -49,7 +49,14 @@ def submit_environment(**extra: str) -> dict[str, str]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: _LONGEST.index(item.path.name) if item.path.name in _LONGEST else 2)
+    # Then by file name, whatever order the command line names them in: test_evaluation.py
+    # reads evaluated_runs as conftest left it, before test_publish.py adds runs to it and
+    # its last test (maintain) deletes some.
+    def order(item: pytest.Item) -> tuple[int, str]:
+        first = _LONGEST.index(item.path.name) if item.path.name in _LONGEST else 2
+        return first, item.path.name
+
+    items.sort(key=order)
 
 
 @pytest.hookimpl(optionalhook=True)

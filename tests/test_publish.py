@@ -102,6 +102,17 @@ def test_phi_and_background_tables_hold_the_fits_own_values(
     np.testing.assert_allclose([probability[s] for s in range(SKILLS)], np.exp(background), 1e-6)
 
 
+def test_current_phi_is_the_current_runs_weights_one_row_per_entry(published: Evaluated) -> None:
+    pipeline = published.pipeline
+    (current,) = pipeline.table("current_runs").collect()
+    rows = pipeline.table("current_phi").collect()
+    assert len(rows) == 4 * SKILLS and {r.run_id for r in rows} == {current.run_id}
+    exploded = np.full((4, SKILLS), np.nan, dtype=np.float32)
+    for row in rows:
+        exploded[row.job_id, row.skill_id] = row.weight
+    np.testing.assert_array_equal(exploded, _published_arrays(pipeline, current.run_id)[0])
+
+
 def test_the_softmax_family_publishes_its_best_epoch_and_bias(published: Evaluated) -> None:
     run = published.run(published.softmax)
     assert (run.model, run.hyperparameters["skill_bias"]) == ("softmax", "True")
@@ -404,8 +415,9 @@ def test_log_lines_are_json_objects_on_request_and_levels_filter_them(
 def test_maintain_keeps_the_latest_current_and_pinned_runs_and_vacuums(
     published: Evaluated,
 ) -> None:
-    # Last in the module: it deletes the rows of runs that other tests read, and it reads
-    # the runs they added (four succeeded ones by now: softmax, mixture and two more).
+    # Last in the module (and after test_evaluation.py, conftest's order): it deletes the
+    # rows of runs that other tests read, and it reads the runs they added (four succeeded
+    # ones by now: softmax, mixture and two more).
     pipeline, spark = published.pipeline, published.pipeline.spark
     (current,) = pipeline.table("current_runs").collect()
     succeeded = pipeline.table("runs").where("status = 'succeeded'").orderBy("ended_at").collect()

@@ -12,6 +12,7 @@ the script). Queries go over HiveServer2's protocol
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import socket
@@ -68,6 +69,8 @@ PROFILES = 500
 # Every other profile lives in New York; the data scientists of Seattle list one more skill.
 NEW_YORK = ("New York, New York", "NEW_YORK_METROPOLITAN_AREA")
 SEATTLE_SKILL = ("data scientist", "cloud computing")
+# publish.view_min_support of the served runs: it leaves out some of their ranked pairs.
+FLOOR = 30
 
 
 def two_city_crawl() -> list[dict[str, Any]]:
@@ -188,6 +191,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, config: Config) -> Iterator
     port = free_port()
     options = (
         *("--workdir", str(tmp / "work"), *SETTINGS, "--conf", "spark.driver_memory=1g"),
+        *("--conf", f"publish.view_min_support={FLOOR}"),
         *("--conf", f"sql.port={port}", "--conf", f"sql.metastore_port={free_port()}"),
     )
     served = Served(tmp / "work", port, options)
@@ -254,6 +258,12 @@ class Facts:
         rows = [r for r in self.ranks[run or self.latest] if r.job_title == title]
         return sorted(rows, key=lambda r: r.rank)
 
+    def shown(self, title: str | None = None) -> list[Row]:
+        """The latest run's rows as skills_for_job shows them (support at or above the
+        floor): one title's by rank, or all."""
+        rows = self.job(title) if title else self.ranks[self.latest]
+        return [r for r in rows if r.support >= FLOOR]
+
 
 @pytest.fixture(scope="module")
 def facts(served: Served, spark: SparkSession) -> Facts:
@@ -297,14 +307,15 @@ def _same(answer: list[tuple[Any, ...]], expected: list[tuple[Any, ...]]) -> Non
 
 
 def _skills_of_data_scientist(f: Facts, rows: list[tuple[Any, ...]]) -> None:
-    expected = [(r.rank, r.skill_name, r.probability, r.support) for r in f.job("data scientist")]
+    expected = [(r.rank, r.skill_name, r.probability, r.support) for r in f.shown("data scientist")]
     _same(rows, expected[:10])
     assert {r[1] for r in rows[:3]} == set(PLANTED["data scientist"])
 
 
 def _jobs_for_python(f: Facts, rows: list[tuple[Any, ...]]) -> None:
     mine = sorted((r for r in f.skill_ranks if r.skill_name == "python"), key=lambda r: r.rank)
-    _same(rows, [(r.rank, r.job_title, r.probability, r.support) for r in mine][:10])
+    shown = [(r.rank, r.job_title, r.probability, r.support) for r in mine if r.support >= FLOOR]
+    _same(rows, shown[:10])
     assert {r[1] for r in rows[:2]} == {"data scientist", "software developer"}
 
 
@@ -312,18 +323,20 @@ def _similar_jobs(f: Facts, rows: list[tuple[Any, ...]]) -> None:
     mine = sorted(
         (r for r in f.job_neighbors if r.job_title == "data scientist"), key=lambda r: r.rank
     )
-    _same(rows, [(r.rank, r.neighbor_job_title, r.similarity) for r in mine][:10])
+    shown = [(r.rank, r.neighbor_job_title, r.similarity, r.neighbor_profiles) for r in mine]
+    _same(rows, [s for s in shown if s[-1] >= FLOOR][:10])
     assert rows and rows[0][1] != "accountant"  # shares no planted skill with it
 
 
 def _similar_skills(f: Facts, rows: list[tuple[Any, ...]]) -> None:
     mine = sorted((r for r in f.skill_neighbors if r.skill_name == "python"), key=lambda r: r.rank)
-    _same(rows, [(r.rank, r.neighbor_skill_name, r.similarity) for r in mine][:10])
+    shown = [(r.rank, r.neighbor_skill_name, r.similarity, r.neighbor_profiles) for r in mine]
+    _same(rows, [s for s in shown if s[-1] >= FLOOR][:10])
 
 
 def _skill_gap(f: Facts, rows: list[tuple[Any, ...]]) -> None:
     held = ("python", "sql", "data engineering")
-    missing = [r for r in f.job("data scientist") if r.skill_name not in held]
+    missing = [r for r in f.shown("data scientist") if r.skill_name not in held]
     expected = [(n, r.skill_name, r.rank, r.probability) for n, r in enumerate(missing, 1)]
     _same(rows, expected[:10])
     assert {r[1] for r in rows[:2]} == {"statistics", "machine learning"}
@@ -376,7 +389,7 @@ def _baselines(f: Facts, rows: list[tuple[Any, ...]]) -> None:
 
 def _common_skills(f: Facts, rows: list[tuple[Any, ...]]) -> None:
     counts: dict[str, int] = {}
-    for r in f.ranks[f.latest]:
+    for r in f.shown():
         if r.rank <= 10:
             counts[r.skill_name] = counts.get(r.skill_name, 0) + 1
     _same(rows, sorted(counts.items(), key=lambda c: (-c[1], c[0]))[:10])
@@ -385,7 +398,7 @@ def _common_skills(f: Facts, rows: list[tuple[Any, ...]]) -> None:
 def _jobs_for_skill_set(f: Facts, rows: list[tuple[Any, ...]]) -> None:
     held = {"python", "statistics", "sql"}
     totals: dict[str, tuple[float, int]] = {}
-    for r in f.ranks[f.latest]:
+    for r in f.shown():
         if r.skill_name in held:
             p, n = totals.get(r.job_title, (0.0, 0))
             totals[r.job_title] = (p + r.probability, n + 1)
@@ -397,9 +410,9 @@ def _jobs_for_skill_set(f: Facts, rows: list[tuple[Any, ...]]) -> None:
 
 
 def _shared_top_skills(f: Facts, rows: list[tuple[Any, ...]]) -> None:
-    mine = {r.skill_name for r in f.job("data scientist") if r.rank <= 20}
+    mine = {r.skill_name for r in f.shown("data scientist") if r.rank <= 20}
     shared: dict[str, int] = {}
-    for r in f.ranks[f.latest]:
+    for r in f.shown():
         if r.job_title != "data scientist" and r.rank <= 20 and r.skill_name in mine:
             shared[r.job_title] = shared.get(r.job_title, 0) + 1
     _same(rows, sorted(shared.items(), key=lambda s: (-s[1], s[0]))[:10])
@@ -519,7 +532,7 @@ GAP_ARGUMENTS = [
 
 
 def test_skill_gap_reads_names_as_prepare_stores_them(served: Served, facts: Facts) -> None:
-    top = facts.job("data scientist")
+    top = facts.shown("data scientist")
     for target, held, holds in GAP_ARGUMENTS:
         query = f"SELECT gap_rank, skill_name FROM skillrank.skill_gap('{target}', {held})"
         _, rows = _run_sql(served, query + " ORDER BY gap_rank")
@@ -527,6 +540,35 @@ def test_skill_gap_reads_names_as_prepare_stores_them(served: Served, facts: Fac
         assert rows == list(enumerate(lacks, 1)), query
     _, rows = _run_sql(served, "SELECT skillrank.normalize_name(' Ｄata\u200d  SCIENTIST ')")
     assert rows == [("data scientist",)]
+
+
+# Each view with a support floor: its table, and the table's support column.
+FLOORED = {
+    "skills_for_job": ("job_skill_rank", "support"),
+    "jobs_for_skill": ("skill_job_rank", "support"),
+    "similar_jobs": ("job_neighbors", "neighbor_profiles"),
+    "similar_skills": ("skill_neighbors", "neighbor_profiles"),
+}
+
+
+def test_views_leave_out_rows_below_the_support_floor_and_functions_take_another(
+    served: Served, facts: Facts, spark: SparkSession
+) -> None:
+    assert sorted(FLOORED) == sorted(v.name for v in VIEWS if v.support)
+    dropped = 0
+    for view, (table, column) in FLOORED.items():
+        rows = [r for r in served.rows(spark, table) if r.run_id == facts.latest]
+        supports = collections.Counter(r[column] for r in rows)
+        for floor, query in (
+            (FLOOR, f"skillrank.{view}"),
+            (FLOOR, f"skillrank.{view}_supported_by()"),  # the default is the view's floor
+            (1, f"skillrank.{view}_supported_by(1)"),
+            (FLOOR + 10, f"skillrank.{view}_supported_by(min_support => {FLOOR + 10})"),
+        ):
+            _, answer = _run_sql(served, f"SELECT support, count(*) FROM {query} GROUP BY 1")
+            assert dict(answer) == {n: c for n, c in supports.items() if n >= floor}, query
+        dropped += sum(c for n, c in supports.items() if n < FLOOR)
+    assert dropped > 0  # the floor leaves something out of these runs
 
 
 def test_status_says_where_the_server_is(served: Served) -> None:
@@ -563,7 +605,7 @@ def test_queries_during_a_publish_see_one_complete_run(served: Served, spark: Sp
     assert served.errors == []
     assert served.while_publishing >= 3, served.while_publishing
     expected = {}
-    for row in served.rows(spark, "job_skill_rank"):
+    for row in (r for r in served.rows(spark, "job_skill_rank") if r.support >= FLOOR):
         n, total = expected.get(row.run_id, (0, 0.0))
         expected[row.run_id] = (n + 1, total + row.probability)
     seen = set()

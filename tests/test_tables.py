@@ -97,8 +97,9 @@ def test_a_table_created_without_its_constraints_gains_them_once(
     spark: SparkSession, config: Config
 ) -> None:
     local, table = _older_table(spark, config, "t_unchecked", "job_neighbors", [])
-    # run_id, job_id, job_title, rank, neighbor_job_id, neighbor_job_title, similarity
-    spark.sql(f"INSERT INTO {table} VALUES ('r1', 0, 'nurse', 0, 1, 'welder', 0.5)")  # unchecked
+    # run_id, job_id, job_title, rank, neighbor_job_id, neighbor_job_title, similarity,
+    # neighbor_profiles
+    spark.sql(f"INSERT INTO {table} VALUES ('r1', 0, 'nurse', 0, 1, 'welder', 0.5, 9)")  # unchecked
     with pytest.raises(Exception, match=r"1 rows in .* violate the new CHECK constraint \(rank"):
         declare_tables(spark, local, ["job_neighbors"])  # an old row breaks it: refused
     spark.sql(f"DELETE FROM {table} WHERE rank = 0")
@@ -108,7 +109,7 @@ def test_a_table_created_without_its_constraints_gains_them_once(
     assert properties["delta.constraints.rank_from_1"] == "rank >= 1"
     assert "delta.constraints.similarity_in_range" in properties
     with pytest.raises(Exception, match="CHECK constraint similarity_in_range"):
-        spark.sql(f"INSERT INTO {table} VALUES ('r1', 0, 'nurse', 1, 1, 'welder', 1.5)")
+        spark.sql(f"INSERT INTO {table} VALUES ('r1', 0, 'nurse', 1, 1, 'welder', 1.5, 9)")
 
 
 def test_a_location_left_by_a_killed_create_is_cleared_but_data_is_kept(
