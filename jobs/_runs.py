@@ -9,6 +9,7 @@ older run reads what that run was trained on, not what a later prepare wrote.
 from __future__ import annotations
 
 import argparse
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -98,9 +99,23 @@ def profile_segments(
     sql = f"SELECT profile_id, city, industry FROM {ctx.table('profiles')}"
     if version is not None:
         sql += f" VERSION AS OF {int(version)}"
-    table = ctx.spark.sql(f"{sql} WHERE split = '{split}'").toArrow()
+    try:
+        table = ctx.spark.sql(f"{sql} WHERE split = '{split}'").toArrow()
+    except Exception as exc:
+        if version is None or not _FILES_GONE.search(str(exc)):
+            raise
+        raise StageError(
+            f"{ctx.table('profiles')} at version {version}, which the shards of"
+            f" {manifest.prepare_run_id} were written from, has lost files to VACUUM (maintain"
+            " removes what OPTIMIZE replaced once it is older than the retention): run"
+            " prepare again, then train on its shards"
+        ) from exc
     ids, cities, industries = (table.column(c).to_pylist() for c in table.column_names)
     return dict(zip(ids, zip(cities, industries, strict=True), strict=True))
+
+
+# How Spark and Delta say that a data file of a table version is gone.
+_FILES_GONE = re.compile("FileNotFound|FAILED_READ_FILE|DELTA_FILE_NOT_FOUND")
 
 
 def segments_of_test_profiles(ctx: StageContext, manifest: Manifest) -> dict[str, tuple[str, ...]]:

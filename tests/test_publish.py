@@ -413,7 +413,7 @@ def test_log_lines_are_json_objects_on_request_and_levels_filter_them(
 
 
 def test_maintain_keeps_the_latest_current_and_pinned_runs_and_vacuums(
-    published: Evaluated,
+    published: Evaluated, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Last in the module (and after test_evaluation.py, conftest's order): it deletes the
     # rows of runs that other tests read, and it reads the runs they added (four succeeded
@@ -479,3 +479,15 @@ def test_maintain_keeps_the_latest_current_and_pinned_runs_and_vacuums(
     assert {r.run_id for r in pipeline.table("current_job_skill_rank").collect()} == {
         current.run_id
     }
+    # OPTIMIZE replaced the files of the profiles version the shards come from, and that
+    # VACUUM removed them: evaluate, which reads it (segments), says what to do in one line.
+    profiles = f"{pipeline.database}.profiles"
+    shards_version = pipeline.manifest().delta_versions["profiles"]
+    with pytest.raises(Exception, match="FileNotFound|FAILED_READ_FILE|DELTA_FILE_NOT_FOUND"):
+        spark.sql(f"SELECT * FROM {profiles} VERSION AS OF {shards_version}").collect()
+    capsys.readouterr()
+    assert pipeline.run(["evaluate"], *SETTINGS) == 1
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert f"evaluate failed: {profiles} at version {shards_version}, which the shards" in error
+    assert "has lost files to VACUUM" in error
+    assert "run prepare again, then train on its shards (trace: " in error
