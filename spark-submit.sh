@@ -22,7 +22,8 @@ check_java() {
   local java="${JAVA_HOME:+$JAVA_HOME/bin/}java" line major
   command -v "$java" >/dev/null 2>&1 \
     || die "Java not found: install OpenJDK 17 or newer (e.g. apt-get install openjdk-17-jre-headless) or set JAVA_HOME"
-  line="$("$java" -version 2>&1 | head -n 1)"
+  # The version line, not a "Picked up JAVA_TOOL_OPTIONS" note printed before it.
+  line="$("$java" -version 2>&1 | grep -m 1 ' version ' || true)"
   major="$(sed -E 's/.*version "([0-9]+)(\.([0-9]+))?.*/\1/' <<<"$line")"
   [[ "$major" == 1 ]] && major="$(sed -E 's/.*version "1\.([0-9]+).*/\1/' <<<"$line")"
   [[ "$major" =~ ^[0-9]+$ && "$major" -ge 17 ]] \

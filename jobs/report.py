@@ -1,25 +1,32 @@
-"""report: the paper's figures for one train run, as PNG files and one self-contained HTML page.
+"""report: one train run for a reader, as one self-contained HTML page and PNG files.
 
     ./spark-submit.sh report [--workdir DIR] [--run-id ID] [--conf report.KEY=VALUE]
 
 For the current train run (or --run-id) writes
-<workdir>/<catalog.reports_dir>/<run_id>/report.html with every figure embedded, plus the
-PNG files beside it: the loss curves (Fig 2), phi's histogram (Fig 3), phi before and after
-spectral co-clustering (Fig 4), positive associations per job and per skill (Fig 5), t-SNE
-maps of job2vec and skill2vec (Fig 6, 7), the strongest job-skill pairs (Table 4) and the
-`evaluation` rows of the run as a chart. The co-cluster of every job and skill it clustered
-goes to the Delta table `coclusters` (the run's rows replaced in one commit). The directory
-is written beside its final place and swapped in, so a reader never sees half a report.
+<workdir>/<catalog.reports_dir>/<run_id>/report.html: first, in words, whether the model
+beats each baseline on the headline measures (the run's `evaluation` rows); the run's
+metadata (when, on which crawl files and profiles, with which settings); the top skills of
+the most common titles and the nearest jobs of a few; then the paper's figures in its order
+(loss curves, phi's histogram, named co-clusters, positive associations, t-SNE maps of
+job2vec and skill2vec with labels that do not overlap, Table 4 by lift), Fig 8 and the
+evaluation chart; the PNG files beside it. The co-cluster of every job and skill it
+clustered goes to the Delta table `coclusters` (the run's rows replaced in one commit). The
+directory is written beside its final place and swapped in, so a reader never sees half a
+report. docs/evaluation.md describes each part; benchmarks/report_check.py checks the page
+in a browser.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
+import numpy as np
 import torch
-from pyspark.sql import Row
+from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
 from jobs._cli import Stage, StageContext, StageResult, run_stages
@@ -31,14 +38,23 @@ from jobs._runs import (
     resolve_run,
     run_manifest,
 )
-from skillrank import report
-from skillrank.shards import read_vocabulary
+from skillrank import report, report_page
+from skillrank.shards import Manifest, read_vocabulary
 from skillrank.tables import SPECS, declare_tables
 
 # t-SNE needs a few points to place: a map of fewer is left out.
 _MIN_MAP_POINTS = 3
 # Skills per segment in Fig 8.
 _SEGMENT_SKILLS = 10
+# Fig 4: co-clusters shown, and titles and skills shown of each.
+_COCLUSTERS_SHOWN = 8
+_COCLUSTER_MEMBERS_SHOWN = 5
+# "What SkillRank says": titles, skills per title, titles with their nearest jobs (half as
+# many as skills); crawl files named in the metadata.
+_SAYS_TITLES = 8
+_SAYS_SKILLS = 10
+_SAYS_NEIGHBOURS = 3
+_FILES_LISTED = 5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +67,7 @@ def run(ctx: StageContext) -> StageResult:
     train_run = resolve_run(ctx)
     run_id = train_run.run_id
     manifest = run_manifest(ctx, train_run)
-    job_titles, _ = read_vocabulary(manifest, "job")
+    job_titles, job_profiles = read_vocabulary(manifest, "job")
     skill_names, _ = read_vocabulary(manifest, "skill")
     final = ctx.workdir / ctx.config.catalog.reports_dir / run_id
     out = final.with_name(f".{run_id}.partial")
@@ -62,15 +78,10 @@ def run(ctx: StageContext) -> StageResult:
     with ctx.step("read phi"):
         phi_t = load_phi(ctx, train_run)
 
-    history = (
-        spark.table(ctx.table("training_history"))
-        .where(F.col("run_id") == run_id)
-        .orderBy("epoch")
-        .collect()
-    )
-    figures = []
-    with ctx.step("Fig 2, 3, 5: losses, phi histogram, associations per job and skill"):
-        figures.append(
+    history = _of_run(ctx, "training_history", run_id).orderBy("epoch").collect()
+    sections: list[report.Figure | report_page.Section] = []
+    with ctx.step("Fig 2, 3: losses, phi histogram"):
+        sections.append(
             report.loss_figure(
                 out,
                 [r.epoch for r in history],
@@ -80,37 +91,34 @@ def run(ctx: StageContext) -> StageResult:
                 train_run.test_loss,
             )
         )
-        figures.append(report.phi_histogram_figure(out, phi_t))
-        figures.append(report.association_histograms_figure(out, phi_t))
+        sections.append(report.phi_histogram_figure(out, phi_t))
 
-    # Vocabulary ids run from the most frequent title (skill) down: the first ids are the
-    # readable subset the paper shows.
+    # Vocabulary ids run from the most frequent title (skill) down.
     jobs = min(params.cocluster_jobs, manifest.jobs)
     skills = min(params.cocluster_skills, manifest.skills)
     with ctx.step(f"Fig 4: {params.coclusters} spectral co-clusters of {jobs} x {skills} job2vec"):
         job2vec = torch.softmax(phi_t[:jobs], dim=1)[:, :skills].numpy()
         job_labels, skill_labels = report.cocluster(job2vec, params.coclusters, params.seed)
-        figures.append(report.cocluster_figure(out, job2vec, job_labels, skill_labels))
+        shown = report.top_coclusters(
+            job2vec, job_labels, skill_labels, job_profiles[:jobs].astype(float),
+            _COCLUSTERS_SHOWN, _COCLUSTER_MEMBERS_SHOWN,
+        )  # fmt: skip
+        clusters = int(max(job_labels.max(), skill_labels.max())) + 1
+        sections.append(
+            report.cocluster_figure(out, job2vec, shown, job_titles, skill_names, clusters)
+        )
     del job2vec
+    with ctx.step("Fig 5: positive associations per job and skill"):
+        sections.append(report.association_histograms_figure(out, phi_t))
 
     job_points = min(params.map_points, manifest.jobs)
     skill_points = min(params.map_points, manifest.skills)
     maps = (
-        (
-            "fig6_job2vec",
-            "Fig 6: job2vec map (t-SNE)",
-            "job titles",
-            job_titles,
-            phi_t[:job_points],
-        ),
-        (
-            "fig7_skill2vec",
-            "Fig 7: skill2vec map (t-SNE)",
-            "skills",
-            skill_names,
-            phi_t[:, :skill_points].T,
-        ),
-    )
+        ("fig6_job2vec", "Fig 6: job2vec map (t-SNE)", "job titles", job_titles,
+         phi_t[:job_points]),
+        ("fig7_skill2vec", "Fig 7: skill2vec map (t-SNE)", "skills", skill_names,
+         phi_t[:, :skill_points].T),
+    )  # fmt: skip
     for key, title, kind, names, rows in maps:
         if len(rows) < _MIN_MAP_POINTS:
             ctx.log.info(f"  {title}: skipped, only {len(rows)} {kind}")
@@ -118,50 +126,33 @@ def run(ctx: StageContext) -> StageResult:
         with ctx.step(f"{title} of {len(rows)} {kind}"):
             vectors = torch.softmax(rows.contiguous(), dim=1).numpy()
             coords = report.embed_2d(vectors, params.seed)
-            figures.append(
+            sections.append(
                 report.map_figure(out, key, title, coords, names[: len(rows)], params.map_labels)
             )
+    sections.append(_top_pairs(ctx, run_id))
 
     segments = ctx.table("job_skill_rank_by_segment")
     if spark.catalog.tableExists(segments):
         with ctx.step("Fig 8: one title's SkillRank in two segments"):
             figure = _segment_figure(ctx, out, segments, run_id)
             if figure is not None:
-                figures.append(figure)
+                sections.append(figure)
 
-    run_rows = spark.table(ctx.table("evaluation")).where(F.col("run_id") == run_id)
-    evaluation = [r.asDict() for r in run_rows.collect()]
+    evaluation = [r.asDict() for r in _of_run(ctx, "evaluation", run_id).collect()]
+    scores = report.Scores.of(evaluation)
     if evaluation:
-        figures.append(report.evaluation_figure(out, evaluation))
-    top_pairs = [
-        r.asDict()
-        for r in spark.table(ctx.table("job_skill_rank"))
-        .where((F.col("run_id") == run_id) & (F.col("support") >= params.top_pairs_min_support))
-        .orderBy(F.desc("weight"), "job_id", "skill_id")
-        .limit(params.top_pairs)
-        .collect()
-    ]
-    summary = [
-        f"Train run {run_id}: {manifest.jobs} job titles x {manifest.skills} skills,"
-        f" {manifest.rows['train']} training profiles;"
-        f" best epoch {train_run.best_epoch} of {train_run.epochs_run},"
-        f" validation loss {train_run.validation_loss:.4f}, test loss {train_run.test_loss:.4f}.",
-        "No evaluation rows for this run: run ./spark-submit.sh evaluate for the chart."
-        if not evaluation
-        else f"{len(evaluation)} evaluation rows (table {ctx.table('evaluation')}).",
-    ]
-    page = report.render_html(
-        run_id,
-        figures,
+        sections.append(report.evaluation_figure(out, evaluation))
+    lead = "\n".join(
         [
-            (
-                "Table 4: the most positively associated job-skill pairs"
-                f" (held by at least {params.top_pairs_min_support} training profiles)",
-                report.top_pairs_html(top_pairs),
-            )
-        ],
-        summary,
+            report_page.verdict_html(scores, train_run.model),
+            "<h2>The run</h2>",
+            report_page.metadata_html(_metadata(ctx, train_run, manifest)),
+            f"<h2>What SkillRank says: the top {_SAYS_SKILLS} skills of the"
+            f" {_SAYS_TITLES} most common job titles</h2>",
+            report_page.skillrank_says_html(_says(ctx, run_id, job_profiles)),
+        ]
     )
+    page = report_page.render_html(run_id, lead, sections)
     (out / "report.html").write_text(page, encoding="utf-8")
     shutil.rmtree(final, ignore_errors=True)
     out.rename(final)
@@ -183,6 +174,111 @@ def run(ctx: StageContext) -> StageResult:
         output_versions={"coclusters": version},
         summary=[f"report of train run {run_id}: {final / 'report.html'}"],
     )
+
+
+def _of_run(ctx: StageContext, table: str, run_id: str) -> DataFrame:
+    return ctx.spark.table(ctx.table(table)).where(F.col("run_id") == run_id)
+
+
+def _top_pairs(ctx: StageContext, run_id: str) -> report_page.Section:
+    """Table 4: the pairs with the largest lift (the title's probability of the skill over
+    the skill's background probability) among those held by enough training profiles."""
+    floor, count = ctx.config.report.top_pairs_min_support, ctx.config.report.top_pairs
+    background = _of_run(ctx, "skill_background", run_id).select(
+        "skill_id", F.col("probability").alias("background")
+    )
+    rows = (
+        _of_run(ctx, "job_skill_rank", run_id)
+        .where(F.col("support") >= floor)
+        .join(background, "skill_id")
+        .withColumn("lift", F.col("probability") / F.col("background"))
+        .orderBy(F.desc("lift"), "job_id", "skill_id")
+        .limit(count)
+        .collect()
+    )
+    pairs = [
+        report_page.TopPair(r.job_title, r.skill_name, r.lift, r.probability, r.support)
+        for r in rows
+    ]
+    heading = (
+        "Table 4: the most specific job-skill pairs: the largest lift (how many times more"
+        " likely the title makes the skill than the background does), among the pairs of"
+        f" SkillRank held by at least {floor} training profiles"
+    )
+    return heading, report_page.top_pairs_html(pairs)
+
+
+def _metadata(ctx: StageContext, run: Row, manifest: Manifest) -> list[tuple[str, str]]:
+    """When, on what data and with what settings the run was made."""
+    stage = ctx.spark.table(ctx.table("stage_runs")).where(F.col("run_id") == run.run_id).first()
+    ingests = (
+        ctx.spark.table(ctx.table("stage_runs"))
+        .where((F.col("stage") == "ingest") & (F.col("status") == "succeeded"))
+        .where(F.col("ended_at") <= F.lit(manifest.created_at).cast("timestamp"))
+        .select(F.col("run_id").alias("ingest_run_id"))
+    )
+    files = (
+        ctx.spark.table(ctx.table("ingested_files"))
+        .join(ingests, "ingest_run_id")
+        .orderBy("source_file")
+        .collect()
+    )
+    names = [Path(unquote(urlparse(f.source_file).path)).name for f in files]
+    listed = ", ".join(names[:_FILES_LISTED]) + (" ..." if len(names) > _FILES_LISTED else "")
+    rows = manifest.rows
+    ended = "still running" if run.ended_at is None else f"{run.ended_at:%Y-%m-%d %H:%M:%S} UTC"
+    return [
+        ("run", f"{run.run_id}: {run.status}, model family {run.model}, on {run.device}"),
+        ("trained", f"{run.started_at:%Y-%m-%d %H:%M:%S} UTC to {ended}"),
+        (
+            "crawl",
+            f"{len(files)} file{'' if len(files) == 1 else 's'},"
+            f" {sum(f.lines for f in files):,} lines: {listed}",
+        ),
+        (
+            "profiles",
+            f"{rows['train']:,} training, {rows['validation']:,} validation and"
+            f" {rows['test']:,} test profiles (shard set of {manifest.prepare_run_id});"
+            f" {manifest.jobs:,} job titles x {manifest.skills:,} skills",
+        ),
+        (
+            "fit",
+            f"kept epoch {run.best_epoch} of {run.epochs_run}: validation loss"
+            f" {run.validation_loss:.4f}, validation NDCG@10 {run.validation_ndcg:.4f}"
+            f" (co-occurrence {run.cooccurrence_validation_ndcg:.4f}), test loss"
+            f" {run.test_loss:.4f}; gates: {run.gate}",
+        ),
+        ("configuration", "fingerprint " + (stage.config_fingerprint if stage else "unknown")),
+        ("hyperparameters", ", ".join(f"{k}={v}" for k, v in sorted(run.hyperparameters.items()))),
+        ("report written", f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC"),
+    ]
+
+
+def _says(ctx: StageContext, run_id: str, profiles: np.ndarray) -> list[report_page.TitleSkills]:
+    """The most common titles' top skills, and the nearest titles of the first few."""
+    titles = min(_SAYS_TITLES, len(profiles))
+    ranks = (
+        _of_run(ctx, "job_skill_rank", run_id)
+        .where((F.col("job_id") < titles) & (F.col("rank") <= _SAYS_SKILLS))
+        .orderBy("job_id", "rank")
+        .collect()
+    )
+    near = (
+        _of_run(ctx, "job_neighbors", run_id)
+        .where((F.col("job_id") < _SAYS_NEIGHBOURS) & (F.col("rank") <= _SAYS_SKILLS // 2))
+        .orderBy("job_id", "rank")
+        .collect()
+    )
+    return [
+        report_page.TitleSkills(
+            next(r.job_title for r in ranks if r.job_id == job),
+            int(profiles[job]),
+            [r.skill_name for r in ranks if r.job_id == job],
+            [(r.neighbor_job_title, r.similarity) for r in near if r.job_id == job],
+        )
+        for job in range(titles)
+        if any(r.job_id == job for r in ranks)
+    ]
 
 
 def _segment_figure(ctx: StageContext, out: Path, table: str, run_id: str) -> report.Figure | None:

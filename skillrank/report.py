@@ -14,8 +14,6 @@ in blocks of rows and never makes a float64 copy.
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import math
 import re
@@ -25,11 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from matplotlib import colormaps
+from matplotlib import colormaps, rc_context
 from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure as MplFigure
-from matplotlib.patches import Patch
+from matplotlib.font_manager import FontProperties
+from matplotlib.patches import Patch, Rectangle
 from matplotlib.typing import ColorType
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA
@@ -46,11 +46,14 @@ BLOCK_ELEMENTS = 1 << 22
 PHI_BINS = 100
 PAPER_POSITIVE_PERCENT = 1.13
 LABEL_CHARS = 30
+# Fig 4's tick labels, one per row or column: room for longer names.
+TICK_CHARS = 40
+# The maps' labels: font size in points, and the white box around each, in font sizes.
+MAP_LABEL_POINTS = 7.0
+MAP_LABEL_PAD = 0.25
 # Retrieval metrics in the order the paper reports them; any other "all" metric follows.
 RANKING_METRICS = ("recall", "precision", "ndcg", "map")
-PLANTED_METRICS = ("planted_precision", "planted_ndcg")
 MODEL_METHOD = "model"
-MODEL_COLOUR = "#d62728"
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -66,6 +69,8 @@ class Figure:
     title: str
     caption: str
     png: bytes = field(repr=False, compare=False)
+    # The maps: the figure as SVG, its labels as text, shown on the page instead of the PNG.
+    svg: str | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # The key becomes a file name and an href: no paths, no spaces, no markup.
@@ -229,62 +234,116 @@ def _inverse_sqrt(sums: np.ndarray) -> np.ndarray:
         return np.where(sums > 0, 1.0 / np.sqrt(sums), 0.0).astype(np.float32)
 
 
-def cocluster_figure(
-    out_dir: Path,
+@dataclass(frozen=True)
+class TopCocluster:
+    """One co-cluster as Fig 4 shows it: its label, the training profiles of its titles, and
+    the ids of its most common titles and of the skills its titles weigh most."""
+
+    label: int
+    profiles: float
+    rows: list[int]
+    columns: list[int]
+
+
+def top_coclusters(
     matrix: np.ndarray,
     row_labels: np.ndarray,
     col_labels: np.ndarray,
-    max_rows: int = 300,
-    max_cols: int = 300,
-) -> Figure:
-    """Fig 4: the first ``max_rows`` x ``max_cols`` of the matrix before and after co-clustering.
-
-    Takes the matrix cocluster saw (rows = jobs, columns = skills, most frequent first) and its
-    labels; writes ``fig4_cocluster.png`` with the colour on a log scale.
-    """
-    if matrix.ndim != 2 or row_labels.shape != (matrix.shape[0],):
-        raise ValueError(f"need one row label per row: {row_labels.shape} vs {matrix.shape}")
+    row_weights: np.ndarray,
+    count: int,
+    per_cluster: int,
+) -> list[TopCocluster]:
+    """The ``count`` co-clusters whose rows weigh most (``row_weights``: the titles' training
+    profiles), heaviest first, each holding a row and a column: per co-cluster its
+    ``per_cluster`` heaviest rows, and the ``per_cluster`` of its columns with the largest
+    mean over all its rows (ties by id)."""
+    if row_labels.shape != (matrix.shape[0],) or row_weights.shape != row_labels.shape:
+        raise ValueError(f"need one row label and weight per row of {matrix.shape}")
     if col_labels.shape != (matrix.shape[1],):
         raise ValueError(f"need one column label per column: {col_labels.shape} vs {matrix.shape}")
-    shown = np.asarray(matrix[:max_rows, :max_cols], dtype=np.float64)
-    if shown.size == 0:
-        raise ValueError("nothing to show: the matrix or max_rows/max_cols is empty")
-    rows_shown, cols_shown = row_labels[:max_rows], col_labels[:max_cols]
-    # Stable sorts keep the caller's most-frequent-first order inside each co-cluster.
-    row_order = np.argsort(rows_shown, kind="stable")
-    col_order = np.argsort(cols_shown, kind="stable")
-    norm = _log_norm(shown)
+    labels = int(max(row_labels.max(initial=0), col_labels.max(initial=0))) + 1
+    weight = np.bincount(row_labels, weights=row_weights, minlength=labels)
+    has_columns = np.bincount(col_labels, minlength=labels) > 0
+    chosen = [int(c) for c in np.argsort(-weight, kind="stable") if has_columns[c]]
+    shown = []
+    for label in [c for c in chosen if (row_labels == c).any()][:count]:
+        members = np.flatnonzero(row_labels == label)
+        columns = np.flatnonzero(col_labels == label)
+        # Summed in blocks of rows: a co-cluster of thousands of titles x every skill stays small.
+        strength = np.zeros(matrix.shape[1])
+        for start in range(0, members.size, 1024):
+            strength += matrix[members[start : start + 1024]].sum(axis=0, dtype=np.float64)
+        heaviest = members[np.argsort(-row_weights[members], kind="stable")[:per_cluster]]
+        strongest = columns[np.argsort(-strength[columns], kind="stable")[:per_cluster]]
+        shown.append(
+            TopCocluster(label, float(weight[label]), heaviest.tolist(), strongest.tolist())
+        )
+    return shown
+
+
+def cocluster_figure(
+    out_dir: Path,
+    matrix: np.ndarray,
+    shown: Sequence[TopCocluster],
+    row_names: Sequence[str],
+    col_names: Sequence[str],
+    clusters: int,
+) -> Figure:
+    """Fig 4: the co-clusters of ``shown`` named by their titles (rows) and skills (columns).
+
+    Takes the matrix cocluster saw (rows = jobs, columns = skills), the co-clusters to show
+    (``top_coclusters``) and how many co-clusters there are; draws the matrix restricted to
+    the shown rows and columns, grouped by co-cluster, each co-cluster's block outlined and
+    numbered; writes ``fig4_cocluster.png`` with the colour on a log scale.
+    """
+    if not shown:
+        raise ValueError("no co-cluster to show")
+    rows = [r for cluster in shown for r in cluster.rows]
+    cols = [c for cluster in shown for c in cluster.columns]
+    values = np.asarray(matrix[np.ix_(rows, cols)], dtype=np.float64)
     cmap = colormaps["viridis"].with_extremes(bad=colormaps["viridis"](0.0))
-
-    fig = MplFigure(figsize=(12.0, 5.6), layout="constrained")
-    left, right = fig.subplots(1, 2)
-    image = left.imshow(shown, aspect="auto", interpolation="nearest", cmap=cmap, norm=norm)
-    left.set_title("before: most frequent first", fontsize=10)
-    right.imshow(
-        shown[np.ix_(row_order, col_order)],
-        aspect="auto",
-        interpolation="nearest",
-        cmap=cmap,
-        norm=norm,
+    fig = MplFigure(figsize=(4.0 + 0.2 * len(cols), 3.0 + 0.2 * len(rows)), layout="constrained")
+    ax = fig.add_subplot()
+    image = ax.imshow(
+        values, aspect="auto", interpolation="nearest", cmap=cmap, norm=_log_norm(values)
     )
-    right.set_title("after: rows and columns grouped by co-cluster", fontsize=10)
-    # Thin lines where the label changes mark the co-cluster blocks.
-    for boundary in _boundaries(rows_shown[row_order]):
-        right.axhline(boundary - 0.5, color="white", linewidth=0.6)
-    for boundary in _boundaries(cols_shown[col_order]):
-        right.axvline(boundary - 0.5, color="white", linewidth=0.6)
-    left.set_xlabel(f"skills (first {cols_shown.size}, most frequent first)")
-    left.set_ylabel(f"jobs (first {rows_shown.size}, most frequent first)")
-    right.set_xlabel(f"the same {cols_shown.size} skills, by co-cluster")
-    right.set_ylabel(f"the same {rows_shown.size} jobs, by co-cluster")
-    fig.colorbar(image, ax=[left, right], shrink=0.85, label="value (log scale)")
-
-    clusters = np.unique(np.concatenate([row_labels, col_labels])).size
-    shown_clusters = np.unique(rows_shown).size
+    ax.set_yticks(range(len(rows)), [_shorten(row_names[r], TICK_CHARS) for r in rows], fontsize=7)
+    ax.set_xticks(
+        range(len(cols)),
+        [_shorten(col_names[c], TICK_CHARS) for c in cols],
+        fontsize=7,
+        rotation=60,
+        ha="right",
+        rotation_mode="anchor",
+    )
+    top = left = 0
+    for number, cluster in enumerate(shown, start=1):
+        height, width = len(cluster.rows), len(cluster.columns)
+        ax.add_patch(
+            Rectangle(
+                (left - 0.5, top - 0.5), width, height, fill=False, edgecolor="white", linewidth=1.5
+            )
+        )
+        ax.text(
+            left + width - 0.6,
+            top - 0.3,
+            f"C{number}",
+            color="white",
+            fontsize=8,
+            ha="right",
+            va="top",
+            fontweight="bold",
+        )
+        top, left = top + height, left + width
+    ax.set_xlabel("skills: the ones each co-cluster's titles weigh most")
+    ax.set_ylabel("job titles: each co-cluster's most common")
+    fig.colorbar(image, ax=ax, shrink=0.6, label="job2vec probability (log scale)")
     caption = (
-        f"The first {rows_shown.size:,} of {matrix.shape[0]:,} jobs and {cols_shown.size:,} of "
-        f"{matrix.shape[1]:,} skills, before and after grouping by {clusters} co-clusters "
-        f"({shown_clusters} of them hold a shown job)."
+        f"The {len(shown)} co-clusters (of {clusters}) whose job titles hold the most training"
+        " profiles, C1 the most, each with its most common titles and the skills its titles"
+        " weigh most; colour: the title's job2vec probability of the skill. Bright blocks on"
+        " the diagonal: a co-cluster's titles share its skills. Every title's and skill's"
+        " co-cluster is in the table coclusters."
     )
     key = "fig4_cocluster"
     return Figure(key, "Fig 4: co-clusters of jobs and skills", caption, _save(fig, out_dir, key))
@@ -351,33 +410,120 @@ def map_figure(
     labels: Sequence[str],
     labelled: int = 40,
 ) -> Figure:
-    """Fig 6 / 7: a 2-D map of all points, with the first ``labelled`` named.
+    """Fig 6 / 7: a 2-D map of all points, ``labelled`` of them named without overlap.
 
     Takes (n, 2) coordinates and one label per point (the caller puts the most frequent
-    first); writes ``<key>.png``. Labels are cut to 30 characters and drawn small.
+    first). The labels go to the most frequent points that leave room for them
+    (``place_labels``): a point whose label would overlap one already placed is passed over
+    for the next. Writes ``<key>.png``; the page shows the figure as SVG with the labels as
+    text, the points as an image inside it.
     """
     if coords.ndim != 2 or coords.shape[1] != 2 or len(labels) != coords.shape[0]:
         raise ValueError(f"need (n, 2) coords and n labels, got {coords.shape}, {len(labels)}")
     n = coords.shape[0]
-    labelled = max(0, min(labelled, n))
-    fig = MplFigure(figsize=(11.0, 9.0), layout="constrained")
-    ax = fig.add_subplot()
-    ax.scatter(coords[:, 0], coords[:, 1], s=4, color="#8da0cb", alpha=0.6, linewidths=0)
-    ax.scatter(coords[:labelled, 0], coords[:labelled, 1], s=12, color="#1f3b73", linewidths=0)
-    for (x, y), label in zip(coords[:labelled], labels[:labelled], strict=True):
-        ax.annotate(
-            _shorten(str(label), LABEL_CHARS),
-            (x, y),
-            xytext=(3, 2),
-            textcoords="offset points",
-            fontsize=6.5,
-            bbox={"boxstyle": "round,pad=0.1", "facecolor": "white", "alpha": 0.6, "lw": 0},
+    # Fixed axes (no layout engine): the labels are placed in the pixels they are drawn in.
+    fig = MplFigure(figsize=(11.0, 9.0), dpi=DPI)
+    ax = fig.add_axes((0.07, 0.06, 0.91, 0.92))
+    ax.scatter(
+        coords[:, 0], coords[:, 1], s=4, color="#8da0cb", alpha=0.6, linewidths=0, rasterized=True
+    )
+    ax.set_xlim(ax.get_xlim())
+    ax.set_ylim(ax.get_ylim())
+    texts = [_shorten(str(label), LABEL_CHARS) for label in labels]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    font = FontProperties(size=MAP_LABEL_POINTS)
+    pad = MAP_LABEL_PAD * MAP_LABEL_POINTS * DPI / 72
+    # One line's height for every label ("lp": an ascender and a descender, as matplotlib
+    # lays out a line), so that a browser's line boxes fit where the labels were placed.
+    _, line, _ = renderer.get_text_width_height_descent("lp", font, ismath=False)
+    widths = [renderer.get_text_width_height_descent(t, font, ismath=False)[0] for t in texts]
+    sizes = np.column_stack([np.asarray(widths, dtype=np.float64), np.full(n, line)])
+    placed = place_labels(
+        ax.transData.transform(coords),
+        sizes + 2 * pad,
+        tuple(ax.bbox.extents),
+        labelled,
+        offset=3 * DPI / 72,
+    )
+    to_data = ax.transData.inverted()
+    for index, x0, y0 in placed:
+        x, y = to_data.transform((x0 + pad, y0 + pad))
+        ax.text(
+            x,
+            y,
+            texts[index],
+            fontproperties=font,
+            ha="left",
+            va="bottom",
+            bbox={
+                "boxstyle": f"square,pad={MAP_LABEL_PAD}",
+                "facecolor": "white",
+                "alpha": 0.75,
+                "lw": 0,
+            },
+            gid=f"{key}-label-{index}",
         )
+    chosen = [index for index, _, _ in placed]
+    ax.scatter(coords[chosen, 0], coords[chosen, 1], s=12, color="#1f3b73", linewidths=0)
     ax.set_xlabel("t-SNE 1")
     ax.set_ylabel("t-SNE 2")
     ax.grid(alpha=0.2)
-    caption = f"{n:,} points; the {labelled} most frequent are named."
-    return Figure(key, title, caption, _save(fig, out_dir, key))
+    skipped = max(chosen, default=-1) + 1 - len(chosen)
+    caption = (
+        f"{n:,} points, the most frequent first; {len(chosen)} named, the most frequent whose"
+        f" label had room ({skipped} more frequent ones passed over)."
+    )
+    svg = _svg(fig, key)
+    return Figure(key, title, caption, _save(fig, out_dir, key), svg)
+
+
+def place_labels(
+    anchors: np.ndarray,
+    sizes: np.ndarray,
+    bounds: tuple[float, ...],
+    limit: int,
+    offset: float = 3.0,
+) -> list[tuple[int, float, float]]:
+    """Where to put up to ``limit`` labels so that none overlaps another or a labelled point.
+
+    ``anchors``: (n, 2) points and ``sizes``: (n, 2) label widths and heights, in one unit
+    (pixels, y up); ``bounds``: (x0, y0, x1, y1) every label must stay inside. In the points'
+    order, each label goes to the first of four spots ``offset`` from its point (up-right,
+    up-left, down-right, down-left) that stays inside, overlaps no label placed before and
+    covers no point labelled before, nor is its point under an earlier label; a point with no
+    such spot is passed over. Returns (point index, x0, y0 of the label's lower-left corner).
+    """
+    x_min, y_min, x_max, y_max = bounds
+    boxes: list[tuple[float, float, float, float]] = []
+    points: list[tuple[float, float]] = []
+    placed: list[tuple[int, float, float]] = []
+    for index, ((x, y), (width, height)) in enumerate(zip(anchors, sizes, strict=True)):
+        if len(placed) >= limit:
+            break
+        if any(a <= x <= c and b <= y <= d for a, b, c, d in boxes):
+            continue
+        for dx, dy in (
+            (offset, offset),
+            (-offset - width, offset),
+            (offset, -offset - height),
+            (-offset - width, -offset - height),
+        ):
+            box = (x + dx, y + dy, x + dx + width, y + dy + height)
+            inside = x_min <= box[0] and box[2] <= x_max and y_min <= box[1] and box[3] <= y_max
+            if (
+                inside
+                and not any(_overlap(box, other) for other in boxes)
+                and not any(box[0] <= px <= box[2] and box[1] <= py <= box[3] for px, py in points)
+            ):
+                boxes.append(box)
+                points.append((float(x), float(y)))
+                placed.append((index, box[0], box[1]))
+                break
+    return placed
+
+
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def segment_pair(
@@ -440,157 +586,170 @@ def segment_figure(
     return Figure(key, title, caption, _save(fig, out_dir, key))
 
 
+@dataclass(frozen=True)
+class Headline:
+    """A measure the report leads with: an evaluation metric at a cut-off k (None: the k the
+    rows have, or a metric without k) in one segment."""
+
+    metric: str
+    k: int | None
+    segment: str
+    name: str
+    lower_is_better: bool = False
+
+
+# The model-quality issue's measures: test KL, recall@20 and NDCG@10 over the test profiles,
+# precision@k of the planted skills over the titles.
+HEADLINES = (
+    Headline("kl", None, "all", "KL", lower_is_better=True),
+    Headline("recall", 20, "all", "recall@20"),
+    Headline("ndcg", 10, "all", "NDCG@10"),
+    Headline("planted_precision", None, "titles", "planted precision"),
+)
+# Methods' colours, the model's first; every method one of its own.
+METHOD_COLOURS = (
+    "#d62728",
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
+_BUCKET = re.compile(r"titles_(?:(\d+)_(\d+)|min_(\d+))_profiles")
+
+Cell = tuple[str, str, int | None, str]  # method, metric, k, segment
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The evaluation rows of one run, indexed: (method, metric, k, segment) -> value and,
+    where known, its 95% interval. Methods keep the order they came in, the model first;
+    "a - b" methods are the paired differences."""
+
+    values: dict[Cell, float]
+    intervals: dict[Cell, tuple[float, float]]
+    methods: list[str]
+
+    @staticmethod
+    def of(rows: Sequence[Mapping[str, object]]) -> Scores:
+        values: dict[Cell, float] = {}
+        intervals: dict[Cell, tuple[float, float]] = {}
+        methods: list[str] = []
+        for row in rows:
+            if row["value"] is None:
+                continue
+            method = str(row["method"])
+            k = None if row.get("k") is None else int(_number(row, "k"))
+            cell = (method, str(row["metric"]), k, str(row["segment"]))
+            values[cell] = _number(row, "value")
+            if row.get("ci_low") is not None and row.get("ci_high") is not None:
+                intervals[cell] = (_number(row, "ci_low"), _number(row, "ci_high"))
+            if DIFFERENCE not in method and method not in methods:
+                methods.append(method)
+        # The model, the baselines in their usual order, any other method (another family).
+        order = (MODEL_METHOD, *BASELINES)
+        methods.sort(key=lambda m: (order.index(m) if m in order else len(order), m))
+        return Scores(values, intervals, methods)
+
+    def headline_cell(self, headline: Headline) -> tuple[str, int | None, str] | None:
+        """(metric, k, segment) of a headline in these rows: its own k, else the smallest k
+        the model has for the metric there; None when the model has none."""
+        ks = sorted(
+            (
+                k
+                for m, metric, k, segment in self.values
+                if (m, metric, segment) == (MODEL_METHOD, headline.metric, headline.segment)
+            ),
+            key=lambda k: -1 if k is None else k,
+        )
+        if not ks:
+            return None
+        k = headline.k if headline.k in ks else ks[0]
+        return headline.metric, k, headline.segment
+
+    def shown(self, cell: Cell) -> str:
+        """The value with its interval, e.g. '0.353 [0.349, 0.357]'."""
+        text = f"{self.values[cell]:.3f}"
+        if cell in self.intervals:
+            low, high = self.intervals[cell]
+            text += f" [{low:.3f}, {high:.3f}]"
+        return text
+
+
 def evaluation_figure(out_dir: Path, rows: Sequence[Mapping[str, object]]) -> Figure:
-    """The evaluation table as bars: one subplot per metric over k, one bar per method.
+    """The evaluation table as bars, one colour per method, each bar with its interval.
 
-    Takes rows with keys method, metric, k, segment, value and optionally ci_low, ci_high;
-    draws segment "all" and, when present, the planted-truth rows (segment "titles") in a last
-    subplot, each bar with its interval as an error bar when the row has both ends. Rows
-    without a k (kl, cross_entropy, counts), of other segments, of differences between methods
-    ("model - cooccurrence") or whose value is None are left out. Writes ``evaluation.png``.
+    Takes rows with keys method, metric, k, segment, value and optionally ci_low, ci_high.
+    Panels: the test KL (segment "all"); each ranking metric over k (segment "all"); planted
+    precision over all titles ("titles") and per title-frequency bucket ("titles_<a>_<b>_
+    profiles", "titles_min_<a>_profiles"). Rows of other segments and differences between
+    methods ("model - cooccurrence") are left out; a near-zero bar is labelled with its
+    value. Writes ``evaluation.png``; the caption gives the headline measures.
     """
-    scores: dict[tuple[str, str, int], float] = {}
-    planted: dict[tuple[str, str, int], float] = {}
-    intervals: dict[tuple[str, str, int], tuple[float, float]] = {}
-    methods: list[str] = []
-    for row in rows:
-        segment, metric, method = str(row["segment"]), str(row["metric"]), str(row["method"])
-        # A null k marks a loss or a count, not a ranking metric at a cut-off.
-        if row["value"] is None or row.get("k") is None or DIFFERENCE in method:
-            continue
-        if segment == "all" and metric not in PLANTED_METRICS:
-            target = scores
-        elif segment == "titles" and metric in PLANTED_METRICS:
-            target = planted
-        else:
-            continue
-        cell = (method, metric, int(_number(row, "k")))
-        target[cell] = _number(row, "value")
-        if row.get("ci_low") is not None and row.get("ci_high") is not None:
-            intervals[cell] = (_number(row, "ci_low"), _number(row, "ci_high"))
-        if method not in methods:
-            methods.append(method)
-    if not scores and not planted:
-        raise ValueError("no evaluation rows for segment 'all' nor planted-truth rows")
-    # The model leads the legend; baselines keep the order they came in.
-    methods.sort(key=lambda method: method != MODEL_METHOD)
-    baselines = [method for method in methods if method != MODEL_METHOD]
-    shades = colormaps["Blues"](np.linspace(0.35, 0.85, len(baselines)))
-    colours: dict[str, ColorType] = {
-        method: (float(r), float(g), float(b), float(a))
-        for method, (r, g, b, a) in zip(baselines, shades, strict=True)
-    }
-    colours[MODEL_METHOD] = MODEL_COLOUR
-
-    found = {metric for _, metric, _ in scores}
-    metrics = [m for m in RANKING_METRICS if m in found] + sorted(found - set(RANKING_METRICS))
-    panels = len(metrics) + bool(planted)
-    columns = min(panels, 3)
-    grid_rows = -(-panels // columns)
-    fig = MplFigure(figsize=(4.4 * columns, 3.6 * grid_rows + 0.4), layout="constrained")
-    axes = fig.subplots(grid_rows, columns, squeeze=False).ravel()
-    for ax, metric in zip(axes, metrics, strict=False):
-        groups = sorted({k for _, m, k in scores if m == metric})
-        _grouped_bars(ax, scores, intervals, methods, colours, [(metric, k) for k in groups])
-        ax.set_xticks(range(len(groups)), [str(k) for k in groups])
-        ax.set_xlabel("k")
-        ax.set_title(f"{metric}@k (segment: all)", fontsize=10)
+    scores = Scores.of(rows)
+    panels: list[tuple[str, list[tuple[Cell, str]]]] = []
+    kl: list[tuple[Cell, str]] = [(("", "kl", None, "all"), "test profiles")]
+    if _any(scores, kl):
+        panels.append(("KL divergence (lower is better)", kl))
+    found = {metric for _, metric, k, segment in scores.values if segment == "all" and k}
+    for metric in [m for m in RANKING_METRICS if m in found] + sorted(found - {*RANKING_METRICS}):
+        ks = sorted({k for _, m, k, seg in scores.values if (m, seg) == (metric, "all") and k})
+        panels.append(
+            (f"{metric}@k, test profiles", [(("", metric, k, "all"), str(k)) for k in ks])
+        )
+    planted = sorted(
+        {
+            (k, segment)
+            for _, metric, k, segment in scores.values
+            if metric == "planted_precision" and (segment == "titles" or _BUCKET.fullmatch(segment))
+        },
+        key=lambda cell: (cell[0] or 0, cell[1] != "titles", _bucket_low(cell[1])),
+    )
     if planted:
-        ax = axes[len(metrics)]
-        groups_planted = sorted({(m, k) for _, m, k in planted})
-        _grouped_bars(ax, planted, intervals, methods, colours, groups_planted)
-        names = [f"{m.removeprefix('planted_')}@{k}" for m, k in groups_planted]
-        ax.set_xticks(range(len(names)), names, fontsize=8)
-        ax.set_title("planted truth (titles)", fontsize=10)
-    for ax in axes[panels:]:
-        ax.set_visible(False)
+        k = planted[0][0]
+        cells = [
+            (("", "planted_precision", k, seg), _bucket_name(seg)) for kk, seg in planted if kk == k
+        ]
+        panels.append((f"planted precision@{k} by training profiles per title", cells))
+    if not panels:
+        raise ValueError("no evaluation rows for segment 'all' nor planted-truth rows")
+    colours = dict(zip(scores.methods, METHOD_COLOURS * 2, strict=False))
+
+    # Two rows of up to three panels; a shorter row's panels widen, so no slot stays empty.
+    per_row = 3 if len(panels) > 4 else 2 if len(panels) > 1 else 1
+    lines = [panels[i : i + per_row] for i in range(0, len(panels), per_row)]
+    fig = MplFigure(figsize=(4.6 * per_row, 3.7 * len(lines) + 0.5), layout="constrained")
+    grid = fig.add_gridspec(len(lines), 6)
+    for row_index, line in enumerate(lines):
+        span = 6 // len(line)
+        for column, (title, cells) in enumerate(line):
+            ax = fig.add_subplot(grid[row_index, column * span : (column + 1) * span])
+            _grouped_bars(ax, scores, colours, cells)
+            ax.set_title(title, fontsize=10)
     handles = [
         Patch(facecolor=colours[m], edgecolor="black" if m == MODEL_METHOD else "none")
-        for m in methods
+        for m in scores.methods
     ]
-    fig.legend(handles, methods, loc="outside upper center", ncols=min(len(methods), 6))
-
+    fig.legend(
+        handles, scores.methods, loc="outside upper center", ncols=min(len(scores.methods), 7)
+    )
     key = "evaluation"
-    caption = _evaluation_caption(scores, planted, intervals, methods)
+    caption = _evaluation_caption(scores)
     return Figure(key, "Evaluation: model against baselines", caption, _save(fig, out_dir, key))
 
 
-def top_pairs_html(pairs: Sequence[Mapping[str, object]]) -> str:
-    """Table 4 analogue: an HTML table of job-skill pairs (job_title, skill_name, weight, support).
-
-    Returns an escaped ``<table>`` fragment, one row per pair in the order given.
-    """
-    body = []
-    for pair in pairs:
-        support = pair.get("support")
-        cells = [
-            html.escape(str(pair["job_title"])),
-            html.escape(str(pair["skill_name"])),
-            f"{_number(pair, 'weight'):.3f}",
-            "" if support is None else f"{int(_number(pair, 'support')):,}",
-        ]
-        body.append(
-            f"<tr><td>{cells[0]}</td><td>{cells[1]}</td>"
-            f'<td class="num">{cells[2]}</td><td class="num">{cells[3]}</td></tr>'
-        )
-    return (
-        '<table class="pairs"><thead><tr><th>job title</th><th>skill</th>'
-        '<th class="num">phi weight</th><th class="num">support (profiles)</th></tr></thead>'
-        f"<tbody>{''.join(body)}</tbody></table>"
-    )
-
-
-def render_html(
-    run_id: str,
-    figures: Sequence[Figure],
-    tables: Sequence[tuple[str, str]],
-    summary: Sequence[str],
-) -> str:
-    """One self-contained HTML page: summary, each figure inlined with caption, then tables.
-
-    Takes the run id, the figures (PNG bytes inlined as data URIs, each also linked as
-    ``<key>.png`` next to the page), (heading, HTML fragment) tables and summary lines. Text is
-    escaped; table fragments are inserted as they are, so build them with ``top_pairs_html``
-    or escape them yourself.
-    """
-    run = html.escape(run_id)
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>SkillRank report: run {run}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>SkillRank report: run {run}</h1>",
-    ]
-    if summary:
-        items = "".join(f"<li>{html.escape(line)}</li>" for line in summary)
-        parts.append(f'<ul class="summary">{items}</ul>')
-    for figure in figures:
-        data = base64.b64encode(figure.png).decode("ascii")
-        name = html.escape(f"{figure.key}.png")
-        title = html.escape(figure.title)
-        parts.append(
-            f'<section class="figure"><h2>{title}</h2>'
-            f'<img src="data:image/png;base64,{data}" alt="{title}">'
-            f'<p class="caption">{html.escape(figure.caption)} '
-            f'<a href="{name}">{name}</a></p></section>'
-        )
-    for heading, fragment in tables:
-        parts.append(f'<section class="table"><h2>{html.escape(heading)}</h2>{fragment}</section>')
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
-
-
-_CSS = (
-    "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;"
-    "color:#222}"
-    "h1{font-size:1.5em}h2{font-size:1.15em;margin-top:2em}"
-    ".summary li{margin:.2em 0}"
-    "img{max-width:100%;height:auto;border:1px solid #ddd}"
-    ".caption{font-size:.92em;color:#444}"
-    "table{border-collapse:collapse;font-size:.9em}"
-    "th,td{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:left}"
-    ".num{text-align:right;font-variant-numeric:tabular-nums}"
-)
+def best_baseline(
+    scores: Scores, cell: tuple[str, int | None, str], lower_is_better: bool
+) -> str | None:
+    """The baseline with the best value at (metric, k, segment), or None without one."""
+    found = [(scores.values[(b, *cell)], b) for b in BASELINES if (b, *cell) in scores.values]
+    if not found:
+        return None
+    return (min(found) if lower_is_better else max(found))[1]
 
 
 def _save(fig: MplFigure, out_dir: Path, key: str) -> bytes:
@@ -603,6 +762,17 @@ def _save(fig: MplFigure, out_dir: Path, key: str) -> bytes:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"{key}.png").write_bytes(png)
     return png
+
+
+def _svg(fig: MplFigure, key: str) -> str:
+    """``fig`` as an SVG element to inline in the page: text as text (the browser draws it,
+    and a reader can select it), ids salted with the key so that two maps on one page share
+    none."""
+    buffer = io.StringIO()
+    with rc_context({"svg.fonttype": "none", "svg.hashsalt": key}):
+        fig.savefig(buffer, format="svg", dpi=DPI, bbox_inches="tight")
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]
 
 
 def _row_blocks(phi_t: Tensor) -> Iterator[Tensor]:
@@ -625,11 +795,6 @@ def _log_norm(values: np.ndarray) -> Normalize:
         if low < high:
             return LogNorm(vmin=low, vmax=high, clip=True)
     return Normalize(vmin=float(values.min()), vmax=float(values.max()))
-
-
-def _boundaries(sorted_labels: np.ndarray) -> np.ndarray:
-    """Indices where a sorted label run changes (the first index of every run but the first)."""
-    return np.flatnonzero(sorted_labels[1:] != sorted_labels[:-1]) + 1
 
 
 def _count_histogram(ax: Axes, counts: np.ndarray, median: float, xlabel: str, what: str) -> None:
@@ -672,85 +837,94 @@ def _number(row: Mapping[str, object], key: str) -> float:
     return float(value)
 
 
+def _any(scores: Scores, cells: Sequence[tuple[Cell, str]]) -> bool:
+    return any((m, *cell[1:]) in scores.values for m in scores.methods for cell, _ in cells)
+
+
+def _bucket_low(segment: str) -> int:
+    match = _BUCKET.fullmatch(segment)
+    return 0 if match is None else int(match.group(1) or match.group(3))
+
+
+def _bucket_name(segment: str) -> str:
+    """'titles' -> 'all titles', 'titles_5_19_profiles' -> '5-19', 'titles_min_50_profiles'
+    -> '>= 50'."""
+    match = _BUCKET.fullmatch(segment)
+    if match is None:
+        return "all titles"
+    low, high, least = match.groups()
+    return f">= {least}" if least else f"{low}-{high}"
+
+
 def _grouped_bars(
-    ax: Axes,
-    values: Mapping[tuple[str, str, int], float],
-    intervals: Mapping[tuple[str, str, int], tuple[float, float]],
-    methods: Sequence[str],
-    colours: Mapping[str, ColorType],
-    groups: Sequence[tuple[str, int]],
+    ax: Axes, scores: Scores, colours: Mapping[str, ColorType], cells: Sequence[tuple[Cell, str]]
 ) -> None:
-    """Bars for each (metric, k) group at x = 0, 1, ..., one bar per method in each group,
-    with an error bar from low to high where `intervals` holds the bar's (low, high)."""
-    width = 0.8 / max(1, len(methods))
-    for index, method in enumerate(methods):
-        offset = (index - (len(methods) - 1) / 2) * width
-        xs = [x + offset for x, (m, k) in enumerate(groups) if (method, m, k) in values]
-        heights = [values[(method, m, k)] for m, k in groups if (method, m, k) in values]
-        spans = [intervals.get((method, m, k)) for m, k in groups if (method, m, k) in values]
-        bars = [(x, h, span) for x, h, span in zip(xs, heights, spans, strict=True) if span]
-        if bars:
-            # max(0, ...): rounding may leave a value a hair outside its own interval.
-            ax.errorbar(
-                [x for x, _, _ in bars],
-                [h for _, h, _ in bars],
-                yerr=[
-                    [max(0.0, h - lo) for _, h, (lo, _) in bars],
-                    [max(0.0, hi - h) for _, h, (_, hi) in bars],
-                ],
-                fmt="none",
-                ecolor="black",
-                elinewidth=0.8,
-                capsize=2.0,
-                zorder=4,
+    """One group of bars per cell ('' standing for the method) at x = 0, 1, ..., a bar for
+    each method that has a value there, side by side, with its interval as an error bar."""
+    width = 0.8 / max(1, len(scores.methods))
+    top = max(
+        (
+            scores.values[(m, *cell[1:])]
+            for m in scores.methods
+            for cell, _ in cells
+            if (m, *cell[1:]) in scores.values
+        ),
+        default=1.0,
+    )
+    for x, (cell, _) in enumerate(cells):
+        present = [m for m in scores.methods if (m, *cell[1:]) in scores.values]
+        for index, method in enumerate(present):
+            at = x + (index - (len(present) - 1) / 2) * width
+            full = (method, *cell[1:])
+            height = scores.values[full]
+            is_model = method == MODEL_METHOD
+            ax.bar(
+                at,
+                height,
+                width=width,
+                color=colours[method],
+                edgecolor="black" if is_model else "none",
+                linewidth=1.0 if is_model else 0.0,
+                zorder=3 if is_model else 2,
             )
-        is_model = method == MODEL_METHOD
-        ax.bar(
-            xs,
-            heights,
-            width=width,
-            color=colours[method],
-            edgecolor="black" if is_model else "none",
-            linewidth=1.0 if is_model else 0.0,
-            zorder=3 if is_model else 2,
-        )
+            if full in scores.intervals:
+                low, high = scores.intervals[full]
+                # max(0, ...): rounding may leave a value a hair outside its own interval.
+                ax.errorbar(
+                    at,
+                    height,
+                    yerr=[[max(0.0, height - low)], [max(0.0, high - height)]],
+                    fmt="none",
+                    ecolor="black",
+                    elinewidth=0.8,
+                    capsize=2.0,
+                    zorder=4,
+                )
+            if abs(height) < 0.03 * abs(top):
+                ax.text(at, 0, f"{height:.2f}", rotation=90, ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(cells)), [label for _, label in cells], fontsize=8)
+    ax.set_xlim(-0.5, len(cells) - 0.5)
     ax.set_ylim(bottom=0)
     ax.grid(axis="y", alpha=0.3)
 
 
-def _evaluation_caption(
-    scores: Mapping[tuple[str, str, int], float],
-    planted: Mapping[tuple[str, str, int], float],
-    intervals: Mapping[tuple[str, str, int], tuple[float, float]],
-    methods: Sequence[str],
-) -> str:
-    """One or two sentences: the model against the best count baseline at the headline
-    metric, with their intervals when known."""
-
-    def interval(key: tuple[str, str, int]) -> str:
-        return f" [{intervals[key][0]:.3f}, {intervals[key][1]:.3f}]" if key in intervals else ""
-
-    sentences = []
-    for values, metric, what in (
-        (scores, "ndcg", "ndcg"),
-        (planted, "planted_precision", "planted-truth precision"),
-    ):
-        ks = sorted({k for method, m, k in values if m == metric and method == MODEL_METHOD})
-        if not ks:
+def _evaluation_caption(scores: Scores) -> str:
+    """The headline measures: the model against the best baseline, with their intervals."""
+    parts = []
+    for headline in HEADLINES:
+        cell = scores.headline_cell(headline)
+        if cell is None:
             continue
-        k = ks[-1]
-        model = (MODEL_METHOD, metric, k)
-        sentence = f"Model {what}@{k}: {values[model]:.3f}{interval(model)}"
-        baselines = [
-            (values[(method, metric, k)], method)
-            for method in methods
-            if method in BASELINES and (method, metric, k) in values
-        ]
-        if baselines:
-            best, name = max(baselines)
-            sentence += f", best baseline {name} {best:.3f}{interval((name, metric, k))}"
-        sentences.append(sentence + ".")
-    sentences.append(f"Methods: {', '.join(methods)}.")
-    if intervals:
+        name = headline.name + (f"@{cell[1]}" if cell[1] and "@" not in headline.name else "")
+        text = f"{name} {scores.shown((MODEL_METHOD, *cell))}"
+        best = best_baseline(scores, cell, headline.lower_is_better)
+        if best is not None:
+            text += f" against {best}'s {scores.shown((best, *cell))}"
+        parts.append(text)
+    sentences = []
+    if parts:
+        sentences.append("The model against the best baseline: " + "; ".join(parts) + ".")
+    sentences.append(f"Methods: {', '.join(scores.methods)}.")
+    if scores.intervals:
         sentences.append("Error bars: 95% bootstrap intervals.")
     return " ".join(sentences)

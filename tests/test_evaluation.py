@@ -30,6 +30,10 @@ def _evaluated_run(evaluated_runs: Evaluated) -> Any:
     return evaluated_runs.run(evaluated_runs.mixture)
 
 
+def _rows_of(p: Pipeline, run_id: str, table: str = "evaluation") -> list[Row]:
+    return p.table(table).where(F.col("run_id") == run_id).collect()
+
+
 def _evaluation(p: Pipeline) -> dict[tuple[str, str, int | None, str], float]:
     return {(r.method, r.metric, r.k, r.segment): r.value for r in p.table("evaluation").collect()}
 
@@ -193,13 +197,52 @@ def test_report_writes_every_figure_and_the_coclusters(
     assert evaluated.run(["report"], *options) == 0
     directory = evaluated.workdir / "reports" / run.run_id
     page = (directory / "report.html").read_text(encoding="utf-8")
-    pngs = sorted(re.findall(r'href="([\w.]+\.png)"', page))
+    # The figures in the paper's order, then ours.
+    pngs = re.findall(r'href="([\w.]+\.png)"', page)
     assert [p.removesuffix(".png").split("_")[0] for p in pngs] == [
-        *("evaluation", "fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "fig8")
+        *("fig2", "fig3", "fig4", "fig5", "fig6", "fig7", "fig8", "evaluation")
     ]
     for png in pngs:
         assert (directory / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
-    assert run.run_id in page and "data scientist" in page  # Table 4 names the pairs
+    # First, the verdict in words, with the evaluation's numbers.
+    scores = {(r.method, r.metric, r.k, r.segment): r for r in _rows_of(evaluated, run.run_id)}
+    verdict = page[page.index("</h1>") :].split("</p>", 1)[0]
+    assert verdict.startswith('</h1>\n<p class="verdict"><strong>The published model (mixture) ')
+    recall = scores["model", "recall", 20, "all"]
+    profiles = scores["model", "profiles", None, "all"].value
+    assert f"recall@20 {recall.value:.3f} [{recall.ci_low:.3f}, {recall.ci_high:.3f}]" in verdict
+    assert f"over {profiles:,.0f} test profiles" in verdict
+    # test_every_mean_has_an_interval... finds the model above popularity on planted truth.
+    assert "beats every baseline on planted precision@3" in verdict or re.search(
+        r"on planted precision@3 it beats [a-z_, ]*popularity", verdict
+    ), verdict
+    # The run: its crawl file and splits.
+    manifest = evaluated.manifest()
+    assert "1 file, " in page and "crawl.jsonl" in page
+    assert (
+        f"{manifest.rows['train']:,} training, {manifest.rows['validation']:,} validation" in page
+    )
+    # What SkillRank says: each title's top 10 skills in SkillRank's order.
+    ranks = sorted(_rows_of(evaluated, run.run_id, "job_skill_rank"), key=lambda r: r.rank)
+    for title in PLANTED:
+        top = [r.skill_name for r in ranks if r.job_title == title][:10]
+        skills = "".join(f"<li>{skill}</li>" for skill in top)
+        assert f"<h3>{title}</h3>" in page and f"<ol>{skills}</ol>" in page
+    assert page.count("Nearest jobs (cosine of job2vec)") == 3
+    # Table 4 by lift: SkillRank's probability over the skill's background probability.
+    background = {
+        r.skill_name: r.probability for r in _rows_of(evaluated, run.run_id, "skill_background")
+    }
+    table = page[page.index('<table class="pairs">') :]
+    num = '<td class="num">'
+    row = rf"{num}([\d,.]+)</td>{num}[\d.]+</td>{num}[\d,]+</td></tr>"
+    lifts = [float(lift.replace(",", "")) for lift in re.findall(row, table)]
+    best = max(
+        (r for r in ranks if r.support >= 20),
+        key=lambda r: r.probability / background[r.skill_name],
+    )
+    assert lifts == sorted(lifts, reverse=True)
+    assert lifts[0] == pytest.approx(best.probability / background[best.skill_name], abs=0.05)
     members = evaluated.table("coclusters").collect()
     assert sorted((r.kind, r.item_name) for r in members) == sorted(
         [("job", t) for t in PLANTED]

@@ -14,6 +14,7 @@ from PIL import Image
 from skillrank import report
 from skillrank.report import (
     Figure,
+    Scores,
     association_histograms_figure,
     cocluster,
     cocluster_figure,
@@ -22,8 +23,17 @@ from skillrank.report import (
     loss_figure,
     map_figure,
     phi_histogram_figure,
+    place_labels,
+    top_coclusters,
+)
+from skillrank.report_page import (
+    TitleSkills,
+    TopPair,
+    metadata_html,
     render_html,
+    skillrank_says_html,
     top_pairs_html,
+    verdict_html,
 )
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -146,21 +156,39 @@ def test_cocluster_rejects_negative_values() -> None:
         cocluster(np.array([[1.0, -0.1], [0.5, 0.5]]), n_clusters=2, seed=0)
 
 
-def test_cocluster_figure_writes_both_panels(tmp_path: Path) -> None:
-    matrix, _, _ = _planted_blocks(seed=0)
+def test_top_coclusters_name_each_block_by_its_heaviest_titles_and_strongest_skills() -> None:
+    matrix, row_blocks, col_blocks = _planted_blocks(seed=0)
     row_labels, col_labels = cocluster(matrix, n_clusters=3, seed=0)
+    # Block 1 holds the most training profiles, then block 2, then block 0.
+    weights = np.array([1.0, 30.0, 10.0])[row_blocks] + np.arange(row_blocks.size) / 100
 
-    figure = cocluster_figure(tmp_path, matrix, row_labels, col_labels, max_rows=50, max_cols=60)
+    shown = top_coclusters(matrix, row_labels, col_labels, weights, count=2, per_cluster=4)
+
+    assert [len(c.rows) for c in shown] == [4, 4] and [len(c.columns) for c in shown] == [4, 4]
+    for cluster, block in zip(shown, (1, 2), strict=True):
+        assert set(row_blocks[cluster.rows]) == {block} == set(col_blocks[cluster.columns])
+        members = np.flatnonzero(row_blocks == block)
+        assert cluster.rows == sorted(members, key=lambda r: -weights[r])[:4]
+        assert cluster.profiles == pytest.approx(weights[members].sum())
+        # The strongest skills: the largest column sums over the co-cluster's rows.
+        sums = matrix[members].sum(axis=0)
+        columns = np.flatnonzero(col_blocks == block)
+        assert cluster.columns == sorted(columns, key=lambda c: -sums[c])[:4]
+
+
+def test_cocluster_figure_names_the_shown_titles_and_skills(tmp_path: Path) -> None:
+    matrix, row_blocks, _ = _planted_blocks(seed=0)
+    row_labels, col_labels = cocluster(matrix, n_clusters=3, seed=0)
+    shown = top_coclusters(matrix, row_labels, col_labels, np.ones(75), count=3, per_cluster=5)
+    names = [f"title {i}" for i in range(75)], [f"skill {i}" for i in range(105)]
+
+    figure = cocluster_figure(tmp_path, matrix, shown, *names, clusters=3)
 
     _check_png(tmp_path, figure)
     assert figure.key == "fig4_cocluster"
-    assert "first 50 of 75 jobs and 60 of 105 skills" in figure.caption, figure.caption
-    assert "3 co-clusters" in figure.caption, figure.caption
-
-
-def test_cocluster_figure_rejects_labels_of_the_wrong_length(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="row label"):
-        cocluster_figure(tmp_path, np.ones((3, 4)), np.zeros(2, int), np.zeros(4, int))
+    assert "The 3 co-clusters (of 3)" in figure.caption, figure.caption
+    with pytest.raises(ValueError, match="no co-cluster"):
+        cocluster_figure(tmp_path, matrix, [], *names, clusters=3)
 
 
 def test_association_histograms_report_medians(tmp_path: Path) -> None:
@@ -219,7 +247,33 @@ def test_embed_2d_copes_with_few_points() -> None:
     assert coords.shape == (8, 2) and np.isfinite(coords).all()
 
 
-def test_map_figure_names_the_first_points(tmp_path: Path) -> None:
+def test_place_labels_keeps_labels_apart_inside_the_bounds() -> None:
+    rng = np.random.default_rng(3)
+    anchors = np.vstack([rng.normal(50, 5, size=(150, 2)), rng.uniform(0, 400, size=(150, 2))])
+    sizes = rng.uniform([20, 6], [80, 10], size=(300, 2))
+    bounds = (0.0, 0.0, 400.0, 400.0)
+
+    placed = place_labels(anchors, sizes, bounds, limit=40)
+
+    assert len(placed) == 40
+    indices = [i for i, _, _ in placed]
+    assert indices == sorted(indices) and indices[0] == 0
+    boxes = [(x, y, x + sizes[i][0], y + sizes[i][1]) for i, x, y in placed]
+    for n, (x0, y0, x1, y1) in enumerate(boxes):
+        assert 0 <= x0 and x1 <= 400 and 0 <= y0 and y1 <= 400
+        for other in boxes[n + 1 :]:
+            assert x1 <= other[0] or other[2] <= x0 or y1 <= other[1] or other[3] <= y0
+        # No labelled point lies under a label.
+        for i, _, _ in placed:
+            px, py = anchors[i]
+            assert not (x0 < px < x1 and y0 < py < y1)
+    # The dense cluster holds the first 150 points, but has room for only a few labels: the
+    # rest went to the points spread around it.
+    assert 5 < sum(i < 150 for i in indices) < 30
+    assert place_labels(anchors, sizes, bounds, limit=0) == []
+
+
+def test_map_figure_names_points_as_text_on_the_page(tmp_path: Path) -> None:
     coords = np.random.default_rng(0).normal(size=(200, 2))
     labels = [f"job title number {i} with a rather long descriptive tail" for i in range(200)]
 
@@ -227,7 +281,15 @@ def test_map_figure_names_the_first_points(tmp_path: Path) -> None:
 
     _check_png(tmp_path, figure)
     assert (figure.key, figure.title) == ("fig6_job_map", "Fig 6: jobs")
-    assert "200 points" in figure.caption and "25 most frequent" in figure.caption
+    assert figure.svg is not None and figure.svg.startswith("<svg")
+    named = re.findall(r'<g id="fig6_job_map-label-(\d+)">', figure.svg)
+    assert len(named) == 25 and named[0] == "0", named
+    # Labels stay text (cut to 30 characters), the points an image inside the SVG.
+    assert ">job title number 0 with a rat\u2026</text>" in figure.svg
+    assert "data:image/png;base64," in figure.svg
+    skipped = int(named[-1]) + 1 - 25
+    assert "200 points, the most frequent first; 25 named" in figure.caption, figure.caption
+    assert f"({skipped} more frequent ones passed over)" in figure.caption, figure.caption
 
 
 def test_map_figure_rejects_unsafe_keys(tmp_path: Path) -> None:
@@ -249,38 +311,46 @@ def _evaluation_rows() -> list[dict[str, object]]:
                 rows.append(
                     {"method": method, "metric": metric, "k": k, "segment": "rare", "value": 9.0}
                 )
-        for metric in ("planted_precision", "planted_ndcg"):
-            rows.append(
-                {"method": method, "metric": metric, "k": 3, "segment": "titles", "value": base}
-            )
-        # Losses and counts have no k (null in the table) and are not drawn.
-        rows.append({"method": method, "metric": "kl", "k": None, "segment": "all", "value": 7.0})
+        # Planted precision over all titles and per bucket; popularity finds none.
+        planted = 0.0 if method == "popularity" else base
+        for segment in ("titles", "titles_1_4_profiles", "titles_min_50_profiles"):
+            row = {"method": method, "metric": "planted_precision", "k": 3, "segment": segment}
+            rows.append({**row, "value": planted})
+        # A loss has no k (null in the table); a count is not drawn.
+        kl = round(3.0 - base, 4)
+        rows.append({"method": method, "metric": "kl", "k": None, "segment": "all", "value": kl})
     rows.append({"method": "model", "metric": "profiles", "k": None, "segment": "all", "value": 9})
     return rows
 
 
-def test_evaluation_figure_compares_model_with_best_baseline(tmp_path: Path) -> None:
+def test_evaluation_figure_gives_the_headline_measures(tmp_path: Path) -> None:
     figure = evaluation_figure(tmp_path, _evaluation_rows())
 
     _check_png(tmp_path, figure)
-    # ndcg@20: model 0.40 + 0.02 + 0.02 = 0.44; best baseline cooccurrence 0.30 + 0.04 = 0.34.
-    assert "ndcg@20: 0.440" in figure.caption, figure.caption
-    assert "best baseline cooccurrence 0.340" in figure.caption, figure.caption
-    assert "planted-truth precision@3: 0.400" in figure.caption, figure.caption
-    assert "9.000" not in figure.caption and "7.000" not in figure.caption
-    # Rows without a k draw nothing: the chart is the same without them.
-    with_k = [r for r in _evaluation_rows() if r["k"] is not None]
-    assert evaluation_figure(tmp_path / "with_k", with_k).png == figure.png
+    # recall@20: model 0.40 + 0.02 = 0.42; best baseline cooccurrence 0.30 + 0.02 = 0.32.
+    # NDCG@10: 0.40 + 0.02 + 0.01. KL: lower is better, 3 - 0.3 for co-occurrence.
+    assert figure.caption.startswith(
+        "The model against the best baseline: KL 2.600 against cooccurrence's 2.700;"
+        " recall@20 0.420 against cooccurrence's 0.320; NDCG@10 0.430 against cooccurrence's"
+        " 0.330; planted precision@3 0.400 against cooccurrence's 0.300."
+    ), figure.caption
+    assert "9.000" not in figure.caption
+    # Rows of other segments draw nothing: the chart is the same without them.
+    drawn = [r for r in _evaluation_rows() if r["segment"] != "rare"]
+    assert evaluation_figure(tmp_path / "drawn", drawn).png == figure.png
+    # The test KL is drawn: without it, another picture.
+    without_kl = [r for r in _evaluation_rows() if r["metric"] != "kl"]
+    assert evaluation_figure(tmp_path / "no_kl", without_kl).png != figure.png
 
 
 def _with_intervals(rows: list[dict[str, object]]) -> list[dict[str, object]]:
-    """The rows with an interval around each value of a ranking metric, and the difference
+    """The rows with an interval around each value but the counts', and the difference
     rows evaluate writes beside them (a wild value, which would show if drawn)."""
     out: list[dict[str, object]] = []
     for row in rows:
         value = row["value"]
         assert isinstance(value, int | float)
-        if row["k"] is None:
+        if row["metric"] == "profiles":
             out.append({**row, "ci_low": None, "ci_high": None})
             continue
         out.append({**row, "ci_low": value - 0.05, "ci_high": value + 0.02})
@@ -304,8 +374,8 @@ def test_evaluation_figure_draws_intervals_as_error_bars(tmp_path: Path) -> None
     assert evaluation_figure(tmp_path / "methods", methods_only).png == figure.png
     assert "model - cooccurrence" not in figure.caption and "-9.0" not in figure.caption
     # The caption gives the model's and the best baseline's intervals.
-    assert "ndcg@20: 0.440 [0.390, 0.460]" in figure.caption, figure.caption
-    assert "best baseline cooccurrence 0.340 [0.290, 0.360]" in figure.caption, figure.caption
+    assert "recall@20 0.420 [0.370, 0.440]" in figure.caption, figure.caption
+    assert "against cooccurrence's 0.320 [0.270, 0.340]" in figure.caption, figure.caption
     assert "95% bootstrap intervals" in figure.caption
     # Rounding can leave a value a hair outside its interval: drawn all the same (matplotlib
     # refuses negative error bars).
@@ -328,28 +398,111 @@ def test_evaluation_figure_rejects_no_rows(tmp_path: Path) -> None:
         evaluation_figure(tmp_path, rows)
 
 
+def _compared(differences: dict[tuple[str, str], tuple[float, float]]) -> Scores:
+    """Model and baselines at the four headline measures, with intervals; `differences`:
+    (baseline, metric) -> the interval of model - baseline (the value its midpoint)."""
+    cells = {
+        ("kl", None, "all"): {"model": 1.8, "popularity": 2.9, "cooccurrence": 2.2},
+        ("recall", 20, "all"): {"model": 0.35, "popularity": 0.24, "cooccurrence": 0.33},
+        ("ndcg", 10, "all"): {"model": 0.52, "popularity": 0.46, "cooccurrence": 0.51},
+        ("planted_precision", 10, "titles"): {"model": 0.88, "popularity": 0.0,
+                                              "cooccurrence": 0.66},
+    }  # fmt: skip
+    rows: list[dict[str, object]] = []
+    for (metric, k, segment), values in cells.items():
+        for method, value in values.items():
+            cell = {"metric": metric, "k": k, "segment": segment}
+            rows.append({**cell, "method": method, "value": value, "ci_low": value - 0.01,
+                         "ci_high": value + 0.01})  # fmt: skip
+            if method != "model":
+                low, high = differences[(method, metric)]
+                rows.append({**cell, "method": f"model - {method}", "value": (low + high) / 2,
+                             "ci_low": low, "ci_high": high})  # fmt: skip
+    rows.append({"method": "model", "metric": "profiles", "k": None, "segment": "all",
+                 "value": 7785.0, "ci_low": None, "ci_high": None})  # fmt: skip
+    return Scores.of(rows)
+
+
+_WINS = {
+    ("popularity", "kl"): (-1.2, -1.0), ("cooccurrence", "kl"): (-0.45, -0.40),
+    ("popularity", "recall"): (0.10, 0.12), ("cooccurrence", "recall"): (0.02, 0.03),
+    ("popularity", "ndcg"): (0.05, 0.07), ("cooccurrence", "ndcg"): (0.006, 0.015),
+    ("popularity", "planted_precision"): (0.8, 0.9),
+    ("cooccurrence", "planted_precision"): (0.21, 0.23),
+}  # fmt: skip
+
+
+def test_the_verdict_says_the_model_beats_every_baseline_where_every_interval_does() -> None:
+    verdict = verdict_html(_compared(_WINS), "mixture")
+
+    assert verdict.startswith(
+        '<p class="verdict"><strong>The published model (mixture) beats every baseline'
+        " (popularity and cooccurrence) on every headline measure: KL, recall@20, NDCG@10 and"
+        " planted precision@10.</strong>"
+    ), verdict
+    # Then the numbers against the best baseline of each, with the paired interval.
+    assert (
+        "recall@20 0.350 [0.340, 0.360] against cooccurrence&#x27;s 0.330 [0.320, 0.340],"
+        " difference +0.025 [+0.020, +0.030] over 7,785 test profiles"
+    ) in verdict, verdict
+    assert "KL 1.800 [1.790, 1.810] against cooccurrence&#x27;s 2.200" in verdict, verdict
+
+
+def test_the_verdict_names_ties_and_losses_baseline_by_baseline() -> None:
+    mixed = {
+        **_WINS,
+        ("cooccurrence", "ndcg"): (-0.004, 0.012),  # contains 0: a tie
+        ("popularity", "kl"): (0.1, 0.3),  # KL: lower is better, so a loss
+    }
+
+    verdict = verdict_html(_compared(mixed), "softmax")
+
+    assert (
+        "<strong>The published model (softmax) does not beat every baseline on every headline"
+        " measure: on KL it beats cooccurrence and loses to popularity; it beats every baseline"
+        " on recall@20; on NDCG@10 it beats popularity and ties with cooccurrence; it beats"
+        " every baseline on planted precision@10.</strong>"
+    ) in verdict, verdict
+
+
+def test_the_verdict_of_a_run_without_evaluation_says_what_to_run() -> None:
+    verdict = verdict_html(Scores.of([]), "mixture")
+    assert "has not been evaluated" in verdict and "./spark-submit.sh evaluate" in verdict
+
+
 def test_render_html_inlines_every_figure_and_escapes_text(tmp_path: Path) -> None:
     loss = loss_figure(tmp_path, [1, 2, 3], [0.9, 0.5, 0.4], [1.0, 0.7, 0.8], 2, 0.71)
     phi = phi_histogram_figure(tmp_path, torch.tensor([[1.0, -1.0], [-2.0, -3.0]]))
+    coords = np.random.default_rng(0).normal(size=(20, 2))
+    names = [f"<i>title</i> {i}" for i in range(20)]
+    mapped = map_figure(tmp_path, "fig6_jobs", "Fig 6", coords, names, labelled=5)
     pairs = [
-        {"job_title": "<b>R&D</b> engineer", "skill_name": "C++", "weight": 3.25, "support": 1200},
-        {"job_title": "nurse", "skill_name": "triage", "weight": 2.5, "support": None},
+        TopPair("<b>R&D</b> engineer", "C++", 31.25, 0.0412, 1200),
+        TopPair("nurse", "triage", 12.5, 0.1, 20),
     ]
+    says = [TitleSkills("<b>R&D</b> lead", 340, ["C++", "<script>"], [("nurse", 0.913)])]
+    meta = [("run", "trained by <b>R&D</b>")]
+    lead = verdict_html(Scores.of([]), "mixture") + metadata_html(meta)
     page = render_html(
         "run <b>R&D</b>",
-        [loss, phi],
-        [("Top pairs", top_pairs_html(pairs))],
-        ["trained by <b>R&D</b>", "12 epochs"],
+        lead + skillrank_says_html(says),
+        [loss, phi, mapped, ("Top pairs", top_pairs_html(pairs))],
     )
 
-    for figure in (loss, phi):
+    for figure in (loss, phi, mapped):
         assert f'<a href="{figure.key}.png">{figure.key}.png</a>' in page
-    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    images = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     files = [(tmp_path / f"{f.key}.png").read_bytes() for f in (loss, phi)]
     assert [base64.b64decode(image) for image in images] == files
-    assert "<b>R&D</b>" not in page
-    assert page.count("&lt;b&gt;R&amp;D&lt;/b&gt;") == 4, "title, heading, summary, table"
-    assert "3.250" in page and "1,200" in page and "C++" in page
+    # The map is inline SVG, its labels escaped text.
+    assert mapped.svg is not None and mapped.svg in page
+    assert "&lt;i&gt;title&lt;/i&gt; 0</text>" in page
+    # The verdict comes first, right after the heading.
+    assert page.index('<p class="verdict">') < page.index("<table") < page.index("<section")
+    assert "<b>R&D</b>" not in page and "<script>" not in page
+    assert page.count("&lt;b&gt;R&amp;D&lt;/b&gt;") == 5, "title, heading, meta, card, table"
+    assert "31.2" in page and "0.0412" in page and "1,200" in page and "C++" in page
+    assert "340 training profiles" in page and "nurse (0.91)" in page
     # Self-contained: nothing fetched from elsewhere.
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
     assert "<script" not in page and "<link" not in page
