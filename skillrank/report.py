@@ -671,6 +671,15 @@ class Scores:
         k = headline.k if headline.k in ks else ks[0]
         return headline.metric, k, headline.segment
 
+    def headlines(self) -> Iterator[tuple[Headline, tuple[str, int | None, str], str]]:
+        """Each headline the model has rows for: it, its (metric, k, segment) here, and its
+        name with the k, e.g. 'planted precision@10'."""
+        for headline in HEADLINES:
+            cell = self.headline_cell(headline)
+            if cell is not None:
+                k = f"@{cell[1]}" if cell[1] and "@" not in headline.name else ""
+                yield headline, cell, headline.name + k
+
     def shown(self, cell: Cell) -> str:
         """The value with its interval, e.g. '0.353 [0.349, 0.357]'."""
         text = f"{self.values[cell]:.3f}"
@@ -911,11 +920,7 @@ def _grouped_bars(
 def _evaluation_caption(scores: Scores) -> str:
     """The headline measures: the model against the best baseline, with their intervals."""
     parts = []
-    for headline in HEADLINES:
-        cell = scores.headline_cell(headline)
-        if cell is None:
-            continue
-        name = headline.name + (f"@{cell[1]}" if cell[1] and "@" not in headline.name else "")
+    for headline, cell, name in scores.headlines():
         text = f"{name} {scores.shown((MODEL_METHOD, *cell))}"
         best = best_baseline(scores, cell, headline.lower_is_better)
         if best is not None:

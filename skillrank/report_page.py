@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from skillrank.evaluate import BASELINES, DIFFERENCE
-from skillrank.report import HEADLINES, MODEL_METHOD, Figure, Scores, best_baseline
+from skillrank.report import MODEL_METHOD, Figure, Scores, best_baseline
 
 # A table of the page: its heading and an HTML fragment (escaped by whoever built it).
 Section = tuple[str, str]
@@ -53,11 +53,7 @@ def verdict_html(scores: Scores, family: str) -> str:
         )
     outcomes: list[tuple[str, dict[str, list[str]]]] = []
     numbers = []
-    for headline in HEADLINES:
-        cell = scores.headline_cell(headline)
-        if cell is None:
-            continue
-        name = headline.name + (f"@{cell[1]}" if cell[1] and "@" not in headline.name else "")
+    for headline, cell, name in scores.headlines():
         by_outcome: dict[str, list[str]] = {"beats": [], "ties with": [], "loses to": []}
         for baseline in BASELINES:
             difference = (f"{MODEL_METHOD}{DIFFERENCE}{baseline}", *cell)

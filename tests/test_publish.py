@@ -456,8 +456,12 @@ def test_maintain_keeps_the_latest_current_and_pinned_runs_and_vacuums(
         }
         for table in ("phi", "job_skill_rank")
     }
-    assert {"DELETE", "VACUUM END"} <= history["phi"]  # one file per run: nothing to compact
-    assert {"DELETE", "OPTIMIZE", "VACUUM END"} <= history["job_skill_rank"]
+    assert "DELETE" in history["phi"]  # one file per run: nothing to compact
+    assert {"DELETE", "OPTIMIZE"} <= history["job_skill_rank"]
+    # VACUUM leaves no commits (the second maintain below shows that it ran).
+    assert not any(
+        "VACUUM" in operation for operations in history.values() for operation in operations
+    )
     assert not any((pipeline.workdir / "checkpoints").iterdir())  # the latest run succeeded
     # Within the retention (168 hours) the removed runs are still there by time travel ...
     # (rows are read: a count could come from the log's statistics without any file)
