@@ -100,8 +100,7 @@ def run(ctx: StageContext) -> StageResult:
         spark.conf.set("spark.databricks.delta.vacuum.retentionWindowIgnore.enabled", "false")
         # No VACUUM START / END commits in each table's history: two per table and maintain
         # (40 with 20 tables) lengthened every log and took half of VACUUM's work
-        # (docs/operations.md). What maintain
-        # did is its stage_runs row.
+        # (docs/operations.md). What maintain did is its stage_runs row.
         spark.conf.set("spark.databricks.delta.vacuum.logging.enabled", "false")
         parallelism = str(ctx.config.spark.shuffle_partitions)
         spark.conf.set("spark.sql.sources.parallelPartitionDiscovery.parallelism", parallelism)

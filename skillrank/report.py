@@ -263,10 +263,12 @@ def top_coclusters(
         raise ValueError(f"need one column label per column: {col_labels.shape} vs {matrix.shape}")
     labels = int(max(row_labels.max(initial=0), col_labels.max(initial=0))) + 1
     weight = np.bincount(row_labels, weights=row_weights, minlength=labels)
-    has_columns = np.bincount(col_labels, minlength=labels) > 0
-    chosen = [int(c) for c in np.argsort(-weight, kind="stable") if has_columns[c]]
+    both = (np.bincount(row_labels, minlength=labels) > 0) & (
+        np.bincount(col_labels, minlength=labels) > 0
+    )
+    chosen = [int(c) for c in np.argsort(-weight, kind="stable") if both[c]][:count]
     shown = []
-    for label in [c for c in chosen if (row_labels == c).any()][:count]:
+    for label in chosen:
         members = np.flatnonzero(row_labels == label)
         columns = np.flatnonzero(col_labels == label)
         # Summed in blocks of rows: a co-cluster of thousands of titles x every skill stays small.
@@ -680,12 +682,13 @@ class Scores:
                 k = f"@{cell[1]}" if cell[1] and "@" not in headline.name else ""
                 yield headline, cell, headline.name + k
 
-    def shown(self, cell: Cell) -> str:
-        """The value with its interval, e.g. '0.353 [0.349, 0.357]'."""
-        text = f"{self.values[cell]:.3f}"
+    def shown(self, cell: Cell, sign: str = "") -> str:
+        """The value with its interval, e.g. '0.353 [0.349, 0.357]' ('+0.024 [+0.022,
+        +0.026]' with sign '+')."""
+        text = f"{self.values[cell]:{sign}.3f}"
         if cell in self.intervals:
             low, high = self.intervals[cell]
-            text += f" [{low:.3f}, {high:.3f}]"
+            text += f" [{low:{sign}.3f}, {high:{sign}.3f}]"
         return text
 
 

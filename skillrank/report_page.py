@@ -74,7 +74,7 @@ def verdict_html(scores: Scores, family: str) -> str:
         numbers.append(
             f"{name} {scores.shown((MODEL_METHOD, *cell))} against {best}'s"
             f" {scores.shown((str(best), *cell))}, difference"
-            f" {_signed(scores, difference)}{over}"
+            f" {scores.shown(difference, sign='+')}{over}"
         )
     if not outcomes:
         return (
@@ -187,14 +187,6 @@ def render_html(run_id: str, lead: str, sections: Sequence[Figure | Section]) ->
             )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
-
-
-def _signed(scores: Scores, cell: tuple[str, str, int | None, str]) -> str:
-    text = f"{scores.values[cell]:+.3f}"
-    if cell in scores.intervals:
-        low, high = scores.intervals[cell]
-        text += f" [{low:+.3f}, {high:+.3f}]"
-    return text
 
 
 def _join(items: Sequence[str]) -> str:
