@@ -257,16 +257,23 @@ def require_table(
     of --workdir: the table's Delta log is then a directory there. With a warehouse
     elsewhere or an external metastore the stage finds out when it reads the table.
     """
+    table_dir = local_table_dir(args, config, key)
+    if table_dir is not None and not (table_dir / "_delta_log").is_dir():
+        database, table = config.catalog.database, config.catalog.tables[key]
+        raise StageError(
+            f"{missing} in {Path(args.workdir).resolve()}: {database}.{table} does not exist"
+            f" there yet (run {writer}, or all, first)"
+        )
+
+
+def local_table_dir(args: argparse.Namespace, config: Config, key: str) -> Path | None:
+    """Where table `key` lives under the embedded default (a warehouse on this machine, the
+    metastore of --workdir); None when tables live elsewhere."""
     warehouse = config.catalog.warehouse_dir
     if "://" in warehouse or "spark.hadoop.hive.metastore.uris" in config.spark.extra_conf:
-        return
-    workdir = Path(args.workdir).resolve()
+        return None
     database, table = config.catalog.database, config.catalog.tables[key]
-    if not (workdir / warehouse / f"{database}.db" / table.lower() / "_delta_log").is_dir():
-        raise StageError(
-            f"{missing} in {workdir}: {database}.{table} does not exist there yet"
-            f" (run {writer}, or all, first)"
-        )
+    return Path(args.workdir).resolve() / warehouse / f"{database}.db" / table.lower()
 
 
 def run_stages(

@@ -20,13 +20,14 @@ import torch
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
-from jobs._cli import StageContext, StageError, require_table, run_id_of
+from jobs._cli import StageContext, StageError, local_table_dir, require_table, run_id_of
+from jobs._delta_log import live_rows
 from skillrank.config import Config
 from skillrank.evaluate import CoCounts, Method
 from skillrank.families import FAMILIES
 from skillrank.promotion import REJECTED, current_run_sql
 from skillrank.shards import Manifest
-from skillrank.tables import SPECS, conform, table_version
+from skillrank.tables import SPECS, conform, table_name, table_version
 from skillrank.trainer import count_split
 
 
@@ -40,24 +41,64 @@ def add_run_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def check_trained(args: argparse.Namespace, config: Config) -> None:
-    """Fail before Spark starts when nothing was ever trained in the work directory."""
+    """Fail before Spark starts when nothing was ever trained in the work directory, when
+    no run succeeded, or when --run-id names no run that can be used."""
+    statuses = run_statuses(args, config)
+    if statuses is None:
+        return
+    runs = table_name(config, "runs")
+    if args.run_id is not None:
+        problem = unusable_run(args.run_id, statuses.get(args.run_id), runs)
+        if problem:
+            raise StageError(problem)
+    elif "succeeded" not in statuses.values():
+        raise StageError(_no_succeeded_run(runs))
+
+
+def run_statuses(args: argparse.Namespace, config: Config) -> dict[str, str] | None:
+    """Each train run's status, read before Spark starts: StageError when the work
+    directory has no runs table; None where its rows cannot be read without Spark (tables
+    not in a local warehouse, a Delta feature jobs._delta_log does not read), so that the
+    stage finds out after Spark starts."""
+    require_runs(args, config)
+    table_dir = local_table_dir(args, config, "runs")
+    rows = None if table_dir is None else live_rows(table_dir, ["run_id", "status"])
+    return None if rows is None else {str(r["run_id"]): str(r["status"]) for r in rows}
+
+
+def require_runs(args: argparse.Namespace, config: Config) -> None:
+    """Fail before Spark starts when the work directory has no runs table."""
     require_table(args, config, "runs", "no train run", "train")
+
+
+def unusable_run(run_id: str, status: str | None, runs: str) -> str | None:
+    """Why --run-id `run_id` (whose status is `status`; None when table `runs` has no such
+    run) cannot be evaluated or reported; None when it can."""
+    if status is None:
+        return f"--run-id {run_id}: no such run in {runs}"
+    if status not in ("succeeded", REJECTED):
+        return f"--run-id {run_id}: the run is {status}, not succeeded"
+    return None
+
+
+def _no_succeeded_run(runs: str) -> str:
+    return f"no succeeded train run in {runs}: run train first"
 
 
 def resolve_run(ctx: StageContext) -> Row:
     """The runs row of --run-id (a succeeded or a rejected run), or of the current run;
     StageError if there is none."""
-    wanted = ctx.args.run_id
+    wanted, runs = ctx.args.run_id, ctx.table("runs")
     if wanted is None:
         row = current_run(ctx)
         if row is None:
-            raise StageError(f"no succeeded train run in {ctx.table('runs')}: run train first")
+            raise StageError(_no_succeeded_run(runs))
         return row
-    row = ctx.spark.table(ctx.table("runs")).where(F.col("run_id") == wanted).first()
-    if row is None:
-        raise StageError(f"--run-id {wanted}: no such run in {ctx.table('runs')}")
-    if row.status not in ("succeeded", REJECTED):
-        raise StageError(f"--run-id {wanted}: the run is {row.status}, not succeeded")
+    row = ctx.spark.table(runs).where(F.col("run_id") == wanted).first()
+    problem = unusable_run(wanted, None if row is None else row.status, runs)
+    if problem is not None:
+        raise StageError(problem)
+    assert row is not None  # unusable_run: no such run
     return row
 
 

@@ -23,7 +23,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
 from jobs._cli import Stage, StageContext, StageError, StageResult, run_stages
-from jobs._runs import check_trained
+from jobs._runs import require_runs
 from skillrank.config import Config
 from skillrank.promotion import REJECTED, pinned_run_sql, promoted_run_sql
 from skillrank.publish import RUN_TABLES
@@ -53,7 +53,7 @@ def check(args: argparse.Namespace, config: Config) -> None:
             f" ({SAFE_RETENTION_HOURS:g} hours: a reader or writer may still need those files);"
             " add --unsafe-retention to do it anyway"
         )
-    check_trained(args, config)
+    require_runs(args, config)
 
 
 def run(ctx: StageContext) -> StageResult:

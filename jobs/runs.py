@@ -23,10 +23,10 @@ from pyspark.sql import Row
 from pyspark.sql import functions as F
 
 from jobs._cli import Stage, StageContext, StageError, StageResult, run_id_of, run_stages
-from jobs._runs import check_trained, current_run, record_event
+from jobs._runs import current_run, record_event, run_statuses
 from skillrank.config import Config
 from skillrank.promotion import PINNED, PROMOTED, REJECTED, UNPINNED, pinned_run_sql
-from skillrank.tables import declare_tables
+from skillrank.tables import declare_tables, table_name
 
 ACTIONS = ("list", "show", "promote", "pin", "unpin")
 _NEED_RUN = ("show", "promote", "pin")
@@ -45,7 +45,24 @@ def check(args: argparse.Namespace, config: Config) -> None:
         raise StageError(f"runs {args.action} needs a RUN_ID (see: runs list)")
     if args.action not in _NEED_RUN and args.target is not None:
         raise StageError(f"runs {args.action} takes no RUN_ID, got {args.target!r}")
-    check_trained(args, config)
+    statuses = run_statuses(args, config)
+    if statuses is not None and args.target is not None:
+        problem = _refusal(args.action, args.target, statuses.get(args.target), config)
+        if problem is not None:
+            raise StageError(problem)
+
+
+def _refusal(action: str, target: str, status: str | None, config: Config) -> str | None:
+    """Why `runs action target` cannot be done on a run whose status is `status` (None when
+    there is no such run); None when it can."""
+    if status is None:
+        return f"no run {target!r} in {table_name(config, 'runs')} (see: runs list)"
+    if action == "pin" and status != "succeeded":
+        hint = f" (promote it first: runs promote {target})" if status == REJECTED else ""
+        return f"run {target} is {status}: only a succeeded run can be pinned{hint}"
+    if action == "promote" and status not in ("succeeded", REJECTED):
+        return f"run {target} is {status}: only a complete run can be promoted"
+    return None
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -58,8 +75,10 @@ def run(ctx: StageContext) -> StageResult:
         rows = runs.orderBy(F.desc("started_at")).collect()
         return StageResult(len(rows), 0, summary=_listing(rows, current, pin))
     row = None if target is None else runs.where(F.col("run_id") == target).first()
-    if target is not None and row is None:
-        raise StageError(f"no run {target!r} in {ctx.table('runs')} (see: runs list)")
+    if target is not None:
+        problem = _refusal(action, target, None if row is None else row.status, ctx.config)
+        if problem is not None:
+            raise StageError(problem)
     if action == "show":
         assert row is not None  # check(): show, pin and promote name a run
         events = (
@@ -75,17 +94,9 @@ def run(ctx: StageContext) -> StageResult:
             raise StageError("no run is pinned")
         record_event(ctx, pin, UNPINNED, actor, reason)
     elif action == "pin":
-        assert row is not None
-        if row.status != "succeeded":
-            hint = f" (promote it first: runs promote {target})" if row.status == REJECTED else ""
-            raise StageError(
-                f"run {target} is {row.status}: only a succeeded run can be pinned{hint}"
-            )
         record_event(ctx, target, PINNED, actor, reason)
     else:  # promote
-        assert row is not None
-        if row.status not in ("succeeded", REJECTED):
-            raise StageError(f"run {target} is {row.status}: only a complete run can be promoted")
+        assert row is not None  # check(): promote names a run
         if row.status == REJECTED:
             DeltaTable.forName(ctx.spark, ctx.table("runs")).update(
                 F.col("run_id") == target, {"status": F.lit("succeeded")}

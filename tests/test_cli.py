@@ -19,11 +19,13 @@ from pathlib import Path
 import pyspark
 import pytest
 import torch
+from pyspark.sql import SparkSession
 
 from jobs._cli import common_parser
 from jobs._launch import PYFILES_UNUSED_SECONDS, STAGE_NAMES, python_files_zip
 from jobs._launch import main as launch
 from jobs.all import NAMES as ALL_NAMES
+from skillrank.config import Config
 from tests.conftest import submit_environment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,6 +97,37 @@ def test_bad_arguments_fail_fast_with_one_line(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
     assert not (tmp_path / "w").exists()  # nothing was touched
+
+
+def test_a_run_id_that_cannot_be_used_fails_before_spark(
+    spark: SparkSession, config: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The runs table is read from its Delta log (jobs._delta_log); a stage that names a run
+    # it cannot use exits 2 with one line, and the work directory gains nothing.
+    workdir = tmp_path / "w"
+    catalog = config.catalog
+    table = workdir / catalog.warehouse_dir / f"{catalog.database}.db" / catalog.tables["runs"]
+    ids = [f"train-20250101T00000{i}Z-0123abcd" for i in range(3)]
+    rows = list(zip(ids, ["failed", "rejected", "running"], strict=True))
+    runs = spark.createDataFrame(rows, "run_id STRING, status STRING")
+    runs.write.format("delta").save(str(table))
+    cases = [
+        (["evaluate", "--run-id", RUN_ID], f"--run-id {RUN_ID}: no such run in skillrank.runs"),
+        (["report", "--run-id", ids[0]], f"--run-id {ids[0]}: the run is failed, not succeeded"),
+        (["evaluate"], "no succeeded train run in skillrank.runs: run train first"),
+        (["all", "--from", "report"], "no succeeded train run in skillrank.runs"),
+        (["runs", "show", RUN_ID], f"no run '{RUN_ID}' in skillrank.runs (see: runs list)"),
+        (["runs", "pin", ids[1]], "only a succeeded run can be pinned (promote it first: runs"),
+        (["runs", "promote", ids[2]], f"run {ids[2]} is running: only a complete run can be"),
+    ]
+    before = sorted(workdir.rglob("*"))
+    for args, message in cases:
+        assert launch([*args, "--workdir", str(workdir)]) == 2, args
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, lines)
+    assert sorted(workdir.rglob("*")) == before
+    # A rejected run can be evaluated: the checks before Spark let it through.
+    assert launch(["evaluate", "--run-id", ids[1], "--workdir", str(workdir), "--dry-run"]) == 0
 
 
 @pytest.mark.parametrize(("gpus", "processes"), [(0, 1), (1, 2)])

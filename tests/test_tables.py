@@ -7,8 +7,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
+from jobs._delta_log import live_rows
 from skillrank.config import Config, ConfigError
 from skillrank.tables import SPECS, declare_tables, table_name
 from skillrank.views import VIEWS
@@ -190,3 +193,39 @@ def test_phi_of_the_long_layout_becomes_one_row_per_job_every_run_kept(
         [*expected, ("r3", 0, [-1.0, 0.5])]
     )
     assert not spark.catalog.tableExists(f"{table}_long_layout")
+
+
+def test_the_log_reader_sees_the_rows_spark_sees_or_says_it_cannot(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    # jobs._delta_log reads `runs` before Spark starts (checks of --run-id): through
+    # checkpoints, updates and deletes it must agree with Delta row for row.
+    path = str(tmp_path / "t")
+    spark.sql(
+        f"CREATE TABLE delta.`{path}` (run_id STRING, status STRING)"
+        " USING delta TBLPROPERTIES ('delta.checkpointInterval' = '2')"
+    )
+    table = DeltaTable.forPath(spark, path)
+    for i in range(4):
+        spark.createDataFrame([(f"r{i}", "running")], "run_id STRING, status STRING").write.format(
+            "delta"
+        ).mode("append").save(path)
+        if i % 2:
+            table.update(F.col("run_id") == f"r{i - 1}", {"status": F.lit("succeeded")})
+    table.delete(F.col("run_id") == "r2")
+    assert (tmp_path / "t" / "_delta_log" / "_last_checkpoint").is_file()
+
+    def rows() -> list[tuple[object, ...]] | None:
+        found = live_rows(tmp_path / "t", ["run_id", "status"])
+        return None if found is None else sorted(tuple(r.values()) for r in found)
+
+    expected = sorted(tuple(r) for r in spark.read.format("delta").load(path).collect())
+    assert rows() == expected and len(expected) == 3
+    assert ("r0", "succeeded") in expected and ("r3", "running") in expected
+
+    spark.sql(
+        f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.columnMapping.mode' = 'name',"
+        " 'delta.minReaderVersion' = '2', 'delta.minWriterVersion' = '5')"
+    )
+    assert rows() is None  # physical column names differ: left to Spark
+    assert live_rows(tmp_path / "missing", ["run_id"]) is None

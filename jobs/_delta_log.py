@@ -1,0 +1,65 @@
+"""The live rows of a small local Delta table, read without Spark: for checks before the JVM.
+
+A Delta table's current state is the set of data files its log adds and has not removed:
+the latest checkpoint (a Parquet file of actions) and the JSON commits after it. This reads
+only what a plain table needs (reader protocol 1: no deletion vectors, column mapping or
+other reader features) and answers None for anything else, so a caller that cannot decide
+leaves the question to Spark. It reads whole files: meant for tables of a few rows (`runs`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from urllib.parse import unquote
+
+import pyarrow.parquet as pq
+
+
+def live_rows(table_dir: Path, columns: list[str]) -> list[dict[str, object]] | None:
+    """`columns` of every row of the Delta table at `table_dir` (its newest version), or
+    None when this reader cannot tell (no log, a gap in it, a reader feature, a
+    multi-part checkpoint)."""
+    paths = _live_files(table_dir / "_delta_log")
+    if paths is None:
+        return None
+    return [
+        row
+        for path in sorted(paths)
+        for row in pq.read_table(table_dir / unquote(path), columns=columns).to_pylist()
+    ]
+
+
+def _live_files(log: Path) -> set[str] | None:
+    commits = {int(p.name.split(".")[0]): p for p in log.glob("[0-9]*.json")}
+    if not commits:
+        return None
+    first, files = 0, set[str]()
+    if (log / "_last_checkpoint").is_file():
+        checkpoint = json.loads((log / "_last_checkpoint").read_text())
+        if "parts" in checkpoint:
+            return None
+        first = checkpoint["version"] + 1
+        actions = pq.read_table(log / f"{checkpoint['version']:020d}.checkpoint.parquet")
+        for action in actions.select(["protocol", "add"]).to_pylist():
+            if not _readable(action) or (action["add"] or {}).get("deletionVector"):
+                return None
+            if action["add"]:
+                files.add(action["add"]["path"])
+    if any(version not in commits for version in range(first, max(commits) + 1)):
+        return None
+    for version in range(first, max(commits) + 1):
+        for line in commits[version].read_text().splitlines():
+            action = json.loads(line)
+            if not _readable(action) or action.get("add", {}).get("deletionVector"):
+                return None
+            if "add" in action:
+                files.add(action["add"]["path"])
+            elif "remove" in action:
+                files.discard(action["remove"]["path"])
+    return files
+
+
+def _readable(action: dict) -> bool:
+    protocol = action.get("protocol")
+    return protocol is None or protocol["minReaderVersion"] == 1
