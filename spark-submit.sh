@@ -44,10 +44,11 @@ ensure_venv() {
     || die "Python 3.11 or newer is required as '$python' (set PYTHON=/path/to/python3.11)"
   echo "spark-submit.sh: setting up $VENV (first use; torch is large, this takes a few minutes)" >&2
   [[ -x "$VENV/bin/python" ]] || "$python" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  # --no-compile: Python compiles what it imports on first use; compiling every file of
-  # torch and the rest up front took a sixth of the set-up (2 min 18 s -> 2 min 0 s).
-  "$VENV/bin/python" -m pip install --quiet --no-compile -e "$ROOT[dev]"
+  # uv installs the same pinned packages as pip (the same `pip freeze`), but downloads and
+  # unpacks them in parallel: 39 s against pip's 2 min on a fresh machine. Like pip with
+  # --no-compile, it leaves compiling to Python on first import.
+  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check uv==0.13.9
+  "$VENV/bin/python" -m uv pip install --quiet --python "$VENV/bin/python" -e "$ROOT[dev]"
   echo "$want" >"$STAMP"
   flock -u 9
 }
