@@ -470,6 +470,18 @@ def test_the_verdict_of_a_run_without_evaluation_says_what_to_run() -> None:
     assert "has not been evaluated" in verdict and "./spark-submit.sh evaluate" in verdict
 
 
+def test_the_verdict_without_intervals_says_how_to_get_them() -> None:
+    # evaluate.bootstrap_samples=0: values, but no paired differences to judge a win by.
+    rows = [
+        {"metric": "recall", "k": 20, "segment": "all", "method": method, "value": value,
+         "ci_low": None, "ci_high": None}
+        for method, value in (("model", 0.35), ("cooccurrence", 0.33))
+    ]  # fmt: skip
+    verdict = verdict_html(Scores.of(rows), "mixture")
+    assert "No headline measure of this run has an interval" in verdict, verdict
+    assert "evaluate.bootstrap_samples of at least 1" in verdict and "beats" not in verdict
+
+
 def test_render_html_inlines_every_figure_and_escapes_text(tmp_path: Path) -> None:
     loss = loss_figure(tmp_path, [1, 2, 3], [0.9, 0.5, 0.4], [1.0, 0.7, 0.8], 2, 0.71)
     phi = phi_histogram_figure(tmp_path, torch.tensor([[1.0, -1.0], [-2.0, -3.0]]))
