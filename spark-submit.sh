@@ -42,7 +42,7 @@ ensure_venv() {
   local python="${PYTHON:-python3}"
   "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null \
     || die "Python 3.11 or newer is required as '$python' (set PYTHON=/path/to/python3.11)"
-  echo "spark-submit.sh: setting up $VENV (first use; torch is large, this takes a few minutes)" >&2
+  echo "spark-submit.sh: setting up $VENV (first use; torch is large, this takes a minute or two)" >&2
   [[ -x "$VENV/bin/python" ]] || "$python" -m venv "$VENV"
   # uv installs the same pinned packages as pip (the same `pip freeze`), but downloads and
   # unpacks them in parallel: 39 s against pip's 2 min on a fresh machine. Like pip with
