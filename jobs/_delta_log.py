@@ -20,14 +20,19 @@ def live_rows(table_dir: Path, columns: list[str]) -> list[dict[str, object]] | 
     """`columns` of every row of the Delta table at `table_dir` (its newest version), or
     None when this reader cannot tell (no log, a gap in it, a reader feature, a
     multi-part checkpoint)."""
-    paths = _live_files(table_dir / "_delta_log")
-    if paths is None:
+    try:
+        paths = _live_files(table_dir / "_delta_log")
+        if paths is None:
+            return None
+        return [
+            row
+            for path in sorted(paths)
+            for row in pq.read_table(table_dir / unquote(path), columns=columns).to_pylist()
+        ]
+    except (OSError, ValueError, KeyError, TypeError):
+        # A file gone or half-written meanwhile, a layout this reader does not know (a
+        # checkpoint in another format): Spark reads it, or says what is wrong.
         return None
-    return [
-        row
-        for path in sorted(paths)
-        for row in pq.read_table(table_dir / unquote(path), columns=columns).to_pylist()
-    ]
 
 
 def _live_files(log: Path) -> set[str] | None:

@@ -49,7 +49,7 @@ def check_trained(args: argparse.Namespace, config: Config) -> None:
     runs = table_name(config, "runs")
     if args.run_id is not None:
         problem = unusable_run(args.run_id, statuses.get(args.run_id), runs)
-        if problem:
+        if problem is not None:
             raise StageError(problem)
     elif "succeeded" not in statuses.values():
         raise StageError(_no_succeeded_run(runs))

@@ -222,6 +222,13 @@ def test_the_log_reader_sees_the_rows_spark_sees_or_says_it_cannot(
     expected = sorted(tuple(r) for r in spark.read.format("delta").load(path).collect())
     assert rows() == expected and len(expected) == 3
     assert ("r0", "succeeded") in expected and ("r3", "running") in expected
+    # A checkpoint that _last_checkpoint names but that is not there: left to Spark.
+    last = tmp_path / "t" / "_delta_log" / "_last_checkpoint"
+    named = last.read_text()
+    last.write_text('{"version": 99}')
+    assert rows() is None
+    last.write_text(named)
+    assert rows() == expected
 
     spark.sql(
         f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ('delta.columnMapping.mode' = 'name',"
