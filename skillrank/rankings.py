@@ -224,11 +224,14 @@ def top_k(scores: Tensor, k: int) -> Tensor:
     if torch.isnan(scores).any():
         # nan compares false with everything: the selection below would come out short.
         raise ValueError("scores hold nan: cannot rank")
-    values, ids = torch.topk(scores, k, dim=1)
-    threshold = values[:, -1:]
-    # Where more skills tie at the k-th score than the top k holds, which of them topk took
-    # is arbitrary: those rows (rare with real-valued scores) take the lowest ids instead.
-    ambiguous = ((scores == threshold).sum(dim=1) > (values == threshold).sum(dim=1)).nonzero()
+    # One more than k: a row's (k+1)-th score equals its k-th exactly when more skills tie at
+    # the k-th score than the top k holds. Then which of them topk took is arbitrary: those
+    # rows (rare with real-valued scores) take the lowest ids instead. (Counting the ties over
+    # the whole row took a quarter of evaluate's planted-truth check.)
+    values, ids = torch.topk(scores, min(k + 1, width), dim=1)
+    threshold = values[:, k - 1 : k]
+    ambiguous = (values[:, k:] == threshold).any(dim=1).nonzero()
+    ids = ids[:, :k]
     if ambiguous.numel():
         rows = ambiguous[:, 0]
         ids[rows] = _lowest_ids_at_threshold(scores[rows], threshold[rows], k)

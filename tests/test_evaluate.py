@@ -838,3 +838,13 @@ def test_top_k_ranks_by_score_then_lowest_id() -> None:
             for row in range(60)
         ]
         assert rankings.top_k(scores, k).tolist() == expected, k
+    # Real-valued scores (ties rare) with -inf in some rows, many of them in one row.
+    scores = torch.tensor(rng.normal(size=(60, 25)), dtype=torch.float32)
+    scores[rng.random(size=(60, 25)) < 0.1] = -torch.inf
+    scores[7, 3:] = -torch.inf
+    for k in (1, 4, 10, 25):
+        expected = [
+            sorted(range(25), key=lambda s, row=row: (-float(scores[row, s]), s))[:k]
+            for row in range(60)
+        ]
+        assert rankings.top_k(scores, k).tolist() == expected, k
