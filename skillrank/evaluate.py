@@ -385,7 +385,10 @@ def title_truth_metrics(
     exclude = np.asarray(exclude, dtype=np.int64)
     _check_ids(exclude, skills, "excluded skill")
     keep[exclude] = False
-    keep_ids = np.flatnonzero(keep)
+    # A row's best k + (excluded skills) in rank order, less the excluded ones, hold its best
+    # k kept skills in the same order (ties by id): no copy of the kept columns is ranked.
+    kept = int(keep.sum())
+    take, width = min(k, kept), min(k + skills - kept, skills)
 
     job_ids: list[int] = []
     sets: list[np.ndarray] = []
@@ -400,15 +403,15 @@ def title_truth_metrics(
             sets.append(ids)
 
     out: dict[str, list[np.ndarray]] = defaultdict(list)
-    keep_t = torch.from_numpy(keep_ids)
+    keep_t = torch.from_numpy(keep)
     for start in range(0, len(job_ids), _TITLE_CHUNK):
         chunk_jobs = job_ids[start : start + _TITLE_CHUNK]
         chunk_sets = sets[start : start + _TITLE_CHUNK]
         rows = torch.tensor([j if n_rows > 1 else 0 for j in chunk_jobs], dtype=torch.int64)
-        scores = scores_all.index_select(0, rows).index_select(1, keep_t)
-        # Columns are the kept skills in ascending id order, so breaking ties by column
-        # breaks them by skill id.
-        top = keep_t[top_k(scores, k)]
+        ranked = top_k(scores_all.index_select(0, rows), width)
+        chosen = keep_t[ranked]
+        chosen &= chosen.cumsum(dim=1) <= take
+        top = ranked[chosen].view(len(chunk_jobs), take)
         truth = torch.zeros(len(chunk_jobs), skills, dtype=torch.bool)
         for row, ids in enumerate(chunk_sets):
             truth[row, torch.from_numpy(ids)] = True
