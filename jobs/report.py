@@ -210,16 +210,23 @@ def _top_pairs(ctx: StageContext, run_id: str) -> report_page.Section:
 
 def _metadata(ctx: StageContext, run: Row, manifest: Manifest) -> list[tuple[str, str]]:
     """When, on what data and with what settings the run was made."""
-    stage = ctx.spark.table(ctx.table("stage_runs")).where(F.col("run_id") == run.run_id).first()
-    ingests = (
-        ctx.spark.table(ctx.table("stage_runs"))
-        .where((F.col("stage") == "ingest") & (F.col("status") == "succeeded"))
-        .where(F.col("ended_at") <= F.lit(manifest.created_at).cast("timestamp"))
-        .select(F.col("run_id").alias("ingest_run_id"))
+    # One read of stage_runs: the run's own row, and the ingests that fed its shards.
+    ingest = (
+        (F.col("stage") == "ingest")
+        & (F.col("status") == "succeeded")
+        & (F.col("ended_at") <= F.lit(manifest.created_at).cast("timestamp"))
     )
+    stages = (
+        ctx.spark.table(ctx.table("stage_runs"))
+        .where((F.col("run_id") == run.run_id) | ingest)
+        .select("run_id", "config_fingerprint", ingest.alias("ingest"))
+        .collect()
+    )
+    stage = next((r for r in stages if r.run_id == run.run_id), None)
+    ingests = [r.run_id for r in stages if r.ingest]
     files = (
         ctx.spark.table(ctx.table("ingested_files"))
-        .join(ingests, "ingest_run_id")
+        .where(F.col("ingest_run_id").isin(ingests))
         .orderBy("source_file")
         .collect()
     )
