@@ -376,7 +376,8 @@ def title_truth_metrics(
     and every relevant set (generic skills); a title whose set is then empty is dropped. Rows
     of title_scores are the method's scores for one title (row 0 for a one-row method).
     Returns arrays in job id order: job_id (int64), precision (hits / k), recall (hits /
-    |relevant|), ndcg (at k), relevant (|relevant|, int64).
+    |relevant|), ndcg (at k), relevant (|relevant|, int64). Each title's best k + |exclude|
+    skills are ranked, so the cost grows with `exclude` (the generic skills: tens).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")

@@ -368,6 +368,31 @@ def test_title_truth_metrics_excludes_generic_skills() -> None:
     assert same["precision"].tolist() == [1 / 2]
 
 
+def test_title_truth_metrics_match_a_plain_sort_with_ties_and_exclusions() -> None:
+    # Few distinct scores (many ties) and exclusions that fill some rows' top places and not
+    # others': each title's top k must be its kept skills sorted by score, then by id.
+    rng = np.random.default_rng(7)
+    jobs, skills, k = 40, 30, 5
+    scores = torch.from_numpy(rng.integers(0, 4, size=(jobs, skills)).astype(np.float32))
+    method = Method("m", scores, "sum")
+    for exclude in (np.array([], dtype=np.int64), np.array([0, 3, 4, 17]), np.arange(0, 30, 2)):
+        relevant = {j: rng.choice(skills, size=6, replace=False) for j in range(jobs)}
+        result = title_truth_metrics(method, relevant, exclude, k)
+        kept = [s for s in range(skills) if s not in set(exclude.tolist())]
+        expected = []
+        for job in result["job_id"].tolist():
+            truth = set(relevant[job].tolist()) - set(exclude.tolist())
+            top = sorted(kept, key=lambda s: (-float(scores[job, s]), s))[:k]
+            hits = [s in truth for s in top]
+            ideal = sum(1 / math.log2(i + 2) for i in range(min(k, len(truth))))
+            dcg = sum(hit / math.log2(i + 2) for i, hit in enumerate(hits))
+            expected.append((sum(hits) / k, sum(hits) / len(truth), dcg / ideal))
+        assert len(expected) > 30
+        assert result["precision"].tolist() == pytest.approx([e[0] for e in expected])
+        assert result["recall"].tolist() == pytest.approx([e[1] for e in expected])
+        assert result["ndcg"].tolist() == pytest.approx([e[2] for e in expected])
+
+
 # --- planted and taxonomy truth -------------------------------------------------------------
 
 
