@@ -196,8 +196,11 @@ def build_spark(
 ) -> SparkSession:
     """Build (or join) the SparkSession with Delta, the warehouse and the metastore of `workdir`."""
     workdir.mkdir(parents=True, exist_ok=True)
-    # pyspark starts the JVM (when none runs yet) with this process's environment.
+    # pyspark starts the JVM (when none runs yet) with this process's environment. Its Python
+    # workers run this interpreter unless told otherwise (spark-submit.sh sets it too), not
+    # whichever `python3` comes first on the PATH.
     os.environ.update(driver_environment(master, os.environ))
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if repair_metastore(config, workdir):
         print(
             f"warning: removed the half-created metastore {config.catalog.metastore_dir} of a"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 import time
 import typing
 from dataclasses import fields
@@ -12,6 +13,8 @@ from xml.etree import ElementTree
 
 import pytest
 import yaml
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
 from jobs._launch import main as launch
 from skillrank.config import CONF_DIR, Bound, Config, ConfigError, GenerateConfig, load_config
@@ -278,6 +281,13 @@ def test_a_local_driver_listens_on_loopback_unless_told_otherwise() -> None:
         "SPARK_LOCAL_IP": "10.0.0.5"
     }
     assert driver_environment("spark://10.0.0.1:7077", {"PATH": "/bin"}) == {"PATH": "/bin"}
+
+
+def test_python_workers_run_the_drivers_interpreter(spark: SparkSession) -> None:
+    # Not whichever python3 comes first on the PATH (before build_spark named it, the shared
+    # session's workers ran the system's, without the project's packages).
+    interpreter = F.udf(lambda _: sys.executable, "string")  # `sys` is the worker's there
+    assert spark.range(1).select(interpreter("id")).first()[0] == sys.executable
 
 
 def test_config_files_overlay_the_environment_and_conf_overrides_them(tmp_path: Path) -> None:
