@@ -40,11 +40,12 @@ _LONGEST = ("test_sql.py", "test_cluster.py")
 # 2-core machine's CPU: C1 alone and the serial collector are enough for them (results don't
 # change; test_sql's `all --to train`: 131.5 s -> 101.2 s of CPU, the same wall time alone).
 # C1 compiled 67,000 methods in 15 s of that run: compiling at 4x the invocation counts
-# leaves out the lukewarm ones (2026-12-01, the same command alone, four runs each: 80.4-81.6
-# -> 69.2-71.0 busy core-seconds, 63-64 s -> 60-61.5 s wall; a Thrift server query costs
-# the same). Not for the shared session, which lives the whole run: there C1 made the suite
-# slower, and so did 4x counts (test_evaluation.py and test_publish.py in one process: 235 s
-# as it is, 251 s with 4x counts, 327 s with C1 and 4x counts).
+# leaves out the lukewarm ones (2026-12-01, the same command alone, three runs without and
+# four with: 80.4-81.6 -> 69.2-71.0 busy core-seconds, 62.9-64.0 s -> 59.9-61.5 s wall; a
+# Thrift server query costs the same). Not for the shared session, which lives the whole
+# run: there C1 made the suite slower, and so did 4x counts (test_evaluation.py and
+# test_publish.py in one process: 235 s as it is, 251 s with 4x counts, 327 s with C1 and 4x
+# counts).
 FAST_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC -XX:CompileThresholdScaling=4"
 
 
