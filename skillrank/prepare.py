@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, StringType, StructField, StructType
@@ -281,42 +283,60 @@ def alias_matchers(aliases: Mapping[str, Any]) -> tuple[PlaceMatcher, IndustryMa
     return places, industry_matcher(aliases["industries"], aliases["other_industries"])
 
 
+def _through_memo(
+    values: pa.Array, seen: dict[Any, Any], fn: Callable[[Any], Any]
+) -> tuple[list[Any], pa.Array]:
+    """``fn`` of each distinct value of `values`, computed once per Python worker (`seen`
+    keeps them across batches), and each element's index into that list (a null element's
+    points at ``fn(None)``, the last)."""
+    codes = pc.dictionary_encode(values)
+    results = []
+    for value in [*codes.dictionary.to_pylist(), None]:
+        if value not in seen:
+            seen[value] = fn(value)
+        results.append(seen[value])
+    return results, pc.fill_null(codes.indices, len(results) - 1)
+
+
 def _cleaner(lookup: dict[str, str | None], keep_unknown: bool) -> Column:
-    """A UDF over an array of raw strings: normalise and apply aliases, element by element.
+    """An Arrow UDF over an array of raw strings: normalise and apply aliases, element by
+    element, each distinct string once (names repeat a lot).
 
     The result stays aligned with the input; a value that cleans to nothing (empty, or
-    unknown when not `keep_unknown`) becomes null.
+    unknown when not `keep_unknown`) becomes null, a null array an empty one.
     """
 
-    seen: dict[str | None, str | None] = {}  # per Python worker: names repeat a lot
+    seen: dict[str | None, str | None] = {}
 
     def clean_one(value: str | None) -> str | None:
         key = normalize_text(value)
         return None if key is None else lookup.get(key, key if keep_unknown else None)
 
-    def clean(values: list[str | None] | None) -> list[str | None]:
-        out: list[str | None] = []
-        for value in values or []:
-            if value not in seen:
-                seen[value] = clean_one(value)
-            out.append(seen[value])
-        return out
+    def clean(values: pa.Array) -> pa.Array:
+        cleaned, index = _through_memo(values.flatten(), seen, clean_one)
+        lengths = pc.fill_null(pc.list_value_length(values), 0)
+        offsets = pc.cumulative_sum(pa.concat_arrays([pa.array([0], lengths.type), lengths]))
+        return type(values).from_arrays(
+            offsets.cast(values.offsets.type),
+            pa.array(cleaned, values.type.value_type).take(index),
+        )
 
-    return F.udf(clean, ArrayType(StringType()), useArrow=False)  # type: ignore[return-value]
+    return F.arrow_udf(clean, ArrayType(StringType()))  # type: ignore[call-overload]
 
 
 def _matcher(match: Callable[[str | None], tuple[str | None, str]]) -> Column:
-    """A UDF over one raw string: struct(code, status) of ``match`` (a matcher's method)."""
+    """An Arrow UDF over one raw string: struct(code, status) of ``match`` (a matcher's
+    method), each distinct string once."""
 
-    seen: dict[str | None, tuple[str | None, str]] = {}  # per Python worker: few distinct
+    seen: dict[str | None, tuple[str | None, str]] = {}
 
-    def run(value: str | None) -> tuple[str | None, str]:
-        if value not in seen:
-            seen[value] = match(value)
-        return seen[value]
+    def run(values: pa.Array) -> pa.Array:
+        pairs, index = _through_memo(values, seen, match)
+        code, status = (pa.array([p[i] for p in pairs], pa.string()).take(index) for i in (0, 1))
+        return pa.StructArray.from_arrays([code, status], names=["code", "status"])
 
     schema = StructType([StructField("code", StringType()), StructField("status", StringType())])
-    return F.udf(run, schema, useArrow=False)  # type: ignore[return-value]
+    return F.arrow_udf(run, schema)  # type: ignore[call-overload]
 
 
 def _present(values: Column) -> Column:

@@ -301,6 +301,9 @@ def test_escaped_quotes_do_not_hide_a_long_field(spark: SparkSession) -> None:
         '{"profile_id": "p", "crawled_at": "2026-10-01"} ""',
         '{"profile_id": "p", "crawled_at": "2026-10-01"} \\}',
         '[{"profile_id": "p"}] 5',
+        # Nested deeper than the regex that decides usual lines (the exact count decides).
+        '{"profile_id": "p", "crawled_at": "2026-10-01", "x": ' + "[" * 12 + "]" * 12 + "}]",
+        '{"profile_id": "p", "crawled_at": "2026-10-01", "x": ' + "[" * 12 + "]" * 12 + "} {}",
     ],
 )
 def test_anything_after_the_first_value_is_invalid_json(spark: SparkSession, line: str) -> None:
@@ -311,9 +314,11 @@ def test_anything_after_the_first_value_is_invalid_json(spark: SparkSession, lin
 def test_brackets_quotes_and_spaces_are_not_trailing_content(spark: SparkSession) -> None:
     skills = ['} {"x": [', "back\\slash\\", 'quote " ]', "\\u00e9 \\"]
     record = profile("p", skills=skills, positions=[{"title": "a}b", "team": [[{}], {"a": []}]}])
+    deep = json.dumps(profile("q", skills=skills, x=json.loads("[" * 12 + "{}" + "]" * 12)))
     text = json.dumps(record)
-    rows = parse_lines(_lines(spark, [text, f"  {text} \t ", f"{text}\r"]), **LIMITS).collect()
-    assert [(r.reason, r.skills) for r in rows] == [(None, skills)] * 3
+    lines = [text, f"  {text} \t ", f"{text}\r", deep]
+    rows = parse_lines(_lines(spark, lines), **LIMITS).collect()
+    assert [(r.reason, r.skills) for r in rows] == [(None, skills)] * 4
 
 
 # Every form try_to_timestamp takes (docs/crawl-format.md lists them), as UTC; None: refused.
