@@ -27,7 +27,7 @@ from urllib.parse import unquote, urlparse
 
 from delta.tables import DeltaTable
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, Row
+from pyspark.sql import Column, DataFrame, Row
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -44,6 +44,7 @@ from skillrank.prepare import (
     encode_profiles,
     filter_profiles,
     filter_reasons,
+    row_changes,
     unrecognized_values,
     unusable_items,
 )
@@ -65,16 +66,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _merge_profiles(ctx: StageContext, source: DataFrame) -> None:
-    """Upsert into `profiles`: insert new, update changed, delete vanished profiles."""
-    columns = [f.name for f in SPECS["profiles"].schema if f.name != "profile_id"]
-    same = " AND ".join(f"t.`{c}` <=> s.`{c}`" for c in columns)
+    """Apply to `profiles` what changed: insert new, update changed, delete vanished profiles.
+    Only files holding a changed row are rewritten, and the same input commits nothing."""
+    table = DeltaTable.forName(ctx.spark, ctx.table("profiles"))
+    changes = row_changes(conform(source, "profiles"), table.toDF(), "profile_id")
+    if changes.isEmpty():
+        return
+    columns: dict[str, str | Column] = {c: f"s.`{c}`" for c in table.toDF().columns}
     (
-        DeltaTable.forName(ctx.spark, ctx.table("profiles"))
-        .alias("t")
-        .merge(conform(source, "profiles").alias("s"), "t.profile_id = s.profile_id")
-        .whenMatchedUpdateAll(condition=f"NOT ({same})")
-        .whenNotMatchedInsertAll()
-        .whenNotMatchedBySourceDelete()
+        table.alias("t")
+        .merge(changes.alias("s"), "t.profile_id = s.profile_id")
+        .whenMatchedDelete(condition="s.vanished")
+        .whenMatchedUpdate(set=columns)
+        .whenNotMatchedInsert(values=columns)
         .execute()
     )
 

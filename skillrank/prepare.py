@@ -275,6 +275,20 @@ def deduplicate_profiles(raw: DataFrame) -> DataFrame:
     return raw.withColumn("_rank", F.row_number().over(order)).where("_rank = 1").drop("_rank")
 
 
+def row_changes(new: DataFrame, old: DataFrame, key: str) -> DataFrame:
+    """What turns `old` into `new` (one row per `key` in each, the same columns): the rows of
+    `new` that `old` lacks as they are (new or changed), ``vanished`` false, then the keys of
+    `old` that `new` lacks, their other columns null and ``vanished`` true. No rows when the
+    two hold the same rows; nulls compare equal."""
+    same = new[key] == old[key]
+    for column in new.columns:
+        if column != key:
+            same = same & new[column].eqNullSafe(old[column])
+    changed = new.join(old, same, "left_anti").withColumn("vanished", F.lit(False))
+    gone = old.select(key).join(new.select(key), key, "left_anti")
+    return changed.unionByName(gone.withColumn("vanished", F.lit(True)), allowMissingColumns=True)
+
+
 def alias_matchers(aliases: Mapping[str, Any]) -> tuple[PlaceMatcher, IndustryMatcher]:
     """The place and the industry matcher of conf/aliases.yml (load_aliases' mapping)."""
     places = place_matcher(

@@ -10,6 +10,7 @@ import pytest
 
 from jobs._cli import run_stages
 from jobs.all import ALL
+from skillrank.tables import table_version
 from tests.conftest import LOOPBACK, Pipeline, listening_addresses, profile, write_crawl
 
 SMALL = ("--conf", "prepare.min_job_profiles=1", "--conf", "prepare.min_skill_profiles=1")
@@ -94,8 +95,11 @@ def test_pipeline_writes_profiles_vocabularies_and_shards_and_reruns_idempotentl
     stale = pipeline.workdir / "staging" / "ingest-20260101T000000Z-deadbeef"
     stale.mkdir(parents=True)
     (stale / "part-00000.parquet").write_bytes(b"half written")
+    version = table_version(pipeline.spark, f"{pipeline.database}.profiles")
     assert pipeline.run(["ingest", "prepare"], "--input", str(first.parent), *SMALL) == 0
     assert _tables(pipeline) == tables
+    # Nothing changed, so prepare committed nothing to profiles.
+    assert table_version(pipeline.spark, f"{pipeline.database}.profiles") == version
     assert _shard_rows(pipeline) == rows
     assert list((pipeline.workdir / "staging").iterdir()) == []
 
@@ -108,14 +112,16 @@ def test_pipeline_writes_profiles_vocabularies_and_shards_and_reruns_idempotentl
         profile("new1", later),
     ]
     write_crawl(tmp_path / "crawl" / "c2.jsonl", update)
+    # And a profile erased from profiles_raw (a person's request): prepare deletes it too.
+    pipeline.spark.sql(f"DELETE FROM {pipeline.database}.profiles_raw WHERE profile_id = 'p005'")
     assert pipeline.run(["ingest", "prepare"], "--input", str(first.parent), *SMALL) == 0
     after = {r.profile_id: r for r in pipeline.table("profiles").collect()}
 
     assert after["p000"].skills == ["rust"]
     assert after["p001"].skills == before["p001"].skills == ["triage"]
-    assert set(after) == set(before) | {"new1"}
-    assert all(after[k].split == before[k].split for k in before)
-    changed = [k for k in before if after[k] != before[k]]
+    assert set(after) == set(before) - {"p005"} | {"new1"}
+    assert all(after[k].split == before[k].split for k in after.keys() & before.keys())
+    changed = [k for k in after.keys() & before.keys() if after[k] != before[k]]
     assert changed == ["p000"]
 
 

@@ -37,6 +37,7 @@ from skillrank.prepare import (
     industry_matcher,
     place_forms,
     place_matcher,
+    row_changes,
     unrecognized_values,
     unusable_items,
 )
@@ -265,6 +266,39 @@ def test_filter_keeps_configured_cities_and_industries(spark: SparkSession) -> N
     frame = spark.createDataFrame(rows, "profile_id string, city string, industry string")
     kept = filter_profiles(frame, ["SEATTLE"], ["REAL_ESTATE", "RESEARCH"])
     assert sorted(r.profile_id for r in kept.collect()) == ["a", "e"]
+
+
+def test_row_changes_hold_new_changed_and_vanished_rows_only(spark: SparkSession) -> None:
+    schema = "profile_id string, city string, skills array<string>"
+    old = spark.createDataFrame(
+        [
+            ("same", None, ["sql", None]),  # nulls, in a column and in an array, compare equal
+            ("moved", "SEATTLE", ["sql"]),
+            ("relisted", "SEATTLE", ["sql", "git"]),
+            ("lost city", "SEATTLE", None),
+            ("gone", "MUMBAI", ["git"]),
+        ],
+        schema,
+    )
+    new = spark.createDataFrame(
+        [
+            ("same", None, ["sql", None]),
+            ("moved", "MUMBAI", ["sql"]),
+            ("relisted", "SEATTLE", ["git", "sql"]),  # the same skills in another order
+            ("lost city", None, None),
+            ("born", "SEATTLE", []),
+        ],
+        schema,
+    )
+    changes = sorted(tuple(r) for r in row_changes(new, old, "profile_id").collect())
+    assert changes == [
+        ("born", "SEATTLE", [], False),
+        ("gone", None, None, True),
+        ("lost city", None, None, False),
+        ("moved", "MUMBAI", ["sql"], False),
+        ("relisted", "SEATTLE", ["git", "sql"], False),
+    ]
+    assert row_changes(old, old, "profile_id").isEmpty()
 
 
 def test_vocabulary_ids_are_dense_by_count_then_name(spark: SparkSession) -> None:
