@@ -120,6 +120,9 @@ def test_pipeline_writes_profiles_vocabularies_and_shards_and_reruns_idempotentl
     assert after["p000"].skills == ["rust"]
     assert after["p001"].skills == before["p001"].skills == ["triage"]
     assert set(after) == set(before) - {"p005"} | {"new1"}
+    # In a shard before, in none now.
+    assert "p005" in {r["profile_id"] for v in rows.values() for r in v}
+    assert "p005" not in {r["profile_id"] for v in _shard_rows(pipeline).values() for r in v}
     assert all(after[k].split == before[k].split for k in after.keys() & before.keys())
     changed = [k for k in after.keys() & before.keys() if after[k] != before[k]]
     assert changed == ["p000"]
