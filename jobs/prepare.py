@@ -12,17 +12,22 @@ keeps. Then filters to the configured cities x industries, builds the vocabulari
 training split, records those values and the titles and skills of the profiles that the
 vocabularies leave without a title or skill in `unrecognized_values`, and writes
 <shards_dir>/<run_id>/{train,validation,test,job_vocab,skill_vocab}/*.parquet plus
-<shards_dir>/manifest.json, replaced atomically.
+<shards_dir>/manifest.json, replaced atomically. When nothing it reads changed since the
+current shard set was written (the tables' versions, the settings, the alias map and the
+code, as its manifest records them), it writes nothing and the set stands.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 import os
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from delta.tables import DeltaTable
@@ -32,7 +37,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
 from jobs._cli import Stage, StageContext, StageError, StageResult, require_table, run_stages
-from skillrank.config import SPLITS, Config, load_aliases
+from skillrank.config import PROJECT_ROOT, SPLITS, Config, load_aliases
 from skillrank.prepare import (
     FILTER_REASONS,
     UNUSABLE_REASONS,
@@ -120,6 +125,41 @@ def _local_dir(uri: str) -> Path:
     return local
 
 
+def _inputs_fingerprint(ctx: StageContext, aliases: dict[str, Any]) -> str:
+    """A digest of what a shard set depends on besides the tables it reads: prepare's
+    settings and --strict, the alias map, and the code (every source file of skillrank/ and
+    jobs/, so that a new version of the code always writes the shards again)."""
+    digest = hashlib.sha256(
+        json.dumps(
+            [ctx.config.to_dict()["prepare"], ctx.args.strict, aliases], sort_keys=True
+        ).encode()
+    )
+    for package in ("skillrank", "jobs"):
+        for source in sorted((PROJECT_ROOT / package).rglob("*.py")):
+            digest.update(source.relative_to(PROJECT_ROOT).as_posix().encode() + b"\0")
+            digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _standing_set(ctx: StageContext, root: Path, fingerprint: str) -> Manifest | None:
+    """The current shard set when a run now would write the same one: written from the
+    versions the tables are at now (nothing committed to them since), with the same
+    settings, alias map and code, and its files all there. None otherwise."""
+    try:
+        manifest = Manifest.read(root / "manifest.json")
+    except ValueError:  # none yet, or one this version does not read
+        return None
+    if manifest.inputs_fingerprint != fingerprint:
+        return None
+    now = {key: table_version(ctx.spark, ctx.table(key)) for key in manifest.delta_versions}
+    files = [p for paths in manifest.shards.values() for p in paths] + [
+        p for kind in ("job", "skill") for p in manifest.vocabulary_files(kind)
+    ]
+    if now != manifest.delta_versions or not all(p.is_file() for p in files):
+        return None
+    return manifest
+
+
 def _read_version(ctx: StageContext, key: str, version: int) -> DataFrame:
     return ctx.spark.sql(f"SELECT * FROM {ctx.table(key)} VERSION AS OF {version}")
 
@@ -132,12 +172,27 @@ def run(ctx: StageContext) -> StageResult:
         ["profiles_raw", "profiles", "job_vocab", "skill_vocab", "unrecognized_values"],
     )
     raw_version = table_version(spark, ctx.table("profiles_raw"))
+    aliases = load_aliases(config)
+    shards_root = resolve_path(ctx.workdir, config.catalog.shards_dir)
+    local_root = _local_dir(shards_root)
+    fingerprint = _inputs_fingerprint(ctx, aliases)
+    standing = _standing_set(ctx, local_root, fingerprint)
+    if standing is not None:
+        return StageResult(
+            0,
+            0,
+            input_versions={"profiles_raw": raw_version},
+            summary=[
+                f"nothing changed since {standing.prepare_run_id} (profiles_raw at version"
+                f" {raw_version}, the same settings, alias map and code): its shards stand"
+                f" -> {local_root / 'manifest.json'}"
+            ],
+        )
     raw = _read_version(ctx, "profiles_raw", raw_version)
     raw_rows = raw.count()
     if raw_rows == 0:
         raise StageError("profiles_raw is empty: run ingest first")
 
-    aliases = load_aliases(config)
     places, industries = alias_matchers(aliases)
     with ctx.step("deduplicated, cleaned, split and merged into profiles"):
         cleaned = clean_profiles(
@@ -216,8 +271,6 @@ def run(ctx: StageContext) -> StageResult:
     if split_rows["train"] == 0:
         raise StageError("no usable training profiles after filtering (check cities/industries)")
 
-    shards_root = resolve_path(ctx.workdir, config.catalog.shards_dir)
-    local_root = _local_dir(shards_root)
     set_uri = f"{shards_root.rstrip('/')}/{ctx.run_id}"
     split_files = {}
     with ctx.step(f"wrote shards under {set_uri}"):
@@ -249,6 +302,7 @@ def run(ctx: StageContext) -> StageResult:
         split_files=split_files,
         shard_columns=SHARD_COLUMNS,
         delta_versions=versions,
+        inputs_fingerprint=fingerprint,
     )
     _publish_manifest(local_root, ctx.run_id, manifest)
 

@@ -69,6 +69,9 @@ class Manifest:
     split_files: dict[str, list[ShardFile]]  # train, validation, test
     shard_columns: dict[str, str]  # column -> Arrow type of the shards (SHARD_COLUMNS)
     delta_versions: dict[str, int]  # the input tables' versions the set was written from
+    # Digest of what else the set depends on (settings, alias map, code; jobs/prepare.py);
+    # empty in manifests written before it was recorded.
+    inputs_fingerprint: str = ""
     root: Path = Path(".")  # the directory the paths are under
 
     @property
@@ -108,6 +111,7 @@ class Manifest:
             },
             "shard_columns": self.shard_columns,
             "delta_versions": self.delta_versions,
+            "inputs_fingerprint": self.inputs_fingerprint,
         }
         return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
@@ -153,6 +157,7 @@ class Manifest:
                 split_files={s: files(v["shards"]) for s, v in raw["splits"].items()},
                 shard_columns=dict(raw["shard_columns"]),
                 delta_versions={k: int(v) for k, v in raw["delta_versions"].items()},
+                inputs_fingerprint=str(raw.get("inputs_fingerprint", "")),
                 root=root,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -43,6 +43,10 @@ def _tables(p: Pipeline) -> dict[str, list[tuple]]:
     }
 
 
+def _versions(p: Pipeline) -> dict[str, int]:
+    return {t: table_version(p.spark, f"{p.database}.{t}") for t in ("profiles", "job_vocab")}
+
+
 def _shard_rows(p: Pipeline) -> dict[str, list[dict[str, Any]]]:
     return {
         split: sorted(
@@ -95,13 +99,21 @@ def test_pipeline_writes_profiles_vocabularies_and_shards_and_reruns_idempotentl
     stale = pipeline.workdir / "staging" / "ingest-20260101T000000Z-deadbeef"
     stale.mkdir(parents=True)
     (stale / "part-00000.parquet").write_bytes(b"half written")
-    version = table_version(pipeline.spark, f"{pipeline.database}.profiles")
+    versions = _versions(pipeline)
     assert pipeline.run(["ingest", "prepare"], "--input", str(first.parent), *SMALL) == 0
     assert _tables(pipeline) == tables
-    # Nothing changed, so prepare committed nothing to profiles.
-    assert table_version(pipeline.spark, f"{pipeline.database}.profiles") == version
+    # Nothing changed, so prepare committed nothing and the shard set stands.
+    assert _versions(pipeline) == versions
+    assert pipeline.manifest() == manifest
     assert _shard_rows(pipeline) == rows
     assert list((pipeline.workdir / "staging").iterdir()) == []
+    stood = pipeline.table("stage_runs").where("stage = 'prepare'").orderBy("started_at").collect()
+    assert [(r.rows_in, r.rows_out) for r in stood] == [(62, 60), (0, 0)]
+    # Another setting writes a new set from the same profiles.
+    assert pipeline.run(["prepare"], *SMALL, "--conf", "prepare.rows_per_shard=7") == 0
+    assert pipeline.manifest().prepare_run_id != manifest.prepare_run_id
+    assert _shard_rows(pipeline) == rows
+    assert len(pipeline.manifest().shards["train"]) > len(manifest.shards["train"])
 
     # A second file in the crawl directory: new snapshots win, older ones are ignored.
     later = "2026-11-01T00:00:00Z"
