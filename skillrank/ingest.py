@@ -222,11 +222,13 @@ def parse_lines(
     (for rejected lines only: the first `quarantine_text_chars` characters, invalid UTF-8
     replaced) and the parsed profile fields (profile_id, crawled_at, location, industry,
     positions, skills; exact for accepted lines only: where a field has the wrong type, it
-    holds that value's JSON text or null). The raw ``value`` itself is dropped.
+    holds that value's JSON text or null, except profile_id, which is null unless the line
+    is an object whose profile_id is a string, so that a rejected line names its profile
+    where it can). The raw ``value`` itself is dropped.
     """
     valid_utf8 = F.expr("is_valid_utf8(value)")
-    value = F.col("value")
-    without_bom = F.when(value.startswith("\ufeff"), F.expr("substr(value, 2)")).otherwise(value)
+    raw = F.col("value")
+    without_bom = F.when(raw.startswith("\ufeff"), F.expr("substr(value, 2)")).otherwise(raw)
     parsed = lines.withColumn("raw_bytes", F.octet_length("value")).withColumn(
         "v",
         F.when((F.col("raw_bytes") <= max_line_bytes) & valid_utf8, F.try_parse_json(without_bom)),
@@ -240,7 +242,6 @@ def parse_lines(
     # Cheap tests on the raw line rule out most lines before the per-field checks: a string
     # of more than N characters needs N+1 raw characters between quotes (or an escaped
     # quote), and a control character needs an escape or a raw C1 character.
-    raw = F.col("value")
     parsed = parsed.select(
         "*",
         F.col("_shape").rlike(_usual_shape()).alias("_usual"),
@@ -291,6 +292,10 @@ def parse_lines(
         .withColumn("reason", F.col("_verdict.code"))
         .withColumn("reason_detail", F.col("_verdict.detail"))
         .withColumn("crawled_at", crawled_at)
+        .withColumn(
+            "profile_id",
+            F.when(usual | (_kind(v, "$.profile_id") == "STRING"), F.col("profile_id")),
+        )
         .withColumn("line_sha256", F.sha2(F.col("value"), 256))
         .withColumn(
             "raw_text",
@@ -315,7 +320,8 @@ def damaged_file_lines(parsed: DataFrame, damaged: Mapping[str, str]) -> DataFra
     codec failed, and `damaged`: file URI (as in source_file) -> its FILE_REASONS code
     (``truncated_gzip``: the stream ends early; ``corrupt_gzip``: bad compressed data or
     checksum). Out: a row per file with source_file, line_number (the line after the last
-    one read; 1 when none was), the reason, reason_detail and raw_text null, raw_bytes 0.
+    one read; 1 when none was), the reason, reason_detail, raw_text and profile_id null,
+    raw_bytes 0.
     """
     spark = parsed.sparkSession
     files = spark.createDataFrame(list(damaged.items()), "source_file string, reason string")
@@ -327,6 +333,7 @@ def damaged_file_lines(parsed: DataFrame, damaged: Mapping[str, str]) -> DataFra
         F.lit(None).cast("string").alias("reason_detail"),
         F.lit(0).cast("long").alias("raw_bytes"),
         F.lit(None).cast("string").alias("raw_text"),
+        F.lit(None).cast("string").alias("profile_id"),
     )
 
 

@@ -168,6 +168,11 @@ SPECS: dict[str, TableSpec] = {
                     _col(
                         "raw_text", StringType(), "start of the raw line (invalid UTF-8 replaced)"
                     ),
+                    _col(
+                        "profile_id",
+                        StringType(),
+                        "the line's profile_id where it is a JSON object holding one as a string",
+                    ),
                 ]
             ),
         ),

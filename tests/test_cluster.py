@@ -289,14 +289,14 @@ def test_same_split_per_profile(on_cluster: InWorkdir, on_local: Pipeline) -> No
 
 
 def test_same_quarantine(on_cluster: InWorkdir, on_local: Pipeline) -> None:
-    columns = ("line_number", "reason", "reason_detail", "raw_bytes", "raw_text")
+    columns = ("line_number", "reason", "reason_detail", "raw_bytes", "raw_text", "profile_id")
     cluster_rows = _rows(on_cluster, "quarantine", *columns)
     assert cluster_rows == _rows(on_local, "quarantine", *columns)
-    assert [(line, reason) for line, reason, *_ in cluster_rows] == [
-        (301, "invalid_json"),
-        (302, "not_an_object"),
-        (303, "missing_field"),
-        (304, "invalid_timestamp"),
+    assert [(line, reason, pid) for line, reason, *_, pid in cluster_rows] == [
+        (301, "invalid_json", None),
+        (302, "not_an_object", None),
+        (303, "missing_field", None),
+        (304, "invalid_timestamp", "bad-time"),
     ]
 
 

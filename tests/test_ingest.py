@@ -28,6 +28,9 @@ LIMITS = {
 }
 
 # One bad line per reason code, each otherwise valid so that only that reason applies.
+# Those that are JSON objects with a string profile_id name profile "p" in quarantine.
+NAMED = {"wrong_type", "invalid_timestamp", "future_timestamp", "too_many_items",
+         "field_too_long", "control_characters"}  # fmt: skip
 BAD_LINES: dict[str, tuple[str | bytes, str | None]] = {
     "empty_line": ("   ", None),
     "line_too_long": (json.dumps(profile("p", skills=["x" * 5000])), None),
@@ -64,6 +67,7 @@ def test_bad_line_is_quarantined_with_its_reason(spark: SparkSession, reason: st
     raw = line if isinstance(line, bytes) else line.encode()
     assert row.raw_bytes == len(raw)
     assert row.raw_text == raw.decode("utf-8", "replace")[:40]
+    assert row.profile_id == ("p" if reason in NAMED else None)
 
 
 @pytest.mark.parametrize(
@@ -85,6 +89,7 @@ def test_wrong_type_at_every_field(spark: SparkSession, field: str, value: objec
     line = json.dumps(profile("p", **{field: value}))
     (row,) = parse_lines(_lines(spark, [line]), **LIMITS).collect()
     assert (row.reason, row.reason_detail) == ("wrong_type", field)
+    assert row.profile_id == (None if field == "profile_id" else "p")
 
 
 def test_valid_lines_arrive_unchanged(spark: SparkSession) -> None:
@@ -156,11 +161,12 @@ def test_ingest_counts_add_up_and_rerun_is_a_noop(pipeline: Pipeline, tmp_path: 
     quarantine = pipeline.table("quarantine")
     assert sorted(r.profile_id for r in raw.collect()) == ["p0", "p1", "p2", "p3", "p4"]
     assert sorted(
-        (Path(r.source_file).name, r.line_number, r.reason) for r in quarantine.collect()
+        (Path(r.source_file).name, r.line_number, r.reason, r.profile_id)
+        for r in quarantine.collect()
     ) == [
-        ("one.jsonl", 4, "invalid_json"),
-        ("one.jsonl", 5, "empty_line"),
-        ("two.jsonl.gz", 3, "wrong_type"),
+        ("one.jsonl", 4, "invalid_json", None),
+        ("one.jsonl", 5, "empty_line", None),
+        ("two.jsonl.gz", 3, "wrong_type", "p9"),
     ]
     files = {Path(r.source_file).name: (r.lines, r.accepted, r.quarantined)
              for r in pipeline.table("ingested_files").collect()}  # fmt: skip
