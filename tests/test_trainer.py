@@ -123,6 +123,7 @@ def _write_shards(
         split_files={s: _write_split(root, s, rows, shards) for s, rows in splits.items()},
         shard_columns={},
         delta_versions={},
+        inputs_fingerprint="test-inputs",
     )
     path = root / "manifest.json"
     path.write_text(manifest.to_json())
@@ -239,6 +240,12 @@ def test_a_manifest_reads_back_what_it_wrote(tmp_path: Path) -> None:
     assert written.rows == {"train": 30, "test": 30}
     assert Manifest.parse(written.to_json(), tmp_path) == written
     assert json.loads(written.to_json())["splits"]["train"]["rows"] == 30
+    assert written.inputs_fingerprint == "test-inputs"
+    # A manifest from before inputs_fingerprint was recorded reads with an empty one, which
+    # no rerun of prepare matches.
+    older = json.loads(written.to_json())
+    del older["inputs_fingerprint"]
+    assert Manifest.parse(json.dumps(older), tmp_path).inputs_fingerprint == ""
 
 
 # --- training ---------------------------------------------------------------------------------
