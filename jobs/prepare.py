@@ -131,7 +131,9 @@ def _inputs_fingerprint(ctx: StageContext, aliases: dict[str, Any]) -> str:
     jobs/, so that a new version of the code always writes the shards again)."""
     digest = hashlib.sha256(
         json.dumps(
-            [ctx.config.to_dict()["prepare"], ctx.args.strict, aliases], sort_keys=True
+            [ctx.config.to_dict()["prepare"], ctx.args.strict, aliases],
+            sort_keys=True,
+            default=str,  # any YAML scalar the alias map may hold
         ).encode()
     )
     for package in ("skillrank", "jobs"):
