@@ -133,12 +133,10 @@ def run(ctx: StageContext) -> StageResult:
     nothing = np.zeros(0, dtype=np.int64)
     if (truth_dir / "titles.parquet").is_file():
         with ctx.step(f"checked SkillRank against the planted truth in {truth_dir}"):
+            truth_titles = pq.read_table(truth_dir / "titles.parquet").to_pydict()
+            truth_skills = pq.read_table(truth_dir / "occupation_skills.parquet").to_pydict()
             relevant, generic = planted_relevance(
-                job_titles,
-                skill_names,
-                pq.read_table(truth_dir / "titles.parquet").to_pydict(),
-                pq.read_table(truth_dir / "occupation_skills.parquet").to_pydict(),
-                *lookups,
+                job_titles, skill_names, truth_titles, truth_skills, *lookups
             )
             segments = {
                 "titles": np.fromiter(relevant, dtype=np.int64),
@@ -147,13 +145,7 @@ def run(ctx: StageContext) -> StageResult:
             rows += title_rows(
                 title_methods, relevant, generic, params.title_k, "planted", segments, bootstrap
             )
-            shares = planted_shares(
-                job_titles,
-                skill_names,
-                pq.read_table(truth_dir / "titles.parquet").to_pydict(),
-                pq.read_table(truth_dir / "occupation_skills.parquet").to_pydict(),
-                *lookups,
-            )
+            shares = planted_shares(job_titles, skill_names, truth_titles, truth_skills, *lookups)
             rows += _coverage_rows(ctx, train_run.run_id, shares, generic, segments, bootstrap)
         if (truth_dir / "segment_skills.parquet").is_file() and ctx.spark.catalog.tableExists(
             ctx.table("job_skill_rank_by_segment")
@@ -162,7 +154,7 @@ def run(ctx: StageContext) -> StageResult:
                 planted = planted_segment_relevance(
                     job_titles,
                     skill_names,
-                    pq.read_table(truth_dir / "titles.parquet").to_pydict(),
+                    truth_titles,
                     pq.read_table(truth_dir / "segment_skills.parquet").to_pydict(),
                     *lookups,
                     generic,
@@ -249,23 +241,26 @@ def _segment_precision_rows(
         f" {ctx.table('job_skill_rank_by_segment')} WHERE run_id = '{run_id}'"
         f" AND profiles >= {least} ORDER BY segment_type, segment, job_id, rank"
     ).toArrow()
+    # The pooled ranking's million rows are put in order here: half the query's time in Spark.
     pooled_rows = ctx.spark.sql(
-        f"SELECT job_id, skill_id FROM {ctx.table('job_skill_rank')}"
-        f" WHERE run_id = '{run_id}' ORDER BY job_id, rank"
+        f"SELECT job_id, skill_id, rank FROM {ctx.table('job_skill_rank')}"
+        f" WHERE run_id = '{run_id}'"
     ).toArrow()
     ranked: dict[tuple[str, str, int], list[int]] = defaultdict(list)
     for segment_type, segment, job_id, skill_id in zip(
         *(segment_rows.column(c).to_pylist() for c in segment_rows.column_names), strict=True
     ):
         ranked[segment_type, segment, job_id].append(skill_id)
-    pooled: dict[int, list[int]] = defaultdict(list)
-    for job_id, skill_id in zip(
-        *(pooled_rows.column(c).to_pylist() for c in pooled_rows.column_names), strict=True
-    ):
-        pooled[job_id].append(skill_id)
+    jobs, skills, ranks = (pooled_rows.column(c).to_numpy() for c in ("job_id", "skill_id", "rank"))
+    order = np.lexsort((ranks, jobs))
+    jobs, skills = jobs[order], skills[order]
+    firsts = np.flatnonzero(np.diff(jobs, prepend=-1))  # where each job's rows start
+    pooled = {}
+    if firsts.size:
+        pooled = dict(zip(jobs[firsts].tolist(), np.split(skills, firsts[1:]), strict=True))
     rankings = {
         _MODEL: {key: np.asarray(ids) for key, ids in ranked.items()},
-        _POOLED: {key: np.asarray(pooled[key[2]]) for key in ranked if key[2] in pooled},
+        _POOLED: {key: pooled[key[2]] for key in ranked if key[2] in pooled},
     }
     compared = Bootstrap(bootstrap.samples, bootstrap.seed, ((_MODEL, _POOLED),))
     return segment_truth_rows(

@@ -410,7 +410,14 @@ def title_truth_metrics(
         chunk_jobs = job_ids[start : start + _TITLE_CHUNK]
         chunk_sets = sets[start : start + _TITLE_CHUNK]
         rows = torch.tensor([j if n_rows > 1 else 0 for j in chunk_jobs], dtype=torch.int64)
-        ranked = top_k(scores_all.index_select(0, rows), width)
+        low, high = int(rows[0]), int(rows[-1]) + 1
+        if high - low <= 2 * len(chunk_jobs):
+            # Most titles between the chunk's first and last are judged (95% of them by the
+            # planted truth at the paper's scale): ranking the rows where they lie beats
+            # copying them out.
+            ranked = top_k(scores_all[low:high], width)[rows - low]
+        else:
+            ranked = top_k(scores_all.index_select(0, rows), width)
         chosen = keep_t[ranked]
         chosen &= chosen.cumsum(dim=1) <= take
         top = ranked[chosen].view(len(chunk_jobs), take)
@@ -708,13 +715,30 @@ def _distinct_per_profile(
 def _low_rank(matrix: Tensor, rank: int) -> Tensor:
     """The rank-`rank` truncated-SVD reconstruction of `matrix`, with a fixed random seed,
     written over `matrix`."""
-    q = min(rank + _SVD_OVERSAMPLE, *matrix.shape)
+    u, s, v = truncated_svd(matrix, rank, SVD_SEED, _SVD_ITERATIONS)
+    return torch.mm(u * s, v.T, out=matrix)
+
+
+def truncated_svd(
+    matrix: Tensor, rank: int, seed: int, iterations: int, center: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(U, S, V) of the leading `rank` singular triplets of `matrix` (m x n), its columns'
+    means removed first when `center` (then U * S are the principal component scores), by
+    randomized SVD: `rank` + 10 random directions refined by `iterations` power iterations,
+    drawn from a generator seeded with `seed`. ``rank`` must be at most min(m, n)."""
+    m, n = matrix.shape
+    if not 1 <= rank <= min(m, n):
+        raise ValueError(f"rank must lie in [1, {min(m, n)}] for a {m} x {n} matrix, got {rank}")
+    q = min(rank + _SVD_OVERSAMPLE, m, n)
     # svd_lowrank draws its random projection from the global generator: fork it so that the
     # result is reproducible and the caller's random state is left as it was.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(SVD_SEED)
-        u, s, v = torch.svd_lowrank(matrix, q=q, niter=_SVD_ITERATIONS)
-    return torch.mm(u[:, :rank] * s[:rank], v[:, :rank].T, out=matrix)
+        torch.manual_seed(seed)
+        if center:
+            u, s, v = torch.pca_lowrank(matrix, q=q, center=True, niter=iterations)
+        else:
+            u, s, v = torch.svd_lowrank(matrix, q=q, niter=iterations)
+    return u[:, :rank], s[:rank], v[:, :rank]
 
 
 def _metric_names(method: Method, ks: Sequence[int]) -> list[tuple[str, int | None]]:

@@ -375,8 +375,14 @@ def test_title_truth_metrics_match_a_plain_sort_with_ties_and_exclusions() -> No
     jobs, skills, k = 40, 30, 5
     scores = torch.from_numpy(rng.integers(0, 4, size=(jobs, skills)).astype(np.float32))
     method = Method("m", scores, "sum")
-    for exclude in (np.array([], dtype=np.int64), np.array([0, 3, 4, 17]), np.arange(0, 30, 2)):
-        relevant = {j: rng.choice(skills, size=6, replace=False) for j in range(jobs)}
+    # Every title judged, or every fifth (its rows are then copied out before ranking).
+    cases = [
+        (exclude, judged)
+        for exclude in (np.array([], dtype=np.int64), np.array([0, 3, 4, 17]), np.arange(0, 30, 2))
+        for judged in (range(jobs), range(0, jobs, 5))
+    ]
+    for exclude, judged in cases:
+        relevant = {j: rng.choice(skills, size=6, replace=False) for j in judged}
         result = title_truth_metrics(method, relevant, exclude, k)
         kept = [s for s in range(skills) if s not in set(exclude.tolist())]
         expected = []
@@ -387,7 +393,7 @@ def test_title_truth_metrics_match_a_plain_sort_with_ties_and_exclusions() -> No
             ideal = sum(1 / math.log2(i + 2) for i in range(min(k, len(truth))))
             dcg = sum(hit / math.log2(i + 2) for i, hit in enumerate(hits))
             expected.append((sum(hits) / k, sum(hits) / len(truth), dcg / ideal))
-        assert len(expected) > 30
+        assert len(expected) > 0.75 * len(judged)
         assert result["precision"].tolist() == pytest.approx([e[0] for e in expected])
         assert result["recall"].tolist() == pytest.approx([e[1] for e in expected])
         assert result["ndcg"].tolist() == pytest.approx([e[2] for e in expected])
