@@ -9,6 +9,7 @@ process with one line on stderr and a non-zero exit code.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import logging
@@ -364,6 +365,20 @@ def dry_run_lines(args: argparse.Namespace, config: Config, stages: list[Stage])
             yield f"    {prefix} = {json.dumps(value)}"
 
     return lines + list(walk("", config.to_dict()))
+
+
+def inputs_fingerprint(*settings: object) -> str:
+    """A digest of what a stage's output depends on besides the tables and files it reads:
+    `settings` (JSON; any other scalar, such as a YAML date, as its text) and the code, every
+    Python and C source file under skillrank/ and jobs/ (path and bytes), so that a new
+    version of the code never keeps an output of the old one."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for package in ("skillrank", "jobs"):
+        for source in sorted((PROJECT_ROOT / package).rglob("*")):
+            if source.suffix in (".py", ".c"):
+                digest.update(source.relative_to(PROJECT_ROOT).as_posix().encode() + b"\0")
+                digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def clear_staging(spark: SparkSession, root: str) -> int:

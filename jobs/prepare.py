@@ -20,8 +20,6 @@ code, as its manifest records them), it writes nothing and the set stands.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import math
 import os
 import shutil
@@ -36,8 +34,16 @@ from pyspark.sql import Column, DataFrame, Row
 from pyspark.sql import functions as F
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from jobs._cli import Stage, StageContext, StageError, StageResult, require_table, run_stages
-from skillrank.config import PROJECT_ROOT, SPLITS, Config, load_aliases
+from jobs._cli import (
+    Stage,
+    StageContext,
+    StageError,
+    StageResult,
+    inputs_fingerprint,
+    require_table,
+    run_stages,
+)
+from skillrank.config import SPLITS, Config, load_aliases
 from skillrank.prepare import (
     FILTER_REASONS,
     UNUSABLE_REASONS,
@@ -127,20 +133,8 @@ def _local_dir(uri: str) -> Path:
 
 def _inputs_fingerprint(ctx: StageContext, aliases: dict[str, Any]) -> str:
     """A digest of what a shard set depends on besides the tables it reads: prepare's
-    settings and --strict, the alias map, and the code (every source file of skillrank/ and
-    jobs/, so that a new version of the code always writes the shards again)."""
-    digest = hashlib.sha256(
-        json.dumps(
-            [ctx.config.to_dict()["prepare"], ctx.args.strict, aliases],
-            sort_keys=True,
-            default=str,  # any YAML scalar the alias map may hold
-        ).encode()
-    )
-    for package in ("skillrank", "jobs"):
-        for source in sorted((PROJECT_ROOT / package).rglob("*.py")):
-            digest.update(source.relative_to(PROJECT_ROOT).as_posix().encode() + b"\0")
-            digest.update(source.read_bytes())
-    return digest.hexdigest()[:16]
+    settings and --strict, the alias map, and the code (``inputs_fingerprint``)."""
+    return inputs_fingerprint(ctx.config.to_dict()["prepare"], ctx.args.strict, aliases)
 
 
 def _standing_set(ctx: StageContext, root: Path, fingerprint: str) -> Manifest | None:

@@ -37,7 +37,15 @@ from pyspark.ml.torch.distributor import TorchDistributor
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
-from jobs._cli import LogWriter, Stage, StageContext, StageError, StageResult, run_stages
+from jobs._cli import (
+    LogWriter,
+    Stage,
+    StageContext,
+    StageError,
+    StageResult,
+    inputs_fingerprint,
+    run_stages,
+)
 from jobs._runs import (
     current_run,
     hand_off_counts,
@@ -166,7 +174,20 @@ def run(ctx: StageContext) -> StageResult:
     device = ctx.args.device or ctx.config.train.device
     declare_views(ctx.spark, ctx.config)
     _discard_interrupted(ctx)
-    _insert_run(ctx, device, manifest, manifest_text)
+    config = ctx.config.to_dict()
+    fingerprint = inputs_fingerprint({key: config[key] for key in _READ_SECTIONS}, device)
+    standing = None if ctx.args.resume else _standing_run(ctx, manifest_text, fingerprint)
+    if standing is not None:
+        return StageResult(
+            rows_in=0,
+            rows_out=0,
+            summary=[
+                f"nothing changed since train run {standing.run_id} (shard set"
+                f" {manifest.prepare_run_id}, settings, device and code): it stands as the"
+                " current run"
+            ],
+        )
+    _insert_run(ctx, device, manifest, manifest_text, fingerprint)
     try:
         with ctx.step("trained (epochs, checkpoints)"):
             result = _train(ctx, manifest_path, checkpoint, device)
@@ -223,6 +244,21 @@ def run(ctx: StageContext) -> StageResult:
         ],
         exit_code=EXIT_REJECTED if reasons else 0,
     )
+
+
+# The configuration sections whose settings the stage reads: a change to any of them trains a
+# new run even on the same shards (the others, such as spark.*, do not change what it writes).
+_READ_SECTIONS = ("catalog", "train", "publish", "evaluate")
+
+
+def _standing_run(ctx: StageContext, manifest_text: str, fingerprint: str) -> Row | None:
+    """The current run when training now would repeat it: trained on the same shard set
+    (the same manifest, to the byte) with the same settings, device and code. A run has no
+    random state beyond its seeds, so a second one would publish the same tables again."""
+    current = current_run(ctx)
+    if current is None or current.input_manifest != manifest_text:
+        return None
+    return current if current.inputs_fingerprint == fingerprint else None
 
 
 # The columns of _run_outcome that the gates read.
@@ -508,7 +544,9 @@ def _arrow_column(column: np.ndarray) -> pa.Array:
     return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(column).reshape(-1)))
 
 
-def _insert_run(ctx: StageContext, device: str, manifest: Manifest, manifest_text: str) -> None:
+def _insert_run(
+    ctx: StageContext, device: str, manifest: Manifest, manifest_text: str, fingerprint: str
+) -> None:
     """Record the run as 'running' before anything is published."""
     values = {
         "run_id": ctx.run_id,
@@ -522,6 +560,7 @@ def _insert_run(ctx: StageContext, device: str, manifest: Manifest, manifest_tex
         "train_profiles": manifest.rows["train"],
         "config_json": json.dumps(ctx.config.to_dict(), sort_keys=True),
         "input_manifest": manifest_text,
+        "inputs_fingerprint": fingerprint,
     }
     schema = SPECS["runs"].schema
     row = Row(**{field.name: values.get(field.name) for field in schema})

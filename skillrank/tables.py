@@ -373,6 +373,13 @@ SPECS: dict[str, TableSpec] = {
                         "manifest.json trained on: shard files and the Delta versions behind them",
                         False,
                     ),
+                    _col(
+                        "inputs_fingerprint",
+                        StringType(),
+                        "digest of the catalog, train, publish and evaluate settings, the"
+                        " device and the code: a train on the same shards with the same digest"
+                        " keeps this run when it is current; null in runs before 2026-12-02",
+                    ),
                     _col("error", StringType(), "one-line error of a failed run"),
                 ]
             ),

@@ -21,7 +21,8 @@ import pytest
 import torch
 from pyspark.sql import SparkSession
 
-from jobs._cli import common_parser
+import jobs._cli
+from jobs._cli import common_parser, inputs_fingerprint
 from jobs._launch import PYFILES_UNUSED_SECONDS, STAGE_NAMES, python_files_zip
 from jobs._launch import main as launch
 from jobs.all import NAMES as ALL_NAMES
@@ -355,3 +356,25 @@ def test_the_airflow_example_runs_existing_stages_and_retries_only_a_busy_workdi
     (tmp_path / "fake").chmod(0o755)
     result = subprocess.run(["bash", "-c", script], cwd=tmp_path)
     assert (result.returncode, (tmp_path / "count").read_text().strip()) == (3, "3")
+
+
+def test_inputs_fingerprint_follows_the_settings_and_every_source_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("skillrank/a.py", "skillrank/csrc/k.c", "jobs/b.py", "jobs/notes.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(name)
+    monkeypatch.setattr(jobs._cli, "PROJECT_ROOT", tmp_path)
+    first = inputs_fingerprint({"train": {"seed": 1}}, "cpu")
+    assert inputs_fingerprint({"train": {"seed": 1}}, "cpu") == first
+    assert inputs_fingerprint({"train": {"seed": 2}}, "cpu") != first
+    assert inputs_fingerprint({"train": {"seed": 1}}, "cuda") != first
+    (tmp_path / "jobs/notes.md").write_text("not code")
+    assert inputs_fingerprint({"train": {"seed": 1}}, "cpu") == first
+    for name in ("skillrank/a.py", "skillrank/csrc/k.c", "jobs/b.py"):
+        (tmp_path / name).write_text(name + " changed")
+        changed = inputs_fingerprint({"train": {"seed": 1}}, "cpu")
+        assert changed != first, name
+        first = changed
+    (tmp_path / "jobs/b.py").rename(tmp_path / "jobs/c.py")  # same bytes, another file
+    assert inputs_fingerprint({"train": {"seed": 1}}, "cpu") != first

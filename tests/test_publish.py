@@ -22,6 +22,7 @@ from skillrank.config import Config, load_config
 from skillrank.mixture import train_mixture
 from skillrank.promotion import EXIT_REJECTED
 from skillrank.publish import RUN_TABLES
+from skillrank.tables import table_version
 from skillrank.views import declare_views, view_statements
 from tests.conftest import CITY_SKILL, GENERIC, PLANTED, SETTINGS, Evaluated, Pipeline
 
@@ -244,6 +245,15 @@ def test_views_show_the_latest_succeeded_run_and_a_failed_run_leaves_nothing(
     assert {r.run_id for r in current.collect()} == {latest[-1].run_id}
     assert current.count() == 4 * SKILLS
     assert pipeline.table("job_skill_rank").count() == ranked_before + 4 * SKILLS
+
+    # Nothing changed since that run (shards, settings, device, code): it stands, and the
+    # rerun writes nothing but its stage_runs row.
+    runs_version = table_version(pipeline.spark, f"{pipeline.database}.runs")
+    assert pipeline.run(["train"], *SETTINGS) == 0
+    assert table_version(pipeline.spark, f"{pipeline.database}.runs") == runs_version
+    kept = pipeline.table("stage_runs").where("stage = 'train'").orderBy("started_at").collect()
+    assert (kept[-1].status, kept[-1].rows_in, kept[-1].rows_out) == ("succeeded", 0, 0)
+    assert {r.run_id for r in current.collect()} == {latest[-1].run_id}
 
 
 def test_views_are_recreated_only_when_missing_or_defined_differently(
