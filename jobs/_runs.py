@@ -186,8 +186,9 @@ def replace_run_rows(ctx: StageContext, key: str, rows: DataFrame, run_id: str) 
 
 
 def hand_off_phi(ctx: StageContext, run_id: str, phi_t: torch.Tensor) -> None:
-    """Leave the phi_t that train published for run_id to the later stages of this
-    application (``load_phi``); only the latest run's, so one phi is kept at most."""
+    """Leave the phi_t of run_id (published by train, or read by ``load_phi``) to the later
+    stages of this application (``load_phi``); only the latest run's, so one phi is kept at
+    most."""
     ctx.handoff.phi = (run_id, phi_t)
 
 
@@ -208,16 +209,17 @@ def training_counts(ctx: StageContext, manifest: Manifest, batch_size: int) -> C
 
 
 def load_phi(ctx: StageContext, run: Row) -> torch.Tensor:
-    """The run's phi as phi_t (jobs x skills, float32): the tensor train published when it
-    ran earlier in this application (``hand_off_phi``: the same values, so callers must not
-    change it in place), else read from the Delta table `phi`.
+    """The run's phi as phi_t (jobs x skills, float32): the tensor train published or an
+    earlier stage read in this application (``hand_off_phi``: the same values, so callers
+    must not change it in place), else read from the Delta table `phi` and handed off in
+    turn (after a train that kept its run, evaluate reads it and report takes it from there).
 
     Spark names the Parquet files of the run's partition in the table's current snapshot
     (deleted rows never come back); pyarrow reads them batch by batch into one dense array,
     so memory holds phi plus one record batch.
     """
     if ctx.handoff.phi is not None and ctx.handoff.phi[0] == run.run_id:
-        ctx.log.info(f"  phi of {run.run_id}: as train published it in this application")
+        ctx.log.info(f"  phi of {run.run_id}: as an earlier stage of this application had it")
         return ctx.handoff.phi[1]
     phi = ctx.spark.table(ctx.table("phi")).where(F.col("run_id") == run.run_id)
     files = phi.inputFiles()
@@ -241,7 +243,9 @@ def load_phi(ctx: StageContext, run: Row) -> torch.Tensor:
             f"{ctx.table('phi')} lacks jobs of run {run.run_id} (or holds NaN): expected one"
             f" row for each of its {run.jobs} jobs"
         )
-    return torch.from_numpy(phi_t)
+    phi_read = torch.from_numpy(phi_t)
+    hand_off_phi(ctx, run.run_id, phi_read)
+    return phi_read
 
 
 def load_model(ctx: StageContext, run: Row, name: str = "model") -> tuple[Method, Method]:
