@@ -449,15 +449,28 @@ def map_figure(
     # One line's height for every label ("lp": an ascender and a descender, as matplotlib
     # lays out a line), so that a browser's line boxes fit where the labels were placed.
     _, line, _ = renderer.get_text_width_height_descent("lp", font, ismath=False)
-    widths = [renderer.get_text_width_height_descent(t, font, ismath=False)[0] for t in texts]
-    sizes = np.column_stack([np.asarray(widths, dtype=np.float64), np.full(n, line)])
-    placed = place_labels(
-        ax.transData.transform(coords),
-        sizes + 2 * pad,
-        tuple(ax.bbox.extents),
-        labelled,
-        offset=3 * DPI / 72,
-    )
+    anchors = ax.transData.transform(coords)
+    # Only the labels of the points place_labels reaches are measured (0.6 ms each: 2000 took
+    # 1.4 s). It goes through the points in order and stops at `labelled`, so its answer on
+    # the first points stands once it holds that many; else it looks at twice as many.
+    widths: list[float] = []
+    count = min(n, 4 * labelled)
+    while True:
+        widths += [
+            renderer.get_text_width_height_descent(t, font, ismath=False)[0]
+            for t in texts[len(widths) : count]
+        ]
+        sizes = np.column_stack([np.asarray(widths, dtype=np.float64), np.full(count, line)])
+        placed = place_labels(
+            anchors[:count],
+            sizes + 2 * pad,
+            tuple(ax.bbox.extents),
+            labelled,
+            offset=3 * DPI / 72,
+        )
+        if len(placed) >= labelled or count == n:
+            break
+        count = min(n, 2 * count)
     to_data = ax.transData.inverted()
     for index, x0, y0 in placed:
         x, y = to_data.transform((x0 + pad, y0 + pad))

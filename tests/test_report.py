@@ -292,6 +292,22 @@ def test_map_figure_names_points_as_text_on_the_page(tmp_path: Path) -> None:
     assert f"({skipped} more frequent ones passed over)" in figure.caption, figure.caption
 
 
+def test_map_figure_looks_past_crowded_points_for_room(tmp_path: Path) -> None:
+    # The 120 most frequent points share one spot, where four labels fit (one per corner);
+    # the other six must come from the 80 spread points after them.
+    spread = np.random.default_rng(1).uniform(-50, 50, size=(80, 2))
+    coords = np.vstack([np.zeros((120, 2)), spread])
+    labels = [f"title {i}" for i in range(200)]
+
+    figure = map_figure(tmp_path, "fig6_crowded", "Fig 6", coords, labels, labelled=10)
+
+    assert figure.svg is not None
+    named = [int(i) for i in re.findall(r'<g id="fig6_crowded-label-(\d+)">', figure.svg)]
+    assert sorted(named)[:4] == [0, 1, 2, 3] and len(named) == 10, named
+    assert all(i >= 120 for i in sorted(named)[4:]), named
+    assert "10 named, the most frequent whose label had room (116 more" in figure.caption
+
+
 def test_map_figure_rejects_unsafe_keys(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="figure key"):
         map_figure(tmp_path, "../escape", "x", np.zeros((2, 2)), ["a", "b"])
