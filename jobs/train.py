@@ -12,6 +12,9 @@ views and skill_gap function (docs/sql.md). The run's
 it wrote and is marked 'failed', so the views never show it. A complete run then meets the
 promotion gates (publish.gate_*, skillrank.promotion): it turns 'succeeded' and becomes the
 current run, or it is kept as 'rejected' and the stage exits 3 (docs/operations.md).
+When the current run was trained on the same shard set with the same settings, device and
+code (`runs.inputs_fingerprint`), a run without `--resume` trains and writes nothing: that
+run stands (docs/tables.md, "How reruns behave").
 """
 
 from __future__ import annotations
