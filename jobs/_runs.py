@@ -211,8 +211,10 @@ def training_counts(ctx: StageContext, manifest: Manifest, batch_size: int) -> C
 def load_phi(ctx: StageContext, run: Row) -> torch.Tensor:
     """The run's phi as phi_t (jobs x skills, float32): the tensor train published or an
     earlier stage read in this application (``hand_off_phi``: the same values, so callers
-    must not change it in place), else read from the Delta table `phi` and handed off in
-    turn (after a train that kept its run, evaluate reads it and report takes it from there).
+    must not change it in place), else read from the Delta table `phi`, and handed off in
+    turn when no phi is held yet: after a train that kept its run, report takes the one
+    evaluate read, while a run of another family that evaluate scores beside it never
+    displaces the one train published.
 
     Spark names the Parquet files of the run's partition in the table's current snapshot
     (deleted rows never come back); pyarrow reads them batch by batch into one dense array,
@@ -244,7 +246,8 @@ def load_phi(ctx: StageContext, run: Row) -> torch.Tensor:
             f" row for each of its {run.jobs} jobs"
         )
     phi_read = torch.from_numpy(phi_t)
-    hand_off_phi(ctx, run.run_id, phi_read)
+    if ctx.handoff.phi is None:
+        hand_off_phi(ctx, run.run_id, phi_read)
     return phi_read
 
 

@@ -53,8 +53,8 @@ MAP_LABEL_PAD = 0.25
 RANKING_METRICS = ("recall", "precision", "ndcg", "map")
 MODEL_METHOD = "model"
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-# Power iterations of the randomized SVDs of Fig 4 and of the maps' PCA: sklearn's for a few
-# leading components, which these runs replaced.
+# Power iterations of the randomized SVDs of Fig 4 and of the maps' PCA: as many as sklearn's
+# randomized_svd and PCA (which these replaced) take for a few leading components.
 _POWER_ITERATIONS = 7
 
 
@@ -201,9 +201,8 @@ def cocluster(matrix: np.ndarray, n_clusters: int, seed: int) -> tuple[np.ndarra
     1 + ceil(log2 n_clusters) by randomized SVD (torch's, 1.4 s at the paper's scale against
     sklearn's 2.5 s, with the same 10 extra directions and 7 power iterations); k-means
     (k-means++, 10 starts) on the rows' and the columns' vectors, each scaled back the same
-    way. Here in float32 on one scaled
-    copy of the matrix: sklearn's class works on float64 copies, 8.1 GiB of peak memory for
-    the report at the paper's scale (12,000 x 15,000).
+    way. Here in float32 on one scaled copy of the matrix: sklearn's class works on float64
+    copies, 8.1 GiB of peak memory for the report at the paper's scale (12,000 x 15,000).
     """
     if matrix.ndim != 2 or 0 in matrix.shape:
         raise ValueError(f"expected a non-empty 2-D matrix, got shape {matrix.shape}")
