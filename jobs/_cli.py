@@ -18,7 +18,7 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -379,6 +379,14 @@ def inputs_fingerprint(*settings: object) -> str:
                 digest.update(source.relative_to(PROJECT_ROOT).as_posix().encode() + b"\0")
                 digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def file_digests(paths: Iterable[Path]) -> dict[str, str]:
+    """path -> SHA-256 of its bytes, for the files among `paths` that exist: data files a
+    stage reads, for ``inputs_fingerprint``."""
+    return {
+        str(path): hashlib.sha256(path.read_bytes()).hexdigest() for path in paths if path.is_file()
+    }
 
 
 def clear_staging(spark: SparkSession, root: str) -> int:

@@ -9,6 +9,7 @@ older run reads what that run was trained on, not what a later prepare wrote.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import torch
+from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
@@ -171,18 +173,43 @@ def segments_of_test_profiles(ctx: StageContext, manifest: Manifest) -> dict[str
     }
 
 
-def replace_run_rows(ctx: StageContext, key: str, rows: DataFrame, run_id: str) -> int:
+def replace_run_rows(
+    ctx: StageContext, key: str, rows: DataFrame, run_id: str, fingerprint: str | None = None
+) -> int:
     """Replace a run's rows of table `key` with `rows` in one Delta commit; the new version.
 
     ``INSERT INTO ... REPLACE WHERE`` deletes and inserts atomically: a reader sees the old
-    rows or the new ones, and a rerun leaves exactly one set.
+    rows or the new ones, and a rerun leaves exactly one set. With `fingerprint` (a digest of
+    everything the rows depend on, ``inputs_fingerprint``), the commit records it and this
+    stage run in its user metadata, for ``standing_rows``.
     """
     view = f"_replace_{key}"
     conform(rows, key).createOrReplaceTempView(view)
     name = ctx.table(key)
-    ctx.spark.sql(f"INSERT INTO {name} REPLACE WHERE run_id = '{run_id}' SELECT * FROM {view}")
-    ctx.spark.catalog.dropTempView(view)
+    if fingerprint is not None:
+        ctx.spark.conf.set(_USER_METADATA, json.dumps([ctx.run_id, fingerprint]))
+    try:
+        ctx.spark.sql(f"INSERT INTO {name} REPLACE WHERE run_id = '{run_id}' SELECT * FROM {view}")
+    finally:
+        ctx.spark.conf.unset(_USER_METADATA)
+        ctx.spark.catalog.dropTempView(view)
     return table_version(ctx.spark, name)
+
+
+# The session setting whose value Delta writes into the next commit's commitInfo.userMetadata.
+_USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+
+
+def standing_rows(ctx: StageContext, key: str, fingerprint: str) -> str | None:
+    """The stage run whose ``replace_run_rows`` with `fingerprint` made the latest commit of
+    table `key`, else None. Its rows stand: nothing they depend on has changed, and nothing
+    was written to the table since."""
+    latest = DeltaTable.forName(ctx.spark, ctx.table(key)).history(1).first()
+    try:
+        stage_run, recorded = json.loads(latest.userMetadata) if latest else (None, None)
+    except (TypeError, ValueError):  # no metadata, or not this function's
+        return None
+    return stage_run if recorded == fingerprint else None
 
 
 def hand_off_phi(ctx: StageContext, run_id: str, phi_t: torch.Tensor) -> None:

@@ -10,22 +10,34 @@ and O*NET taxonomies shipped in skillrank/taxonomy/. Every mean gets a 95% boots
 interval, and the model's difference from each baseline a row of its own with a paired one.
 Writes the Delta table `evaluation` (the run's rows are replaced in one commit, so a rerun is
 idempotent) and prints the model against the best baseline on the headline metrics, with the
-interval of their difference. docs/evaluation.md defines every metric.
+interval of their difference. When the same runs, settings, truth and code gave the table's
+latest commit, those rows stand and nothing is written (docs/tables.md, "How reruns
+behave"). docs/evaluation.md defines every metric.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow.parquet as pq
 from pyspark.sql import Row
+from pyspark.sql import functions as F
 
-from jobs._cli import Stage, StageContext, StageError, StageResult, run_stages
+from jobs._cli import (
+    Stage,
+    StageContext,
+    StageError,
+    StageResult,
+    file_digests,
+    inputs_fingerprint,
+    run_stages,
+)
 from jobs._runs import (
     add_run_argument,
     check_trained,
@@ -35,6 +47,7 @@ from jobs._runs import (
     run_manifest,
     segments_of_test_profiles,
     sibling_runs,
+    standing_rows,
     training_counts,
 )
 from skillrank.config import Config, load_aliases
@@ -55,7 +68,7 @@ from skillrank.evaluate import (
     title_buckets,
     title_rows,
 )
-from skillrank.generate import load_taxonomy
+from skillrank.generate import TAXONOMY_DIR, load_taxonomy
 from skillrank.prepare import alias_lookup
 from skillrank.rankings import INTERVAL_LEVEL
 from skillrank.shards import iterate_batches, read_vocabulary
@@ -63,6 +76,8 @@ from skillrank.tables import SPECS, declare_tables
 
 # Training profiles per batch while counting co-occurrences (memory: a few MB per batch).
 _COUNT_BATCH = 8192
+# The planted truth's files that evaluate reads (docs/generator.md).
+_TRUTH_FILES = ("titles.parquet", "occupation_skills.parquet", "segment_skills.parquet")
 # The method compared with the baselines: the run's model (its family method's default name).
 _MODEL = "model"
 # The run's pooled SkillRank, compared with its segment rankings.
@@ -104,6 +119,24 @@ def run(ctx: StageContext) -> StageResult:
     manifest = run_manifest(ctx, train_run)
     ctx.log.info(f"  train run {train_run.run_id} ({manifest.prepare_run_id})")
     siblings = sibling_runs(ctx, train_run)
+    truth_dir = Path(ctx.args.truth or ctx.workdir / ctx.config.catalog.crawl_dir / "truth")
+    aliases = load_aliases(ctx.config)
+    name = ctx.table("evaluation")
+    fingerprint = _inputs_fingerprint(ctx, [train_run, *siblings], truth_dir, aliases)
+    standing = standing_rows(ctx, "evaluation", fingerprint)
+    if standing is not None:
+        kept = ctx.spark.table(name).where(F.col("run_id") == train_run.run_id).collect()
+        fields = [f.name for f in dataclasses.fields(EvaluationRow)]
+        return StageResult(
+            rows_in=0,
+            rows_out=0,
+            summary=[
+                f"nothing changed since {standing} evaluated train run {train_run.run_id} (the"
+                " runs, settings, planted truth, taxonomies and code): its rows stand:"
+                f" SELECT * FROM {name} WHERE run_id = '{train_run.run_id}'",
+                *summarize([EvaluationRow(*(r[f] for f in fields)) for r in kept], params.title_k),
+            ],
+        )
     with ctx.step(f"read the model and {len(siblings)} other families' runs on its shards"):
         # Each as (its predictions of a profile, the ranking SkillRank publishes).
         models = [load_model(ctx, train_run, _MODEL)]
@@ -127,9 +160,7 @@ def run(ctx: StageContext) -> StageResult:
 
     job_titles, job_counts = read_vocabulary(manifest, "job")
     skill_names, _ = read_vocabulary(manifest, "skill")
-    aliases = load_aliases(ctx.config)
     lookups = alias_lookup(aliases["titles"], True), alias_lookup(aliases["skills"], True)
-    truth_dir = Path(ctx.args.truth or ctx.workdir / ctx.config.catalog.crawl_dir / "truth")
     nothing = np.zeros(0, dtype=np.int64)
     if (truth_dir / "titles.parquet").is_file():
         with ctx.step(f"checked SkillRank against the planted truth in {truth_dir}"):
@@ -171,12 +202,11 @@ def run(ctx: StageContext) -> StageResult:
                 title_methods, sets, nothing, params.title_k, "taxonomy", segment, bootstrap
             )
 
-    name = ctx.table("evaluation")
     frame = ctx.spark.createDataFrame(
         [Row(run_id=train_run.run_id, **vars(r)) for r in rows], SPECS["evaluation"].schema
     )
     with ctx.step(f"wrote {len(rows)} rows to {name}"):
-        version = replace_run_rows(ctx, "evaluation", frame, train_run.run_id)
+        version = replace_run_rows(ctx, "evaluation", frame, train_run.run_id, fingerprint)
     return StageResult(
         rows_in=manifest.rows["test"],
         rows_out=len(rows),
@@ -186,6 +216,22 @@ def run(ctx: StageContext) -> StageResult:
             f" SELECT * FROM {name} WHERE run_id = '{train_run.run_id}'",
             *summarize(rows, params.title_k),
         ],
+    )
+
+
+def _inputs_fingerprint(
+    ctx: StageContext, runs: list[Row], truth_dir: Path, aliases: dict[str, Any]
+) -> str:
+    """A digest of what the evaluation rows depend on besides the runs' tables, which do not
+    change once published: which runs are scored, the evaluate settings, the planted truth,
+    the alias map, the taxonomies and the code."""
+    files = [truth_dir / name for name in _TRUTH_FILES] + sorted(TAXONOMY_DIR.glob("*.csv.gz"))
+    return inputs_fingerprint(
+        ctx.config.to_dict()["evaluate"],
+        [run.run_id for run in runs],
+        str(truth_dir),
+        aliases,
+        file_digests(files),
     )
 
 

@@ -12,8 +12,10 @@ job2vec and skill2vec with labels that do not overlap, Table 4 by lift), Fig 8 a
 evaluation chart; the PNG files beside it. The co-cluster of every job and skill it
 clustered goes to the Delta table `coclusters` (the run's rows replaced in one commit). The
 directory is written beside its final place and swapped in, so a reader never sees half a
-report. docs/evaluation.md describes each part; benchmarks/report_check.py checks the page
-in a browser.
+report. When the run's evaluation, the settings and the code are those of the report in
+place, it stands and nothing is written (docs/tables.md, "How reruns behave").
+docs/evaluation.md describes each part; benchmarks/report_check.py checks the page in a
+browser.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
 
-from jobs._cli import Stage, StageContext, StageResult, run_stages
+from jobs._cli import Stage, StageContext, StageResult, inputs_fingerprint, run_stages
 from jobs._runs import (
     add_run_argument,
     check_trained,
@@ -37,10 +39,11 @@ from jobs._runs import (
     replace_run_rows,
     resolve_run,
     run_manifest,
+    standing_rows,
 )
 from skillrank import report, report_page
 from skillrank.shards import Manifest, read_vocabulary
-from skillrank.tables import SPECS, declare_tables
+from skillrank.tables import SPECS, declare_tables, table_version
 
 # t-SNE needs a few points to place: a map of fewer is left out.
 _MIN_MAP_POINTS = 3
@@ -67,13 +70,24 @@ def run(ctx: StageContext) -> StageResult:
     train_run = resolve_run(ctx)
     run_id = train_run.run_id
     manifest = run_manifest(ctx, train_run)
-    job_titles, job_profiles = read_vocabulary(manifest, "job")
-    skill_names, _ = read_vocabulary(manifest, "skill")
     final = ctx.workdir / ctx.config.catalog.reports_dir / run_id
     out = final.with_name(f".{run_id}.partial")
     # Left by report runs killed before their move (one process per work directory).
     for stale in final.parent.glob(".*.partial"):
         shutil.rmtree(stale)
+    fingerprint = _inputs_fingerprint(ctx, run_id)
+    standing = standing_rows(ctx, "coclusters", fingerprint)
+    if standing is not None and (final / "report.html").is_file():
+        return StageResult(
+            rows_in=0,
+            rows_out=0,
+            summary=[
+                f"nothing changed since {standing} reported train run {run_id} (its evaluation,"
+                f" settings and code): {final / 'report.html'} stands"
+            ],
+        )
+    job_titles, job_profiles = read_vocabulary(manifest, "job")
+    skill_names, _ = read_vocabulary(manifest, "skill")
     out.mkdir(parents=True)
     with ctx.step("read phi"):
         phi_t = load_phi(ctx, train_run)
@@ -167,13 +181,21 @@ def run(ctx: StageContext) -> StageResult:
     name = ctx.table("coclusters")
     with ctx.step(f"wrote {len(memberships)} co-cluster memberships to {name}"):
         frame = spark.createDataFrame(memberships, SPECS["coclusters"].schema)
-        version = replace_run_rows(ctx, "coclusters", frame, run_id)
+        version = replace_run_rows(ctx, "coclusters", frame, run_id, fingerprint)
     return StageResult(
         rows_in=manifest.jobs * manifest.skills,
         rows_out=len(memberships),
         output_versions={"coclusters": version},
         summary=[f"report of train run {run_id}: {final / 'report.html'}"],
     )
+
+
+def _inputs_fingerprint(ctx: StageContext, run_id: str) -> str:
+    """A digest of what the report and the co-clusters depend on besides the run's tables,
+    which do not change once published: the run, the version of `evaluation` (the page shows
+    the run's rows), the report settings and the code."""
+    evaluation = table_version(ctx.spark, ctx.table("evaluation"))
+    return inputs_fingerprint(ctx.config.to_dict()["report"], run_id, evaluation)
 
 
 def _of_run(ctx: StageContext, table: str, run_id: str) -> DataFrame:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from jobs._cli import StageContext
 from jobs._runs import hand_off_phi, load_phi
 from skillrank.config import load_config
 from skillrank.evaluate import BASELINES
+from skillrank.tables import table_version
 from tests.conftest import CITY_SKILL, EVALUATE, GENERIC, PLANTED, SETTINGS, Evaluated, Pipeline
 
 
@@ -158,11 +160,23 @@ def test_every_mean_has_an_interval_and_the_model_a_difference_per_baseline(
 def test_rerunning_evaluate_replaces_the_runs_rows(
     evaluated: Pipeline, evaluated_runs: Evaluated
 ) -> None:
-    # The first evaluate ran with train (conftest): on the phi train handed over in memory;
-    # this one reads it from the table.
     before = _evaluation(evaluated)
     run = ("--run-id", evaluated_runs.mixture, "--truth", str(evaluated_runs.truth))
+    # Nothing changed since the first evaluate (runs, settings, truth, code): its rows stand,
+    # and the rerun writes nothing but its stage_runs row.
+    version = table_version(evaluated.spark, f"{evaluated.database}.evaluation")
     assert evaluated.run(["evaluate"], *run, *SETTINGS, *EVALUATE) == 0
+    assert table_version(evaluated.spark, f"{evaluated.database}.evaluation") == version
+    kept = evaluated.table("stage_runs").where("stage = 'evaluate'").orderBy("started_at")
+    assert [tuple(r) for r in kept.select("status", "rows_in", "rows_out").tail(1)] == [
+        ("succeeded", 0, 0)
+    ]
+    # Another batch size scores the same profiles: the run's rows are replaced by equal ones.
+    # The first evaluate ran with train (conftest): on the phi train handed over in memory;
+    # this one reads it from the table.
+    batch = ("--conf", "evaluate.batch_size=7")
+    assert evaluated.run(["evaluate"], *run, *SETTINGS, *EVALUATE, *batch) == 0
+    assert table_version(evaluated.spark, f"{evaluated.database}.evaluation") == version + 1
     assert evaluated.table("evaluation").count() == len(before)
     assert _evaluation(evaluated) == before
 
@@ -249,7 +263,18 @@ def test_report_writes_every_figure_and_the_coclusters(
         + [("skill", s) for s in {*sum(PLANTED.values(), []), GENERIC, CITY_SKILL[1]}]
     )
     assert {r.cocluster for r in members} == {0, 1}
-    # A rerun replaces the report and the run's memberships.
+    # Nothing changed (the run, its evaluation, settings, code): the report stands.
+    written = (directory / "report.html").stat().st_mtime_ns
+    version = table_version(evaluated.spark, f"{evaluated.database}.coclusters")
+    assert evaluated.run(["report"], *options) == 0
+    assert (directory / "report.html").stat().st_mtime_ns == written
+    assert table_version(evaluated.spark, f"{evaluated.database}.coclusters") == version
+    # Without its page, a rerun writes the report again and replaces the run's memberships.
+    shutil.rmtree(directory)
     assert evaluated.run(["report"], *options) == 0
     assert evaluated.table("coclusters").count() == len(members)
+    assert table_version(evaluated.spark, f"{evaluated.database}.coclusters") == version + 1
     assert sorted(p.name for p in directory.parent.iterdir()) == [run.run_id]
+    assert (directory / "report.html").read_text(encoding="utf-8").count("<img") == page.count(
+        "<img"
+    )
