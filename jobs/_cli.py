@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pyspark.sql import Row, SparkSession
 
@@ -56,7 +56,7 @@ class _TextFormat(logging.Formatter):
 class _JsonFormat(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         at = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
-        fields: dict[str, object] = {"time": at, "level": record.levelname}
+        fields: dict[str, Any] = {"time": at, "level": record.levelname}
         fields |= {k: getattr(record, k, None) for k in ("stage", "run_id")}
         return json.dumps(fields | {"message": record.getMessage()})
 
@@ -96,11 +96,13 @@ class LogWriter(io.TextIOBase):
 class Handoff:
     """What a stage leaves to the later stages of the same run_stages call (one application),
     so that they need not read or compute it again (jobs._runs): the run id and phi_t train
-    published (load_phi), and the prepare run id and the co-occurrence counts of its train
-    split that train counted (training_counts)."""
+    published (load_phi), the prepare run id and the co-occurrence counts of its train
+    split that train counted (training_counts), and the run id and the evaluation rows that
+    evaluate wrote or kept (evaluation_rows)."""
 
     phi: tuple[str, Tensor] | None = None
     counts: tuple[str, CoCounts] | None = None
+    evaluation: tuple[str, list[dict[str, Any]]] | None = None
 
 
 @dataclass

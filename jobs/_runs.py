@@ -13,6 +13,7 @@ import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.dataset as pads
@@ -233,6 +234,21 @@ def training_counts(ctx: StageContext, manifest: Manifest, batch_size: int) -> C
         ctx.log.info(f"  training counts of {manifest.prepare_run_id}: as train counted them")
         return ctx.handoff.counts[1]
     return count_split(manifest, "train", batch_size)
+
+
+def hand_off_evaluation(ctx: StageContext, run_id: str, rows: list[dict[str, Any]]) -> None:
+    """Leave the evaluation rows of run_id (as dicts, without the run id) that evaluate wrote
+    or kept to the later stages of this application (``evaluation_rows``)."""
+    ctx.handoff.evaluation = (run_id, rows)
+
+
+def evaluation_rows(ctx: StageContext, run_id: str) -> list[dict[str, Any]]:
+    """The run's evaluation rows as dicts without the run id: those evaluate handed off
+    earlier in this application, else read from the table."""
+    if ctx.handoff.evaluation is not None and ctx.handoff.evaluation[0] == run_id:
+        return ctx.handoff.evaluation[1]
+    table = ctx.spark.table(ctx.table("evaluation")).where(F.col("run_id") == run_id)
+    return table.drop("run_id").toArrow().to_pylist()
 
 
 def load_phi(ctx: StageContext, run: Row) -> torch.Tensor:

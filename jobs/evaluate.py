@@ -18,7 +18,6 @@ behave"). docs/evaluation.md defines every metric.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,6 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow.parquet as pq
 from pyspark.sql import Row
-from pyspark.sql import functions as F
 
 from jobs._cli import (
     Stage,
@@ -41,6 +39,8 @@ from jobs._cli import (
 from jobs._runs import (
     add_run_argument,
     check_trained,
+    evaluation_rows,
+    hand_off_evaluation,
     load_model,
     replace_run_rows,
     resolve_run,
@@ -125,8 +125,8 @@ def run(ctx: StageContext) -> StageResult:
     fingerprint = _inputs_fingerprint(ctx, [train_run, *siblings], truth_dir, aliases)
     standing = standing_rows(ctx, "evaluation", fingerprint)
     if standing is not None:
-        kept = ctx.spark.table(name).where(F.col("run_id") == train_run.run_id).collect()
-        fields = [f.name for f in dataclasses.fields(EvaluationRow)]
+        kept = evaluation_rows(ctx, train_run.run_id)
+        hand_off_evaluation(ctx, train_run.run_id, kept)
         return StageResult(
             rows_in=0,
             rows_out=0,
@@ -134,7 +134,7 @@ def run(ctx: StageContext) -> StageResult:
                 f"nothing changed since {standing} evaluated train run {train_run.run_id} (the"
                 " runs, settings, planted truth, taxonomies and code): its rows stand:"
                 f" SELECT * FROM {name} WHERE run_id = '{train_run.run_id}'",
-                *summarize([EvaluationRow(*(r[f] for f in fields)) for r in kept], params.title_k),
+                *summarize([EvaluationRow(**r) for r in kept], params.title_k),
             ],
         )
     with ctx.step(f"read the model and {len(siblings)} other families' runs on its shards"):
@@ -207,6 +207,7 @@ def run(ctx: StageContext) -> StageResult:
     )
     with ctx.step(f"wrote {len(rows)} rows to {name}"):
         version = replace_run_rows(ctx, "evaluation", frame, train_run.run_id, fingerprint)
+    hand_off_evaluation(ctx, train_run.run_id, [vars(r) for r in rows])
     return StageResult(
         rows_in=manifest.rows["test"],
         rows_out=len(rows),

@@ -35,6 +35,7 @@ from jobs._cli import Stage, StageContext, StageResult, inputs_fingerprint, run_
 from jobs._runs import (
     add_run_argument,
     check_trained,
+    evaluation_rows,
     load_phi,
     replace_run_rows,
     resolve_run,
@@ -47,8 +48,11 @@ from skillrank.tables import SPECS, declare_tables, table_version
 
 # t-SNE needs a few points to place: a map of fewer is left out.
 _MIN_MAP_POINTS = 3
-# Skills per segment in Fig 8.
+# Skills per segment in Fig 8; the columns that name a (segment, title) pair, and those of
+# its bars.
 _SEGMENT_SKILLS = 10
+_PAIR = ("segment_type", "segment", "job_title", "profiles")
+_SEGMENT_BARS = ("skill_name", "probability", "probability_low", "probability_high", "lift")
 # Fig 4: co-clusters shown, and titles and skills shown of each.
 _COCLUSTERS_SHOWN = 8
 _COCLUSTER_MEMBERS_SHOWN = 5
@@ -152,7 +156,7 @@ def run(ctx: StageContext) -> StageResult:
             if figure is not None:
                 sections.append(figure)
 
-    evaluation = [r.asDict() for r in _of_run(ctx, "evaluation", run_id).collect()]
+    evaluation = evaluation_rows(ctx, run_id)
     scores = report.Scores.of(evaluation)
     if evaluation:
         sections.append(report.evaluation_figure(out, evaluation))
@@ -312,25 +316,33 @@ def _says(ctx: StageContext, run_id: str, profiles: np.ndarray) -> list[report_p
 
 def _segment_figure(ctx: StageContext, out: Path, table: str, run_id: str) -> report.Figure | None:
     """Fig 8 for the title and segments ``report.segment_pair`` picks; None without two."""
-    rows = ctx.spark.table(table).where(F.col("run_id") == run_id)
-    pairs = rows.select("segment_type", "segment", "job_title", "profiles").distinct().collect()
-    chosen = report.segment_pair([tuple(r) for r in pairs])
+    # One read: the top skills of every (segment, title) pair, and so the pairs themselves.
+    top = (
+        ctx.spark.table(table)
+        .where((F.col("run_id") == run_id) & (F.col("rank") <= _SEGMENT_SKILLS))
+        .select(*_PAIR, "rank", *_SEGMENT_BARS)
+        .toArrow()
+        .to_pylist()
+    )
+    chosen = report.segment_pair(sorted({tuple(row[c] for c in _PAIR) for row in top}))
     if chosen is None:
         return None
     segment_type, title, *segments = chosen
-    panels = []
-    for segment in segments:
-        top = (
-            rows.where(
-                (F.col("segment_type") == segment_type)
-                & (F.col("segment") == segment)
-                & (F.col("job_title") == title)
-                & (F.col("rank") <= _SEGMENT_SKILLS)
-            )
-            .orderBy("rank")
-            .collect()
+    panels = [
+        (
+            segment,
+            sorted(
+                (
+                    row
+                    for row in top
+                    if (row["segment_type"], row["segment"], row["job_title"])
+                    == (segment_type, segment, title)
+                ),
+                key=lambda row: row["rank"],
+            ),
         )
-        panels.append((segment, [r.asDict() for r in top]))
+        for segment in segments
+    ]
     return report.segment_figure(out, title, panels)
 
 
