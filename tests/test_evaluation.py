@@ -6,19 +6,21 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from pyspark.sql import Row, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from jobs._cli import StageContext
-from jobs._runs import hand_off_phi, load_phi
-from skillrank.config import load_config
+from jobs._runs import hand_off_phi, load_phi, replace_run_rows, standing_rows
+from skillrank.config import Config, load_config
 from skillrank.evaluate import BASELINES
-from skillrank.tables import table_version
+from skillrank.tables import SPECS, declare_tables, table_name, table_version
 from tests.conftest import CITY_SKILL, EVALUATE, GENERIC, PLANTED, SETTINGS, Evaluated, Pipeline
 
 
@@ -179,6 +181,31 @@ def test_rerunning_evaluate_replaces_the_runs_rows(
     assert table_version(evaluated.spark, f"{evaluated.database}.evaluation") == version + 1
     assert evaluated.table("evaluation").count() == len(before)
     assert _evaluation(evaluated) == before
+
+
+def test_rows_stand_only_while_their_commit_is_the_latest(
+    spark: SparkSession, config: Config
+) -> None:
+    database = f"t_stand_{uuid.uuid4().hex[:6]}"
+    local = replace(config, catalog=replace(config.catalog, database=database))
+    declare_tables(spark, local, ["coclusters"])
+    ctx = StageContext(spark, local, Path("/nonexistent"), "report-a", argparse.Namespace())
+
+    def rows(run_id: str) -> DataFrame:
+        row = Row(run_id=run_id, kind="job", item_id=0, item_name="nurse", cocluster=0)
+        return spark.createDataFrame([row], SPECS["coclusters"].schema)
+
+    assert standing_rows(ctx, "coclusters", "f1") is None  # the table's creation only
+    replace_run_rows(ctx, "coclusters", rows("train-a"), "train-a", "f1")
+    assert standing_rows(ctx, "coclusters", "f1") == "report-a"
+    assert standing_rows(ctx, "coclusters", "f2") is None
+    # Any later commit (here another run's rows, written without a digest) ends it.
+    replace_run_rows(ctx, "coclusters", rows("train-b"), "train-b")
+    assert standing_rows(ctx, "coclusters", "f1") is None
+    assert {r.run_id for r in spark.table(table_name(local, "coclusters")).collect()} == {
+        "train-a",
+        "train-b",
+    }
 
 
 def test_a_later_stage_takes_the_phi_train_handed_over(spark: SparkSession) -> None:
