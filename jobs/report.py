@@ -96,7 +96,8 @@ def run(ctx: StageContext) -> StageResult:
     with ctx.step("read phi"):
         phi_t = load_phi(ctx, train_run)
 
-    history = _of_run(ctx, "training_history", run_id).orderBy("epoch").collect()
+    # A few rows each: the report's reads sort them here, without Spark's sampling job.
+    history = sorted(_of_run(ctx, "training_history", run_id).collect(), key=lambda r: r.epoch)
     sections: list[report.Figure | report_page.Section] = []
     with ctx.step("Fig 2, 3: losses, phi histogram"):
         sections.append(
@@ -250,11 +251,11 @@ def _metadata(ctx: StageContext, run: Row, manifest: Manifest) -> list[tuple[str
     )
     stage = next((r for r in stages if r.run_id == run.run_id), None)
     ingests = [r.run_id for r in stages if r.ingest]
-    files = (
+    files = sorted(
         ctx.spark.table(ctx.table("ingested_files"))
         .where(F.col("ingest_run_id").isin(ingests))
-        .orderBy("source_file")
-        .collect()
+        .collect(),
+        key=lambda f: f.source_file,
     )
     names = [Path(unquote(urlparse(f.source_file).path)).name for f in files]
     listed = ", ".join(names[:_FILES_LISTED]) + (" ..." if len(names) > _FILES_LISTED else "")
@@ -290,17 +291,17 @@ def _metadata(ctx: StageContext, run: Row, manifest: Manifest) -> list[tuple[str
 def _says(ctx: StageContext, run_id: str, profiles: np.ndarray) -> list[report_page.TitleSkills]:
     """The most common titles' top skills, and the nearest titles of the first few."""
     titles = min(_SAYS_TITLES, len(profiles))
-    ranks = (
+    ranks = sorted(
         _of_run(ctx, "job_skill_rank", run_id)
         .where((F.col("job_id") < titles) & (F.col("rank") <= _SAYS_SKILLS))
-        .orderBy("job_id", "rank")
-        .collect()
+        .collect(),
+        key=lambda r: (r.job_id, r.rank),
     )
-    near = (
+    near = sorted(
         _of_run(ctx, "job_neighbors", run_id)
         .where((F.col("job_id") < _SAYS_NEIGHBOURS) & (F.col("rank") <= _SAYS_SKILLS // 2))
-        .orderBy("job_id", "rank")
-        .collect()
+        .collect(),
+        key=lambda r: (r.job_id, r.rank),
     )
     return [
         report_page.TitleSkills(
