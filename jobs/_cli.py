@@ -56,7 +56,7 @@ class _TextFormat(logging.Formatter):
 class _JsonFormat(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         at = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
-        fields: dict[str, Any] = {"time": at, "level": record.levelname}
+        fields: dict[str, object] = {"time": at, "level": record.levelname}
         fields |= {k: getattr(record, k, None) for k in ("stage", "run_id")}
         return json.dumps(fields | {"message": record.getMessage()})
 
