@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # torch is not imported before Spark starts
     from torch import Tensor
 
     from skillrank.evaluate import CoCounts
+    from skillrank.trainer import EpochRecord
 
 
 class StageError(RuntimeError):
@@ -96,11 +97,12 @@ class LogWriter(io.TextIOBase):
 class Handoff:
     """What a stage leaves to the later stages of the same run_stages call (one application),
     so that they need not read or compute it again (jobs._runs): the run id and phi_t train
-    published (load_phi), the prepare run id and the co-occurrence counts of its train
-    split that train counted (training_counts), and the run id and the evaluation rows that
-    evaluate wrote or kept (evaluation_rows)."""
+    published (load_phi) and its epochs (training_history), the prepare run id and the
+    co-occurrence counts of its train split that train counted (training_counts), and the
+    run id and the evaluation rows that evaluate wrote or kept (evaluation_rows)."""
 
     phi: tuple[str, Tensor] | None = None
+    history: tuple[str, list[EpochRecord]] | None = None
     counts: tuple[str, CoCounts] | None = None
     evaluation: tuple[str, list[dict[str, Any]]] | None = None
 

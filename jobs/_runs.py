@@ -31,7 +31,7 @@ from skillrank.families import FAMILIES
 from skillrank.promotion import REJECTED, current_run_sql
 from skillrank.shards import Manifest
 from skillrank.tables import SPECS, conform, table_name, table_version
-from skillrank.trainer import count_split
+from skillrank.trainer import EpochRecord, count_split
 
 
 def add_run_argument(parser: argparse.ArgumentParser) -> None:
@@ -218,6 +218,23 @@ def hand_off_phi(ctx: StageContext, run_id: str, phi_t: torch.Tensor) -> None:
     stages of this application (``load_phi``); only the latest run's, so one phi is kept at
     most."""
     ctx.handoff.phi = (run_id, phi_t)
+
+
+def hand_off_history(ctx: StageContext, run_id: str, history: list[EpochRecord]) -> None:
+    """Leave the epochs of the run train published to the later stages of this application
+    (``training_history``)."""
+    ctx.handoff.history = (run_id, history)
+
+
+def training_history(ctx: StageContext, run_id: str) -> list[EpochRecord]:
+    """The run's epochs in order: those train handed off earlier in this application, else
+    read from the table."""
+    if ctx.handoff.history is not None and ctx.handoff.history[0] == run_id:
+        return ctx.handoff.history[1]
+    table = ctx.spark.table(ctx.table("training_history")).where(F.col("run_id") == run_id)
+    # A few rows: sorted here, without the sampling job of a Spark sort.
+    rows = table.drop("run_id").toArrow().to_pylist()
+    return sorted((EpochRecord(**row) for row in rows), key=lambda r: r.epoch)
 
 
 def hand_off_counts(ctx: StageContext, manifest: Manifest, counts: CoCounts) -> None:

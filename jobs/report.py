@@ -41,6 +41,7 @@ from jobs._runs import (
     resolve_run,
     run_manifest,
     standing_rows,
+    training_history,
 )
 from skillrank import report, report_page
 from skillrank.shards import Manifest, read_vocabulary
@@ -96,8 +97,7 @@ def run(ctx: StageContext) -> StageResult:
     with ctx.step("read phi"):
         phi_t = load_phi(ctx, train_run)
 
-    # A few rows each: the report's reads sort them here, without Spark's sampling job.
-    history = sorted(_of_run(ctx, "training_history", run_id).collect(), key=lambda r: r.epoch)
+    history = training_history(ctx, run_id)
     sections: list[report.Figure | report_page.Section] = []
     with ctx.step("Fig 2, 3: losses, phi histogram"):
         sections.append(
@@ -251,6 +251,7 @@ def _metadata(ctx: StageContext, run: Row, manifest: Manifest) -> list[tuple[str
     )
     stage = next((r for r in stages if r.run_id == run.run_id), None)
     ingests = [r.run_id for r in stages if r.ingest]
+    # A few rows each: the report's reads sort them here, without Spark's sampling job.
     files = sorted(
         ctx.spark.table(ctx.table("ingested_files"))
         .where(F.col("ingest_run_id").isin(ingests))

@@ -52,6 +52,7 @@ from jobs._cli import (
 from jobs._runs import (
     current_run,
     hand_off_counts,
+    hand_off_history,
     hand_off_phi,
     profile_segments,
     record_event,
@@ -210,6 +211,7 @@ def run(ctx: StageContext) -> StageResult:
         with ctx.step("published phi and rankings"):
             _publish(ctx, result, manifest, segments, counts.pair)
         hand_off_phi(ctx, ctx.run_id, result.phi_t)
+        hand_off_history(ctx, ctx.run_id, result.history)
         hand_off_counts(ctx, manifest, counts)
         outcome = _run_outcome(result, test_loss)
         reasons = gate_reasons(

@@ -17,10 +17,20 @@ from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from jobs._cli import StageContext
-from jobs._runs import hand_off_phi, load_phi, replace_run_rows, standing_rows
+from jobs._runs import (
+    evaluation_rows,
+    hand_off_evaluation,
+    hand_off_history,
+    hand_off_phi,
+    load_phi,
+    replace_run_rows,
+    standing_rows,
+    training_history,
+)
 from skillrank.config import Config, load_config
 from skillrank.evaluate import BASELINES
 from skillrank.tables import SPECS, declare_tables, table_name, table_version
+from skillrank.trainer import EpochRecord
 from tests.conftest import CITY_SKILL, EVALUATE, GENERIC, PLANTED, SETTINGS, Evaluated, Pipeline
 
 
@@ -208,9 +218,9 @@ def test_rows_stand_only_while_their_commit_is_the_latest(
     }
 
 
-def test_a_later_stage_takes_the_phi_train_handed_over(spark: SparkSession) -> None:
-    # In one application (`all`), evaluate and report use the tensor train published; the
-    # table is read only for another run (the rerun above shows the two give the same rows).
+def test_a_later_stage_takes_what_train_and_evaluate_handed_over(spark: SparkSession) -> None:
+    # In one application (`all`), evaluate and report use the tensor train published (the
+    # table is read only for another run: the rerun above shows the two give the same rows).
     ctx = StageContext(
         spark, load_config(), Path("/nonexistent"), "evaluate-x", argparse.Namespace()
     )
@@ -220,6 +230,13 @@ def test_a_later_stage_takes_the_phi_train_handed_over(spark: SparkSession) -> N
     later = torch.zeros(2, 3)
     hand_off_phi(ctx, "train-b", later)  # a later run's replaces it
     assert load_phi(ctx, Row(run_id="train-b", jobs=2, skills=3)) is later
+    # So do report's Fig 2 (train's epochs) and its scores (the rows evaluate wrote).
+    history = [EpochRecord(1, 2.5, 2.0, 0.4, 0.1), EpochRecord(2, 2.2, 1.9, 0.5, 0.1)]
+    hand_off_history(ctx, "train-b", history)
+    assert training_history(ctx, "train-b") is history
+    rows = [{"method": "model", "metric": "kl", "k": None, "segment": "all", "value": 1.9}]
+    hand_off_evaluation(ctx, "train-b", rows)
+    assert evaluation_rows(ctx, "train-b") is rows
 
 
 def test_evaluate_names_a_run_that_does_not_exist(evaluated: Pipeline) -> None:
