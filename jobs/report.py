@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from collections import defaultdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -326,23 +328,16 @@ def _segment_figure(ctx: StageContext, out: Path, table: str, run_id: str) -> re
         .toArrow()
         .to_pylist()
     )
-    chosen = report.segment_pair(sorted({tuple(row[c] for c in _PAIR) for row in top}))
+    by_pair: dict[tuple[str, str, str, int], list[dict[str, Any]]] = defaultdict(list)
+    for row in top:
+        by_pair[row["segment_type"], row["segment"], row["job_title"], row["profiles"]].append(row)
+    chosen = report.segment_pair(sorted(by_pair))
     if chosen is None:
         return None
     segment_type, title, *segments = chosen
+    rows_of = {pair[:3]: rows for pair, rows in by_pair.items()}  # without the profiles
     panels = [
-        (
-            segment,
-            sorted(
-                (
-                    row
-                    for row in top
-                    if (row["segment_type"], row["segment"], row["job_title"])
-                    == (segment_type, segment, title)
-                ),
-                key=lambda row: row["rank"],
-            ),
-        )
+        (segment, sorted(rows_of[segment_type, segment, title], key=lambda row: row["rank"]))
         for segment in segments
     ]
     return report.segment_figure(out, title, panels)
