@@ -32,6 +32,7 @@ from skillrank.session import build_spark, hadoop_path, resolve_path
 from skillrank.tables import SPECS, conform, declare_tables, table_name
 
 if TYPE_CHECKING:  # torch is not imported before Spark starts
+    import pyarrow as pa
     from torch import Tensor
 
     from skillrank.evaluate import CoCounts
@@ -98,12 +99,14 @@ class Handoff:
     """What a stage leaves to the later stages of the same run_stages call (one application),
     so that they need not read or compute it again (jobs._runs): the run id and phi_t train
     published (load_phi) and its epochs (training_history), the prepare run id and the
-    co-occurrence counts of its train split that train counted (training_counts), and the
-    run id and the evaluation rows that evaluate wrote or kept (evaluation_rows)."""
+    co-occurrence counts of its train split that train counted (training_counts), the run id
+    and the columns of its rankings that evaluate reads (ranking_columns), and the run id and
+    the evaluation rows that evaluate wrote or kept (evaluation_rows)."""
 
     phi: tuple[str, Tensor] | None = None
     history: tuple[str, list[EpochRecord]] | None = None
     counts: tuple[str, CoCounts] | None = None
+    rankings: tuple[str, dict[str, pa.Table]] | None = None
     evaluation: tuple[str, list[dict[str, Any]]] | None = None
 
 

@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import torch
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, Row
 from pyspark.sql import functions as F
+from pyspark.sql.pandas.types import to_arrow_schema
+from pyspark.sql.types import StructType
 
 from jobs._cli import StageContext, StageError, local_table_dir, require_table, run_id_of
 from jobs._delta_log import live_rows
@@ -253,6 +256,36 @@ def training_counts(ctx: StageContext, manifest: Manifest, batch_size: int) -> C
     return count_split(manifest, "train", batch_size)
 
 
+# The columns of a run's rankings that evaluate reads (``ranking_columns``).
+RANKING_COLUMNS = {
+    "job_skill_rank": ("job_id", "skill_id", "rank", "probability_low", "probability_high"),
+    "job_skill_rank_by_segment": (
+        *("segment_type", "segment", "job_id", "skill_id", "rank", "profiles"),
+    ),
+}
+
+
+def ranking_schema(key: str) -> pa.Schema:
+    """The Arrow schema of RANKING_COLUMNS[key], typed as the table declares them."""
+    fields = {f.name: f for f in SPECS[key].schema}
+    return to_arrow_schema(StructType([fields[name] for name in RANKING_COLUMNS[key]]))
+
+
+def hand_off_rankings(ctx: StageContext, run_id: str, tables: dict[str, pa.Table]) -> None:
+    """Leave RANKING_COLUMNS of the rankings train published for run_id (one Arrow table per
+    key, ``ranking_schema``) to the later stages of this application (``ranking_columns``)."""
+    ctx.handoff.rankings = (run_id, tables)
+
+
+def ranking_columns(ctx: StageContext, key: str, run_id: str) -> pa.Table:
+    """RANKING_COLUMNS[key] of the run's rows of table `key`, in no given order: those train
+    handed off earlier in this application, else read from the table."""
+    if ctx.handoff.rankings is not None and ctx.handoff.rankings[0] == run_id:
+        return ctx.handoff.rankings[1][key]
+    rows = ctx.spark.table(ctx.table(key)).where(F.col("run_id") == run_id)
+    return rows.select(*RANKING_COLUMNS[key]).toArrow()
+
+
 def hand_off_evaluation(ctx: StageContext, run_id: str, rows: list[dict[str, Any]]) -> None:
     """Leave the evaluation rows of run_id (as dicts, without the run id) that evaluate wrote
     or kept to the later stages of this application (``evaluation_rows``)."""
@@ -322,17 +355,17 @@ def load_model(ctx: StageContext, run: Row, name: str = "model") -> tuple[Method
         ctx.spark.table(ctx.table("skill_background"))
         .where(F.col("run_id") == run.run_id)
         .select("skill_id", "weight")
-        .collect()
+        .toArrow()
     )
     background = torch.zeros(run.skills, dtype=torch.float32)
-    if rows:
-        if len(rows) != run.skills:
+    if rows.num_rows:
+        if rows.num_rows != run.skills:
             raise StageError(
-                f"{ctx.table('skill_background')} holds {len(rows)} rows for run {run.run_id},"
-                f" expected {run.skills}"
+                f"{ctx.table('skill_background')} holds {rows.num_rows} rows for run"
+                f" {run.run_id}, expected {run.skills}"
             )
-        ids, weights = zip(*((r.skill_id, r.weight) for r in rows), strict=True)
-        background[list(ids)] = torch.tensor(weights, dtype=torch.float32)
+        ids = torch.from_numpy(rows["skill_id"].to_numpy().astype(np.int64))
+        background[ids] = torch.from_numpy(rows["weight"].to_numpy().astype(np.float32))
     lam = float((run.hyperparameters or {}).get("background_weight", 0.0))
     prediction = FAMILIES[run.model or "softmax"].method(phi_t, background, lam, name)
     return prediction, Method(name, phi_t, "sum")

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyspark.sql import Row
 
@@ -42,6 +44,7 @@ from jobs._runs import (
     evaluation_rows,
     hand_off_evaluation,
     load_model,
+    ranking_columns,
     replace_run_rows,
     resolve_run,
     run_manifest,
@@ -50,7 +53,7 @@ from jobs._runs import (
     standing_rows,
     training_counts,
 )
-from skillrank.config import Config, load_aliases
+from skillrank.config import Config, EvaluateConfig, load_aliases
 from skillrank.evaluate import (
     BASELINES,
     DIFFERENCE,
@@ -82,6 +85,10 @@ _TRUTH_FILES = ("titles.parquet", "occupation_skills.parquet", "segment_skills.p
 _MODEL = "model"
 # The run's pooled SkillRank, compared with its segment rankings.
 _POOLED = "pooled"
+# The columns of job_skill_rank that judge the published intervals.
+_INTERVAL_COLUMNS = ("job_id", "skill_id", "probability_low", "probability_high")
+# The order of the segment rankings' rows: each (segment, job)'s skills by rank.
+_SEGMENT_ORDER = ("segment_type", "segment", "job_id", "rank")
 # (metric, k, segment) printed in the closing summary: k "title_k" means evaluate.title_k;
 # segment "buckets" stands for each bucket of titles by training profiles, in order.
 _HEADLINES: tuple[tuple[str, int | Literal["title_k"] | None, str], ...] = (
@@ -177,7 +184,8 @@ def run(ctx: StageContext) -> StageResult:
                 title_methods, relevant, generic, params.title_k, "planted", segments, bootstrap
             )
             shares = planted_shares(job_titles, skill_names, truth_titles, truth_skills, *lookups)
-            rows += _coverage_rows(ctx, train_run.run_id, shares, generic, segments, bootstrap)
+            ranks = ranking_columns(ctx, "job_skill_rank", train_run.run_id)
+            rows += _coverage_rows(ranks, shares, generic, segments, bootstrap)
         if (truth_dir / "segment_skills.parquet").is_file() and ctx.spark.catalog.tableExists(
             ctx.table("job_skill_rank_by_segment")
         ):
@@ -190,7 +198,13 @@ def run(ctx: StageContext) -> StageResult:
                     *lookups,
                     generic,
                 )
-                rows += _segment_precision_rows(ctx, train_run.run_id, planted, generic, bootstrap)
+                if planted:  # a crawl generated with generate.segment_skills=0 has none
+                    segment_ranks = ranking_columns(
+                        ctx, "job_skill_rank_by_segment", train_run.run_id
+                    )
+                    rows += _segment_precision_rows(
+                        params, segment_ranks, ranks, planted, generic, bootstrap
+                    )
     else:
         ctx.log.info(f"  no planted truth at {truth_dir}: planted_* metrics skipped")
     with ctx.step("checked SkillRank against the ESCO and O*NET taxonomies"):
@@ -237,25 +251,25 @@ def _inputs_fingerprint(
 
 
 def _coverage_rows(
-    ctx: StageContext,
-    run_id: str,
+    ranks: pa.Table,
     shares: dict[int, dict[int, float]],
     generic: np.ndarray,
     segments: dict[str, np.ndarray],
     bootstrap: Bootstrap,
 ) -> list[EvaluationRow]:
-    """interval_coverage of the run's published intervals (job_skill_rank), per segment of
-    titles: the mean over titles of the share of their planted skills whose planted share lies
-    inside the interval, and coverage_titles, how many titles were judged. No rows for a run
-    without intervals (softmax)."""
-    table = ctx.spark.sql(
-        f"SELECT job_id, skill_id, probability_low, probability_high FROM"
-        f" {ctx.table('job_skill_rank')} WHERE run_id = '{run_id}'"
-        " AND probability_low IS NOT NULL"
-    ).toArrow()
+    """interval_coverage of the run's published intervals (`ranks`: its job_skill_rank
+    columns, ``ranking_columns``), per segment of titles: the mean over titles of the share of
+    their planted skills whose planted share lies inside the interval, and coverage_titles,
+    how many titles were judged. No rows for a run without intervals (softmax)."""
+    table = ranks.filter(pc.is_valid(ranks["probability_low"]))
+    # Only the rows of planted (title, skill) pairs are judged: the others (most of the
+    # million) are left out here, in numpy, not one by one in Python.
+    pair = (table["job_id"].to_numpy().astype(np.int64) << 32) | table["skill_id"].to_numpy()
+    planted = np.fromiter((j << 32 | s for j, row in shares.items() for s in row), np.int64)
+    table = table.filter(np.isin(pair, planted))
     published: dict[int, list[tuple[int, float, float]]] = defaultdict(list)
     for job_id, skill_id, low, high in zip(
-        *(table.column(c).to_pylist() for c in table.column_names), strict=True
+        *(table.column(c).to_pylist() for c in _INTERVAL_COLUMNS), strict=True
     ):
         published[job_id].append((skill_id, low, high))
     covered = interval_coverage(published, shares, generic)
@@ -272,34 +286,30 @@ def _coverage_rows(
 
 
 def _segment_precision_rows(
-    ctx: StageContext,
-    run_id: str,
+    params: EvaluateConfig,
+    segment_ranks: pa.Table,
+    ranks: pa.Table,
     planted: dict[tuple[str, str, int], np.ndarray],
     generic: np.ndarray,
     bootstrap: Bootstrap,
 ) -> list[EvaluationRow]:
-    """Planted segment skills found by the run's segment rankings against its pooled ranking
-    of the same titles, on the (segment, title) pairs with at least the last of
-    evaluate.title_buckets training profiles."""
-    params = ctx.config.evaluate
+    """Planted segment skills found by the run's segment rankings (`segment_ranks`: its
+    job_skill_rank_by_segment columns) against its pooled ranking of the same titles
+    (`ranks`: its job_skill_rank columns), on the (segment, title) pairs with at least the
+    last of evaluate.title_buckets training profiles."""
     least = params.title_buckets[-1]
-    segment_rows = ctx.spark.sql(
-        f"SELECT segment_type, segment, job_id, skill_id FROM"
-        f" {ctx.table('job_skill_rank_by_segment')} WHERE run_id = '{run_id}'"
-        f" AND profiles >= {least} ORDER BY segment_type, segment, job_id, rank"
-    ).toArrow()
-    # The pooled ranking's million rows are put in order here: half the query's time in Spark.
-    pooled_rows = ctx.spark.sql(
-        f"SELECT job_id, skill_id, rank FROM {ctx.table('job_skill_rank')}"
-        f" WHERE run_id = '{run_id}'"
-    ).toArrow()
+    # Both come in no given order: the (segment, job) rows are put in order here, in Arrow,
+    # and the pooled ranking's million rows with numpy.
+    segment_rows = segment_ranks.filter(pc.greater_equal(segment_ranks["profiles"], least))
+    segment_rows = segment_rows.sort_by([(c, "ascending") for c in _SEGMENT_ORDER])
     ranked: dict[tuple[str, str, int], list[int]] = defaultdict(list)
     for segment_type, segment, job_id, skill_id in zip(
-        *(segment_rows.column(c).to_pylist() for c in segment_rows.column_names), strict=True
+        *(segment_rows.column(c).to_pylist() for c in _SEGMENT_ORDER[:3] + ("skill_id",)),
+        strict=True,
     ):
         ranked[segment_type, segment, job_id].append(skill_id)
-    jobs, skills, ranks = (pooled_rows.column(c).to_numpy() for c in ("job_id", "skill_id", "rank"))
-    order = np.lexsort((ranks, jobs))
+    jobs, skills, order_in_job = (ranks[c].to_numpy() for c in ("job_id", "skill_id", "rank"))
+    order = np.lexsort((order_in_job, jobs))
     jobs, skills = jobs[order], skills[order]
     firsts = np.flatnonzero(np.diff(jobs, prepend=-1))  # where each job's rows start
     pooled = {}

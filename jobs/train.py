@@ -50,11 +50,14 @@ from jobs._cli import (
     run_stages,
 )
 from jobs._runs import (
+    RANKING_COLUMNS,
     current_run,
     hand_off_counts,
     hand_off_history,
     hand_off_phi,
+    hand_off_rankings,
     profile_segments,
+    ranking_schema,
     record_event,
 )
 from skillrank import rankings
@@ -209,8 +212,9 @@ def run(ctx: StageContext) -> StageResult:
                 counts, manifest, ctx.config.evaluate.smoothing, batch_size
             )
         with ctx.step("published phi and rankings"):
-            _publish(ctx, result, manifest, segments, counts.pair)
+            published = _publish(ctx, result, manifest, segments, counts.pair)
         hand_off_phi(ctx, ctx.run_id, result.phi_t)
+        hand_off_rankings(ctx, ctx.run_id, published)
         hand_off_history(ctx, ctx.run_id, result.history)
         hand_off_counts(ctx, manifest, counts)
         outcome = _run_outcome(result, test_loss)
@@ -422,10 +426,11 @@ def _publish(
     manifest: Manifest,
     segments: Segments | None,
     pairs: torch.Tensor,
-) -> None:
+) -> dict[str, pa.Table]:
     """Stage phi and the rankings as Parquet (block by block), then append them with Spark.
 
-    `pairs` (J x S, CoCounts.pair of the train split) gives each ranked pair its support."""
+    `pairs` (J x S, CoCounts.pair of the train split) gives each ranked pair its support.
+    Returns the RANKING_COLUMNS of the rankings it published (for evaluate)."""
     spark, k = ctx.spark, ctx.config.publish
     phi_t = result.phi_t
     staging = resolve_path(ctx.workdir, f"{ctx.config.catalog.staging_dir}/{ctx.run_id}")
@@ -451,6 +456,9 @@ def _publish(
         if segments
         else iter([]),
     }
+    kept: dict[str, list[pa.Table]] = {key: [] for key in RANKING_COLUMNS}
+    for key in RANKING_COLUMNS:
+        staged[key] = _keeping(staged[key], ranking_schema(key), kept[key])
     try:
         rows = {}
         for name, blocks in staged.items():
@@ -496,6 +504,27 @@ def _publish(
     finally:
         if fs.get_file_info(root).type != pafs.FileType.NotFound:
             fs.delete_dir(root)
+    # One contiguous copy of each column, in Arrow's memory: the blocks' arrays go now (held
+    # to the end of the application, they kept the process's peak 0.15 GiB higher).
+    return {
+        key: pa.concat_tables(tables).combine_chunks()
+        if tables
+        else ranking_schema(key).empty_table()
+        for key, tables in kept.items()
+    }
+
+
+def _keeping(blocks: Iterator[dict], schema: pa.Schema, kept: list[pa.Table]) -> Iterator[dict]:
+    """The blocks as they come, the columns of `schema` of each appended to `kept` (a column
+    the blocks lack, such as a softmax run's interval, as nulls)."""
+    for block in blocks:
+        rows = len(next(iter(block.values())))
+        columns = [
+            _arrow_column(block[f.name]).cast(f.type) if f.name in block else pa.nulls(rows, f.type)
+            for f in schema
+        ]
+        kept.append(pa.Table.from_arrays(columns, schema=schema))
+        yield block
 
 
 def _with_support(blocks: Iterator[dict], pairs: torch.Tensor) -> Iterator[dict]:

@@ -18,11 +18,15 @@ from pyspark.sql import functions as F
 
 from jobs._cli import StageContext
 from jobs._runs import (
+    RANKING_COLUMNS,
     evaluation_rows,
     hand_off_evaluation,
     hand_off_history,
     hand_off_phi,
+    hand_off_rankings,
     load_phi,
+    ranking_columns,
+    ranking_schema,
     replace_run_rows,
     standing_rows,
     training_history,
@@ -184,8 +188,8 @@ def test_rerunning_evaluate_replaces_the_runs_rows(
         ("succeeded", 0, 0)
     ]
     # Another batch size scores the same profiles: the run's rows are replaced by equal ones.
-    # The first evaluate ran with train (conftest): on the phi train handed over in memory;
-    # this one reads it from the table.
+    # The first evaluate ran with train (conftest): on the phi and the rankings (interval
+    # coverage) train handed over in memory; this one reads them from the tables.
     batch = ("--conf", "evaluate.batch_size=7")
     assert evaluated.run(["evaluate"], *run, *SETTINGS, *EVALUATE, *batch) == 0
     assert table_version(evaluated.spark, f"{evaluated.database}.evaluation") == version + 1
@@ -237,6 +241,11 @@ def test_a_later_stage_takes_what_train_and_evaluate_handed_over(spark: SparkSes
     rows = [{"method": "model", "metric": "kl", "k": None, "segment": "all", "value": 1.9}]
     hand_off_evaluation(ctx, "train-b", rows)
     assert evaluation_rows(ctx, "train-b") is rows
+    # And evaluate takes the columns of the rankings train published.
+    rankings = {key: ranking_schema(key).empty_table() for key in RANKING_COLUMNS}
+    hand_off_rankings(ctx, "train-b", rankings)
+    for key, table in rankings.items():
+        assert ranking_columns(ctx, key, "train-b") is table
 
 
 def test_evaluate_names_a_run_that_does_not_exist(evaluated: Pipeline) -> None:
