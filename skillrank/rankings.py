@@ -221,14 +221,17 @@ def top_k(scores: Tensor, k: int) -> Tensor:
     lower column id, which ``torch.topk`` does not promise."""
     b, width = scores.shape
     k = min(k, width)
-    if torch.isnan(scores).any():
-        # nan compares false with everything: the selection below would come out short.
-        raise ValueError("scores hold nan: cannot rank")
     # One more than k: a row's (k+1)-th score equals its k-th exactly when more skills tie at
     # the k-th score than the top k holds. Then which of them topk took is arbitrary: those
     # rows (rare with real-valued scores) take the lowest ids instead. (Counting the ties over
     # the whole row took a quarter of evaluate's planted-truth check.)
     values, ids = torch.topk(scores, min(k + 1, width), dim=1)
+    # nan compares false with everything: the selection below would come out short. topk
+    # ranks nan above every number (PyTorch's CPU comparator, whatever the sign bit), so a row
+    # holding one has it first; on another device the whole matrix is checked.
+    first = values[:, :1] if scores.device.type == "cpu" else scores
+    if bool(torch.isnan(first).any()):
+        raise ValueError("scores hold nan: cannot rank")
     threshold = values[:, k - 1 : k]
     ambiguous = (values[:, k:] == threshold).any(dim=1).nonzero()
     ids = ids[:, :k]

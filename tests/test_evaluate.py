@@ -879,3 +879,11 @@ def test_top_k_ranks_by_score_then_lowest_id() -> None:
             for row in range(60)
         ]
         assert rankings.top_k(scores, k).tolist() == expected, k
+    # A nan anywhere in a row (with either sign bit, beside -inf) is refused whatever k.
+    for row, column in ((0, 0), (30, 24), (7, 2)):
+        for nan in (torch.nan, -torch.nan):
+            bad = scores.clone()
+            bad[row, column] = nan
+            for k in (1, 10):
+                with pytest.raises(ValueError, match="scores hold nan: cannot rank"):
+                    rankings.top_k(bad, k)
