@@ -260,7 +260,12 @@ def training_counts(ctx: StageContext, manifest: Manifest, batch_size: int) -> C
 RANKING_COLUMNS = {
     "job_skill_rank": ("job_id", "skill_id", "rank", "probability_low", "probability_high"),
     "job_skill_rank_by_segment": (
-        *("segment_type", "segment", "job_id", "skill_id", "rank", "profiles"),
+        "segment_type",
+        "segment",
+        "job_id",
+        "skill_id",
+        "rank",
+        "profiles",
     ),
 }
 
