@@ -13,7 +13,7 @@ import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +35,8 @@ from skillrank.promotion import REJECTED, current_run_sql
 from skillrank.shards import Manifest
 from skillrank.tables import SPECS, conform, table_name, table_version
 from skillrank.trainer import EpochRecord, count_split
+
+T = TypeVar("T")
 
 
 def add_run_argument(parser: argparse.ArgumentParser) -> None:
@@ -223,6 +225,11 @@ def hand_off_phi(ctx: StageContext, run_id: str, phi_t: torch.Tensor) -> None:
     ctx.handoff.phi = (run_id, phi_t)
 
 
+def _held(slot: tuple[str, T] | None, key: str) -> T | None:
+    """What a Handoff slot holds when it was left for `key` (a run id), else None."""
+    return slot[1] if slot is not None and slot[0] == key else None
+
+
 def hand_off_history(ctx: StageContext, run_id: str, history: list[EpochRecord]) -> None:
     """Leave the epochs of the run train published to the later stages of this application
     (``training_history``)."""
@@ -232,8 +239,8 @@ def hand_off_history(ctx: StageContext, run_id: str, history: list[EpochRecord])
 def training_history(ctx: StageContext, run_id: str) -> list[EpochRecord]:
     """The run's epochs in order: those train handed off earlier in this application, else
     read from the table."""
-    if ctx.handoff.history is not None and ctx.handoff.history[0] == run_id:
-        return ctx.handoff.history[1]
+    if (history := _held(ctx.handoff.history, run_id)) is not None:
+        return history
     table = ctx.spark.table(ctx.table("training_history")).where(F.col("run_id") == run_id)
     # A few rows: sorted here, without the sampling job of a Spark sort.
     rows = table.drop("run_id").toArrow().to_pylist()
@@ -250,9 +257,9 @@ def training_counts(ctx: StageContext, manifest: Manifest, batch_size: int) -> C
     """The co-occurrence counts of the manifest's train split: those train counted earlier
     in this application on the same shards (``hand_off_counts``; callers must not change
     them in place), else counted now in batches of `batch_size` profiles."""
-    if ctx.handoff.counts is not None and ctx.handoff.counts[0] == manifest.prepare_run_id:
+    if (counts := _held(ctx.handoff.counts, manifest.prepare_run_id)) is not None:
         ctx.log.info(f"  training counts of {manifest.prepare_run_id}: as train counted them")
-        return ctx.handoff.counts[1]
+        return counts
     return count_split(manifest, "train", batch_size)
 
 
@@ -285,8 +292,8 @@ def hand_off_rankings(ctx: StageContext, run_id: str, tables: dict[str, pa.Table
 def ranking_columns(ctx: StageContext, key: str, run_id: str) -> pa.Table:
     """RANKING_COLUMNS[key] of the run's rows of table `key`, in no given order: those train
     handed off earlier in this application, else read from the table."""
-    if ctx.handoff.rankings is not None and ctx.handoff.rankings[0] == run_id:
-        return ctx.handoff.rankings[1][key]
+    if (tables := _held(ctx.handoff.rankings, run_id)) is not None:
+        return tables[key]
     rows = ctx.spark.table(ctx.table(key)).where(F.col("run_id") == run_id)
     return rows.select(*RANKING_COLUMNS[key]).toArrow()
 
@@ -300,8 +307,8 @@ def hand_off_evaluation(ctx: StageContext, run_id: str, rows: list[dict[str, Any
 def evaluation_rows(ctx: StageContext, run_id: str) -> list[dict[str, Any]]:
     """The run's evaluation rows as dicts without the run id: those evaluate handed off
     earlier in this application, else read from the table."""
-    if ctx.handoff.evaluation is not None and ctx.handoff.evaluation[0] == run_id:
-        return ctx.handoff.evaluation[1]
+    if (rows := _held(ctx.handoff.evaluation, run_id)) is not None:
+        return rows
     table = ctx.spark.table(ctx.table("evaluation")).where(F.col("run_id") == run_id)
     return table.drop("run_id").toArrow().to_pylist()
 
@@ -318,9 +325,9 @@ def load_phi(ctx: StageContext, run: Row) -> torch.Tensor:
     (deleted rows never come back); pyarrow reads them batch by batch into one dense array,
     so memory holds phi plus one record batch.
     """
-    if ctx.handoff.phi is not None and ctx.handoff.phi[0] == run.run_id:
+    if (held := _held(ctx.handoff.phi, run.run_id)) is not None:
         ctx.log.info(f"  phi of {run.run_id}: as an earlier stage of this application had it")
-        return ctx.handoff.phi[1]
+        return held
     phi = ctx.spark.table(ctx.table("phi")).where(F.col("run_id") == run.run_id)
     files = phi.inputFiles()
     if not files:

@@ -328,9 +328,9 @@ def _segment_figure(ctx: StageContext, out: Path, table: str, run_id: str) -> re
         .toArrow()
         .to_pylist()
     )
-    by_pair: dict[tuple[str, str, str, int], list[dict[str, Any]]] = defaultdict(list)
+    by_pair: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for row in top:
-        by_pair[row["segment_type"], row["segment"], row["job_title"], row["profiles"]].append(row)
+        by_pair[tuple(row[c] for c in _PAIR)].append(row)
     chosen = report.segment_pair(sorted(by_pair))
     if chosen is None:
         return None
