@@ -824,6 +824,29 @@ def test_published_ranks_break_ties_by_the_lower_id() -> None:
             assert got[r] == [(n, i, values[i]) for n, i in enumerate(best, 1)], (item_key, r)
 
 
+def test_rankings_of_a_wide_phi_are_the_whole_rows_arithmetic() -> None:
+    # Wide enough that each row's total is taken a few rows at a time and each skill's column
+    # is copied in bands of jobs (rankings' cache-sized pieces, ragged at the end): the ranks
+    # and the probabilities are those of whole rows in double, to the bit.
+    phi_t = torch.randn(300, 17_000, generator=torch.Generator().manual_seed(8))
+    for (columns,), rows, row_key, item_key in (
+        (list(rankings.top_skills_per_job(phi_t, 3, block=300)), phi_t, "job_id", "skill_id"),
+        (
+            list(rankings.top_jobs_per_skill(phi_t, 3, block=17_000)),
+            phi_t.T.contiguous(),  # a sum over a strided row may round differently
+            "skill_id",
+            "job_id",
+        ),
+    ):
+        top = torch.topk(rows, 3, dim=1)  # real-valued draws: no ties
+        log_total = torch.logsumexp(rows.double(), dim=1, keepdim=True)
+        assert columns[row_key].tolist() == [r for r in range(len(rows)) for _ in range(3)]
+        assert columns[item_key].tolist() == top.indices.reshape(-1).tolist()
+        assert np.array_equal(columns["weight"], top.values.reshape(-1).numpy())
+        expected = torch.exp(top.values.double() - log_total).reshape(-1).numpy()
+        assert np.array_equal(columns["probability"], expected), item_key
+
+
 def test_neighbors_in_blocks_are_the_exact_cosine_top_k() -> None:
     # 11 jobs x 8 skills in blocks of 3 (and of 20: one block): every pair of blocks, the
     # diagonal ones and the ragged last one, must give each row its k most similar others.

@@ -6,6 +6,7 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
@@ -113,6 +114,31 @@ def test_a_table_created_without_its_constraints_gains_them_once(
     assert "delta.constraints.similarity_in_range" in properties
     with pytest.raises(Exception, match="CHECK constraint similarity_in_range"):
         spark.sql(f"INSERT INTO {table} VALUES ('r1', 0, 'nurse', 1, 1, 'welder', 1.5, 9)")
+
+
+def test_phi_is_written_without_dictionary_pages_and_an_older_phi_gains_the_setting(
+    spark: SparkSession, config: Config
+) -> None:
+    # phi's table property turns Parquet's dictionary encoding off (a run's weights are
+    # distinct floats); a phi an older version created without it gains it, in one commit.
+    local, table = _older_table(spark, config, "t_dictionary", "phi", [])
+    commits = DeltaTable.forName(spark, table).history().count()
+    declare_tables(spark, local, ["phi"])
+    declare_tables(spark, local, ["phi"])  # again: nothing more to set
+    assert DeltaTable.forName(spark, table).history().count() == commits + 1
+    fresh = replace(local, catalog=replace(local.catalog, database="t_dictionary_new"))
+    declare_tables(spark, fresh, ["phi"])
+    for name in (table, table_name(fresh, "phi")):
+        properties = {r.key: r.value for r in spark.sql(f"SHOW TBLPROPERTIES {name}").collect()}
+        assert properties["parquet.enable.dictionary"] == "false", name
+        # Few distinct weights: without the setting, Parquet would store them as a dictionary.
+        spark.sql(f"INSERT INTO {name} VALUES ('r1', 0, array(1.0F, 1.0F, 2.0F, 1.0F))")
+        location = spark.sql(f"DESCRIBE DETAIL {name}").first().location.removeprefix("file:")
+        (data,) = (f for f in Path(location).rglob("*.parquet") if "_delta_log" not in f.parts)
+        group = pq.ParquetFile(data).metadata.row_group(0)
+        columns = (group.column(i) for i in range(group.num_columns))
+        (weights,) = (c for c in columns if c.path_in_schema == "weights.list.element")
+        assert not weights.has_dictionary_page and "PLAIN" in weights.encodings, name
 
 
 def test_a_location_left_by_a_killed_create_is_cleared_but_data_is_kept(
