@@ -8,8 +8,9 @@
 #   tools: setup, sql, thriftserver start|stop|status; --version; --help lists them all
 #
 # On first use it creates the virtual environment .venv from pyproject.toml (and again
-# whenever pyproject.toml changes); the Delta Lake JARs are resolved by Ivy on the first
-# Spark start and cached under .cache/ivy. Everything else happens in jobs/_launch.py.
+# whenever pyproject.toml changes); before the first Spark start the Delta Lake JARs are
+# resolved by Ivy (cached under .cache/ivy) and the Spark driver's classes archived for the
+# JVM (.cache/jvm). Everything else happens in jobs/_launch.py.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

@@ -277,11 +277,20 @@ def require_table(
 def local_table_dir(args: argparse.Namespace, config: Config, key: str) -> Path | None:
     """Where table `key` lives under the embedded default (a warehouse on this machine, the
     metastore of --workdir); None when tables live elsewhere."""
-    warehouse = config.catalog.warehouse_dir
-    if "://" in warehouse or "spark.hadoop.hive.metastore.uris" in config.spark.extra_conf:
+    if not embedded_catalog(config):
         return None
+    warehouse = config.catalog.warehouse_dir
     database, table = config.catalog.database, config.catalog.tables[key]
     return Path(args.workdir).resolve() / warehouse / f"{database}.db" / table.lower()
+
+
+def embedded_catalog(config: Config) -> bool:
+    """Whether the tables live under the work directory, in its own Derby metastore (the
+    embedded default), rather than in a warehouse or metastore elsewhere."""
+    return not (
+        "://" in config.catalog.warehouse_dir
+        or "spark.hadoop.hive.metastore.uris" in config.spark.extra_conf
+    )
 
 
 def run_stages(

@@ -16,8 +16,10 @@ import fcntl
 import hashlib
 import importlib
 import io
+import multiprocessing
 import os
 import sys
+import tempfile
 import time
 import zipfile
 from datetime import UTC, datetime
@@ -25,16 +27,26 @@ from importlib import metadata
 from pathlib import Path
 
 from jobs import thriftserver
-from jobs._cli import StageError, common_parser, config_of, dry_run_lines, parse_stage_args
+from jobs._cli import (
+    StageError,
+    common_parser,
+    config_of,
+    dry_run_lines,
+    embedded_catalog,
+    parse_stage_args,
+)
 from skillrank.config import PROJECT_ROOT, Config, ConfigError
 from skillrank.servers import served_metastore_port
 from skillrank.session import (
+    QUIET_CLASS_SHARING,
     build_spark,
+    class_archive,
     driver_environment,
     package_jars,
     repair_metastore,
     spark_settings,
 )
+from skillrank.tables import table_name
 
 STAGE_NAMES = (
     *("generate", "ingest", "prepare", "train", "evaluate", "report", "all"),
@@ -167,6 +179,65 @@ def _resolve_jars(config: Config, workdir: Path, master: str) -> None:
     spark.stop()
 
 
+def _archive_classes(config: Config) -> None:
+    """Write the driver JVM's class archive (session.class_archive), once per Java, pyspark
+    and JAR set: a driver in a separate process (a JVM per process) declares two tables on a
+    scratch work directory and queries one, then dumps the classes it loaded as it exits.
+    Only for the embedded default: the scratch run must not reach a shared warehouse or
+    metastore."""
+    target = class_archive(config)
+    if target.is_file() or not embedded_catalog(config):
+        return
+    print("spark-submit.sh: archiving the Spark driver's classes (once, about half a minute)",
+          file=sys.stderr)  # fmt: skip
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    loader = multiprocessing.get_context("spawn").Process(
+        target=_load_classes, args=(config, partial)
+    )
+    loader.start()
+    loader.join()
+    if loader.exitcode == 0 and partial.is_file():
+        partial.replace(target)  # atomic: a concurrent launch maps a whole archive or none
+        for old in target.parent.glob("spark-*"):
+            if old != target:
+                old.unlink(missing_ok=True)
+    else:  # the runs work without it, only slower
+        partial.unlink(missing_ok=True)
+        print("spark-submit.sh: warning: no class archive written; runs start without it",
+              file=sys.stderr)  # fmt: skip
+
+
+def _load_classes(config: Config, archive: Path) -> None:
+    """_archive_classes' driver: its JVM writes `archive` when it exits."""
+    from pyspark import SparkContext
+
+    from skillrank.tables import SPECS, declare_tables
+
+    with tempfile.TemporaryDirectory() as scratch:
+        workdir = Path(scratch)
+        options = spark_settings(config, workdir)["spark.driver.extraJavaOptions"]
+        # The archive holds what was loaded, whichever compiler ran it: C1 alone costs less.
+        dump = f"{options} -XX:TieredStopAtLevel=1 -XX:ArchiveClassesAtExit={archive}"
+        spark = build_spark(
+            config, workdir, "local[2]", "skillrank-setup-classes",
+            extra={
+                "spark.ui.enabled": "false",
+                "spark.driver.extraJavaOptions": f"{dump} {QUIET_CLASS_SHARING}",
+            },
+        )  # fmt: skip
+        # Tables of both kinds (partitioned, with constraints), written and read: the
+        # classes of a run's first steps. A stage loads the rest as it goes.
+        declare_tables(spark, config, ["stage_runs", "job_skill_rank"])
+        record = spark.createDataFrame([], SPECS["stage_runs"].schema)
+        record.write.insertInto(table_name(config, "stage_runs"))
+        spark.table(table_name(config, "job_skill_rank")).groupBy("run_id").count().collect()
+        jvm = SparkContext._gateway.proc  # type: ignore[union-attr]
+        spark.stop()
+        jvm.stdin.close()  # the JVM exits when its parent's pipe closes, and dumps then
+        jvm.wait()
+
+
 def _thriftserver(
     args: argparse.Namespace, config: Config, workdir: Path, master: str, prog: str
 ) -> int:
@@ -252,10 +323,16 @@ def main(argv: list[str]) -> int:
                 file=sys.stderr,
             )
 
-    if command in ("setup", "thriftserver") and not package_jars(config):
-        _resolve_jars(config, workdir, master)
+    if command != "thriftserver" or args.action == "start":
+        # What set-up leaves when a command that starts Spark runs first: the JARs, then the
+        # class archive of the driver JVM that the command starts.
+        if not package_jars(config):
+            _resolve_jars(config, workdir, master)
+        _archive_classes(config)
     if command == "setup":
         print(f"setup: JARs cached: {', '.join(Path(j).name for j in package_jars(config))}")
+        archive = class_archive(config)
+        print(f"setup: the driver's class archive: {archive if archive.is_file() else 'none'}")
         return 0
     if command == "thriftserver":
         return _thriftserver(args, config, workdir, master, prog)

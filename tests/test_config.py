@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import subprocess
 import sys
 import time
 import typing
@@ -17,6 +18,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from jobs._launch import main as launch
+from skillrank import session
 from skillrank.config import CONF_DIR, Bound, Config, ConfigError, GenerateConfig, load_config
 from skillrank.session import driver_environment, local_path, resolve_path, spark_settings
 
@@ -288,6 +290,41 @@ def test_python_workers_run_the_drivers_interpreter(spark: SparkSession) -> None
     # session's workers ran the system's, without the project's packages).
     interpreter = F.udf(lambda _: sys.executable, "string")  # `sys` is the worker's there
     assert spark.range(1).select(interpreter("id")).first()[0] == sys.executable
+
+
+def test_drivers_map_the_class_archive_once_it_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(session, "CLASS_ARCHIVE_DIR", tmp_path)
+    config = load_config()
+
+    def options() -> str:
+        return spark_settings(config, tmp_path)["spark.driver.extraJavaOptions"]
+
+    assert "SharedArchiveFile" not in options()
+    archive = session.class_archive(config)
+    assert archive.parent == tmp_path
+    archive.write_bytes(b"")
+    assert options().endswith(f" -XX:SharedArchiveFile={archive} {session.QUIET_CLASS_SHARING}")
+    # Another JAR set is another archive.
+    other = load_config(overrides=[f"spark.ivy_dir={tmp_path / 'ivy'}"])
+    assert session.class_archive(other) != archive
+
+
+def test_the_shared_session_loads_most_classes_from_the_archive(spark: SparkSession) -> None:
+    # tests/run.sh runs `setup` first, which builds the archive: the JVM must have accepted it
+    # (it refuses, silently, one that does not match its build or class path). Alone in a
+    # process, this test's fresh session counted 9,790 classes mapped from archives and 1,510
+    # loaded from JARs; without the archive, 1,231 (the JDK's own archive) and 10,212.
+    pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()  # type: ignore[union-attr]
+    printed = subprocess.run(["jcmd", str(pid), "PerfCounter.print"], capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+    counters = dict(line.split("=", 1) for line in printed.splitlines() if "=" in line)
+    shared, loaded = (
+        int(counters["java.cls.sharedLoadedClasses"]),
+        int(counters["java.cls.loadedClasses"]),
+    )
+    assert shared > 4 * loaded, (shared, loaded)
 
 
 def test_config_files_overlay_the_environment_and_conf_overrides_them(tmp_path: Path) -> None:
