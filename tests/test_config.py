@@ -311,20 +311,18 @@ def test_drivers_map_the_class_archive_once_it_exists(
     assert session.class_archive(other) != archive
 
 
-def test_the_shared_session_loads_most_classes_from_the_archive(spark: SparkSession) -> None:
+def test_the_shared_session_maps_the_class_archive(spark: SparkSession) -> None:
     # tests/run.sh runs `setup` first, which builds the archive: the JVM must have accepted it
-    # (it refuses, silently, one that does not match its build or class path). Alone in a
-    # process, this test's fresh session counted 9,790 classes mapped from archives and 1,510
-    # loaded from JARs; without the archive, 1,231 (the JDK's own archive) and 10,212.
+    # (it refuses, silently, one that does not match its build or class path). Without it,
+    # the only classes mapped are those of the JDK's own archive, at most the 1,397 lines of
+    # its lib/classlist (1,231 in a fresh session); with it, 9,790 in a fresh session and
+    # 20,419 at the end of a full suite run.
     pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()  # type: ignore[union-attr]
     printed = subprocess.run(["jcmd", str(pid), "PerfCounter.print"], capture_output=True,
                              text=True, check=True).stdout  # fmt: skip
     counters = dict(line.split("=", 1) for line in printed.splitlines() if "=" in line)
-    shared, loaded = (
-        int(counters["java.cls.sharedLoadedClasses"]),
-        int(counters["java.cls.loadedClasses"]),
-    )
-    assert shared > 4 * loaded, (shared, loaded)
+    mapped = int(counters["java.cls.sharedLoadedClasses"])
+    assert mapped > 5_000, mapped
 
 
 def test_config_files_overlay_the_environment_and_conf_overrides_them(tmp_path: Path) -> None:
