@@ -179,16 +179,17 @@ def _resolve_jars(config: Config, workdir: Path, master: str) -> None:
     spark.stop()
 
 
-def _archive_classes(config: Config) -> None:
+def _archive_classes(config: Config, retry: bool) -> None:
     """Write the driver JVM's class archive (session.class_archive), once per Java, pyspark
     and JAR set: a driver in a separate process (a JVM per process) declares two tables on a
-    scratch work directory and queries one, then dumps the classes it loaded as it exits.
-    Only for the embedded default: the scratch run must not reach a shared warehouse or
-    metastore."""
+    scratch work directory, writes one and reads the other, then dumps the classes it loaded
+    as it exits. Only for the embedded default: the scratch run must not reach a shared
+    warehouse or metastore. After a failed attempt only `retry` (setup) tries again."""
     target = class_archive(config)
-    if target.is_file() or not embedded_catalog(config):
+    failed = target.with_name(f"{target.name}.failed")
+    if target.is_file() or not embedded_catalog(config) or (failed.is_file() and not retry):
         return
-    print("spark-submit.sh: archiving the Spark driver's classes (once, about half a minute)",
+    print("spark-submit.sh: archiving the Spark driver's classes (once, about a minute)",
           file=sys.stderr)  # fmt: skip
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f"{target.name}.{os.getpid()}.tmp")
@@ -204,8 +205,9 @@ def _archive_classes(config: Config) -> None:
                 old.unlink(missing_ok=True)
     else:  # the runs work without it, only slower
         partial.unlink(missing_ok=True)
-        print("spark-submit.sh: warning: no class archive written; runs start without it",
-              file=sys.stderr)  # fmt: skip
+        failed.touch()
+        print("spark-submit.sh: warning: no class archive written; runs start without it"
+              " (`setup` tries again)", file=sys.stderr)  # fmt: skip
 
 
 def _load_classes(config: Config, archive: Path) -> None:
@@ -328,7 +330,7 @@ def main(argv: list[str]) -> int:
         # class archive of the driver JVM that the command starts.
         if not package_jars(config):
             _resolve_jars(config, workdir, master)
-        _archive_classes(config)
+        _archive_classes(config, retry=command == "setup")
     if command == "setup":
         print(f"setup: JARs cached: {', '.join(Path(j).name for j in package_jars(config))}")
         archive = class_archive(config)

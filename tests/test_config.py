@@ -17,6 +17,7 @@ import yaml
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from jobs._launch import _archive_classes
 from jobs._launch import main as launch
 from skillrank import session
 from skillrank.config import CONF_DIR, Bound, Config, ConfigError, GenerateConfig, load_config
@@ -309,6 +310,22 @@ def test_drivers_map_the_class_archive_once_it_exists(
     # Another JAR set is another archive.
     other = load_config(overrides=[f"spark.ivy_dir={tmp_path / 'ivy'}"])
     assert session.class_archive(other) != archive
+
+
+def test_a_failed_class_archive_is_not_tried_again_by_every_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A failed attempt leaves a marker: later stages start without the archive at once
+    # (not after another minute's attempt each); only `setup` tries again.
+    monkeypatch.setattr(session, "CLASS_ARCHIVE_DIR", tmp_path)
+    config = load_config()
+    failed = tmp_path / f"{session.class_archive(config).name}.failed"
+    failed.touch()
+    clock = time.monotonic()
+    _archive_classes(config, retry=False)
+    assert time.monotonic() - clock < 1.0
+    assert sorted(tmp_path.iterdir()) == [failed]
+    assert capsys.readouterr().err == ""
 
 
 def test_the_shared_session_maps_the_class_archive(spark: SparkSession) -> None:
