@@ -183,7 +183,10 @@ def run(ctx: StageContext) -> StageResult:
     _discard_interrupted(ctx)
     config = ctx.config.to_dict()
     fingerprint = inputs_fingerprint({key: config[key] for key in _READ_SECTIONS}, device)
-    standing = None if ctx.args.resume else _standing_run(ctx, manifest_text, fingerprint)
+    # Read once: one SkillRank process at a time uses the work directory (the launcher's
+    # lock), so no other run becomes current before this one's gates compare with it.
+    current = current_run(ctx)
+    standing = None if ctx.args.resume else _standing_run(current, manifest_text, fingerprint)
     if standing is not None:
         return StageResult(
             rows_in=0,
@@ -221,7 +224,7 @@ def run(ctx: StageContext) -> StageResult:
         reasons = gate_reasons(
             RunScores(ctx.run_id, **{k: outcome[k] for k in _SCORES}),
             cooccurrence_ndcg,
-            _scores(current_run(ctx)),
+            _scores(current),
             ctx.config.publish,
         )
         verdict = "; ".join(reasons) or "passed"
@@ -260,11 +263,10 @@ def run(ctx: StageContext) -> StageResult:
 _READ_SECTIONS = ("catalog", "train", "publish", "evaluate")
 
 
-def _standing_run(ctx: StageContext, manifest_text: str, fingerprint: str) -> Row | None:
-    """The current run when training now would repeat it: trained on the same shard set
-    (the same manifest, to the byte) with the same settings, device and code. A run has no
-    random state beyond its seeds, so a second one would publish the same tables again."""
-    current = current_run(ctx)
+def _standing_run(current: Row | None, manifest_text: str, fingerprint: str) -> Row | None:
+    """`current` (the current run) when training now would repeat it: trained on the same
+    shard set (the same manifest, to the byte) with the same settings, device and code. A run
+    has no random state beyond its seeds, so a second one would publish the same tables again."""
     if current is None or current.input_manifest != manifest_text:
         return None
     return current if current.inputs_fingerprint == fingerprint else None
