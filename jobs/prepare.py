@@ -26,8 +26,8 @@ import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
+import pyarrow.parquet as pq
 from delta.tables import DeltaTable
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Row
@@ -108,20 +108,13 @@ def _write_shards(
     )
 
 
-def _shard_listing(ctx: StageContext, path: str, base: Path) -> list[ShardFile]:
-    """The Parquet files Spark wrote at `path` with their rows, named relative to `base`."""
-    counts = (
-        ctx.spark.read.parquet(path)
-        .groupBy(F.col("_metadata.file_path").alias("file"))
-        .count()
-        .orderBy("file")
-        .collect()
-    )
-    # Spark reports each file as a percent-encoded URI.
-    return [
-        ShardFile(str(Path(unquote(urlparse(r.file).path)).relative_to(base)), r["count"])
-        for r in counts
-    ]
+def _shard_listing(directory: Path, base: Path) -> list[ShardFile]:
+    """The Parquet files Spark wrote into `directory` that hold rows, each with its rows (read
+    from its footer: no Spark job), named relative to `base`, in name order. Like Spark, it
+    skips names that start with "_" or "." (_SUCCESS, the .crc checksums)."""
+    files = sorted(p for p in directory.glob("*.parquet") if not p.name.startswith((".", "_")))
+    listing = [ShardFile(str(f.relative_to(base)), pq.read_metadata(f).num_rows) for f in files]
+    return [f for f in listing if f.rows]
 
 
 def _local_dir(uri: str) -> Path:
@@ -273,7 +266,7 @@ def run(ctx: StageContext) -> StageResult:
         for split in SPLITS:
             path = f"{set_uri}/{split}"
             _write_shards(usable, split, split_rows[split], params.rows_per_shard, path)
-            split_files[split] = _shard_listing(ctx, path, local_root)
+            split_files[split] = _shard_listing(local_root / ctx.run_id / split, local_root)
         encoded.unpersist()
         for name, vocab, key in (
             ("job_vocab", job_vocab, "job_id"),
@@ -281,7 +274,14 @@ def run(ctx: StageContext) -> StageResult:
         ):
             vocab.coalesce(1).orderBy(key).write.mode("overwrite").parquet(f"{set_uri}/{name}")
 
-    vocab_sizes = {"jobs": job_vocab.count(), "skills": skill_vocab.count()}
+    vocab_files = {
+        name: _shard_listing(local_root / ctx.run_id / name, local_root)
+        for name in ("job_vocab", "skill_vocab")
+    }
+    vocab_sizes = {
+        "jobs": sum(f.rows for f in vocab_files["job_vocab"]),
+        "skills": sum(f.rows for f in vocab_files["skill_vocab"]),
+    }
     manifest = Manifest(
         prepare_run_id=ctx.run_id,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -291,10 +291,7 @@ def run(ctx: StageContext) -> StageResult:
         job_weighting=params.job_weighting,
         jobs=vocab_sizes["jobs"],
         skills=vocab_sizes["skills"],
-        vocab_files={
-            name: _shard_listing(ctx, f"{set_uri}/{name}", local_root)
-            for name in ("job_vocab", "skill_vocab")
-        },
+        vocab_files=vocab_files,
         split_files=split_files,
         shard_columns=SHARD_COLUMNS,
         delta_versions=versions,
