@@ -17,6 +17,7 @@ import argparse
 import glob
 import os
 import re
+from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -350,25 +351,22 @@ def run(ctx: StageContext) -> StageResult:
         conform(accepted_profiles(parsed), "profiles_raw").write.insertInto(
             ctx.table("profiles_raw")
         )
-        quarantine = quarantined_lines(parsed)
-        conform(quarantine, "quarantine").write.insertInto(ctx.table("quarantine"))
-        per_file = {
-            r.source_file: r
-            for r in parsed.groupBy("source_file")
-            .agg(
-                F.count(F.lit(1)).alias("lines"),
-                F.count_if(F.col("reason").isNull()).alias("accepted"),
-            )
-            .collect()
-        }
-        by_reason = {r.reason: r["count"] for r in quarantine.groupBy("reason").count().collect()}
+        conform(quarantined_lines(parsed), "quarantine").write.insertInto(ctx.table("quarantine"))
+        # One pass counts the lines per file and reason (None: accepted).
+        counted = parsed.groupBy("source_file", "reason").count().collect()
     finally:
         _delete_path(spark, staging)
 
+    file_lines, file_accepted, by_reason = Counter[str](), Counter[str](), Counter[str]()
+    for r in counted:
+        file_lines[r.source_file] += r["count"]
+        if r.reason is None:
+            file_accepted[r.source_file] += r["count"]
+        else:
+            by_reason[r.reason] += r["count"]
     records = []
     for f in new:
-        stats = per_file.get(f.path)
-        lines, accepted = (stats.lines, stats.accepted) if stats else (0, 0)
+        lines, accepted = file_lines[f.path], file_accepted[f.path]
         records.append(
             (f.path, f.size, f.modified_at, ctx.run_id, lines, accepted, lines - accepted)
         )
