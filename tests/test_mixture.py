@@ -159,7 +159,10 @@ def test_neighbour_prior_borrows_from_the_title_whose_skills_explain_its_credit(
     counts[0, :3] = torch.tensor([40.0, 30.0, 20.0])
     counts[1, [0, 2]] = torch.tensor([8.0, 4.0])
     counts[2, 3:5] = torch.tensor([25.0, 15.0])
-    theta = theta_matrix(counts, counts.sum(dim=1), torch.full((1, 6), 1 / 6), 1.0)
+    totals = counts.double().sum(dim=1)
+    # The popularity phase's theta, whose prior the search assumes.
+    p0 = torch.tensor([0.1, 0.1, 0.1, 0.2, 0.2, 0.3])
+    theta = theta_matrix(counts, totals.float(), p0[None, :], 1.0)
     base = torch.full((6,), 1 / 6)
     # Reference: every other title's log-likelihood of j's credit, softmax over the best 3.
     expected = base[None, :].repeat(4, 1)
@@ -169,15 +172,18 @@ def test_neighbour_prior_borrows_from_the_title_whose_skills_explain_its_credit(
         weights = torch.softmax(scores, dim=0)
         expected[j] = sum(w * theta[k] for w, k in zip(weights, others, strict=True))
     monkeypatch.setattr(mixture, "_NEIGHBOUR_BLOCK", 3)  # two blocks, split inside the titles
-    prior = neighbour_prior(counts, theta, base)
-    torch.testing.assert_close(prior, expected)
+    for dense_above in (0, 1, 2):  # every credited skill dense; skills 0 and 2 dense; none
+        monkeypatch.setattr(mixture, "_DENSE_SKILL_TITLES", dense_above)
+        prior = neighbour_prior(counts, totals, p0, 1.0, base)
+        torch.testing.assert_close(prior, expected)
     torch.testing.assert_close(prior.sum(dim=1), torch.ones(4))
     torch.testing.assert_close(prior[1], theta[0], atol=1e-3, rtol=0)  # lieutenant <- officer
     # The nurse has no relative: the nearest is the pilot's uninformed theta, not its own.
     torch.testing.assert_close(prior[2], theta[3], atol=1e-3, rtol=0)
     assert float((prior[0] - theta[0]).abs().max()) > 0.1  # the officer's is not its own
     torch.testing.assert_close(prior[3], base)
-    torch.testing.assert_close(neighbour_prior(counts[:1], theta[:1], base), base[None, :])
+    alone = neighbour_prior(counts[:1], totals[:1], p0, 1.0, base)
+    torch.testing.assert_close(alone, base[None, :])
 
 
 def _params(**changes: object) -> TrainConfig:
