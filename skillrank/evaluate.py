@@ -205,8 +205,14 @@ def mixture_method(
     row is lam * p0 + (1 - lam) * theta_j, with p0 = softmax(background), theta_j =
     exp(phi_t[j]) (phi_t is log theta: its rows are distributions already) and lam =
     `background_weight`, distributions combined as a mixture."""
-    rows = phi_t.exp().mul_(1.0 - background_weight)
-    rows.add_(background_weight * torch.softmax(background, dim=0)[None, :])
+    p0 = torch.softmax(background, dim=0)
+    return mixture_of(phi_t.exp(), p0, background_weight, name)
+
+
+def mixture_of(theta: Tensor, p0: Tensor, background_weight: float, name: str = "model") -> Method:
+    """``mixture_method`` from theta (J x S) and p0 (S,) themselves; `theta` is overwritten."""
+    rows = theta.mul_(1.0 - background_weight)
+    rows.add_(background_weight * p0[None, :])
     return Method(name, rows, "mixture")
 
 

@@ -43,7 +43,7 @@ from torch import Tensor
 
 from skillrank.checkpoint import save_best
 from skillrank.config import TrainConfig
-from skillrank.evaluate import mixture_method
+from skillrank.evaluate import mixture_of
 from skillrank.model import Batch
 from skillrank.shards import Manifest, iterate_batches, read_vocabulary
 from skillrank.trainer import (
@@ -380,8 +380,8 @@ def train_mixture(
             dist.all_reduce(counts)
         kl_sum, profiles = ranks.sum([step.kl_sum, float(step.profiles)])
         totals = counts.double().sum(dim=1)
-        phi_t = theta_matrix(counts, totals.float(), prior, alpha).log_()
-        method = mixture_method(phi_t, background, lam)
+        theta = theta_matrix(counts, totals.float(), prior, alpha)
+        method = mixture_of(theta.clone(), p0, lam)
         validation_loss, ndcg = score_split(
             method, manifest, "validation", params.batch_size, ranks
         )
@@ -391,7 +391,7 @@ def train_mixture(
         improved = ndcg > best[0]
         bad_epochs = 0 if ndcg > best[0] + params.min_improvement else bad_epochs + 1
         if improved:
-            best = (ndcg, epoch, validation_loss, phi_t)
+            best = (ndcg, epoch, validation_loss, theta)
         print(
             f"iteration {epoch} ({phase} prior) train_loss={kl_sum / profiles:.6f}"
             f" validation_loss={validation_loss:.6f} validation_ndcg@{SELECTION_K}={ndcg:.6f}"
@@ -399,7 +399,7 @@ def train_mixture(
             file=log,
             flush=True,
         )
-        del phi_t
+        del theta
         if phase == "popularity" and params.title_prior != "popularity" and not improved:
             # This phase only has to attribute the credit that the title priors pool.
             switched = time.perf_counter()
@@ -419,9 +419,10 @@ def train_mixture(
             )
         elif bad_epochs >= params.patience:
             break
-    best_ndcg, best_epoch, best_loss, best_phi = best
-    if best_phi is None:
+    best_ndcg, best_epoch, best_loss, best_theta = best
+    if best_theta is None:
         raise ValueError("the validation NDCG was never a number")
+    best_phi = best_theta.log_()
     if ranks.world > 1 and ranks.rank == 0:
         save_best(checkpoint_path, best_epoch, best_phi, background.float())
     print(
