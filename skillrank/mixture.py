@@ -345,7 +345,7 @@ def train_mixture(
     background = log p0; the test split is never read. With several ranks each reads its
     share of the shards and the credit is summed across them; rank 0 writes the best
     iteration's file for the driver (``with_best_phi``). The fit is deterministic and takes
-    about a minute at paper scale, so there is nothing to resume: `resume` is refused.
+    under a minute at paper scale, so there is nothing to resume: `resume` is refused.
     """
     if resume:
         raise ValueError("--resume applies to train.model=softmax; a mixture fit starts over")
