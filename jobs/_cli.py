@@ -100,8 +100,9 @@ class Handoff:
     so that they need not read or compute it again (jobs._runs): the run id and phi_t train
     published (load_phi) and its epochs (training_history), the prepare run id and the
     co-occurrence counts of its train split that train counted (training_counts), the run id
-    and the columns of its rankings that evaluate reads (ranking_columns), and the run id and
-    the evaluation rows that evaluate wrote or kept (evaluation_rows)."""
+    and the columns of its published rankings, neighbours and background that evaluate and
+    report read (ranking_columns), and the run id and the evaluation rows that evaluate wrote
+    or kept (evaluation_rows)."""
 
     phi: tuple[str, Tensor] | None = None
     history: tuple[str, list[EpochRecord]] | None = None

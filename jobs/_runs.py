@@ -263,17 +263,19 @@ def training_counts(ctx: StageContext, manifest: Manifest, batch_size: int) -> C
     return count_split(manifest, "train", batch_size)
 
 
-# The columns of a run's rankings that evaluate reads (``ranking_columns``).
+# The columns of a run's published tables that evaluate and report read
+# (``ranking_columns``): names are left out, the vocabularies give them.
 RANKING_COLUMNS = {
-    "job_skill_rank": ("job_id", "skill_id", "rank", "probability_low", "probability_high"),
-    "job_skill_rank_by_segment": (
-        "segment_type",
-        "segment",
-        "job_id",
-        "skill_id",
-        "rank",
-        "profiles",
+    "job_skill_rank": (
+        *("job_id", "skill_id", "rank", "probability", "probability_low", "probability_high"),
+        "support",
     ),
+    "job_skill_rank_by_segment": (
+        *("segment_type", "segment", "job_id", "skill_id", "rank", "profiles", "probability"),
+        *("probability_low", "probability_high", "lift"),
+    ),
+    "job_neighbors": ("job_id", "rank", "neighbor_job_id", "similarity"),
+    "skill_background": ("skill_id", "weight", "probability"),
 }
 
 
@@ -363,12 +365,7 @@ def load_model(ctx: StageContext, run: Row, name: str = "model") -> tuple[Method
     rows as they are). A run published before model families existed is the paper's softmax
     without a background (no skill_background rows: zeros)."""
     phi_t = load_phi(ctx, run)
-    rows = (
-        ctx.spark.table(ctx.table("skill_background"))
-        .where(F.col("run_id") == run.run_id)
-        .select("skill_id", "weight")
-        .toArrow()
-    )
+    rows = ranking_columns(ctx, "skill_background", run.run_id)
     background = torch.zeros(run.skills, dtype=torch.float32)
     if rows.num_rows:
         if rows.num_rows != run.skills:

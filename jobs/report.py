@@ -29,8 +29,10 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
-from pyspark.sql import DataFrame, Row
+from pyspark.sql import Row
 from pyspark.sql import functions as F
 
 from jobs._cli import Stage, StageContext, StageResult, inputs_fingerprint, run_stages
@@ -39,6 +41,7 @@ from jobs._runs import (
     check_trained,
     evaluation_rows,
     load_phi,
+    ranking_columns,
     replace_run_rows,
     resolve_run,
     run_manifest,
@@ -46,16 +49,15 @@ from jobs._runs import (
     training_history,
 )
 from skillrank import report, report_page
+from skillrank.config import ReportConfig
 from skillrank.shards import Manifest, read_vocabulary
 from skillrank.tables import SPECS, declare_tables, table_version
 
 # t-SNE needs a few points to place: a map of fewer is left out.
 _MIN_MAP_POINTS = 3
-# Skills per segment in Fig 8; the columns that name a (segment, title) pair, and those of
-# its bars.
+# Skills per segment in Fig 8, and the columns that name a (segment, title) pair.
 _SEGMENT_SKILLS = 10
 _PAIR = ("segment_type", "segment", "job_title", "profiles")
-_SEGMENT_BARS = ("skill_name", "probability", "probability_low", "probability_high", "lift")
 # Fig 4: co-clusters shown, and titles and skills shown of each.
 _COCLUSTERS_SHOWN = 8
 _COCLUSTER_MEMBERS_SHOWN = 5
@@ -150,12 +152,14 @@ def run(ctx: StageContext) -> StageResult:
             sections.append(
                 report.map_figure(out, key, title, coords, names[: len(rows)], params.map_labels)
             )
-    sections.append(_top_pairs(ctx, run_id))
+    # Read once for Table 4 and "What SkillRank says" (when train handed them on, not read).
+    ranks = ranking_columns(ctx, "job_skill_rank", run_id)
+    background = ranking_columns(ctx, "skill_background", run_id)
+    sections.append(_top_pairs(params, ranks, background, job_titles, skill_names))
 
-    segments = ctx.table("job_skill_rank_by_segment")
-    if spark.catalog.tableExists(segments):
+    if spark.catalog.tableExists(ctx.table("job_skill_rank_by_segment")):
         with ctx.step("Fig 8: one title's SkillRank in two segments"):
-            figure = _segment_figure(ctx, out, segments, run_id)
+            figure = _segment_figure(ctx, out, run_id, job_titles, skill_names)
             if figure is not None:
                 sections.append(figure)
 
@@ -163,6 +167,8 @@ def run(ctx: StageContext) -> StageResult:
     scores = report.Scores.of(evaluation)
     if evaluation:
         sections.append(report.evaluation_figure(out, evaluation))
+    neighbours = ranking_columns(ctx, "job_neighbors", run_id)
+    says = _says(ranks, neighbours, job_titles, skill_names, job_profiles)
     lead = "\n".join(
         [
             report_page.verdict_html(scores, train_run.model),
@@ -170,7 +176,7 @@ def run(ctx: StageContext) -> StageResult:
             report_page.metadata_html(_metadata(ctx, train_run, manifest)),
             f"<h2>What SkillRank says: the top {_SAYS_SKILLS} skills of the"
             f" {_SAYS_TITLES} most common job titles</h2>",
-            report_page.skillrank_says_html(_says(ctx, run_id, job_profiles)),
+            report_page.skillrank_says_html(says),
         ]
     )
     page = report_page.render_html(run_id, lead, sections)
@@ -205,29 +211,31 @@ def _inputs_fingerprint(ctx: StageContext, run_id: str) -> str:
     return inputs_fingerprint(ctx.config.to_dict()["report"], run_id, evaluation)
 
 
-def _of_run(ctx: StageContext, table: str, run_id: str) -> DataFrame:
-    return ctx.spark.table(ctx.table(table)).where(F.col("run_id") == run_id)
-
-
-def _top_pairs(ctx: StageContext, run_id: str) -> report_page.Section:
+def _top_pairs(
+    params: ReportConfig,
+    ranks: pa.Table,
+    background: pa.Table,
+    job_titles: list[str],
+    skill_names: list[str],
+) -> report_page.Section:
     """Table 4: the pairs with the largest lift (the title's probability of the skill over
-    the skill's background probability) among those held by enough training profiles."""
-    floor, count = ctx.config.report.top_pairs_min_support, ctx.config.report.top_pairs
-    background = _of_run(ctx, "skill_background", run_id).select(
-        "skill_id", F.col("probability").alias("background")
+    the skill's background probability) among those held by enough training profiles.
+    `ranks` and `background`: the run's columns of job_skill_rank and skill_background
+    (``ranking_columns``)."""
+    floor, count = params.top_pairs_min_support, params.top_pairs
+    p0 = np.full(len(skill_names), np.nan)
+    p0[background["skill_id"].to_numpy()] = background["probability"].to_numpy()
+    ranks = ranks.filter(pc.greater_equal(ranks["support"], floor))
+    job, skill, probability, support = (
+        ranks[c].to_numpy() for c in ("job_id", "skill_id", "probability", "support")
     )
-    rows = (
-        _of_run(ctx, "job_skill_rank", run_id)
-        .where(F.col("support") >= floor)
-        .join(background, "skill_id")
-        .withColumn("lift", F.col("probability") / F.col("background"))
-        .orderBy(F.desc("lift"), "job_id", "skill_id")
-        .limit(count)
-        .collect()
-    )
+    lift = probability / p0[skill]
+    # Highest lift first; ties by job id, then skill id.
     pairs = [
-        report_page.TopPair(r.job_title, r.skill_name, r.lift, r.probability, r.support)
-        for r in rows
+        report_page.TopPair(
+            job_titles[job[i]], skill_names[skill[i]], lift[i], probability[i], int(support[i])
+        )
+        for i in np.lexsort((skill, job, -lift))[:count]
     ]
     heading = (
         "Table 4: the most specific job-skill pairs: the largest lift (how many times more"
@@ -291,45 +299,51 @@ def _metadata(ctx: StageContext, run: Row, manifest: Manifest) -> list[tuple[str
     ]
 
 
-def _says(ctx: StageContext, run_id: str, profiles: np.ndarray) -> list[report_page.TitleSkills]:
-    """The most common titles' top skills, and the nearest titles of the first few."""
+def _says(
+    ranks: pa.Table,
+    neighbours: pa.Table,
+    job_titles: list[str],
+    skill_names: list[str],
+    profiles: np.ndarray,
+) -> list[report_page.TitleSkills]:
+    """The most common titles' top skills, and the nearest titles of the first few, from the
+    run's columns of job_skill_rank and job_neighbors (``ranking_columns``)."""
     titles = min(_SAYS_TITLES, len(profiles))
-    ranks = sorted(
-        _of_run(ctx, "job_skill_rank", run_id)
-        .where((F.col("job_id") < titles) & (F.col("rank") <= _SAYS_SKILLS))
-        .collect(),
-        key=lambda r: (r.job_id, r.rank),
-    )
-    near = sorted(
-        _of_run(ctx, "job_neighbors", run_id)
-        .where((F.col("job_id") < _SAYS_NEIGHBOURS) & (F.col("rank") <= _SAYS_SKILLS // 2))
-        .collect(),
-        key=lambda r: (r.job_id, r.rank),
-    )
+    first = _first_ranks(ranks, titles, _SAYS_SKILLS)
+    near = _first_ranks(neighbours, _SAYS_NEIGHBOURS, _SAYS_SKILLS // 2)
     return [
         report_page.TitleSkills(
-            next(r.job_title for r in ranks if r.job_id == job),
+            job_titles[job],
             int(profiles[job]),
-            [r.skill_name for r in ranks if r.job_id == job],
-            [(r.neighbor_job_title, r.similarity) for r in near if r.job_id == job],
+            [skill_names[r["skill_id"]] for r in first if r["job_id"] == job],
+            [
+                (job_titles[r["neighbor_job_id"]], r["similarity"])
+                for r in near
+                if r["job_id"] == job
+            ],
         )
         for job in range(titles)
-        if any(r.job_id == job for r in ranks)
+        if any(r["job_id"] == job for r in first)
     ]
 
 
-def _segment_figure(ctx: StageContext, out: Path, table: str, run_id: str) -> report.Figure | None:
+def _first_ranks(table: pa.Table, jobs: int, ranks: int) -> list[dict[str, Any]]:
+    """The rows of the first `jobs` job ids and their first `ranks` ranks, by job and rank."""
+    mask = pc.and_(pc.less(table["job_id"], jobs), pc.less_equal(table["rank"], ranks))
+    return table.filter(mask).sort_by([("job_id", "ascending"), ("rank", "ascending")]).to_pylist()
+
+
+def _segment_figure(
+    ctx: StageContext, out: Path, run_id: str, job_titles: list[str], skill_names: list[str]
+) -> report.Figure | None:
     """Fig 8 for the title and segments ``report.segment_pair`` picks; None without two."""
-    # One read: the top skills of every (segment, title) pair, and so the pairs themselves.
-    top = (
-        ctx.spark.table(table)
-        .where((F.col("run_id") == run_id) & (F.col("rank") <= _SEGMENT_SKILLS))
-        .select(*_PAIR, "rank", *_SEGMENT_BARS)
-        .toArrow()
-        .to_pylist()
-    )
+    # The top skills of every (segment, title) pair, and so the pairs themselves.
+    top = ranking_columns(ctx, "job_skill_rank_by_segment", run_id)
+    top = top.filter(pc.less_equal(top["rank"], _SEGMENT_SKILLS))
     by_pair: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
-    for row in top:
+    for row in top.to_pylist():
+        row["job_title"] = job_titles[row["job_id"]]
+        row["skill_name"] = skill_names[row["skill_id"]]
         by_pair[tuple(row[c] for c in _PAIR)].append(row)
     chosen = report.segment_pair(sorted(by_pair))
     if chosen is None:

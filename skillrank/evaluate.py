@@ -28,6 +28,7 @@ took 6.0 s, the truncated SVD and its reconstruction 5.0 s of it, well under the
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -720,18 +721,27 @@ def _distinct_per_profile(
 
 def _low_rank(matrix: Tensor, rank: int) -> Tensor:
     """The rank-`rank` truncated-SVD reconstruction of `matrix`, with a fixed random seed,
-    written over `matrix`."""
-    u, s, v = truncated_svd(matrix, rank, SVD_SEED, _SVD_ITERATIONS)
+    written over `matrix`.
+
+    The SVD's products take the matrix's sparse (CSR) form: PPMI is zero on every pair that
+    no training profile holds, 98.5% of it at paper scale. Measured on the counts of the
+    default crawl (2026-12-04, 2 cores): 4.1 s dense, 2.1 s with the conversion; the
+    reconstruction differs by float32 rounding (2e-5 of values up to 13; one title of
+    11,990 had another top 10)."""
+    with warnings.catch_warnings():  # torch says once that its CSR support is in beta
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support", UserWarning)
+        u, s, v = truncated_svd(matrix.to_sparse_csr(), rank, SVD_SEED, _SVD_ITERATIONS)
     return torch.mm(u * s, v.T, out=matrix)
 
 
 def truncated_svd(
     matrix: Tensor, rank: int, seed: int, iterations: int, center: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(U, S, V) of the leading `rank` singular triplets of `matrix` (m x n), its columns'
-    means removed first when `center` (then U * S are the principal component scores), by
-    randomized SVD: `rank` + 10 random directions refined by `iterations` power iterations,
-    drawn from a generator seeded with `seed`. ``rank`` must be at most min(m, n)."""
+    """(U, S, V) of the leading `rank` singular triplets of `matrix` (m x n; dense, or sparse
+    CSR without `center`), its columns' means removed first when `center` (then U * S are
+    the principal component scores), by randomized SVD: `rank` + 10 random directions
+    refined by `iterations` power iterations, drawn from a generator seeded with `seed`.
+    ``rank`` must be at most min(m, n)."""
     m, n = matrix.shape
     if not 1 <= rank <= min(m, n):
         raise ValueError(f"rank must lie in [1, {min(m, n)}] for a {m} x {n} matrix, got {rank}")

@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 import torch
 from pyspark.sql import functions as F
 
 import jobs.train
+from jobs._cli import StageContext
+from jobs._runs import RANKING_COLUMNS
 from skillrank.config import Config, load_config
 from skillrank.mixture import train_mixture
 from skillrank.promotion import EXIT_REJECTED
@@ -235,7 +238,17 @@ def test_views_show_the_latest_succeeded_run_and_a_failed_run_leaves_nothing(
         rows.write.insertInto(f"{pipeline.database}.{table}")
 
     monkeypatch.undo()
+    # What train hands to evaluate and report in its application (jobs._runs) is caught.
+    handed: dict[str, dict[str, pa.Table]] = {}
+    hand_off_rankings = jobs.train.hand_off_rankings
+
+    def catch(ctx: StageContext, run_id: str, tables: dict[str, pa.Table]) -> None:
+        handed[run_id] = tables
+        hand_off_rankings(ctx, run_id, tables)
+
+    monkeypatch.setattr(jobs.train, "hand_off_rankings", catch)
     assert pipeline.run(["train"], *SETTINGS) == 0
+    monkeypatch.undo()
     cleaned = pipeline.table("runs").where("run_id = 'train-killed'").first()
     assert cleaned.status == "failed" and cleaned.error.startswith("interrupted:")
     assert pipeline.table("job_skill_rank").where("run_id = 'train-killed'").count() == 0
@@ -245,6 +258,14 @@ def test_views_show_the_latest_succeeded_run_and_a_failed_run_leaves_nothing(
     assert {r.run_id for r in current.collect()} == {latest[-1].run_id}
     assert current.count() == 4 * SKILLS
     assert pipeline.table("job_skill_rank").count() == ranked_before + 4 * SKILLS
+    # It equals, value for value, what they read from the tables without it.
+    assert list(handed) == [latest[-1].run_id]
+    for key, columns in RANKING_COLUMNS.items():
+        read = pipeline.table(key).where(F.col("run_id") == latest[-1].run_id).select(*columns)
+        order = [(c, "ascending") for c in columns]
+        expected = read.toArrow().sort_by(order).to_pydict()
+        assert handed[latest[-1].run_id][key].sort_by(order).to_pydict() == expected, key
+        assert len(expected["rank" if "rank" in columns else "skill_id"]) > 0, key
 
     # Nothing changed since that run (shards, settings, device, code): it stands, and the
     # rerun writes nothing but its stage_runs row.
