@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from pyspark.sql import functions as F
@@ -115,6 +116,14 @@ def test_current_phi_is_the_current_runs_weights_one_row_per_entry(published: Ev
     for row in rows:
         exploded[row.job_id, row.skill_id] = row.weight
     np.testing.assert_array_equal(exploded, _published_arrays(pipeline, current.run_id)[0])
+    # phi's files are zstd (its weights pack 3x smaller than with snappy); the other tables
+    # keep the session's codec, snappy.
+    for table, codec in (("phi", "ZSTD"), ("job_skill_rank", "SNAPPY")):
+        files = pipeline.table(table).where(F.col("run_id") == current.run_id).inputFiles()
+        assert files
+        for file in files:
+            metadata = pq.ParquetFile(file.removeprefix("file:")).metadata
+            assert {metadata.row_group(0).column(i).compression for i in range(2)} == {codec}
 
 
 def test_the_softmax_family_publishes_its_best_epoch_and_bias(published: Evaluated) -> None:
