@@ -260,13 +260,14 @@ def run(ctx: StageContext) -> StageResult:
     if split_rows["train"] == 0:
         raise StageError("no usable training profiles after filtering (check cities/industries)")
 
-    set_uri = f"{shards_root.rstrip('/')}/{ctx.run_id}"
+    # The shard set's directory, as Spark writes it and as it is listed here.
+    set_uri, set_dir = f"{shards_root.rstrip('/')}/{ctx.run_id}", local_root / ctx.run_id
     split_files = {}
     with ctx.step(f"wrote shards under {set_uri}"):
         for split in SPLITS:
             path = f"{set_uri}/{split}"
             _write_shards(usable, split, split_rows[split], params.rows_per_shard, path)
-            split_files[split] = _shard_listing(local_root / ctx.run_id / split, local_root)
+            split_files[split] = _shard_listing(set_dir / split, local_root)
         encoded.unpersist()
         for name, vocab, key in (
             ("job_vocab", job_vocab, "job_id"),
@@ -275,8 +276,7 @@ def run(ctx: StageContext) -> StageResult:
             vocab.coalesce(1).orderBy(key).write.mode("overwrite").parquet(f"{set_uri}/{name}")
 
     vocab_files = {
-        name: _shard_listing(local_root / ctx.run_id / name, local_root)
-        for name in ("job_vocab", "skill_vocab")
+        name: _shard_listing(set_dir / name, local_root) for name in ("job_vocab", "skill_vocab")
     }
     vocab_sizes = {
         "jobs": sum(f.rows for f in vocab_files["job_vocab"]),
