@@ -6,10 +6,8 @@ tells an analyst what each column means even before any data arrives.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
-from typing import Any
 
 from delta.tables import DeltaTable
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -754,11 +752,10 @@ def declare_tables(spark: SparkSession, config: Config, keys: list[str]) -> None
     """Create the database and the given tables if they do not exist yet (schema + comments).
 
     A table that exists gains what this version declares and it lacks (CREATE ... IF NOT
-    EXISTS would leave it as it is): columns, constraints, properties, as its Delta log says
-    it has them (``_snapshot``). A table created here has them all in its first commit and
-    is not looked at again: all 20 tables in a new database took 5.3-6.5 s instead of
-    7.5-9.1 s with those checks, and 1.0-1.4 s when they all exist (2026-12-04, a warm
-    session, 2 cores, three databases each)."""
+    EXISTS would leave it as it is): columns, constraints, properties. A table created here
+    has them all in its first commit and is not looked at again: all 20 tables in a new
+    database took 5.3-6.5 s instead of 7.5-9.1 s with those checks, and 1.0-1.4 s when they
+    all exist (2026-12-04, a warm session, 2 cores, three databases each)."""
     database = config.catalog.database
     if not spark.catalog.databaseExists(database):
         spark.sql(f"CREATE DATABASE IF NOT EXISTS {database}")
@@ -768,18 +765,17 @@ def declare_tables(spark: SparkSession, config: Config, keys: list[str]) -> None
         if _create_table(spark, config, key):
             continue  # its first commit holds all of it
         spec, name = SPECS[key], table_name(config, key)
-        metadata = _snapshot(spark, name).metadata()
-        present = {f.name for f in StructType.fromJson(json.loads(metadata.schemaString()))}
-        _add_missing_columns(spark, name, spec.schema, present)
-        converters = spark.sparkContext._jvm.scala.jdk.javaapi.CollectionConverters  # type: ignore[union-attr]
-        properties = dict(converters.asJava(metadata.configuration()))
-        for check, condition in spec.checks:
-            if _constraint_property(check) not in properties:
-                spark.sql(f"ALTER TABLE {name} ADD CONSTRAINT {check} CHECK ({condition})")
-        missing = {k: v for k, v in spec.properties if properties.get(k) != v}
-        if missing:
-            settings = ", ".join(f"'{k}' = '{v}'" for k, v in missing.items())
-            spark.sql(f"ALTER TABLE {name} SET TBLPROPERTIES ({settings})")
+        _add_missing_columns(spark, name, spec.schema)
+        if spec.checks or spec.properties:
+            rows = spark.sql(f"SHOW TBLPROPERTIES {name}").collect()
+            properties = {r.key: r.value for r in rows}
+            for check, condition in spec.checks:
+                if _constraint_property(check) not in properties:
+                    spark.sql(f"ALTER TABLE {name} ADD CONSTRAINT {check} CHECK ({condition})")
+            missing = {k: v for k, v in spec.properties if properties.get(k) != v}
+            if missing:
+                settings = ", ".join(f"'{k}' = '{v}'" for k, v in missing.items())
+                spark.sql(f"ALTER TABLE {name} SET TBLPROPERTIES ({settings})")
 
 
 def _create_table(spark: SparkSession, config: Config, key: str) -> bool:
@@ -844,12 +840,11 @@ def _constraint_property(name: str) -> str:
     return f"delta.constraints.{name.lower()}"
 
 
-def _add_missing_columns(
-    spark: SparkSession, name: str, schema: StructType, present: set[str]
-) -> None:
-    """Add the declared columns that a table created by an older version lacks (`present`:
-    the names of the columns it has; nullable, with their comments, each after its declared
-    predecessor, since writes go by position): its old rows read null there."""
+def _add_missing_columns(spark: SparkSession, name: str, schema: StructType) -> None:
+    """Add the declared columns that a table created by an older version lacks (nullable,
+    with their comments, each after its declared predecessor, since writes go by position):
+    its old rows read null there."""
+    present = {f.name for f in spark.table(name).schema}
     missing = [(i, f) for i, f in enumerate(schema) if f.name not in present]
     if not missing:
         return
@@ -904,15 +899,9 @@ def table_version(spark: SparkSession, name: str) -> int:
     """Current Delta version of a table: its log brought up to date, read on the driver.
 
     DESCRIBE HISTORY (``DeltaTable.history``) answers the same with a Spark job, about 0.25 s
-    against 0.04 s; the stages ask after every write."""
-    return int(_snapshot(spark, name).version())
-
-
-def _snapshot(spark: SparkSession, name: str) -> Any:
-    """The Delta log's latest snapshot of a table (a py4j object: version(), metadata()),
-    brought up to date on the driver. ``deltaLog`` is Delta's internal API, stable at the
-    pinned delta-spark (pyproject.toml)."""
+    against 0.04 s; the stages ask after every write. ``deltaLog`` is Delta's internal API,
+    stable at the pinned delta-spark (pyproject.toml)."""
     jvm = spark.sparkContext._jvm
     table = jvm.io.delta.tables.DeltaTable.forName(spark._jsparkSession, name)  # type: ignore[union-attr]
     none = jvm.scala.Option.empty()  # type: ignore[union-attr]
-    return table.deltaLog().update(False, none, none)
+    return int(table.deltaLog().update(False, none, none).version())
