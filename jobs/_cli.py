@@ -101,14 +101,16 @@ class Handoff:
     published (load_phi) and its epochs (training_history), the prepare run id and the
     co-occurrence counts of its train split that train counted (training_counts), the run id
     and the columns of its published rankings, neighbours and background that evaluate and
-    report read (ranking_columns), and the run id and the evaluation rows that evaluate wrote
-    or kept (evaluation_rows)."""
+    report read (ranking_columns), the run id and the evaluation rows that evaluate wrote
+    or kept (evaluation_rows), and the id of the run train published with the run tables a
+    later stage has written its rows to since (replace_run_rows: the others hold none)."""
 
     phi: tuple[str, Tensor] | None = None
     history: tuple[str, list[EpochRecord]] | None = None
     counts: tuple[str, CoCounts] | None = None
     rankings: tuple[str, dict[str, pa.Table]] | None = None
     evaluation: tuple[str, list[dict[str, Any]]] | None = None
+    published: tuple[str, set[str]] | None = None
 
 
 @dataclass

@@ -49,14 +49,18 @@ NAMES = [stage.name for stage in STAGES]
 
 
 def _on_trained_run(stage: Stage) -> Stage:
-    """`stage` on the run train has just published (the latest started: a train that failed
-    or was rejected ended the range), even while a pin holds the views on another run."""
+    """`stage` on the run train has just published (a train that failed or was rejected
+    ended the range; one that found its run standing published nothing: then the latest
+    started), even while a pin holds the views on another run."""
 
     def run(ctx: StageContext) -> StageResult:
-        runs = ctx.spark.table(ctx.table("runs"))
-        latest = runs.orderBy(F.desc("started_at")).first()
-        assert latest is not None  # train has just recorded its run
-        ctx.args.run_id = latest.run_id
+        if ctx.handoff.published is not None:
+            ctx.args.run_id = ctx.handoff.published[0]
+        else:  # train found a run standing and published nothing: the latest started
+            runs = ctx.spark.table(ctx.table("runs"))
+            latest = runs.orderBy(F.desc("started_at")).first()
+            assert latest is not None  # train has recorded or kept a run
+            ctx.args.run_id = latest.run_id
         return stage.run(ctx)
 
     return dataclasses.replace(stage, run=run, check=lambda args, config: None)

@@ -130,7 +130,7 @@ def run(ctx: StageContext) -> StageResult:
     aliases = load_aliases(ctx.config)
     name = ctx.table("evaluation")
     fingerprint = _inputs_fingerprint(ctx, [train_run, *siblings], truth_dir, aliases)
-    standing = standing_rows(ctx, "evaluation", fingerprint)
+    standing = standing_rows(ctx, "evaluation", train_run.run_id, fingerprint)
     if standing is not None:
         kept = evaluation_rows(ctx, train_run.run_id)
         hand_off_evaluation(ctx, train_run.run_id, kept)
@@ -265,8 +265,15 @@ def _coverage_rows(
     # Only the rows of planted (title, skill) pairs are judged: the others (most of the
     # million) are left out here, in numpy, not one by one in Python.
     pair = (table["job_id"].to_numpy().astype(np.int64) << 32) | table["skill_id"].to_numpy()
-    planted = np.fromiter((j << 32 | s for j, row in shares.items() for s in row), np.int64)
-    table = table.filter(np.isin(pair, planted))
+    planted = np.sort(
+        np.fromiter((j << 32 | s for j, row in shares.items() for s in row), np.int64)
+    )
+    if not planted.size:
+        return []
+    # By binary search: np.isin sorts the two arrays together, 1.4 s against 0.09 s for the
+    # 1.2 M rows and 1.4 M planted pairs of a paper-scale run.
+    at = np.searchsorted(planted, pair).clip(max=planted.size - 1)
+    table = table.filter(planted[at] == pair)
     published: dict[int, list[tuple[int, float, float]]] = defaultdict(list)
     for job_id, skill_id, low, high in zip(
         *(table.column(c).to_pylist() for c in _INTERVAL_COLUMNS), strict=True

@@ -33,7 +33,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from pyspark.sql import Row
-from pyspark.sql import functions as F
 
 from jobs._cli import Stage, StageContext, StageResult, inputs_fingerprint, run_stages
 from jobs._runs import (
@@ -45,6 +44,7 @@ from jobs._runs import (
     replace_run_rows,
     resolve_run,
     run_manifest,
+    small_table,
     standing_rows,
     training_history,
 )
@@ -85,7 +85,7 @@ def run(ctx: StageContext) -> StageResult:
     for stale in final.parent.glob(".*.partial"):
         shutil.rmtree(stale)
     fingerprint = _inputs_fingerprint(ctx, run_id)
-    standing = standing_rows(ctx, "coclusters", fingerprint)
+    standing = standing_rows(ctx, "coclusters", run_id, fingerprint)
     if standing is not None and (final / "report.html").is_file():
         return StageResult(
             rows_in=0,
@@ -247,28 +247,23 @@ def _top_pairs(
 
 def _metadata(ctx: StageContext, run: Row, manifest: Manifest) -> list[tuple[str, str]]:
     """When, on what data and with what settings the run was made."""
-    # One read of stage_runs: the run's own row, and the ingests that fed its shards.
-    ingest = (
-        (F.col("stage") == "ingest")
-        & (F.col("status") == "succeeded")
-        & (F.col("ended_at") <= F.lit(manifest.created_at).cast("timestamp"))
-    )
-    stages = (
-        ctx.spark.table(ctx.table("stage_runs"))
-        .where((F.col("run_id") == run.run_id) | ingest)
-        .select("run_id", "config_fingerprint", ingest.alias("ingest"))
-        .collect()
-    )
-    stage = next((r for r in stages if r.run_id == run.run_id), None)
-    ingests = [r.run_id for r in stages if r.ingest]
-    # A few rows each: the report's reads sort them here, without Spark's sampling job.
+    # The run's own stage_runs row, and the ingests that fed its shards.
+    stage_runs = small_table(
+        ctx, "stage_runs", ["run_id", "stage", "status", "ended_at", "config_fingerprint"]
+    ).to_pylist()
+    stage = next((r for r in stage_runs if r["run_id"] == run.run_id), None)
+    created = datetime.fromisoformat(manifest.created_at)
+    ingests = {
+        r["run_id"]
+        for r in stage_runs
+        if r["stage"] == "ingest" and r["status"] == "succeeded" and r["ended_at"] <= created
+    }
+    ingested = small_table(ctx, "ingested_files", ["ingest_run_id", "source_file", "lines"])
     files = sorted(
-        ctx.spark.table(ctx.table("ingested_files"))
-        .where(F.col("ingest_run_id").isin(ingests))
-        .collect(),
-        key=lambda f: f.source_file,
+        (f for f in ingested.to_pylist() if f["ingest_run_id"] in ingests),
+        key=lambda f: f["source_file"],
     )
-    names = [Path(unquote(urlparse(f.source_file).path)).name for f in files]
+    names = [Path(unquote(urlparse(f["source_file"]).path)).name for f in files]
     listed = ", ".join(names[:_FILES_LISTED]) + (" ..." if len(names) > _FILES_LISTED else "")
     rows = manifest.rows
     ended = "still running" if run.ended_at is None else f"{run.ended_at:%Y-%m-%d %H:%M:%S} UTC"
@@ -278,7 +273,7 @@ def _metadata(ctx: StageContext, run: Row, manifest: Manifest) -> list[tuple[str
         (
             "crawl",
             f"{len(files)} file{'' if len(files) == 1 else 's'},"
-            f" {sum(f.lines for f in files):,} lines: {listed}",
+            f" {sum(f['lines'] for f in files):,} lines: {listed}",
         ),
         (
             "profiles",
@@ -293,7 +288,7 @@ def _metadata(ctx: StageContext, run: Row, manifest: Manifest) -> list[tuple[str
             f" (co-occurrence {run.cooccurrence_validation_ndcg:.4f}), test loss"
             f" {run.test_loss:.4f}; gates: {run.gate}",
         ),
-        ("configuration", "fingerprint " + (stage.config_fingerprint if stage else "unknown")),
+        ("configuration", "fingerprint " + (stage["config_fingerprint"] if stage else "unknown")),
         ("hyperparameters", ", ".join(f"{k}={v}" for k, v in sorted(run.hyperparameters.items()))),
         ("report written", f"{datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC"),
     ]

@@ -55,6 +55,7 @@ from jobs._runs import (
     hand_off_counts,
     hand_off_history,
     hand_off_phi,
+    hand_off_published,
     hand_off_rankings,
     profile_segments,
     ranking_schema,
@@ -226,6 +227,7 @@ def run(ctx: StageContext) -> StageResult:
         hand_off_phi(ctx, ctx.run_id, result.phi_t)
         hand_off_rankings(ctx, ctx.run_id, published)
         hand_off_history(ctx, ctx.run_id, result.history)
+        hand_off_published(ctx, ctx.run_id)
         hand_off_counts(ctx, manifest, counts)
         outcome = _run_outcome(result, test_loss)
         reasons = gate_reasons(

@@ -11,23 +11,27 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 import torch
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
-from jobs._cli import StageContext
+from jobs._cli import StageContext, local_table_dir
+from jobs._delta_log import live_table
 from jobs._runs import (
     RANKING_COLUMNS,
     evaluation_rows,
     hand_off_evaluation,
     hand_off_history,
     hand_off_phi,
+    hand_off_published,
     hand_off_rankings,
     load_phi,
     ranking_columns,
     ranking_schema,
     replace_run_rows,
+    small_table,
     standing_rows,
     training_history,
 )
@@ -178,6 +182,9 @@ def test_rerunning_evaluate_replaces_the_runs_rows(
 ) -> None:
     before = _evaluation(evaluated)
     run = ("--run-id", evaluated_runs.mixture, "--truth", str(evaluated_runs.truth))
+    # The first evaluate ran in train's application: the table held none of the run's rows,
+    # so they were appended (replace_run_rows).
+    assert _latest_mode(evaluated.spark, f"{evaluated.database}.evaluation") == "Append"
     # Nothing changed since the first evaluate (runs, settings, truth, code): its rows stand,
     # and the rerun writes nothing but its stage_runs row.
     version = table_version(evaluated.spark, f"{evaluated.database}.evaluation")
@@ -193,8 +200,16 @@ def test_rerunning_evaluate_replaces_the_runs_rows(
     batch = ("--conf", "evaluate.batch_size=7")
     assert evaluated.run(["evaluate"], *run, *SETTINGS, *EVALUATE, *batch) == 0
     assert table_version(evaluated.spark, f"{evaluated.database}.evaluation") == version + 1
+    assert _latest_mode(evaluated.spark, f"{evaluated.database}.evaluation") == "Overwrite"
     assert evaluated.table("evaluation").count() == len(before)
     assert _evaluation(evaluated) == before
+
+
+def _latest_mode(spark: SparkSession, table: str) -> str:
+    """The write mode of the table's latest commit: Append, or Overwrite for REPLACE WHERE."""
+    latest = spark.sql(f"DESCRIBE HISTORY {table} LIMIT 1").first()
+    assert latest is not None
+    return str(latest.operationParameters["mode"])
 
 
 def test_rows_stand_only_while_their_commit_is_the_latest(
@@ -209,17 +224,65 @@ def test_rows_stand_only_while_their_commit_is_the_latest(
         row = Row(run_id=run_id, kind="job", item_id=0, item_name="nurse", cocluster=0)
         return spark.createDataFrame([row], SPECS["coclusters"].schema)
 
-    assert standing_rows(ctx, "coclusters", "f1") is None  # the table's creation only
+    def run_ids() -> list[str]:
+        return sorted(r.run_id for r in spark.table(table_name(local, "coclusters")).collect())
+
+    assert standing_rows(ctx, "coclusters", "train-a", "f1") is None  # the table's creation
     replace_run_rows(ctx, "coclusters", rows("train-a"), "train-a", "f1")
-    assert standing_rows(ctx, "coclusters", "f1") == "report-a"
-    assert standing_rows(ctx, "coclusters", "f2") is None
+    assert standing_rows(ctx, "coclusters", "train-a", "f1") == "report-a"
+    assert standing_rows(ctx, "coclusters", "train-a", "f2") is None
     # Any later commit (here another run's rows, written without a digest) ends it.
     replace_run_rows(ctx, "coclusters", rows("train-b"), "train-b")
-    assert standing_rows(ctx, "coclusters", "f1") is None
-    assert {r.run_id for r in spark.table(table_name(local, "coclusters")).collect()} == {
-        "train-a",
-        "train-b",
-    }
+    assert standing_rows(ctx, "coclusters", "train-a", "f1") is None
+    assert run_ids() == ["train-a", "train-b"]
+    # A run train published in this application has no rows yet: none stand, the first are
+    # appended and the next replace them, each commit with its digest.
+    hand_off_published(ctx, "train-c")
+    assert standing_rows(ctx, "coclusters", "train-c", "f3") is None
+    modes = []
+    for _ in range(2):
+        replace_run_rows(ctx, "coclusters", rows("train-c"), "train-c", "f3")
+        modes.append(_latest_mode(spark, table_name(local, "coclusters")))
+    assert modes == ["Append", "Overwrite"]
+    assert run_ids() == ["train-a", "train-b", "train-c"]
+    later = StageContext(spark, local, Path("/nonexistent"), "report-b", argparse.Namespace())
+    assert standing_rows(later, "coclusters", "train-c", "f3") == "report-a"
+
+
+def test_small_tables_read_from_the_delta_log_equal_sparks_reads(
+    evaluated: Pipeline, config: Config
+) -> None:
+    # Under the embedded default (a warehouse under the work directory) small_table reads the
+    # Delta log and files; elsewhere (here the shared session's warehouse as a URI, as
+    # Pipeline's stages see it) Spark reads them.
+    spark = evaluated.spark
+    warehouse = Path((spark.conf.get("spark.sql.warehouse.dir") or "").removeprefix("file:"))
+    contexts = [
+        StageContext(
+            spark,
+            replace(
+                config,
+                catalog=replace(config.catalog, database=evaluated.database, warehouse_dir=where),
+            ),
+            warehouse.parent,
+            "report-x",
+            argparse.Namespace(workdir=str(warehouse.parent)),
+        )
+        for where in (warehouse.name, warehouse.as_uri())
+    ]
+    for key, columns in (
+        ("stage_runs", ["run_id", "stage", "status", "ended_at", "config_fingerprint"]),
+        ("ingested_files", ["ingest_run_id", "source_file", "lines", "modified_at"]),
+    ):
+        by_log, by_spark = (small_table(ctx, key, columns) for ctx in contexts)
+        table_dir = local_table_dir(contexts[0].args, contexts[0].config, key)
+        assert table_dir is not None and live_table(table_dir, columns) is not None
+        assert local_table_dir(contexts[1].args, contexts[1].config, key) is None
+        assert by_log.num_rows > 0 and by_log.schema == by_spark.schema
+        # One timestamp column each (ended_at, modified_at), as UTC instants either way.
+        kinds = [str(f.type) for f in by_log.schema if f.type.id == pa.timestamp("us").id]
+        assert kinds == ["timestamp[us, tz=UTC]"]
+        assert sorted(by_log.to_pylist(), key=str) == sorted(by_spark.to_pylist(), key=str)
 
 
 def test_a_later_stage_takes_what_train_and_evaluate_handed_over(spark: SparkSession) -> None:

@@ -115,9 +115,10 @@ def test_phi_histogram_walks_blocks_without_changing_phi(
     assert torch.equal(phi_t, before)
 
 
-def test_phi_histogram_rejects_nan(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="NaN"):
-        phi_histogram_figure(tmp_path, torch.tensor([[0.0, float("nan")]]))
+def test_phi_histogram_rejects_nan_and_infinite_values(tmp_path: Path) -> None:
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            phi_histogram_figure(tmp_path, torch.tensor([[0.0, 1.0], [bad, 2.0]]))
 
 
 def test_cocluster_recovers_planted_blocks() -> None:
@@ -151,9 +152,10 @@ def test_cocluster_lowers_too_many_clusters() -> None:
     assert single[0].tolist() == [0] and single[1].tolist() == [0] * 7
 
 
-def test_cocluster_rejects_negative_values() -> None:
-    with pytest.raises(ValueError, match="non-negative"):
-        cocluster(np.array([[1.0, -0.1], [0.5, 0.5]]), n_clusters=2, seed=0)
+def test_cocluster_rejects_negative_nan_and_infinite_values() -> None:
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="finite, non-negative"):
+            cocluster(np.array([[1.0, bad], [0.5, 0.5]]), n_clusters=2, seed=0)
 
 
 def test_top_coclusters_name_each_block_by_its_heaviest_titles_and_strongest_skills() -> None:
