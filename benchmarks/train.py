@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/train.py [--profiles N] [--epochs N] [--threads N]
         [--naive-batches N] [--skip-naive] [--skip-torch] [--skip-rss] [--skip-families]
-        [--manifest PATH] [--workdir DIR] [--keep]
+        [--manifest PATH] [--workdir DIR] [--keep] [--device cpu|cuda] [--compare-cpu]
 
 It writes paper-shaped training shards (J = 12,652 job titles, S = 15,185 skills, 125,801
 training profiles of about 3 titles and 17 skills, validation and test at 5% each) and their
@@ -67,7 +67,7 @@ from skillrank.shards import (  # noqa: E402
     ShardFile,
     iterate_batches,
 )
-from skillrank.trainer import train  # noqa: E402
+from skillrank.trainer import TrainResult, train  # noqa: E402
 
 # The paper's shape.
 JOBS, SKILLS, TRAIN_PROFILES, PAPER_EPOCHS = 12_652, 15_185, 125_801, 122
@@ -150,9 +150,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("cpu", "cuda"),
         default="cpu",
         help="cuda: time the torch path on the GPU (the fused kernel is CPU only) against the"
-        " CPU torch path, the naive model and the families that run there on the GPU; no RSS",
+        " CPU torch path, the naive model and each family's whole fit on the GPU; no RSS",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--compare-cpu",
+        action="store_true",
+        help="with --device cuda: fit each family on the CPU too and print how the two fits"
+        " agree (best iteration, validation NDCG@10, phi, each title's top 10)",
+    )
+    args = parser.parse_args(argv)
+    if args.compare_cpu and args.device != "cuda":
+        parser.error("--compare-cpu compares a --device cuda fit with the CPU's")
+    return args
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -469,30 +478,68 @@ def report_targets(
     print(f"load average at the end: {load} (1 / 5 / 15 min; other work skews timings)")
 
 
-def report_families(manifest_path: Path, config: Config, base: Path, device: str) -> None:
-    """Each model family's whole fit with the default settings on `device`, through FAMILIES
-    as the train stage calls it, against the target for the default family."""
+def _fit(manifest_path: Path, params: TrainConfig, base: Path) -> tuple[TrainResult, float]:
+    """A family's whole fit through FAMILIES, as the train stage calls it, and its seconds."""
+    clock = time.perf_counter()
+    result = FAMILIES[params.model].fit(manifest_path, params, base / "ckpt.pt", log=io.StringIO())
+    seconds = time.perf_counter() - clock
+    shutil.rmtree(base, ignore_errors=True)
+    return result, seconds
+
+
+def _describe_fit(name: str, result: TrainResult, seconds: float, target: str = "") -> str:
+    return (
+        f"  {name:<8} {seconds:6.1f} s for {result.epochs_run} epochs (iterations),"
+        f" {seconds / result.epochs_run:.2f} s each; best {result.best_epoch},"
+        f" validation NDCG@10 {result.best_validation_ndcg:.4f}{target}"
+    )
+
+
+def report_fit_agreement(gpu: TrainResult, cpu: TrainResult) -> None:
+    """How a GPU fit and a CPU fit of the same family on the same shards agree: per iteration
+    validation NDCG@10, phi where both are finite, and each title's top 10 skills."""
+    ndcg = [
+        abs(g.validation_ndcg - c.validation_ndcg)
+        for g, c in zip(gpu.history, cpu.history, strict=False)
+    ]
+    finite = gpu.phi_t.isfinite() & cpu.phi_t.isfinite()
+    same_finite = bool((gpu.phi_t.isfinite() == cpu.phi_t.isfinite()).all())
+    phi_diff = float((gpu.phi_t - cpu.phi_t)[finite].abs().max())
+    top = [phi.topk(10, dim=1).indices for phi in (gpu.phi_t, cpu.phi_t)]
+    same_top = float((top[0] == top[1]).all(dim=1).double().mean())
+    print(
+        f"           against the CPU: best iteration {gpu.best_epoch} vs {cpu.best_epoch},"
+        f" iterations {gpu.epochs_run} vs {cpu.epochs_run}; validation NDCG@10 differs by at"
+        f" most {max(ndcg):.1e} per iteration; phi by at most {phi_diff:.1e} (finite in the"
+        f" same cells: {same_finite}); titles whose top 10 is the same list: {same_top:.4%}"
+    )
+
+
+def report_families(
+    manifest_path: Path, config: Config, base: Path, device: str, compare_cpu: bool
+) -> None:
+    """Each model family's whole fit with the default settings on `device`, the default family
+    first, against the target for it; with `compare_cpu`, each one's CPU fit beside it."""
     print(
         f"\nwhole fit per model family on {device} (default settings; default family"
         f" {config.train.model}):"
     )
-    for name, family in FAMILIES.items():
-        if device == "cuda" and not family.cuda:
-            print(f"  {name:<8} runs on cpu only: not timed with --device cuda")
-            continue
+    for name in sorted(FAMILIES, key=lambda name: name != config.train.model):
         params = dataclasses.replace(config.train, model=name, device=device)
-        clock = time.perf_counter()
-        result = family.fit(manifest_path, params, base / name / "ckpt.pt", log=io.StringIO())
-        seconds = time.perf_counter() - clock
-        shutil.rmtree(base / name, ignore_errors=True)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        result, seconds = _fit(manifest_path, params, base / name)
         target = ""
+        if device == "cuda":
+            target = f"; peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
         if name == config.train.model:
-            target = f"; target <= {TARGET_FIT_S:g} s: {_verdict(seconds <= TARGET_FIT_S)}"
-        print(
-            f"  {name:<8} {seconds:6.1f} s for {result.epochs_run} epochs (iterations),"
-            f" {seconds / result.epochs_run:.2f} s each; best {result.best_epoch},"
-            f" validation NDCG@10 {result.best_validation_ndcg:.4f}{target}"
-        )
+            target += f"; target <= {TARGET_FIT_S:g} s: {_verdict(seconds <= TARGET_FIT_S)}"
+        print(_describe_fit(name, result, seconds, target))
+        if compare_cpu:
+            on_cpu = dataclasses.replace(params, device="cpu")
+            cpu_result, cpu_seconds = _fit(manifest_path, on_cpu, base / f"{name}-cpu")
+            print(_describe_fit("  on cpu", cpu_result, cpu_seconds))
+            report_fit_agreement(result, cpu_result)
 
 
 def run(args: argparse.Namespace, base: Path) -> None:
@@ -569,7 +616,7 @@ def run(args: argparse.Namespace, base: Path) -> None:
         naive_s = report_naive(naive, batches, ours, main_s)
 
     if not args.skip_families:
-        report_families(manifest_path, config, base, args.device)
+        report_families(manifest_path, config, base, args.device, args.compare_cpu)
 
     rss = None
     if not args.skip_rss and not args.manifest and not cuda:

@@ -144,8 +144,6 @@ def check_options(args: argparse.Namespace, config: Config) -> None:
     if args.resume and not family.resumable:
         resumable = " or ".join(name for name, f in FAMILIES.items() if f.resumable)
         raise StageError(f"--resume applies to train.model={resumable}; a {model} fit starts over")
-    if device != "cpu" and not family.cuda:
-        raise StageError(f"train.model={model} runs on cpu, not {device}")
     processes = config.train.num_processes
     if device == "cuda" and (processes == 1 or config.train.local_mode):
         # NCCL takes one GPU per process; processes on the executors use theirs.

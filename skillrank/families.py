@@ -25,21 +25,18 @@ class Family:
     the training function (``skillrank.trainer.train_process`` runs it as one rank of
     several). method(phi_t, background, background_weight, name="model"): a fit's prediction
     of a profile's skills, as an evaluation method. resumable: it checkpoints every epoch,
-    so --resume continues a fit; cuda: it runs on a GPU too (else on cpu only);
-    segment_rows: the train stage fits and publishes its rows per city and industry
-    (``skillrank.segments``, which needs the mixture's theta).
+    so --resume continues a fit; segment_rows: the train stage fits and publishes its rows
+    per city and industry (``skillrank.segments``, which needs the mixture's theta). Every
+    family fits on the CPU or on a GPU (`device`).
     """
 
     fit: Callable[..., TrainResult]
     method: Callable[..., Method]
     resumable: bool
-    cuda: bool
     segment_rows: bool
 
 
 FAMILIES = {
-    "softmax": Family(train, softmax_method, resumable=True, cuda=True, segment_rows=False),
-    "mixture": Family(
-        train_mixture, mixture_method, resumable=False, cuda=False, segment_rows=True
-    ),
+    "softmax": Family(train, softmax_method, resumable=True, segment_rows=False),
+    "mixture": Family(train_mixture, mixture_method, resumable=False, segment_rows=True),
 }

@@ -45,7 +45,7 @@ from skillrank.checkpoint import save_best
 from skillrank.config import TrainConfig
 from skillrank.evaluate import mixture_of
 from skillrank.model import Batch
-from skillrank.shards import Manifest, iterate_batches, read_vocabulary
+from skillrank.shards import Manifest, iterate_batches, read_ahead, read_vocabulary
 from skillrank.trainer import (
     SELECTION_K,
     EpochRecord,
@@ -53,6 +53,7 @@ from skillrank.trainer import (
     TrainResult,
     score_split,
     skill_popularity,
+    training_device,
 )
 
 # Profiles per batch of an EM pass: the triples of one batch (a few MB) are all it holds.
@@ -107,13 +108,14 @@ class EStep:
 
 def batch_triples(batch: Batch, skills: int) -> Triples:
     """The triples of a batch: every listed skill paired with every title of its profile."""
+    device = batch.skill_ids.device
     sizes = torch.diff(batch.skill_offsets)
     jobs_per_profile = torch.diff(batch.job_offsets)
-    profile = torch.repeat_interleave(torch.arange(batch.size), sizes)
+    profile = torch.repeat_interleave(torch.arange(batch.size, device=device), sizes)
     reps = jobs_per_profile[profile]
-    entry = torch.repeat_interleave(torch.arange(profile.numel()), reps)
+    entry = torch.repeat_interleave(torch.arange(profile.numel(), device=device), reps)
     first = torch.cumsum(reps, 0) - reps
-    within = torch.arange(entry.numel()) - torch.repeat_interleave(first, reps)
+    within = torch.arange(entry.numel(), device=device) - torch.repeat_interleave(first, reps)
     position = batch.job_offsets[profile[entry]] + within
     job = batch.job_ids[position]
     return Triples(
@@ -150,7 +152,7 @@ def profile_kl_sum(t: Triples, p: Tensor) -> float:
     """Sum over the batch's profiles of KL(t || p): t uniform over the profile's listed
     skills, p (E,) the predictive probability of each listed skill (``e_step``)."""
     sizes = t.sizes.double()
-    mean_log_p = torch.zeros(sizes.numel(), dtype=torch.float64).index_add_(
+    mean_log_p = torch.zeros(sizes.numel(), dtype=torch.float64, device=p.device).index_add_(
         0, t.profile, p.log().double()
     )
     return float((-sizes.log() - mean_log_p / sizes).sum())
@@ -165,11 +167,11 @@ def accumulate(
     background: Tensor,
     lam: float,
 ) -> EStep:
-    """One E-step pass over `batches` with the current (counts, prior): the new credit
-    (J x S, of counts' dtype), and the log-likelihood and summed per-profile KL of the
-    current theta."""
+    """One E-step pass over `batches` (on counts' device) with the current (counts, prior): the
+    new credit (J x S, of counts' dtype), and the log-likelihood and summed per-profile KL of
+    the current theta."""
     jobs, skills = counts.shape
-    new = torch.zeros(jobs * skills, dtype=counts.dtype)
+    new = torch.zeros(jobs * skills, dtype=counts.dtype, device=counts.device)
     log_likelihood, kl_sum, profiles = 0.0, 0.0, 0
     for batch in batches:
         if batch.size == 0:
@@ -344,13 +346,17 @@ def train_mixture(
     The iteration with the best validation NDCG@10 is returned: phi_t = log theta (J x S),
     background = log p0; the test split is never read. With several ranks each reads its
     share of the shards and the credit is summed across them; rank 0 writes the best
-    iteration's file for the driver (``with_best_phi``). The fit is deterministic and takes
-    under a minute at paper scale, so there is nothing to resume: `resume` is refused.
+    iteration's file for the driver (``with_best_phi``). The fit takes under a minute at paper
+    scale, so there is nothing to resume: `resume` is refused.
+
+    On `device` (else params.device) a GPU holds the credit and theta and runs the E-step
+    passes and the validation scoring; the title priors are built once, on the CPU. The fit is
+    deterministic on the CPU; on a GPU the credit's scatter-adds run in no fixed order, so two
+    fits agree to float32 rounding, not bit for bit.
     """
     if resume:
         raise ValueError("--resume applies to train.model=softmax; a mixture fit starts over")
-    if (device or params.device) != "cpu":
-        raise ValueError("train.model=mixture runs on cpu (its EM passes are sparse)")
+    target = training_device(device, params)
     manifest = Manifest.read(manifest_path)
     if manifest.rows.get("validation", 0) == 0:
         raise ValueError(f"manifest {manifest_path}: the validation split is empty")
@@ -361,12 +367,15 @@ def train_mixture(
         batches = iterate_batches(
             manifest.shards["train"], _PASS_BATCH, shuffle=False, rank=ranks.rank, world=ranks.world
         )
-        return (batch for _, batch in batches)
+        if target.type == "cpu":
+            return (batch for _, batch in batches)
+        # The next batches are read and pinned in a thread while the GPU takes this one.
+        return (b.to(target) for b in read_ahead(batch.pin_memory() for _, batch in batches))
 
-    p0 = skill_popularity(manifest, _PASS_BATCH, ranks)
+    p0 = skill_popularity(manifest, _PASS_BATCH, ranks).to(target)
     background = p0.log()
-    counts = torch.zeros(jobs, skills, dtype=torch.float32)
-    totals = torch.zeros(jobs, dtype=torch.float64)
+    counts = torch.zeros(jobs, skills, dtype=torch.float32, device=target)
+    totals = torch.zeros(jobs, dtype=torch.float64, device=target)
     prior, phase = p0[None, :], "popularity"
     history: list[EpochRecord] = []
     best: tuple[float, int, float, Tensor | None] = (-math.inf, 0, math.nan, None)
@@ -406,11 +415,17 @@ def train_mixture(
             base = (counts.double().sum(dim=0) + params.word_prior_strength * p0.double()) / (
                 totals.sum() + params.word_prior_strength
             )
+            cpu = torch.device("cpu")
             if params.title_prior == "words":
                 titles, _ = read_vocabulary(manifest, "job")
-                prior = word_prior(counts, titles, base.float(), params.word_prior_strength)
+                prior = word_prior(
+                    counts.to(cpu), titles, base.float().to(cpu), params.word_prior_strength
+                )
             else:
-                prior = neighbour_prior(counts, totals, p0, alpha, base.float())
+                prior = neighbour_prior(
+                    counts.to(cpu), totals.to(cpu), p0.to(cpu), alpha, base.float().to(cpu)
+                )
+            prior = prior.to(target)
             phase, bad_epochs = params.title_prior, 0
             print(
                 f"iteration {epoch}: each title's prior is now its {phase}'"
@@ -422,7 +437,7 @@ def train_mixture(
     best_ndcg, best_epoch, best_loss, best_theta = best
     if best_theta is None:
         raise ValueError("the validation NDCG was never a number")
-    best_phi = best_theta.log_()
+    best_phi, background = best_theta.log_().cpu(), background.cpu()
     if ranks.world > 1 and ranks.rank == 0:
         save_best(checkpoint_path, best_epoch, best_phi, background.float())
     print(

@@ -250,6 +250,15 @@ class _Selection:
         )
 
 
+def training_device(device: str | None, params: TrainConfig) -> torch.device:
+    """The device a fit runs on: `device`, else train.device; ValueError for cuda when torch
+    sees no GPU."""
+    target = torch.device(device or params.device)
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda requested but torch sees no GPU")
+    return target
+
+
 def _set_up(
     manifest_path: Path, params: TrainConfig, device: str | None, ranks: Ranks, log: TextIO
 ) -> tuple[Manifest, torch.device]:
@@ -264,9 +273,7 @@ def _set_up(
     if manifest.rows["validation"] == 0:
         # Early stopping needs a validation score; without one no epoch could ever be best.
         raise ValueError(f"manifest {manifest_path}: the validation split is empty")
-    target = torch.device(device or params.device)
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device cuda requested but torch sees no GPU")
+    target = training_device(device, params)
     shards = len(manifest.shards["train"])
     if ranks.world > shards:
         raise ValueError(

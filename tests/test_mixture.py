@@ -213,11 +213,14 @@ def test_train_mixture_finds_the_planted_skills_and_keeps_the_best_iteration(
     assert "validation_ndcg@10=" in log.getvalue()
 
 
-def test_train_mixture_refuses_resume_and_cuda(tmp_path: Path) -> None:
+def test_train_mixture_refuses_resume_and_a_gpu_torch_cannot_see(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     manifest, _ = _planted_case(tmp_path, train_rows=300)
     with pytest.raises(ValueError, match="--resume applies to train.model=softmax"):
         train_mixture(manifest, _params(), tmp_path / "c.pt", resume=True)
-    with pytest.raises(ValueError, match="runs on cpu"):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="device cuda requested but torch sees no GPU"):
         train_mixture(manifest, _params(), tmp_path / "c.pt", device="cuda")
 
 
