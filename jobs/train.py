@@ -96,10 +96,9 @@ from skillrank.trainer import (
 from skillrank.views import declare_views
 
 CHECKPOINT_FILE = "checkpoint.pt"
-# Jobs (rows of phi) per block when staging phi and computing rankings: bounds the memory
-# of one block (block x skills floats) on the driver.
+# Jobs (rows of phi) per block when staging phi: bounds the memory of one block (block x
+# skills floats) on the driver; rankings.RANK_BLOCK does the same for the rankings.
 _PHI_BLOCK_JOBS = 256
-_RANK_BLOCK = 1024
 # Bytes per staged Parquet file (phi's weights are J x S floats: 770 MB at paper scale).
 _STAGED_FILE_BYTES = 96 << 20
 # The codec of phi's Parquet files (Spark's session setting; a Delta write takes no option):
@@ -221,7 +220,7 @@ def run(ctx: StageContext) -> StageResult:
                 counts, manifest, ctx.config.evaluate.smoothing, batch_size
             )
         with ctx.step("published phi and rankings"):
-            published = _publish(ctx, result, manifest, segments, counts.pair)
+            published = _publish(ctx, result, manifest, segments, counts.pair, device)
         hand_off_phi(ctx, ctx.run_id, result.phi_t)
         hand_off_rankings(ctx, ctx.run_id, published)
         hand_off_history(ctx, ctx.run_id, result.history)
@@ -435,12 +434,17 @@ def _publish(
     manifest: Manifest,
     segments: Segments | None,
     pairs: torch.Tensor,
+    device: str,
 ) -> dict[str, pa.Table]:
     """Stage phi and the rankings as Parquet (block by block), then append them with Spark.
 
     `pairs` (J x S, CoCounts.pair of the train split) gives each ranked pair its support.
-    Returns the RANKING_COLUMNS of the rankings it published (for evaluate)."""
+    The neighbour searches run on the run's `device` when it is a GPU this process sees (the
+    driver's: with train.local_mode=false the GPUs that trained may be the executors'), else
+    on the CPU. Returns the RANKING_COLUMNS of the rankings it published (for evaluate)."""
     spark, k = ctx.spark, ctx.config.publish
+    gpu = torch.device(device).type == "cuda" and torch.cuda.is_available()
+    search = device if gpu else "cpu"
     phi_t = result.phi_t
     staging = resolve_path(ctx.workdir, f"{ctx.config.catalog.staging_dir}/{ctx.run_id}")
     local = local_path(staging)  # Arrow refuses a file: URI holding a space
@@ -448,17 +452,16 @@ def _publish(
     concentration = (
         segments.fit.title_credit + ctx.config.train.prior_strength if segments else None
     )
+    block = rankings.RANK_BLOCK
     staged = {
         "phi": rankings.phi_blocks(phi_t, _PHI_BLOCK_JOBS),
         "skill_background": iter([rankings.background_columns(result.background)]),
         "job_skill_rank": _with_support(
-            rankings.top_skills_per_job(phi_t, k.top_k, _RANK_BLOCK, concentration), pairs
+            rankings.top_skills_per_job(phi_t, k.top_k, block, concentration), pairs
         ),
-        "skill_job_rank": _with_support(
-            rankings.top_jobs_per_skill(phi_t, k.top_k, _RANK_BLOCK), pairs
-        ),
-        "job_neighbors": rankings.job_neighbors(phi_t, k.neighbors_k, _RANK_BLOCK),
-        "skill_neighbors": rankings.skill_neighbors(phi_t, k.neighbors_k, _RANK_BLOCK),
+        "skill_job_rank": _with_support(rankings.top_jobs_per_skill(phi_t, k.top_k, block), pairs),
+        "job_neighbors": rankings.job_neighbors(phi_t, k.neighbors_k, block, search),
+        "skill_neighbors": rankings.skill_neighbors(phi_t, k.neighbors_k, block, search),
         "job_skill_rank_by_segment": _segment_blocks(
             segments, ctx.config.train.segment_min_profiles, k.top_k
         )

@@ -22,6 +22,9 @@ from torch import Tensor
 
 Columns = dict[str, np.ndarray]
 
+# Rows (jobs or skills) per block of the train stage's rankings and neighbour searches: bounds
+# the memory of one block (block x width floats).
+RANK_BLOCK = 1024
 # _log_totals' pieces (bytes of float64) and _columns' bands (rows of phi_t): cache-sized.
 _PIECE_BYTES = 1 << 20
 _BAND_JOBS = 256
@@ -114,23 +117,25 @@ def top_jobs_per_skill(phi_t: Tensor, k: int, block: int) -> Iterator[Columns]:
         yield _top_k(columns, _log_totals(columns), start, k, "skill_id", "job_id")
 
 
-def job_neighbors(phi_t: Tensor, k: int, block: int) -> Iterator[Columns]:
-    """Each job's k most similar other jobs: cosine similarity of job2vec vectors."""
+def job_neighbors(phi_t: Tensor, k: int, block: int, device: str = "cpu") -> Iterator[Columns]:
+    """Each job's k most similar other jobs: cosine similarity of job2vec vectors, searched
+    on `device` (``_cosine_neighbors``)."""
     vectors = torch.empty_like(phi_t)
     for start in range(0, phi_t.shape[0], block):
         rows = phi_t[start : start + block]
         vectors[start : start + len(rows)] = torch.softmax(rows, dim=1)
-    yield from _cosine_neighbors(vectors, k, block, "job_id", "neighbor_job_id")
+    yield from _cosine_neighbors(vectors, k, block, "job_id", "neighbor_job_id", device)
 
 
-def skill_neighbors(phi_t: Tensor, k: int, block: int) -> Iterator[Columns]:
-    """Each skill's k most similar other skills: cosine similarity of skill2vec vectors."""
+def skill_neighbors(phi_t: Tensor, k: int, block: int, device: str = "cpu") -> Iterator[Columns]:
+    """Each skill's k most similar other skills: cosine similarity of skill2vec vectors,
+    searched on `device` (``_cosine_neighbors``)."""
     jobs, skills = phi_t.shape
     vectors = torch.empty(skills, jobs, dtype=phi_t.dtype)
     for start in range(0, skills, block):
         columns = _columns(phi_t, start, block)
         vectors[start : start + columns.shape[0]] = torch.softmax(columns, dim=1)
-    yield from _cosine_neighbors(vectors, k, block, "skill_id", "neighbor_skill_id")
+    yield from _cosine_neighbors(vectors, k, block, "skill_id", "neighbor_skill_id", device)
 
 
 def beta_interval(p: Tensor, concentration: Tensor) -> tuple[Tensor, Tensor]:
@@ -198,9 +203,12 @@ def _columns(phi_t: Tensor, start: int, block: int) -> Tensor:
 
 
 def _cosine_neighbors(
-    vectors: Tensor, k: int, block: int, key: str, neighbor_key: str
+    vectors: Tensor, k: int, block: int, key: str, neighbor_key: str, device: str
 ) -> Iterator[Columns]:
     """Top-k cosine neighbours of every row of `vectors` (normalised in place), self excluded.
+
+    On `device`: a GPU takes a copy of the vectors and does the products and the top-k
+    there (float32, no TF32 unless torch is set so), the results come back for the columns.
 
     The similarities are exact (float32), and symmetric: each pair of row blocks is
     multiplied once, its product serving the rows of both blocks, which halves the
@@ -208,11 +216,12 @@ def _cosine_neighbors(
     machine, 12.5 s -> 7.5 s for jobs). Each row keeps its best k so far; a similarity may
     differ from the full product's by float32's rounding (measured: at most 3e-6).
     """
+    vectors = vectors.to(device)
     vectors.div_(vectors.norm(dim=1, keepdim=True).clamp_min(torch.finfo(vectors.dtype).tiny))
     n = vectors.shape[0]
     k = min(k, n - 1)  # 0 when there is a single row: blocks of no rows, with their columns
-    best = torch.full((n, k), -torch.inf, dtype=vectors.dtype)
-    best_ids = torch.full((n, k), -1, dtype=torch.int64)
+    best = torch.full((n, k), -torch.inf, dtype=vectors.dtype, device=vectors.device)
+    best_ids = torch.full((n, k), -1, dtype=torch.int64, device=vectors.device)
 
     def keep(first: int, values: Tensor, ids: Tensor) -> None:
         """Merge candidate (values, ids) of rows first.. into the best k of each."""
@@ -233,7 +242,7 @@ def _cosine_neighbors(
                 values, ids = torch.topk(similarity, min(k, similarity.shape[0]), dim=0)
                 keep(other, values.T, ids.T + start)
     similarities, order = torch.sort(best, dim=1, descending=True, stable=True)
-    neighbors = best_ids.gather(1, order)
+    neighbors, similarities = best_ids.gather(1, order).cpu(), similarities.cpu()
     for start in range(0, n, block):
         count = min(block, n - start)
         yield {

@@ -847,7 +847,10 @@ def test_rankings_of_a_wide_phi_are_the_whole_rows_arithmetic() -> None:
         assert np.array_equal(columns["probability"], expected), item_key
 
 
-def test_neighbors_in_blocks_are_the_exact_cosine_top_k() -> None:
+# The neighbour searches run on a GPU too (the train stage's --device cuda): checked there
+# wherever torch sees one (benchmarks/neighbors.py compares the two at paper scale).
+@pytest.mark.parametrize("device", ["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
+def test_neighbors_in_blocks_are_the_exact_cosine_top_k(device: str) -> None:
     # 11 jobs x 8 skills in blocks of 3 (and of 20: one block): every pair of blocks, the
     # diagonal ones and the ragged last one, must give each row its k most similar others.
     phi_t = torch.randn(11, 8, generator=torch.Generator().manual_seed(5))
@@ -865,7 +868,7 @@ def test_neighbors_in_blocks_are_the_exact_cosine_top_k() -> None:
         for k, block in ((4, 3), (4, 20), (30, 3)):
             rows = [
                 (int(r), int(rank), int(n), float(s))
-                for columns in neighbors(phi_t, k, block)
+                for columns in neighbors(phi_t, k, block, device)
                 for r, rank, n, s in zip(
                     columns[key], columns["rank"], columns[other], columns["similarity"],
                     strict=True,
