@@ -210,9 +210,13 @@ def mixture_method(
     return mixture_of(phi_t.exp(), p0, background_weight, name)
 
 
-def mixture_of(theta: Tensor, p0: Tensor, background_weight: float, name: str = "model") -> Method:
-    """``mixture_method`` from theta (J x S) and p0 (S,) themselves; `theta` is overwritten."""
-    rows = theta.mul_(1.0 - background_weight)
+def mixture_of(
+    theta: Tensor, p0: Tensor, background_weight: float, name: str = "model", in_place: bool = True
+) -> Method:
+    """``mixture_method`` from theta (J x S) and p0 (S,) themselves; `theta` is overwritten
+    unless not `in_place`."""
+    weight = 1.0 - background_weight
+    rows = theta.mul_(weight) if in_place else theta.mul(weight)
     rows.add_(background_weight * p0[None, :])
     return Method(name, rows, "mixture")
 

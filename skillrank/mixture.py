@@ -187,7 +187,10 @@ def accumulate(
 
 def theta_matrix(counts: Tensor, totals: Tensor, prior: Tensor, alpha: float) -> Tensor:
     """Every theta_j (J x S, float32; rows sum to 1)."""
-    return (counts + alpha * prior).div_((totals + alpha)[:, None])
+    scaled = alpha * prior
+    # One J x S temporary where the prior is one already (a title prior), not two.
+    theta = scaled.add_(counts) if scaled.shape == counts.shape else counts + scaled
+    return theta.div_((totals + alpha)[:, None])
 
 
 def objective(
@@ -388,9 +391,9 @@ def train_mixture(
         if ranks.world > 1:
             dist.all_reduce(counts)
         kl_sum, profiles = ranks.sum([step.kl_sum, float(step.profiles)])
-        totals = counts.double().sum(dim=1)
+        totals = counts.sum(dim=1, dtype=torch.float64)
         theta = theta_matrix(counts, totals.float(), prior, alpha)
-        method = mixture_of(theta.clone(), p0, lam)
+        method = mixture_of(theta, p0, lam, in_place=False)
         validation_loss, ndcg = score_split(
             method, manifest, "validation", params.batch_size, ranks
         )
@@ -412,9 +415,9 @@ def train_mixture(
         if phase == "popularity" and params.title_prior != "popularity" and not improved:
             # This phase only has to attribute the credit that the title priors pool.
             switched = time.perf_counter()
-            base = (counts.double().sum(dim=0) + params.word_prior_strength * p0.double()) / (
-                totals.sum() + params.word_prior_strength
-            )
+            base = (
+                counts.sum(dim=0, dtype=torch.float64) + params.word_prior_strength * p0.double()
+            ) / (totals.sum() + params.word_prior_strength)
             cpu = torch.device("cpu")
             if params.title_prior == "words":
                 titles, _ = read_vocabulary(manifest, "job")
