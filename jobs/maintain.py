@@ -7,8 +7,8 @@ run that is current without the pin (skillrank.promotion) in the tables keyed by
 (phi, the rankings, training_history, evaluation, coclusters, ...); every other run that
 published rows (succeeded or rejected) loses them and its report, and its `runs` row turns
 'removed' (the row and its run_events stay: the history of what was published). Then every
-table is compacted (OPTIMIZE of its files below maintain.compact_files_below_mib) and
-VACUUMed with maintain.vacuum_retention_hours of history kept for time travel; fewer than
+table but phi (TableSpec.compact) is compacted (OPTIMIZE of its files below
+maintain.compact_files_below_mib), and every table is VACUUMed with maintain.vacuum_retention_hours of history kept for time travel; fewer than
 Delta's 168 hours only with --unsafe-retention. The softmax
 checkpoint files go too (maintain.remove_checkpoints), unless the latest train run failed.
 Prints the warehouse's bytes before and after. A rerun removes nothing more.
@@ -87,10 +87,11 @@ def run(ctx: StageContext) -> StageResult:
             shutil.rmtree(ctx.workdir / ctx.config.catalog.reports_dir / run_id, True)
     if params.remove_checkpoints:
         _remove_checkpoints(ctx)
-    with ctx.step(f"compacted {len(tables)} tables (OPTIMIZE)"):
+    compacted = [key for key in tables if SPECS[key].compact]
+    with ctx.step(f"compacted {len(compacted)} tables (OPTIMIZE)"):
         below = params.compact_files_below_mib * 2**20
         spark.conf.set("spark.databricks.delta.optimize.minFileSize", str(below))
-        for key in tables:
+        for key in compacted:
             spark.sql(f"OPTIMIZE {ctx.table(key)}")
     with ctx.step(f"vacuumed them, keeping {params.vacuum_retention_hours:g} hours of history"):
         # Delta 4 ignores RETAIN (but 0) in favour of each table's
