@@ -1,4 +1,4 @@
-"""maintain: retention of train runs, then OPTIMIZE and VACUUM of every table.
+"""maintain: retention of train runs, then OPTIMIZE (phi aside) and VACUUM of every table.
 
     ./spark-submit.sh maintain [--workdir DIR] [--unsafe-retention] [--conf maintain.KEY=VALUE]
 
@@ -8,10 +8,11 @@ run that is current without the pin (skillrank.promotion) in the tables keyed by
 published rows (succeeded or rejected) loses them and its report, and its `runs` row turns
 'removed' (the row and its run_events stay: the history of what was published). Then every
 table but phi (TableSpec.compact) is compacted (OPTIMIZE of its files below
-maintain.compact_files_below_mib), and every table is VACUUMed with maintain.vacuum_retention_hours of history kept for time travel; fewer than
-Delta's 168 hours only with --unsafe-retention. The softmax
-checkpoint files go too (maintain.remove_checkpoints), unless the latest train run failed.
-Prints the warehouse's bytes before and after. A rerun removes nothing more.
+maintain.compact_files_below_mib), and every table is VACUUMed with
+maintain.vacuum_retention_hours of history kept for time travel; fewer than Delta's 168
+hours only with --unsafe-retention. The softmax checkpoint files go too
+(maintain.remove_checkpoints), unless the latest train run failed. Prints the warehouse's
+bytes before and after. A rerun removes nothing more.
 """
 
 from __future__ import annotations
