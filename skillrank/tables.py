@@ -46,8 +46,6 @@ class TableSpec:
     # Other table properties (name -> value), such as settings of the Parquet writer, which
     # Delta passes to it from the table's properties.
     properties: tuple[tuple[str, str], ...] = ()
-    # Whether `maintain` compacts its small files (OPTIMIZE).
-    compact: bool = True
 
 
 POSITION = StructType(
@@ -464,13 +462,6 @@ SPECS: dict[str, TableSpec] = {
             # run's 182 million weights appended by Spark: 9.6 s -> 8.3 s warm, 21.3 s ->
             # 14.4 s in a fresh JVM; the files 432 -> 436 MiB).
             properties=(("parquet.enable.dictionary", "false"),),
-            # Each run's weights are written once, in their own partition, as a few files of
-            # about 21 MiB at paper scale (zstd, see jobs/train.py): below
-            # maintain.compact_files_below_mib, but nothing many appends left behind.
-            # Compacting them rewrote a run's 147 MiB as 437 MiB (OPTIMIZE writes with the
-            # session's codec, snappy; Delta passes no codec from table properties) and took
-            # most of maintain's 86 s on a paper-scale work directory (2026-12-04).
-            compact=False,
         ),
         TableSpec(
             "skill_background",
