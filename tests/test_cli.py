@@ -129,18 +129,21 @@ def test_a_run_id_that_cannot_be_used_fails_before_spark(
     assert launch(["evaluate", "--run-id", ids[1], "--workdir", str(workdir), "--dry-run"]) == 0
 
 
-@pytest.mark.parametrize(("gpus", "processes"), [(0, 1), (1, 2)])
+@pytest.mark.parametrize(
+    ("stage", "gpus", "processes"), [("train", 0, 1), ("train", 1, 2), ("all", 0, 1)]
+)
 def test_cuda_needs_a_gpu_per_training_process(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
+    stage: str,
     gpus: int,
     processes: int,
 ) -> None:
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
     # Both families run on a GPU: the default one (mixture) gets as far as the GPU count.
     settings = ["--conf", f"train.num_processes={processes}"]
-    code = launch(["train", "--device", "cuda", *settings, "--workdir", str(tmp_path / "w")])
+    code = launch([stage, "--device", "cuda", *settings, "--workdir", str(tmp_path / "w")])
     assert code == 2
     expected = (
         f"--device cuda with {processes} training process(es) on this machine needs"
