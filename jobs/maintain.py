@@ -18,9 +18,10 @@ bytes before and after. A rerun removes nothing more.
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 from delta.tables import DeltaTable
 from pyspark.sql import functions as F
@@ -142,10 +143,17 @@ def run(ctx: StageContext) -> StageResult:
 
 
 def _each(tables: list[str], command: Callable[[str], object]) -> None:
-    """command(key) for every table, _TABLES_AT_ONCE at a time; the first error raised."""
+    """command(key) for every table, _TABLES_AT_ONCE at a time. After an error no other
+    table starts: the commands running finish, then the error is raised (as the loop over
+    one table at a time stopped at the first)."""
+    waiting = iter(tables)
     with ThreadPoolExecutor(_TABLES_AT_ONCE, thread_name_prefix="maintain") as pool:
-        for done in [pool.submit(command, key) for key in tables]:
-            done.result()
+        running = {pool.submit(command, key) for key in itertools.islice(waiting, _TABLES_AT_ONCE)}
+        while running:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                future.result()
+            running |= {pool.submit(command, key) for key in itertools.islice(waiting, len(done))}
 
 
 def _warehouse_bytes(ctx: StageContext) -> int:

@@ -54,7 +54,16 @@ def submit_environment(**extra: str) -> dict[str, str]:
     return {**os.environ, "SPARK_SUBMIT_OPTS": FAST_JVM, **extra}
 
 
+# Tests on these fixtures run pipeline stages end to end in this process: `slow`, like the
+# ones that run spark-submit (test_sql.py), and so out of the day-to-day subset (README).
+_STAGE_FIXTURES = {"pipeline", "evaluated_runs"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _STAGE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
     # Then by file name, whatever order the command line names them in: test_evaluation.py
     # reads evaluated_runs as conftest left it, before test_publish.py adds runs to it and
     # its last test (maintain) deletes some.

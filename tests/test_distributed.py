@@ -237,6 +237,7 @@ def test_two_processes_reach_the_validation_scores_of_one(tmp_path: Path) -> Non
     )
 
 
+@pytest.mark.slow  # three two-process runs
 def test_a_resumed_two_process_run_ends_where_an_uninterrupted_one_does(tmp_path: Path) -> None:
     manifest, _ = _planted_case(tmp_path, shards=2)
     params = _params(num_processes=2, max_epochs=4, patience=10)

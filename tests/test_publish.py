@@ -8,6 +8,8 @@ from __future__ import annotations
 import getpass
 import io
 import json
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
+import jobs.maintain
 import jobs.train
 from jobs._cli import StageContext
 from jobs._runs import RANKING_COLUMNS
@@ -550,3 +553,31 @@ def test_maintain_keeps_the_latest_current_and_pinned_runs_and_vacuums(
     assert f"evaluate failed: {profiles} at version {shards_version}, which the shards" in error
     assert "has lost files to VACUUM" in error
     assert "run prepare again, then train on its shards (trace: " in error
+
+
+def test_maintain_works_on_four_tables_at_a_time_and_starts_none_after_an_error() -> None:
+    started: list[str] = []
+    running, most = set(), 0
+    lock = threading.Lock()
+
+    def command(key: str) -> None:
+        nonlocal most
+        with lock:
+            started.append(key)
+            running.add(key)
+            most = max(most, len(running))
+        try:
+            if key == "t0":
+                raise RuntimeError("t0 failed")
+            time.sleep(0.3)  # t0 fails while the three beside it still run
+        finally:
+            with lock:
+                running.discard(key)
+
+    tables = [f"t{i}" for i in range(10)]
+    jobs.maintain._each(tables[1:], command)
+    assert sorted(started) == tables[1:] and most == 4
+    started.clear()
+    with pytest.raises(RuntimeError, match="t0 failed"):
+        jobs.maintain._each(tables, command)
+    assert sorted(started) == ["t0", "t1", "t2", "t3"]  # those three finished, no other began
