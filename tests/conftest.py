@@ -30,10 +30,16 @@ from skillrank.shards import Manifest
 
 # tests/run.sh runs the suite on two pytest-xdist workers, one file at a time per worker (so
 # that a module's fixtures are built once), test_evaluation.py on the worker that runs
-# test_publish.py (they share evaluated_runs). The two longest files start first, one per
-# worker; the rest follow by file name (pytest_collection_modifyitems).
+# test_publish.py (they share evaluated_runs). A worker takes the next file as it runs out:
+# the longest files go first, so that small ones fill the end (seconds of the 80 slowest
+# items, two workers, 2026-12-04: 292, 222, 280 for the two sharing a run, 184, 89, 52, 43,
+# 42, 31, 20); the rest follow by file name (pytest_collection_modifyitems).
 _SHARED_SCOPE = {"test_evaluation.py": "test_publish.py"}
-_LONGEST = ("test_sql.py", "test_cluster.py")
+_LONGEST = (
+    *("test_sql.py", "test_cluster.py", "test_evaluation.py", "test_publish.py"),
+    *("test_pipeline.py", "test_ingest.py", "test_distributed.py", "test_tables.py"),
+    *("test_generate.py", "test_ingest_properties.py", "test_cli.py"),
+)
 
 # The JVMs of the stages a test starts through ./spark-submit.sh live a minute or two, in
 # which the C2 JIT compiler and the parallel collector's threads burn a large share of the
@@ -64,12 +70,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if _STAGE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
-    # Then by file name, whatever order the command line names them in: test_evaluation.py
-    # reads evaluated_runs as conftest left it, before test_publish.py adds runs to it and
-    # its last test (maintain) deletes some.
+    # Then in _LONGEST's order, whatever order the command line names them in:
+    # test_evaluation.py reads evaluated_runs as conftest left it, before test_publish.py adds
+    # runs to it and its last test (maintain) deletes some.
     def order(item: pytest.Item) -> tuple[int, str]:
-        first = _LONGEST.index(item.path.name) if item.path.name in _LONGEST else 2
-        return first, item.path.name
+        name = item.path.name
+        return (_LONGEST.index(name) if name in _LONGEST else len(_LONGEST)), name
 
     items.sort(key=order)
 
