@@ -201,6 +201,7 @@ def crawl(spark: SparkSession, config: Config, tmp_path_factory: pytest.TempPath
     return output
 
 
+@pytest.mark.slow  # runs the generate stage (its own or a fixture's)
 def test_other_seed_other_data_same_seed_same_bytes(
     spark: SparkSession, config: Config, crawl: Path, tmp_path: Path
 ) -> None:
@@ -228,6 +229,7 @@ def test_other_seed_other_data_same_seed_same_bytes(
     assert [p.name for p in tmp_path.iterdir()] == ["crawl"], "temporary directories left behind"
 
 
+@pytest.mark.slow  # runs the generate stage (its own or a fixture's)
 def test_places_written_in_real_world_shapes_are_matched_by_prepare(
     spark: SparkSession, config: Config, tmp_path: Path
 ) -> None:
@@ -269,6 +271,7 @@ def test_places_written_in_real_world_shapes_are_matched_by_prepare(
     assert unrecognized.count() == 0
 
 
+@pytest.mark.slow  # runs the generate stage (its own or a fixture's)
 def test_refuses_to_replace_a_directory_it_did_not_write(
     spark: SparkSession, config: Config, tmp_path: Path
 ) -> None:
@@ -296,6 +299,7 @@ def test_impossible_settings_are_refused_before_spark() -> None:
         parse_stage_args([STAGE], ["--output", "s3a://bucket/crawl"])
 
 
+@pytest.mark.slow  # runs the generate stage (its own or a fixture's)
 def test_rerun_with_same_parameters_is_a_no_op(
     spark: SparkSession, config: Config, crawl: Path
 ) -> None:
@@ -305,6 +309,7 @@ def test_rerun_with_same_parameters_is_a_no_op(
     assert {p: p.stat().st_mtime_ns for p in crawl.rglob("*")} == before
 
 
+@pytest.mark.slow  # runs the generate stage (its own or a fixture's)
 def test_stats_count_what_ingest_quarantines(
     spark: SparkSession, config: Config, crawl: Path
 ) -> None:
@@ -325,6 +330,7 @@ def test_stats_count_what_ingest_quarantines(
     )
 
 
+@pytest.mark.slow  # runs the generate stage (its own or a fixture's)
 def test_truth_files_describe_the_sampled_world(crawl: Path) -> None:
     titles = pq.read_table(crawl / "truth" / "titles.parquet").to_pydict()
     skills = pq.read_table(crawl / "truth" / "occupation_skills.parquet").to_pydict()
@@ -372,6 +378,7 @@ def segment_crawl(
     return output
 
 
+@pytest.mark.slow  # runs the generate stage (its own or a fixture's)
 def test_segment_skills_are_planted_outside_each_occupations_own(
     config: Config, segment_crawl: Path
 ) -> None:
@@ -414,6 +421,7 @@ def test_segment_skills_are_planted_outside_each_occupations_own(
     assert truth_tables(build_truth(other))["segment_skills"] == rows
 
 
+@pytest.mark.slow  # runs the generate stage (its own or a fixture's)
 def test_city_skills_show_up_in_that_city_only(config: Config, segment_crawl: Path) -> None:
     truth = segment_crawl / "truth"
     titles = pq.read_table(truth / "titles.parquet").to_pydict()
