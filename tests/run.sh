@@ -5,12 +5,15 @@
 #                                  on skillrank/ and jobs/ as pyproject.toml says; no tests)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$ROOT/spark-submit.sh" setup --workdir "$ROOT/var/setup"
 cd "$ROOT"
 if [[ "${1:-}" == "--lint" ]]; then
+  # The virtual environment only (spark-submit.sh creates it): the linters start no JVM, so
+  # they need neither the JARs nor the class archive of `setup`.
+  "$ROOT/spark-submit.sh" --version >/dev/null
   "$ROOT/.venv/bin/python" -m ruff check .
   "$ROOT/.venv/bin/python" -m ruff format --check .
   exec "$ROOT/.venv/bin/python" -m mypy
 fi
+"$ROOT/spark-submit.sh" setup --workdir "$ROOT/var/setup"
 # Two workers, one per core (see tests/conftest.py); `-n 0` runs in this process instead.
 exec "$ROOT/.venv/bin/python" -m pytest -n 2 "$@"
