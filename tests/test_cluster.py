@@ -11,6 +11,7 @@ process's driver). One process against two is tests/test_distributed.py's.
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import os
@@ -29,6 +30,7 @@ from typing import Any
 import pyspark
 import pytest
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.testing import assertDataFrameEqual
 
 from skillrank.publish import RUN_TABLES
 from tests.conftest import (
@@ -272,27 +274,29 @@ def test_the_cluster_ran_every_stage_on_both_executors(
 
 
 def test_same_vocabularies(on_cluster: InWorkdir, on_local: Pipeline) -> None:
-    for table, columns in (
-        ("job_vocab", ("job_id", "job_title")),
-        ("skill_vocab", ("skill_id", "skill_name")),
+    for table, columns, size in (
+        ("job_vocab", ("job_id", "job_title"), 4),
+        ("skill_vocab", ("skill_id", "skill_name"), 13),
     ):
-        cluster_rows = _rows(on_cluster, table, *columns)
-        assert cluster_rows == _rows(on_local, table, *columns), table
-        assert len(cluster_rows) == {"job_vocab": 4, "skill_vocab": 13}[table]
+        cluster_vocab = on_cluster.table(table).select(*columns)
+        assertDataFrameEqual(cluster_vocab, on_local.table(table).select(*columns))
+        assert cluster_vocab.count() == size, table
 
 
 def test_same_split_per_profile(on_cluster: InWorkdir, on_local: Pipeline) -> None:
-    cluster_split = _rows(on_cluster, "profiles", "profile_id", "split")
-    assert cluster_split == _rows(on_local, "profiles", "profile_id", "split")
-    assert len(cluster_split) == 300
-    assert {split for _, split in cluster_split} == {"train", "validation", "test"}
+    cluster_split = on_cluster.table("profiles").select("profile_id", "split")
+    assertDataFrameEqual(cluster_split, on_local.table("profiles").select("profile_id", "split"))
+    splits = [r.split for r in cluster_split.collect()]
+    assert len(splits) == 300 and set(splits) == {"train", "validation", "test"}
 
 
 def test_same_quarantine(on_cluster: InWorkdir, on_local: Pipeline) -> None:
     columns = ("line_number", "reason", "reason_detail", "raw_bytes", "raw_text", "profile_id")
-    cluster_rows = _rows(on_cluster, "quarantine", *columns)
-    assert cluster_rows == _rows(on_local, "quarantine", *columns)
-    assert [(line, reason, pid) for line, reason, *_, pid in cluster_rows] == [
+    cluster_rows = on_cluster.table("quarantine").select(*columns)
+    assertDataFrameEqual(cluster_rows, on_local.table("quarantine").select(*columns))
+    assert [
+        (line, reason, pid) for line, reason, *_, pid in _rows(on_cluster, "quarantine", *columns)
+    ] == [
         (301, "invalid_json", None),
         (302, "not_an_object", None),
         (303, "missing_field", None),
@@ -300,32 +304,22 @@ def test_same_quarantine(on_cluster: InWorkdir, on_local: Pipeline) -> None:
     ]
 
 
-def _phi(tables: Tables) -> dict[tuple[int, int], float]:
-    rows = _rows(tables, "phi", "job_id", "weights")
-    return {(j, s): w for j, weights in rows for s, w in enumerate(weights)}
-
-
 def test_phi_within_tolerance(on_cluster: InWorkdir, on_local: Pipeline) -> None:
-    cluster_phi, local_phi = _phi(on_cluster), _phi(on_local)
-    assert sorted(cluster_phi) == sorted(local_phi) and len(cluster_phi) == 4 * 13
-    worst = max(abs(cluster_phi[k] - local_phi[k]) for k in cluster_phi)
-    assert worst <= PHI_TOLERANCE, f"largest difference in phi: {worst}"
-
-
-def _top10(tables: Tables) -> dict[str, list[str]]:
-    ranks = _rows(tables, "job_skill_rank", "job_title", "rank", "skill_name")
-    top: dict[str, list[str]] = {}
-    for title, rank, skill in ranks:
-        if rank <= 10:
-            top.setdefault(title, []).append(skill)
-    return top
+    cluster_phi = on_cluster.table("phi").select("job_id", "weights")
+    assert [len(r.weights) for r in cluster_phi.collect()] == [13] * 4
+    assertDataFrameEqual(
+        cluster_phi, on_local.table("phi").select("job_id", "weights"), rtol=0.0, atol=PHI_TOLERANCE
+    )
 
 
 def test_same_top10_skillrank(on_cluster: InWorkdir, on_local: Pipeline) -> None:
-    cluster_top = _top10(on_cluster)
-    assert cluster_top == _top10(on_local)
-    assert sorted(cluster_top) == ["accountant", "data scientist", "nurse", "welder"]
-    assert all(len(skills) == 10 for skills in cluster_top.values())
+    def top10(tables: Tables) -> DataFrame:
+        ranks = tables.table("job_skill_rank").where("rank <= 10")
+        return ranks.select("job_title", "rank", "skill_name")
+
+    assertDataFrameEqual(top10(on_cluster), top10(on_local))
+    titles = collections.Counter(r.job_title for r in top10(on_cluster).collect())
+    assert titles == dict.fromkeys(["accountant", "data scientist", "nurse", "welder"], 10)
 
 
 # --- the two train processes of each run ---
