@@ -193,6 +193,11 @@ def random_batch(rng: np.random.Generator, profiles: int, jobs: int, skills: int
     return profile_batch(drawn, torch.float64)
 
 
+def warehouse_dir(spark: SparkSession) -> Path:
+    """The session's warehouse directory (Spark spells it file:/...)."""
+    return Path((spark.conf.get("spark.sql.warehouse.dir") or "").removeprefix("file:"))
+
+
 class Pipeline:
     """Runs stages in-process on the shared session, with its own database and work directory."""
 
@@ -203,11 +208,9 @@ class Pipeline:
         stages = [importlib.import_module(f"jobs.{name}").STAGE for name in stage_names]
         common = ["--workdir", str(self.workdir), "--master", "local[2]"]
         common += ["--conf", f"catalog.database={self.database}"]
-        # The shared session's warehouse, not one under this work directory (Spark spells it
-        # file:/..., the config takes a file:/// URI).
-        warehouse = self.spark.conf.get("spark.sql.warehouse.dir") or ""
-        warehouse = Path(warehouse.removeprefix("file:")).as_uri()
-        common += ["--conf", f"catalog.warehouse_dir={warehouse}"]
+        # The shared session's warehouse, not one under this work directory (the config takes
+        # a file:/// URI).
+        common += ["--conf", f"catalog.warehouse_dir={warehouse_dir(self.spark).as_uri()}"]
         common += ["--conf", "spark.shuffle_partitions=2"]
         return run_stages(stages, [*common, *args])
 

@@ -39,7 +39,16 @@ from skillrank.config import Config, load_config
 from skillrank.evaluate import BASELINES
 from skillrank.tables import SPECS, declare_tables, table_name, table_version
 from skillrank.trainer import EpochRecord
-from tests.conftest import CITY_SKILL, EVALUATE, GENERIC, PLANTED, SETTINGS, Evaluated, Pipeline
+from tests.conftest import (
+    CITY_SKILL,
+    EVALUATE,
+    GENERIC,
+    PLANTED,
+    SETTINGS,
+    Evaluated,
+    Pipeline,
+    warehouse_dir,
+)
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +265,7 @@ def test_small_tables_read_from_the_delta_log_equal_sparks_reads(
     # Delta log and files; elsewhere (here the shared session's warehouse as a URI, as
     # Pipeline's stages see it) Spark reads them.
     spark = evaluated.spark
-    warehouse = Path((spark.conf.get("spark.sql.warehouse.dir") or "").removeprefix("file:"))
+    warehouse = warehouse_dir(spark)
     contexts = [
         StageContext(
             spark,

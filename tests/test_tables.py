@@ -16,6 +16,7 @@ from jobs._delta_log import live_rows
 from skillrank.config import Config, ConfigError
 from skillrank.tables import SPECS, declare_tables, table_name
 from skillrank.views import VIEWS
+from tests.conftest import warehouse_dir
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "tables.md"
 
@@ -24,7 +25,7 @@ def test_declared_tables_carry_every_column_comment(spark: SparkSession, config:
     catalog = replace(config.catalog, database="t_declared")
     local = replace(config, catalog=catalog)
     declare_tables(spark, local, list(SPECS))
-    warehouse = Path((spark.conf.get("spark.sql.warehouse.dir") or "").removeprefix("file:"))
+    warehouse = warehouse_dir(spark)
     for key, spec in SPECS.items():
         described = {
             r.col_name: r.comment
