@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from pyspark.sql import Row, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from jobs.ingest import read_lines
@@ -50,9 +50,66 @@ BAD_LINES: dict[str, tuple[str | bytes, str | None]] = {
 }
 
 
-def _lines(spark: SparkSession, values: list[str | bytes]) -> object:
+# Lines each of which a parametrized test below checks alone.
+WRONG_TYPES: list[tuple[str, object]] = [
+    ("profile_id", 17),
+    ("crawled_at", 1759320000),
+    ("location", ["Seattle"]),
+    ("industry", {"name": "Software"}),
+    ("positions", {"title": "Engineer"}),
+    ("positions", ["Engineer"]),
+    ("positions", [{"title": 3}]),
+    ("positions", [{"title": "Engineer", "end": False}]),
+    ("skills", ["Java", 1]),
+    ("skills", [["Java"]]),
+]
+CONTROL_CHARACTERS = [
+    (json.dumps(profile("p", skills=["Java\u0085"]), ensure_ascii=False), "skills"),
+    (json.dumps(profile("p", positions=[{"title": "Chef\nde cuisine"}])), "positions"),
+    (json.dumps(profile("p", industry="Software\u007f")), "industry"),
+]
+TRAILING_CONTENT = [
+    '{"profile_id": "p", "crawled_at": "2026-10-01"} garbage',
+    '{"profile_id": "p", "crawled_at": "2026-10-01"} // crawled {}',
+    '{"profile_id": "p", "crawled_at": "2026-10-01"},{"profile_id": "q"}',
+    '{"profile_id": "p", "crawled_at": "2026-10-01"}}',
+    '{"profile_id": "p", "crawled_at": "2026-10-01"} ""',
+    '{"profile_id": "p", "crawled_at": "2026-10-01"} \\}',
+    '[{"profile_id": "p"}] 5',
+    # Nested deeper than the regex that decides usual lines (the exact count decides).
+    '{"profile_id": "p", "crawled_at": "2026-10-01", "x": ' + "[" * 12 + "]" * 12 + "}]",
+    '{"profile_id": "p", "crawled_at": "2026-10-01", "x": ' + "[" * 12 + "]" * 12 + "} {}",
+]
+Verdicts = dict[str | bytes, Row]
+
+
+def _lines(spark: SparkSession, values: list[str | bytes]) -> DataFrame:
     rows = [Row(value=v.encode() if isinstance(v, str) else v) for v in values]
     return spark.createDataFrame(rows, "value binary").select(F.col("value").cast("string"))
+
+
+@pytest.fixture(scope="module")
+def verdicts(spark: SparkSession) -> Verdicts:
+    """parse_lines' row for each line above, by the line: one Spark job for all of them.
+
+    parse_lines decides each line on its own (no grouping, no ordering), so a line parsed
+    among others gets the row it gets alone; its index travels as a lineage column.
+    """
+    lines = list(
+        dict.fromkeys(
+            [line for line, _ in BAD_LINES.values()]
+            + [json.dumps(profile("p", **{field: value})) for field, value in WRONG_TYPES]
+            + [line for line, _ in CONTROL_CHARACTERS]
+            + TRAILING_CONTENT
+        )
+    )
+    values = [line.encode() if isinstance(line, str) else line for line in lines]
+    frame = spark.createDataFrame(list(enumerate(values)), "idx int, value binary")
+    parsed = parse_lines(frame.select("idx", F.col("value").cast("string")), **LIMITS)
+    rows = parsed.collect()
+    assert sorted(row.idx for row in rows) == list(range(len(lines)))  # one row per line
+    by_index = {row.idx: row for row in rows}
+    return {line: by_index[i] for i, line in enumerate(lines)}
 
 
 def test_every_reason_code_has_a_negative_test() -> None:
@@ -60,9 +117,9 @@ def test_every_reason_code_has_a_negative_test() -> None:
 
 
 @pytest.mark.parametrize("reason", REASONS)
-def test_bad_line_is_quarantined_with_its_reason(spark: SparkSession, reason: str) -> None:
+def test_bad_line_is_quarantined_with_its_reason(verdicts: Verdicts, reason: str) -> None:
     line, detail = BAD_LINES[reason]
-    (row,) = parse_lines(_lines(spark, [line]), **LIMITS).collect()
+    row = verdicts[line]
     assert (row.reason, row.reason_detail) == (reason, detail)
     raw = line if isinstance(line, bytes) else line.encode()
     assert row.raw_bytes == len(raw)
@@ -70,24 +127,9 @@ def test_bad_line_is_quarantined_with_its_reason(spark: SparkSession, reason: st
     assert row.profile_id == ("p" if reason in NAMED else None)
 
 
-@pytest.mark.parametrize(
-    ("field", "value"),
-    [
-        ("profile_id", 17),
-        ("crawled_at", 1759320000),
-        ("location", ["Seattle"]),
-        ("industry", {"name": "Software"}),
-        ("positions", {"title": "Engineer"}),
-        ("positions", ["Engineer"]),
-        ("positions", [{"title": 3}]),
-        ("positions", [{"title": "Engineer", "end": False}]),
-        ("skills", ["Java", 1]),
-        ("skills", [["Java"]]),
-    ],
-)
-def test_wrong_type_at_every_field(spark: SparkSession, field: str, value: object) -> None:
-    line = json.dumps(profile("p", **{field: value}))
-    (row,) = parse_lines(_lines(spark, [line]), **LIMITS).collect()
+@pytest.mark.parametrize(("field", "value"), WRONG_TYPES)
+def test_wrong_type_at_every_field(verdicts: Verdicts, field: str, value: object) -> None:
+    row = verdicts[json.dumps(profile("p", **{field: value}))]
     assert (row.reason, row.reason_detail) == ("wrong_type", field)
     assert row.profile_id == (None if field == "profile_id" else "p")
 
@@ -277,16 +319,9 @@ def test_missing_input_fails_before_any_table_exists(pipeline: Pipeline, tmp_pat
     assert not pipeline.spark.catalog.databaseExists(pipeline.database)
 
 
-@pytest.mark.parametrize(
-    ("line", "field"),
-    [
-        (json.dumps(profile("p", skills=["Java\u0085"]), ensure_ascii=False), "skills"),
-        (json.dumps(profile("p", positions=[{"title": "Chef\nde cuisine"}])), "positions"),
-        (json.dumps(profile("p", industry="Software\u007f")), "industry"),
-    ],
-)
-def test_control_characters_in_every_form(spark: SparkSession, line: str, field: str) -> None:
-    (row,) = parse_lines(_lines(spark, [line]), **LIMITS).collect()
+@pytest.mark.parametrize(("line", "field"), CONTROL_CHARACTERS)
+def test_control_characters_in_every_form(verdicts: Verdicts, line: str, field: str) -> None:
+    row = verdicts[line]
     assert (row.reason, row.reason_detail) == ("control_characters", field)
 
 
@@ -297,23 +332,9 @@ def test_escaped_quotes_do_not_hide_a_long_field(spark: SparkSession) -> None:
     assert (row.reason, row.reason_detail) == ("field_too_long", "positions")
 
 
-@pytest.mark.parametrize(
-    "line",
-    [
-        '{"profile_id": "p", "crawled_at": "2026-10-01"} garbage',
-        '{"profile_id": "p", "crawled_at": "2026-10-01"} // crawled {}',
-        '{"profile_id": "p", "crawled_at": "2026-10-01"},{"profile_id": "q"}',
-        '{"profile_id": "p", "crawled_at": "2026-10-01"}}',
-        '{"profile_id": "p", "crawled_at": "2026-10-01"} ""',
-        '{"profile_id": "p", "crawled_at": "2026-10-01"} \\}',
-        '[{"profile_id": "p"}] 5',
-        # Nested deeper than the regex that decides usual lines (the exact count decides).
-        '{"profile_id": "p", "crawled_at": "2026-10-01", "x": ' + "[" * 12 + "]" * 12 + "}]",
-        '{"profile_id": "p", "crawled_at": "2026-10-01", "x": ' + "[" * 12 + "]" * 12 + "} {}",
-    ],
-)
-def test_anything_after_the_first_value_is_invalid_json(spark: SparkSession, line: str) -> None:
-    (row,) = parse_lines(_lines(spark, [line]), **LIMITS).collect()
+@pytest.mark.parametrize("line", TRAILING_CONTENT)
+def test_anything_after_the_first_value_is_invalid_json(verdicts: Verdicts, line: str) -> None:
+    row = verdicts[line]
     assert (row.reason, row.reason_detail) == ("invalid_json", "trailing_content")
 
 
