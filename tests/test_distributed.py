@@ -120,22 +120,30 @@ def _initial_phi() -> torch.Tensor:
     return torch.randn(*PHI_SHAPE, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
 
 
-def _step_as_rank(params: TrainConfig, out: Path) -> None:
+OPTIMIZERS = ("sgd", "adam")
+
+
+def _step_params(optimizer: str) -> TrainConfig:
+    return _params(optimizer=optimizer, learning_rate=0.5, batch_size=5)
+
+
+def _steps_as_rank(out: Path) -> None:
+    """Each optimizer's steps from the same start, one after the other in one process group."""
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    phi_t = _initial_phi()
-    batch = _parts()[rank]
-    optimizer = _make_optimizer(phi_t, params)
-    profiles, loss = _distributed_step(phi_t, optimizer, batch, params)
-    after_union = phi_t.clone()
-    # Rank 1 has run out: it takes part with an empty batch.
-    _distributed_step(phi_t, optimizer, batch if rank == 0 else _empty_like(batch), params)
-    # Once all have, the step says so.
-    done = _distributed_step(phi_t, optimizer, _empty_like(batch), params)
-    torch.save(
-        {"phi_t": after_union, "tail": phi_t, "profiles": profiles, "loss": loss, "done": done},
-        out / f"{rank}",
-    )
+    for name in OPTIMIZERS:
+        params = _step_params(name)
+        phi_t = _initial_phi()
+        batch = _parts()[rank]
+        optimizer = _make_optimizer(phi_t, params)
+        profiles, loss = _distributed_step(phi_t, optimizer, batch, params)
+        after_union = phi_t.clone()
+        # Rank 1 has run out: it takes part with an empty batch.
+        _distributed_step(phi_t, optimizer, batch if rank == 0 else _empty_like(batch), params)
+        # Once all have, the step says so.
+        done = _distributed_step(phi_t, optimizer, _empty_like(batch), params)
+        saved = {"phi_t": after_union, "tail": phi_t, "profiles": profiles, "loss": loss}
+        torch.save({**saved, "done": done}, out / f"{name}-{rank}")
     dist.barrier()  # no rank leaves while another still talks to it
     dist.destroy_process_group()
 
@@ -145,12 +153,20 @@ def _empty_like(batch: Batch) -> Batch:
     return Batch(none, batch.job_weights[:0], none.new_zeros(1), none, none.new_zeros(1))
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.fixture(scope="module")
+def distributed_steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two ranks' steps with every optimizer: one pair of processes for all (each costs
+    seconds to start)."""
+    out = tmp_path_factory.mktemp("steps")
+    assert _run_ranks(2, _steps_as_rank, out) == [0, 0]
+    return out
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
 def test_a_distributed_step_is_the_step_on_the_union_of_the_batches(
-    tmp_path: Path, optimizer: str
+    distributed_steps: Path, optimizer: str
 ) -> None:
-    params = _params(optimizer=optimizer, learning_rate=0.5, batch_size=5)
-    assert _run_ranks(2, _step_as_rank, params, tmp_path) == [0, 0]
+    params = _step_params(optimizer)
 
     union = profile_batch(
         [
@@ -167,7 +183,7 @@ def test_a_distributed_step_is_the_step_on_the_union_of_the_batches(
     smaller = dataclasses.replace(params, learning_rate=params.learning_rate * 3 / 5)
     _torch_step(tail, _make_optimizer(tail, smaller), _parts()[0], smaller)
     for rank in (0, 1):
-        got = torch.load(tmp_path / f"{rank}", weights_only=True)
+        got = torch.load(distributed_steps / f"{optimizer}-{rank}", weights_only=True)
         assert got["profiles"] == 5
         assert got["loss"] == pytest.approx(loss, rel=1e-12)
         assert torch.allclose(got["phi_t"], phi_t, rtol=0, atol=1e-12)
