@@ -84,8 +84,11 @@ Verdicts = dict[str | bytes, Row]
 
 
 def _lines(spark: SparkSession, values: list[str | bytes]) -> DataFrame:
-    rows = [Row(value=v.encode() if isinstance(v, str) else v) for v in values]
-    return spark.createDataFrame(rows, "value binary").select(F.col("value").cast("string"))
+    """The lines as parse_lines reads them, each with its position (``idx``, a lineage column
+    parse_lines keeps)."""
+    rows = [(i, v.encode() if isinstance(v, str) else v) for i, v in enumerate(values)]
+    frame = spark.createDataFrame(rows, "idx int, value binary")
+    return frame.select("idx", F.col("value").cast("string"))
 
 
 @pytest.fixture(scope="module")
@@ -103,10 +106,7 @@ def verdicts(spark: SparkSession) -> Verdicts:
             + TRAILING_CONTENT
         )
     )
-    values = [line.encode() if isinstance(line, str) else line for line in lines]
-    frame = spark.createDataFrame(list(enumerate(values)), "idx int, value binary")
-    parsed = parse_lines(frame.select("idx", F.col("value").cast("string")), **LIMITS)
-    rows = parsed.collect()
+    rows = parse_lines(_lines(spark, lines), **LIMITS).collect()
     assert sorted(row.idx for row in rows) == list(range(len(lines)))  # one row per line
     by_index = {row.idx: row for row in rows}
     return {line: by_index[i] for i, line in enumerate(lines)}
