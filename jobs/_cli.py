@@ -413,12 +413,14 @@ def clear_staging(spark: SparkSession, root: str) -> int:
 
     A run removes its own <staging_dir>/<run_id> when it ends; one killed outright cannot.
     One SkillRank process at a time uses a work directory (the launcher's lock), so at the
-    start of a process every entry there is such a leftover.
+    start of a process every such entry there is a leftover. Only entries named like a run
+    id go: whatever else is there is not SkillRank's.
     """
     path, fs = hadoop_path(spark, root)
     if not fs.exists(path):
         return 0
-    entries = fs.listStatus(path)
+    named = run_id_pattern("[a-z]+")
+    entries = [e for e in fs.listStatus(path) if named.fullmatch(e.getPath().getName())]
     for entry in entries:
         fs.delete(entry.getPath(), True)
     return len(entries)
@@ -429,10 +431,15 @@ def _new_run_id(stage: str) -> str:
     return f"{stage}-{stamp}-{uuid.uuid4().hex[:8]}"
 
 
+def run_id_pattern(stage: str) -> re.Pattern[str]:
+    """Run ids of `stage` (a regular expression) as _new_run_id makes them."""
+    return re.compile(rf"{stage}-[0-9]{{8}}T[0-9]{{6}}Z-[0-9a-f]{{8}}")
+
+
 def run_id_of(stage: str) -> Callable[[str], str]:
     """An argparse type: a run id of `stage` as _new_run_id makes them, else a usage error
     (exit 2 before Spark starts; whether the run exists is the stage's to find out)."""
-    pattern = re.compile(rf"{stage}-[0-9]{{8}}T[0-9]{{6}}Z-[0-9a-f]{{8}}")
+    pattern = run_id_pattern(stage)
 
     def parse(text: str) -> str:
         if not pattern.fullmatch(text):

@@ -42,6 +42,8 @@ class Bound:
     high_open: bool = False
 
     def check(self, key: str, value: float) -> None:
+        if not math.isfinite(value):  # an open-ended bound still wants a number
+            raise ConfigError(f"config key {key!r} must be a finite number {self}, got {value}")
         above = value > self.low if self.low_open else value >= self.low
         below = value < self.high if self.high_open else value <= self.high
         if not (above and below):
@@ -103,7 +105,7 @@ class PrepareConfig:
     min_skill_profiles: AtLeastOne
     max_jobs: NonNegativeInt  # 0: no limit
     max_skills: NonNegativeInt  # 0: no limit
-    split_fractions: dict[str, NonNegative]
+    split_fractions: dict[str, Positive]
     split_salt: str
     job_weighting: Literal["uniform", "tenure"]
     rows_per_shard: AtLeastOne
@@ -496,7 +498,7 @@ def _validate(config: Config) -> None:
             f" got {sorted(fractions)}"
         )
     if abs(sum(fractions.values()) - 1.0) > 1e-9:
-        raise ConfigError(f"prepare.split_fractions must be >= 0 and sum to 1, got {fractions}")
+        raise ConfigError(f"prepare.split_fractions must be > 0 and sum to 1, got {fractions}")
     train = config.train
     if train.model == "softmax" and train.learning_rate * train.l2 >= 1:
         # The decay factor of a step, 1 - learning_rate * l2, must be in (0, 1].
@@ -515,6 +517,7 @@ def _validate(config: Config) -> None:
             f"evaluate.title_buckets must list strictly increasing edges >= 2, got {edges}"
         )
     _validate_generate(config)
+    _validate_directories(config)
     aliases = load_aliases(config)
     for key, chosen, known in (
         ("prepare.cities", config.prepare.cities, aliases["cities"]),
@@ -532,6 +535,31 @@ def _validate(config: Config) -> None:
 def _distinct(key: str, values: list[Any]) -> None:
     if len(set(values)) != len(values):
         raise ConfigError(f"{key} lists a value twice: {values}")
+
+
+def _validate_directories(config: Config) -> None:
+    """The directories the stages own inside a work directory: each its own. Starting a
+    process clears what it finds in staging_dir, recreates a metastore_dir that is not a
+    whole Derby database and maintain empties checkpoint_dir, so none may be the work
+    directory itself or hold another (each may be an absolute path or URI instead)."""
+    c = config.catalog
+    owned = {
+        f"catalog.{name}": getattr(c, name)
+        for name in ("warehouse_dir", "metastore_dir", "shards_dir", "crawl_dir", "staging_dir")
+    } | {
+        "catalog.reports_dir": c.reports_dir,
+        "train.checkpoint_dir": config.train.checkpoint_dir,
+        "sql.state_dir": config.sql.state_dir,
+    }
+    parts = {}
+    for key, value in owned.items():
+        path = value.strip().rstrip("/")
+        if not path or ".." in path.split("/") or path.split("/") == ["."]:
+            raise ConfigError(f"{key} must name a directory of its own, got {value!r}")
+        parts[key] = tuple(p for p in path.split("/") if p not in ("", "."))
+    for (key, a), (other, b) in itertools.combinations(parts.items(), 2):
+        if a[: len(b)] == b or b[: len(a)] == a:
+            raise ConfigError(f"{key} ({owned[key]!r}) and {other} ({owned[other]!r}) overlap")
 
 
 def _validate_generate(config: Config) -> None:

@@ -193,6 +193,12 @@ def spark_settings(config: Config, workdir: Path) -> dict[str, str]:
     return settings
 
 
+# What Derby writes into a database directory (the rest of a complete one: service.properties).
+_DERBY_ENTRIES = frozenset(
+    ("seg0", "log", "tmp", "db.lck", "dbex.lck", "README_DO_NOT_TOUCH_FILES.txt")
+)
+
+
 def repair_metastore(config: Config, workdir: Path) -> bool:
     """Remove a Derby metastore whose creation a killed process cut short; True if it did.
 
@@ -204,6 +210,8 @@ def repair_metastore(config: Config, workdir: Path) -> bool:
     metastore = _local_path(workdir, config.catalog.metastore_dir)
     if not metastore.is_dir() or (metastore / "service.properties").is_file():
         return False
+    if any(entry.name not in _DERBY_ENTRIES for entry in metastore.iterdir()):
+        return False  # not Derby's alone: nothing is deleted, and Derby's error says why
     shutil.rmtree(metastore)
     return True
 

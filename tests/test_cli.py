@@ -27,6 +27,7 @@ from jobs._launch import PYFILES_UNUSED_SECONDS, STAGE_NAMES, python_files_zip
 from jobs._launch import main as launch
 from jobs.all import NAMES as ALL_NAMES
 from skillrank.config import Config
+from skillrank.session import repair_metastore
 from tests.conftest import submit_environment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -229,6 +230,19 @@ def test_a_metastore_cut_short_by_a_kill_is_created_again(tmp_path: Path) -> Non
     assert "removed a half-created metastore of a killed run" in result.stderr
     assert "default" in result.stdout.split()
     assert (half / "service.properties").is_file()
+
+
+def test_a_metastore_directory_holding_other_files_is_never_deleted(
+    tmp_path: Path, config: Config
+) -> None:
+    half = tmp_path / config.catalog.metastore_dir
+    (half / "seg0").mkdir(parents=True)
+    (half / "profiles.csv").write_text("not Derby's")
+    assert repair_metastore(config, tmp_path) is False
+    assert (half / "profiles.csv").read_text() == "not Derby's"
+    (half / "profiles.csv").unlink()  # Derby's entries alone: a creation cut short
+    assert repair_metastore(config, tmp_path) is True
+    assert not half.exists()
 
 
 def _fake_java(tmp_path: Path, version_line: str) -> dict[str, str]:

@@ -97,6 +97,8 @@ def test_pipeline_writes_profiles_vocabularies_and_shards_and_reruns_idempotentl
     stale = pipeline.workdir / "staging" / "ingest-20260101T000000Z-deadbeef"
     stale.mkdir(parents=True)
     (stale / "part-00000.parquet").write_bytes(b"half written")
+    foreign = pipeline.workdir / "staging" / "notes.txt"  # not a run's: it stays
+    foreign.write_text("kept")
     versions = _versions(pipeline)
     assert pipeline.run(["ingest", "prepare"], "--input", str(first.parent), *SMALL) == 0
     for name, kept in tables.items():
@@ -105,7 +107,7 @@ def test_pipeline_writes_profiles_vocabularies_and_shards_and_reruns_idempotentl
     assert _versions(pipeline) == versions
     assert pipeline.manifest() == manifest
     assert _shard_rows(pipeline) == rows
-    assert list((pipeline.workdir / "staging").iterdir()) == []
+    assert list((pipeline.workdir / "staging").iterdir()) == [foreign]
     stood = pipeline.table("stage_runs").where("stage = 'prepare'").orderBy("started_at").collect()
     assert [(r.rows_in, r.rows_out) for r in stood] == [(62, 60), (0, 0)]
     # Another setting writes a new set from the same profiles.
