@@ -63,13 +63,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check(args: argparse.Namespace, config: Config) -> None:
-    """Refuse, before anything starts, a bind address that would expose an open server."""
-    if config.sql.authentication.upper() == "NONE" and not is_loopback(config.sql.host):
+    """Refuse, before anything starts, a bind address that would expose an open server: the
+    server's own settings as it gets them (sql.hive_conf may set either)."""
+    hive_conf = _hive_conf(config, config.sql.port)
+    host = hive_conf["hive.server2.thrift.bind.host"]
+    if hive_conf["hive.server2.authentication"].upper() in _OPEN and not is_loopback(host):
         raise ConfigError(
-            f"refusing to bind the Thrift server to {config.sql.host} without authentication:"
+            f"refusing to bind the Thrift server to {host} without authentication:"
             " set sql.authentication (LDAP, KERBEROS or CUSTOM) and its hive.server2.*"
             " settings in sql.hive_conf (docs/sql.md), or keep sql.host on 127.0.0.1"
         )
+
+
+# HiveServer2's modes that let anyone in.
+_OPEN = ("NONE", "NOSASL")
+
+
+def _hive_conf(config: Config, port: int) -> dict[str, str]:
+    """HiveServer2's settings: sql.host, the port and sql.authentication, then sql.hive_conf."""
+    return {
+        "hive.server2.thrift.bind.host": config.sql.host,
+        "hive.server2.thrift.port": str(port),
+        "hive.server2.authentication": config.sql.authentication.upper(),
+        **config.sql.hive_conf,
+    }
 
 
 def jdbc_url(state: ServerState, config: Config) -> str:
@@ -177,12 +194,7 @@ def _start_thrift(
     # The Thrift server's sessions load the catalog classes from the driver's classpath.
     settings["spark.driver.extraClassPath"] = ":".join(package_jars(config))
     settings["spark.app.name"] = f"skillrank-thriftserver ({workdir})"
-    hive_conf = {
-        "hive.server2.thrift.bind.host": config.sql.host,
-        "hive.server2.thrift.port": str(port),
-        "hive.server2.authentication": config.sql.authentication.upper(),
-        **config.sql.hive_conf,
-    }
+    hive_conf = _hive_conf(config, port)
     trailing = [
         "--class",
         "org.apache.spark.sql.hive.thriftserver.HiveThriftServer2",

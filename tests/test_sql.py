@@ -685,10 +685,26 @@ def test_stop_leaves_nothing_running(served: Served, config: Config) -> None:
     assert status.returncode == 3 and "not running" in status.stdout
 
 
-def test_an_open_bind_without_authentication_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ["sql.host=0.0.0.0"],
+        ["sql.host=0.0.0.0", "sql.authentication=NOSASL"],  # no authentication either
+        # sql.hive_conf reaches the server last: its bind address and mode are the ones checked
+        ["sql.hive_conf.hive.server2.thrift.bind.host=0.0.0.0"],
+        [
+            "sql.host=0.0.0.0",
+            "sql.authentication=LDAP",
+            "sql.hive_conf.hive.server2.authentication=NONE",
+        ],
+    ],
+)
+def test_an_open_bind_without_authentication_is_refused(
+    tmp_path: Path, settings: list[str]
+) -> None:
+    confs = [part for setting in settings for part in ("--conf", setting)]
     result = subprocess.run(
-        [SCRIPT, "thriftserver", "start", "--workdir", str(tmp_path / "w"),
-         "--conf", "sql.host=0.0.0.0"],
+        [SCRIPT, "thriftserver", "start", "--workdir", str(tmp_path / "w"), *confs],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert result.returncode == 2
