@@ -539,9 +539,9 @@ def _distinct(key: str, values: list[Any]) -> None:
 
 def _validate_directories(config: Config) -> None:
     """The directories the stages own inside a work directory: each its own. Starting a
-    process clears what it finds in staging_dir, recreates a metastore_dir that is not a
-    whole Derby database and maintain empties checkpoint_dir, so none may be the work
-    directory itself or hold another (each may be an absolute path or URI instead)."""
+    process clears the run-named entries of staging_dir and recreates a half-created Derby
+    metastore_dir, maintain empties checkpoint_dir: none may be the work directory itself or
+    hold another (each may be an absolute path or URI instead)."""
     c = config.catalog
     owned = {
         f"catalog.{name}": getattr(c, name)
